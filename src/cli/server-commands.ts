@@ -1,0 +1,253 @@
+// `flotilla up` (everything in one process, embedded store) and `flotilla hub` (one replica on PostgreSQL).
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { type Hub, type HubOptions, startHub } from "../hub/index.js";
+import { createLogger, FlotillaError } from "../shared/index.js";
+import { helpFor, intOption, type OptionSpecs, parseOptions, stringOption } from "./options.js";
+
+const COMMON: OptionSpecs = {
+  host: { type: "string", env: "FLOTILLA_HOST", description: "Address to listen on" },
+  port: {
+    type: "string",
+    env: "FLOTILLA_PORT",
+    default: "8080",
+    description: "HTTP port (Connect API, probes, metrics)",
+  },
+  "grpc-port": {
+    type: "string",
+    env: "FLOTILLA_GRPC_PORT",
+    default: "8081",
+    description: "Cleartext HTTP/2 port for gRPC callers",
+  },
+  "session-secret": {
+    type: "string",
+    env: "FLOTILLA_SESSION_SECRET",
+    description:
+      "Secret (32+ chars) that session and token keys derive from; shared by all replicas",
+  },
+  "admin-email": {
+    type: "string",
+    env: "FLOTILLA_ADMIN_EMAIL",
+    description: "Create the first owner with this email instead of printing a setup token",
+  },
+  "admin-password": {
+    type: "string",
+    env: "FLOTILLA_ADMIN_PASSWORD",
+    description: "Password for --admin-email",
+  },
+  "tls-cert": {
+    type: "string",
+    env: "FLOTILLA_TLS_CERT",
+    description: "PEM certificate file: serve HTTPS, with gRPC on the same port (ALPN)",
+  },
+  "tls-key": {
+    type: "string",
+    env: "FLOTILLA_TLS_KEY",
+    description: "PEM private key file for --tls-cert",
+  },
+  "max-body-bytes": {
+    type: "string",
+    env: "FLOTILLA_MAX_BODY_BYTES",
+    default: "1048576",
+    description: "Largest request body accepted",
+  },
+  "log-level": {
+    type: "string",
+    env: "FLOTILLA_LOG_LEVEL",
+    default: "info",
+    description: "trace, debug, info, warn, error",
+  },
+  help: { type: "boolean", short: "h", description: "Show this help" },
+};
+
+const UP: OptionSpecs = {
+  "data-dir": {
+    type: "string",
+    env: "FLOTILLA_DATA_DIR",
+    default: "./.flotilla",
+    description: "Embedded store directory",
+  },
+  ...COMMON,
+};
+
+const HUB: OptionSpecs = {
+  "database-url": {
+    type: "string",
+    env: "FLOTILLA_DATABASE_URL",
+    description: "postgres://user@host:5432/db (required)",
+  },
+  "db-pool-max": {
+    type: "string",
+    env: "FLOTILLA_DB_POOL_MAX",
+    default: "20",
+    description: "Pool connections",
+  },
+  "db-idle-timeout-ms": {
+    type: "string",
+    env: "FLOTILLA_DB_IDLE_TIMEOUT_MS",
+    default: "30000",
+    description: "Close idle pool connections after",
+  },
+  "db-max-lifetime-s": {
+    type: "string",
+    env: "FLOTILLA_DB_MAX_LIFETIME_S",
+    default: "1800",
+    description: "Recycle pool connections after",
+  },
+  ...COMMON,
+};
+
+function admin(values: Record<string, string | boolean | undefined>): HubOptions["admin"] {
+  const email = stringOption(values, "admin-email");
+  const password = stringOption(values, "admin-password");
+  if (!email && !password) return undefined;
+  if (!email || !password)
+    throw new FlotillaError("config.invalid", "--admin-email and --admin-password go together");
+  return { email, password };
+}
+
+function sessionSecret(
+  values: Record<string, string | boolean | undefined>,
+  fallbackFile?: string,
+): string {
+  const given = stringOption(values, "session-secret");
+  if (given) {
+    if (given.length < 32)
+      throw new FlotillaError(
+        "config.invalid",
+        "--session-secret (FLOTILLA_SESSION_SECRET) must be at least 32 characters",
+      );
+    return given;
+  }
+  if (!fallbackFile) {
+    throw new FlotillaError(
+      "config.invalid",
+      "set FLOTILLA_SESSION_SECRET (or --session-secret) to the same 32+ character secret on every replica, e.g. `openssl rand -base64 48`",
+    );
+  }
+  // Embedded mode keeps a generated secret beside the data, readable by this user only.
+  if (!existsSync(fallbackFile))
+    writeFileSync(fallbackFile, randomBytes(48).toString("base64url"), { mode: 0o600 });
+  return readFileSync(fallbackFile, "utf8").trim();
+}
+
+function tlsOptions(values: Record<string, string | boolean | undefined>): HubOptions["tls"] {
+  const cert = stringOption(values, "tls-cert");
+  const key = stringOption(values, "tls-key");
+  if (!cert && !key) return undefined;
+  if (!cert || !key)
+    throw new FlotillaError("config.invalid", "--tls-cert and --tls-key go together");
+  const read = (flag: string, file: string) => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new FlotillaError(
+        "config.invalid",
+        `--${flag}: cannot read ${file}: ${(err as Error).message}`,
+      );
+    }
+  };
+  return { cert: read("tls-cert", cert), key: read("tls-key", key) };
+}
+
+function listenOptions(values: Record<string, string | boolean | undefined>, defaultHost: string) {
+  return {
+    tls: tlsOptions(values),
+    host: stringOption(values, "host") ?? defaultHost,
+    port: intOption(values, "port")!,
+    grpcPort: intOption(values, "grpc-port")!,
+    maxBodyBytes: intOption(values, "max-body-bytes", { min: 1024, max: 64 * 1024 * 1024 })!,
+  };
+}
+
+/** Runs until SIGTERM or SIGINT, then shuts down gracefully. */
+async function serve(hub: Hub, banner: string[]): Promise<number> {
+  for (const line of banner) process.stdout.write(`${line}\n`);
+  await new Promise<void>((resolveSignal) => {
+    process.once("SIGTERM", resolveSignal);
+    process.once("SIGINT", resolveSignal);
+  });
+  process.stdout.write("shutting down: finishing in-flight requests\n");
+  await hub.close();
+  return 0;
+}
+
+function loginHelp(hub: Hub): string[] {
+  if (hub.setupToken) {
+    return [
+      "",
+      "No owner exists yet. Create one (this token works once; a restart prints a new one):",
+      `  npx flotilla setup --hub ${hub.url} --token ${hub.setupToken} --email you@example.com`,
+      "or with curl:",
+      `  curl -s ${hub.url}/flotilla.v1.IdentityService/Bootstrap -H 'content-type: application/json' \\`,
+      `    -d '{"setupToken":"${hub.setupToken}","email":"you@example.com","password":"at-least-10-chars"}'`,
+    ];
+  }
+  return [
+    hub.createdOwner ? `Created the first owner ${hub.createdOwner}.` : "",
+    "Sign in:",
+    `  npx flotilla login --hub ${hub.url} --email you@example.com`,
+  ].filter(Boolean);
+}
+
+export async function upCommand(argv: string[]): Promise<number> {
+  const { values } = parseOptions(argv, UP);
+  if (values.help) {
+    process.stdout.write(
+      `${helpFor("flotilla up [options]\n\nRuns Flotilla in one process on the embedded store.", UP)}\n`,
+    );
+    return 0;
+  }
+  const dataDir = resolve(stringOption(values, "data-dir")!);
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const logger = createLogger({ name: "flotilla", level: String(values["log-level"]) });
+  const hub = await startHub({
+    store: { kind: "embedded", dataDir },
+    ...listenOptions(values, "127.0.0.1"),
+    sessionSecret: sessionSecret(values, join(dataDir, "session.secret")),
+    admin: admin(values),
+    logger,
+  });
+  return serve(hub, [
+    `Flotilla is running at ${hub.url} (gRPC ${hub.grpcUrl}); embedded store in ${dataDir}`,
+    `  health ${hub.url}/health   ready ${hub.url}/ready   metrics ${hub.url}/metrics`,
+    ...loginHelp(hub),
+  ]);
+}
+
+export async function hubCommand(argv: string[]): Promise<number> {
+  const { values } = parseOptions(argv, HUB);
+  if (values.help) {
+    process.stdout.write(
+      `${helpFor("flotilla hub --database-url postgres://... [options]\n\nRuns one hub replica on PostgreSQL.", HUB)}\n`,
+    );
+    return 0;
+  }
+  const url = stringOption(values, "database-url");
+  if (!url)
+    throw new FlotillaError(
+      "config.invalid",
+      "--database-url (FLOTILLA_DATABASE_URL) is required, e.g. postgres://postgres@127.0.0.1:5432/flotilla",
+    );
+  const logger = createLogger({ name: "flotilla-hub", level: String(values["log-level"]) });
+  const hub = await startHub({
+    store: {
+      kind: "postgres",
+      url,
+      pool: {
+        max: intOption(values, "db-pool-max", { min: 1, max: 1000 })!,
+        idleTimeoutMs: intOption(values, "db-idle-timeout-ms", { min: 0, max: 86_400_000 })!,
+        maxLifetimeSeconds: intOption(values, "db-max-lifetime-s", { min: 0, max: 604_800 })!,
+      },
+    },
+    ...listenOptions(values, "0.0.0.0"),
+    sessionSecret: sessionSecret(values),
+    admin: admin(values),
+    logger,
+  });
+  return serve(hub, [
+    `Flotilla hub ${hub.instanceId} at ${hub.url} (gRPC ${hub.grpcUrl}) on PostgreSQL`,
+    ...loginHelp(hub),
+  ]);
+}

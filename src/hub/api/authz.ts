@@ -1,0 +1,156 @@
+// Deny-by-default authorization: every RPC declares a rule; the interceptor authenticates and enforces it.
+import type { DescService } from "@bufbuild/protobuf";
+import { createContextKey, type Interceptor } from "@connectrpc/connect";
+import {
+  IdentityService as IdentityRpc,
+  OrganizationService as OrganizationRpc,
+} from "../../gen/flotilla/v1/identity_pb.js";
+import {
+  CARRIAGE,
+  contextFromHttpHeaders,
+  ERROR_CODE_HEADER,
+  FlotillaError,
+  type IncomingContext,
+  type Logger,
+  type Metrics,
+  type RequestContext,
+  runWithContext,
+  toConnectError,
+} from "../../shared/index.js";
+import {
+  type Capability,
+  type IdentityService,
+  type Principal,
+  readCookie,
+  requireCapability,
+  SESSION_COOKIE,
+} from "../identity/index.js";
+
+export type Rule =
+  | { access: "public" }
+  | { access: "authenticated" }
+  | { access: "capability"; capability: Capability };
+
+const PUBLIC: Rule = { access: "public" };
+const AUTHENTICATED: Rule = { access: "authenticated" };
+const can = (capability: Capability): Rule => ({ access: "capability", capability });
+
+/** Every service the hub serves. A service listed here without a rule for each method fails a test. */
+export const SERVICES: DescService[] = [IdentityRpc, OrganizationRpc];
+
+/** Keyed by "package.Service/Method". A method missing here is refused (and fails a test). */
+export const RPC_RULES: Record<string, Rule> = {
+  "flotilla.v1.IdentityService/GetSetupStatus": PUBLIC,
+  "flotilla.v1.IdentityService/Bootstrap": PUBLIC,
+  "flotilla.v1.IdentityService/Login": PUBLIC,
+  "flotilla.v1.IdentityService/Logout": AUTHENTICATED,
+  "flotilla.v1.IdentityService/WhoAmI": AUTHENTICATED,
+  "flotilla.v1.IdentityService/ListMyOrganizations": AUTHENTICATED,
+  "flotilla.v1.IdentityService/CreateApiToken": can("tokens.self"),
+  "flotilla.v1.IdentityService/ListApiTokens": can("tokens.self"),
+  "flotilla.v1.IdentityService/RevokeApiToken": can("tokens.self"),
+  "flotilla.v1.OrganizationService/CreateOrganization": AUTHENTICATED,
+  "flotilla.v1.OrganizationService/GetOrganization": can("org.read"),
+  "flotilla.v1.OrganizationService/UpdateOrganization": can("org.update"),
+  "flotilla.v1.OrganizationService/ListMembers": can("members.read"),
+  "flotilla.v1.OrganizationService/AddMember": can("members.manage"),
+  "flotilla.v1.OrganizationService/UpdateMemberRole": can("members.manage"),
+  "flotilla.v1.OrganizationService/RemoveMember": can("members.manage"),
+  "flotilla.v1.OrganizationService/ListAuditEvents": can("audit.read"),
+};
+
+/** Set by the HTTP layer: the context read from the request headers, and the peer address. */
+export const kIncoming = createContextKey<IncomingContext | undefined>(undefined, {
+  description: "incoming context",
+});
+export const kRemoteAddr = createContextKey<string>("unknown", { description: "remote address" });
+/** Set by the interceptor for every non-public RPC. */
+export const kPrincipal = createContextKey<Principal | undefined>(undefined, {
+  description: "principal",
+});
+
+function bearer(headers: Headers): string | undefined {
+  const value = headers.get("authorization");
+  if (!value) return undefined;
+  const match = /^Bearer\s+(\S+)$/i.exec(value);
+  return match?.[1];
+}
+
+export function contextResponseHeaders(ctx: RequestContext): Record<string, string> {
+  const headers: Record<string, string> = {
+    [CARRIAGE.correlation.http]: ctx.correlationId,
+    [CARRIAGE.trace.http]: ctx.traceparent,
+  };
+  if (ctx.requestId) headers[CARRIAGE.request.http] = ctx.requestId;
+  return headers;
+}
+
+export function createAuthInterceptor(deps: {
+  identity: IdentityService;
+  logger: Logger;
+  metrics: Metrics;
+}): Interceptor {
+  return (next) => async (req) => {
+    const incoming = req.contextValues.get(kIncoming) ?? contextFromHttpHeaders(req.header);
+    const { claimedTenant, ...rest } = incoming;
+    const ctx: RequestContext = { ...rest };
+    const rpc = `${req.service.typeName}/${req.method.name}`;
+    const started = performance.now();
+    return runWithContext(ctx, async () => {
+      let code = "ok";
+      try {
+        const rule = RPC_RULES[rpc];
+        if (!rule)
+          throw new FlotillaError(
+            "auth.permission_denied",
+            `${rpc} has no authorization rule and is refused`,
+          );
+        if (rule.access !== "public") {
+          const credential =
+            bearer(req.header) ?? readCookie(req.header.get("cookie"), SESSION_COOKIE);
+          const principal = credential ? await deps.identity.authenticate(credential) : null;
+          if (!principal) {
+            throw new FlotillaError(
+              "auth.unauthenticated",
+              credential
+                ? "the session or token is invalid, expired or revoked; sign in again"
+                : "sign in first: send a session cookie or an Authorization: Bearer token",
+            );
+          }
+          if (claimedTenant && claimedTenant !== principal.organization.id) {
+            throw new FlotillaError(
+              "auth.tenant_mismatch",
+              `x-tenant-id names ${claimedTenant}, but you are signed in to organization ${principal.organization.id}`,
+            );
+          }
+          ctx.tenant = principal.organization.id;
+          req.contextValues.set(kPrincipal, principal);
+          if (rule.access === "capability") requireCapability(principal, rule.capability);
+        }
+        const res = await next(req);
+        for (const [k, v] of Object.entries(contextResponseHeaders(ctx))) res.header.set(k, v);
+        return res;
+      } catch (err) {
+        const connectErr = toConnectError(err);
+        code = connectErr.metadata.get(ERROR_CODE_HEADER) ?? String(connectErr.code);
+        if (code === "internal")
+          deps.logger.error({ err, rpc }, "rpc failed with an internal error");
+        for (const [k, v] of Object.entries(contextResponseHeaders(ctx)))
+          connectErr.metadata.set(k, v);
+        throw connectErr;
+      } finally {
+        const seconds = (performance.now() - started) / 1000;
+        deps.metrics.rpcRequests.inc({
+          service: req.service.typeName,
+          method: req.method.name,
+          code,
+        });
+        deps.metrics.rpcDuration.observe(
+          { service: req.service.typeName, method: req.method.name },
+          seconds,
+        );
+        deps.logger.info({ rpc, code, ms: Math.round(seconds * 1e4) / 10 }, "rpc");
+      }
+    });
+  };
+}

@@ -1,0 +1,12 @@
+// Public entry of the hub's API layer: routes, the authorization interceptor and the rule table.
+export {
+  contextResponseHeaders,
+  createAuthInterceptor,
+  kIncoming,
+  kPrincipal,
+  kRemoteAddr,
+  RPC_RULES,
+  type Rule,
+  SERVICES,
+} from "./authz.js";
+export { type IdentityRouteOptions, identityRoutes } from "./identity-routes.js";

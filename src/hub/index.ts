@@ -1,0 +1,17 @@
+// Public entry of the hub: start one hub replica on PostgreSQL or the embedded store.
+export { RPC_RULES, type Rule, SERVICES } from "./api/index.js";
+export {
+  CAPABILITIES,
+  type Capability,
+  ROLES,
+  type RoleName,
+  SessionCodec,
+} from "./identity/index.js";
+export {
+  DEFAULT_MAX_BODY_BYTES,
+  type Hub,
+  type HubOptions,
+  openStore,
+  type StoreOptions,
+  startHub,
+} from "./server.js";

@@ -1,0 +1,99 @@
+// Outbox rows: domain events appended in the business transaction, read back by id.
+import { contextOrNew, uuidv7 } from "../../shared/index.js";
+import type { Db, Queryable } from "../../store/index.js";
+
+export interface NewEvent {
+  organizationId: string;
+  /** domain.fact, e.g. service.created. */
+  type: string;
+  subjectId: string;
+  /** Facts about the change. Never secret values. */
+  payload?: Record<string, unknown>;
+}
+
+export interface StoredEvent {
+  id: string;
+  organizationId: string;
+  type: string;
+  subjectId: string;
+  payload: Record<string, unknown>;
+  correlationId: string;
+  traceparent: string;
+  occurredAt: Date;
+}
+
+/** Wakes outbox relays; sent inside the transaction, so only a committed event wakes anyone. */
+export const OUTBOX_CHANNEL = "flotilla_outbox";
+
+/** Appends an event inside tx, stamped with the current request's context. */
+export async function appendEvent(tx: Queryable, event: NewEvent): Promise<string> {
+  const ctx = contextOrNew();
+  const id = uuidv7();
+  await tx.query(
+    `INSERT INTO outbox_events (id, organization_id, type, subject_id, payload, correlation_id, traceparent)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+    [
+      id,
+      event.organizationId,
+      event.type,
+      event.subjectId,
+      JSON.stringify(event.payload ?? {}),
+      ctx.correlationId,
+      ctx.traceparent,
+    ],
+  );
+  await tx.query("SELECT pg_notify($1, '')", [OUTBOX_CHANNEL]);
+  return id;
+}
+
+interface EventRow {
+  id: string;
+  organization_id: string;
+  type: string;
+  subject_id: string;
+  payload: Record<string, unknown>;
+  correlation_id: string;
+  traceparent: string;
+  occurred_at: Date;
+}
+
+export const EVENT_COLUMNS =
+  "id, organization_id, type, subject_id, payload, correlation_id, traceparent, occurred_at";
+
+export function toEvent(r: EventRow): StoredEvent {
+  return {
+    id: r.id,
+    organizationId: r.organization_id,
+    type: r.type,
+    subjectId: r.subject_id,
+    payload: r.payload,
+    correlationId: r.correlation_id,
+    traceparent: r.traceparent,
+    occurredAt: r.occurred_at,
+  };
+}
+
+export async function eventsByIds(db: Queryable, ids: string[]): Promise<StoredEvent[]> {
+  if (ids.length === 0) return [];
+  const { rows } = await db.query<EventRow>(
+    `SELECT ${EVENT_COLUMNS} FROM outbox_events WHERE id = ANY($1::uuid[]) ORDER BY id`,
+    [ids],
+  );
+  return rows.map(toEvent);
+}
+
+/** An organization's events after `afterId` (ids are UUIDv7, so they sort by time), oldest first. */
+export async function eventsAfter(
+  db: Db,
+  organizationId: string,
+  afterId: string | null,
+  limit = 500,
+): Promise<StoredEvent[]> {
+  const { rows } = await db.query<EventRow>(
+    `SELECT ${EVENT_COLUMNS} FROM outbox_events
+     WHERE organization_id = $1 AND ($2::uuid IS NULL OR id > $2::uuid)
+     ORDER BY id LIMIT $3`,
+    [organizationId, afterId, limit],
+  );
+  return rows.map(toEvent);
+}

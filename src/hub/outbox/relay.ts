@@ -1,0 +1,96 @@
+// The outbox relay: publishes committed, unpublished events to the bus and marks them published.
+import type { Logger } from "../../shared/index.js";
+import type { Db } from "../../store/index.js";
+import type { EventBus } from "./bus.js";
+import { EVENT_COLUMNS, OUTBOX_CHANNEL, type StoredEvent, toEvent } from "./events.js";
+
+export interface RelayOptions {
+  /** Events per claim. Default 100. */
+  batchSize?: number;
+  /** Poll even without a wake-up, in case one was lost. Default 1 s. */
+  pollIntervalMs?: number;
+}
+
+export class OutboxRelay {
+  private running = false;
+  private draining: Promise<void> | null = null;
+  private again = false;
+  private timer: NodeJS.Timeout | undefined;
+  private unlisten: (() => Promise<void>) | undefined;
+
+  constructor(
+    private readonly db: Db,
+    private readonly bus: EventBus,
+    private readonly logger: Logger,
+    private readonly options: RelayOptions = {},
+  ) {}
+
+  async start(): Promise<void> {
+    this.running = true;
+    this.unlisten = await this.db.listen(OUTBOX_CHANNEL, () => this.wake());
+    const tick = () => {
+      this.timer = setTimeout(() => {
+        this.wake();
+        if (this.running) tick();
+      }, this.options.pollIntervalMs ?? 1000);
+      this.timer.unref();
+    };
+    tick();
+    this.wake();
+  }
+
+  /** Coalesces wake-ups: one drain at a time, and exactly one more if woken during it. */
+  wake(): void {
+    if (!this.running) return;
+    if (this.draining) {
+      this.again = true;
+      return;
+    }
+    this.draining = this.drainAll()
+      .then(() => undefined)
+      .catch((err) => this.logger.warn({ err }, "outbox relay drain failed; will retry"))
+      .finally(() => {
+        this.draining = null;
+        if (this.again) {
+          this.again = false;
+          this.wake();
+        }
+      });
+  }
+
+  /** Publishes everything pending now; resolves when the outbox is empty. */
+  async drainAll(): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const n = await this.drainOnce();
+      total += n;
+      if (n < (this.options.batchSize ?? 100)) return total;
+    }
+  }
+
+  private async drainOnce(): Promise<number> {
+    const batch = this.options.batchSize ?? 100;
+    return this.db.tx(async (tx) => {
+      // SKIP LOCKED: relays on several replicas split the work instead of publishing twice.
+      const { rows } = await tx.query<Parameters<typeof toEvent>[0]>(
+        `SELECT ${EVENT_COLUMNS} FROM outbox_events WHERE published_at IS NULL
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`,
+        [batch],
+      );
+      if (rows.length === 0) return 0;
+      const events: StoredEvent[] = rows.map(toEvent);
+      await this.bus.publish(events);
+      await tx.query("UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::uuid[])", [
+        events.map((e) => e.id),
+      ]);
+      return events.length;
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    clearTimeout(this.timer);
+    await this.draining;
+    await this.unlisten?.();
+  }
+}

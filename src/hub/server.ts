@@ -1,0 +1,268 @@
+// The hub process: store, migrations, identity, the Connect API on HTTP/1.1 and gRPC on h2c, and probes.
+import { randomUUID } from "node:crypto";
+import {
+  createServer as createH2Server,
+  type Http2Server,
+  type ServerHttp2Session,
+} from "node:http2";
+import type { AddressInfo } from "node:net";
+import { type ConnectRouter, createContextValues } from "@connectrpc/connect";
+import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import Fastify, { type FastifyInstance } from "fastify";
+import {
+  contextFromHttpHeaders,
+  createLogger,
+  createMetrics,
+  ERROR_CODE_HEADER,
+  type IncomingContext,
+  type Logger,
+  type Metrics,
+} from "../shared/index.js";
+import { type Db, migrate, openPglite, openPostgres, type PoolSettings } from "../store/index.js";
+import {
+  contextResponseHeaders,
+  createAuthInterceptor,
+  identityRoutes,
+  kIncoming,
+  kRemoteAddr,
+} from "./api/index.js";
+import { recordAudit } from "./audit/index.js";
+import {
+  DEFAULT_LOGIN_LIMITS,
+  IdentityService,
+  type LoginLimits,
+  SessionCodec,
+} from "./identity/index.js";
+
+export type StoreOptions =
+  | { kind: "postgres"; url: string; pool?: Partial<PoolSettings> }
+  | { kind: "embedded"; dataDir: string };
+
+export interface HubOptions {
+  store: StoreOptions;
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** The HTTP/1.1 port: Connect (JSON and binary), probes, metrics. 0 picks a free port. */
+  port: number;
+  /** The cleartext HTTP/2 port for gRPC callers. 0 picks a free port; null turns it off. */
+  grpcPort?: number | null;
+  /** At least 32 characters; every replica of one installation shares it. */
+  sessionSecret: string;
+  sessionTtlSeconds?: number;
+  /** Create the first owner from these instead of printing a setup token. */
+  admin?: { email: string; password: string };
+  /** Largest request body accepted, in bytes. Default 1 MiB. */
+  maxBodyBytes?: number;
+  /** Mark session cookies Secure. Default: on when tls is set. */
+  secureCookies?: boolean;
+  /**
+   * Serve HTTPS. With TLS, ALPN lets one port speak HTTP/1.1 and HTTP/2, so Connect and gRPC
+   * share --port and no separate gRPC listener is opened.
+   */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  loginLimits?: LoginLimits;
+  logger?: Logger;
+  /** How long shutdown waits for in-flight requests before closing the store. Default 10 s. */
+  shutdownGraceMs?: number;
+}
+
+export interface Hub {
+  instanceId: string;
+  url: string;
+  grpcUrl: string | null;
+  db: Db;
+  identity: IdentityService;
+  metrics: Metrics;
+  /** Set when no owner exists yet: the one-time token for Bootstrap. */
+  setupToken: string | undefined;
+  /** Set when the first owner was created from the admin options at this start. */
+  createdOwner: string | undefined;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
+
+declare module "fastify" {
+  interface FastifyRequest {
+    flotillaContext: IncomingContext;
+  }
+}
+
+export async function openStore(store: StoreOptions): Promise<Db> {
+  return store.kind === "postgres"
+    ? openPostgres(store.url, store.pool)
+    : openPglite(store.dataDir);
+}
+
+export async function startHub(options: HubOptions): Promise<Hub> {
+  const instanceId = randomUUID();
+  const logger = (options.logger ?? createLogger({ name: "hub" })).child({ instance: instanceId });
+  const metrics = createMetrics();
+  const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const host = options.host ?? "127.0.0.1";
+
+  const db = await openStore(options.store);
+  let app: FastifyInstance | undefined;
+  let h2: Http2Server | undefined;
+  // HTTP/2 sessions outlive requests; shutdown must GOAWAY them, then destroy stragglers.
+  const h2Sessions = new Set<ServerHttp2Session>();
+  const trackSessions = (server: Http2Server) =>
+    server.on("session", (session: ServerHttp2Session) => {
+      h2Sessions.add(session);
+      session.once("close", () => h2Sessions.delete(session));
+    });
+  try {
+    const report = await migrate(db);
+    logger.info(
+      { engine: db.engine, applied: report.applied, alreadyApplied: report.alreadyApplied },
+      "store ready",
+    );
+
+    const identity = new IdentityService(
+      db,
+      new SessionCodec(options.sessionSecret, options.sessionTtlSeconds),
+      recordAudit,
+      options.loginLimits ?? DEFAULT_LOGIN_LIMITS,
+    );
+    const setup = await identity.prepareSetup(options.admin);
+
+    const interceptors = [createAuthInterceptor({ identity, logger, metrics })];
+    const routes = (router: ConnectRouter) =>
+      identityRoutes(router, {
+        db,
+        identity,
+        secureCookies: options.secureCookies ?? Boolean(options.tls),
+      });
+
+    let draining = false;
+    const base = { logger: false, bodyLimit: maxBodyBytes, trustProxy: false } as const;
+    app = options.tls
+      ? (Fastify({
+          ...base,
+          http2: true,
+          https: { allowHTTP1: true, cert: options.tls.cert, key: options.tls.key },
+        }) as unknown as FastifyInstance)
+      : Fastify(base);
+    app.decorateRequest("flotillaContext", undefined as unknown as IncomingContext);
+    app.addHook("onRequest", async (request, reply) => {
+      const ctx = contextFromHttpHeaders(request.headers);
+      request.flotillaContext = ctx;
+      reply.headers(contextResponseHeaders(ctx));
+      // Refuse oversized bodies up front with the catalogue's code; Connect's own readMaxBytes
+      // still guards chunked bodies that announce no length.
+      const length = Number(request.headers["content-length"] ?? 0);
+      if (length > maxBodyBytes) {
+        reply
+          .code(400)
+          .header(ERROR_CODE_HEADER, "request.too_large")
+          .header("connection", "close")
+          .send({
+            code: "invalid_argument",
+            message: `request body is ${length} bytes; the limit is ${maxBodyBytes}`,
+          });
+      }
+    });
+    app.get("/health", async () => ({ status: "ok", instance: instanceId }));
+    app.get("/ready", async (_request, reply) => {
+      if (draining) return reply.code(503).send({ status: "draining" });
+      try {
+        await db.ping();
+        return { status: "ready", engine: db.engine };
+      } catch (err) {
+        return reply.code(503).send({ status: "unavailable", store: (err as Error).message });
+      }
+    });
+    app.get("/metrics", async (_request, reply) => {
+      if (db.engine === "postgres" && "pool" in db) {
+        const pool = (
+          db as { pool: { totalCount: number; idleCount: number; waitingCount: number } }
+        ).pool;
+        metrics.dbPoolConnections.set({ state: "total" }, pool.totalCount);
+        metrics.dbPoolConnections.set({ state: "idle" }, pool.idleCount);
+        metrics.dbPoolConnections.set({ state: "waiting" }, pool.waitingCount);
+      }
+      return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+    });
+    await app.register(fastifyConnectPlugin, {
+      routes,
+      interceptors,
+      readMaxBytes: maxBodyBytes,
+      contextValues: (request) =>
+        createContextValues()
+          .set(kIncoming, request.flotillaContext)
+          .set(kRemoteAddr, request.ip ?? "unknown"),
+    });
+    if (options.tls) trackSessions(app.server as unknown as Http2Server);
+    await app.listen({ host, port: options.port });
+    const port = (app.server.address() as AddressInfo).port;
+    const hostPart = host.includes(":") ? `[${host}]` : host;
+    const url = `${options.tls ? "https" : "http"}://${hostPart}:${port}`;
+
+    let grpcUrl: string | null = options.tls ? url : null;
+    if (!options.tls && options.grpcPort !== null) {
+      // Node cannot serve HTTP/1.1 and cleartext HTTP/2 on one port, so gRPC gets its own.
+      h2 = createH2Server(
+        connectNodeAdapter({
+          routes,
+          interceptors,
+          readMaxBytes: maxBodyBytes,
+          contextValues: (req) =>
+            createContextValues()
+              .set(kIncoming, contextFromHttpHeaders(req.headers))
+              .set(kRemoteAddr, req.socket?.remoteAddress ?? "unknown"),
+        }),
+      );
+      const server = h2;
+      trackSessions(server);
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(options.grpcPort ?? 8081, host, () => resolve());
+      });
+      grpcUrl = `http://${hostPart}:${(server.address() as AddressInfo).port}`;
+    }
+    logger.info({ url, grpcUrl }, "hub listening");
+
+    const fastify = app;
+    const h2server = h2;
+    let closing: Promise<void> | undefined;
+    return {
+      instanceId,
+      url,
+      grpcUrl,
+      db,
+      identity,
+      metrics,
+      setupToken: setup.setupToken,
+      createdOwner: setup.createdOwner,
+      close() {
+        closing ??= (async () => {
+          draining = true;
+          const grace = options.shutdownGraceMs ?? 10_000;
+          const timer = setTimeout(() => {
+            const http1 = fastify.server as { closeAllConnections?: () => void };
+            http1.closeAllConnections?.();
+            for (const session of h2Sessions) session.destroy();
+          }, grace);
+          timer.unref();
+          // Stop accepting, let in-flight requests finish, then close the store. GOAWAY tells
+          // gRPC clients to finish their streams and go elsewhere.
+          for (const session of h2Sessions) session.close();
+          await Promise.all([
+            fastify.close(),
+            h2server ? new Promise<void>((resolve) => h2server.close(() => resolve())) : undefined,
+          ]);
+          clearTimeout(timer);
+          await db.close();
+          logger.info("hub stopped");
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await app?.close().catch(() => {});
+    h2?.close();
+    await db.close().catch(() => {});
+    throw err;
+  }
+}

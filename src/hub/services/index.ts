@@ -1,0 +1,13 @@
+// Public entry of the services module: services, deployments, and the agent-report path.
+export type { ConfigPort, EnvironmentsPort } from "./ports.js";
+export {
+  type CreateServiceInput,
+  type Deployment,
+  type DeploymentReason,
+  type Observation,
+  type Service,
+  ServicesService,
+  type UpdateServiceInput,
+  type Visibility,
+} from "./service.js";
+export { checkSpec, type ServiceSpec, type SpecInput } from "./spec.js";

@@ -1,0 +1,26 @@
+// Ports the services module consumes; the composition root wires them to the projects and config modules.
+import type { Caller } from "../../shared/index.js";
+import type { Queryable } from "../../store/index.js";
+
+export interface EnvironmentsPort {
+  /** The environment, if it belongs to the caller's organization; otherwise throws not-found. */
+  environment(
+    c: Caller,
+    environmentId: string,
+    q: Queryable,
+  ): Promise<{ id: string; projectId: string }>;
+  /** A project id from an id or slug of the caller's organization; otherwise throws not-found. */
+  projectId(c: Caller, ref: string, q: Queryable): Promise<string>;
+}
+
+export interface ConfigPort {
+  /** The effective config version of a service: changes whenever its or its environment's config changes. */
+  version(
+    q: Queryable,
+    organizationId: string,
+    environmentId: string,
+    serviceId: string,
+  ): Promise<string>;
+  /** Removes a service's own config, in the caller's transaction. */
+  removeServiceConfig(tx: Queryable, organizationId: string, serviceId: string): Promise<void>;
+}

@@ -1,0 +1,185 @@
+// The error catalogue: every error Flotilla returns has a stable code mapped to a Connect code and an HTTP status.
+import { Code, ConnectError } from "@connectrpc/connect";
+
+interface CatalogueEntry {
+  connect: Code;
+  http: number;
+  /** What the code means and what the caller can do about it (rendered into docs/errors.md). */
+  meaning: string;
+}
+
+export const ERROR_CATALOGUE = {
+  "request.malformed": {
+    connect: Code.InvalidArgument,
+    http: 400,
+    meaning:
+      "The body is not valid JSON or protobuf, a field has the wrong type, or an enum value is unknown. The message names the field.",
+  },
+  "request.too_large": {
+    connect: Code.InvalidArgument,
+    http: 400,
+    meaning:
+      "The request body exceeds the documented limit (1 MiB by default, `--max-body-bytes`).",
+  },
+  "validation.failed": {
+    connect: Code.InvalidArgument,
+    http: 400,
+    meaning: "A field is missing, too long or out of range. `field` names it; fix it and retry.",
+  },
+  "auth.unauthenticated": {
+    connect: Code.Unauthenticated,
+    http: 401,
+    meaning:
+      "No valid session cookie or bearer token was presented, or it expired or was revoked. Log in again.",
+  },
+  "auth.invalid_credentials": {
+    connect: Code.Unauthenticated,
+    http: 401,
+    meaning: "The email or password is wrong. The error does not say which.",
+  },
+  "auth.rate_limited": {
+    connect: Code.ResourceExhausted,
+    http: 429,
+    meaning: "Too many failed logins for this email or address; wait for the window to pass.",
+  },
+  "auth.permission_denied": {
+    connect: Code.PermissionDenied,
+    http: 403,
+    meaning: "Your role in this organization lacks the capability the call needs.",
+  },
+  "auth.tenant_mismatch": {
+    connect: Code.PermissionDenied,
+    http: 403,
+    meaning:
+      "The x-tenant-id header names an organization other than the one you are signed in to. Drop the header or sign in to that organization.",
+  },
+  "auth.setup_closed": {
+    connect: Code.FailedPrecondition,
+    http: 400,
+    meaning: "First-owner setup was already completed; sign in instead.",
+  },
+  "auth.setup_token_invalid": {
+    connect: Code.PermissionDenied,
+    http: 403,
+    meaning: "The setup token is wrong. It is printed by the hub at its first start.",
+  },
+  "resource.not_found": {
+    connect: Code.NotFound,
+    http: 404,
+    meaning:
+      "No such object in your organization (objects of other organizations also answer this).",
+  },
+  "resource.already_exists": {
+    connect: Code.AlreadyExists,
+    http: 409,
+    meaning: "An object with this unique name already exists. `field` names the clashing field.",
+  },
+  "resource.in_use": {
+    connect: Code.FailedPrecondition,
+    http: 400,
+    meaning:
+      "The object still has running dependents (the message names them). Stop them, or repeat with force.",
+  },
+  "resource.conflict": {
+    connect: Code.FailedPrecondition,
+    http: 400,
+    meaning:
+      "The request contradicts the object's state (for example a rollback to a deployment of another service).",
+  },
+  "membership.last_owner": {
+    connect: Code.FailedPrecondition,
+    http: 400,
+    meaning: "The organization must keep at least one owner; promote another member first.",
+  },
+  "store.locked": {
+    connect: Code.Unavailable,
+    http: 503,
+    meaning:
+      "Another process holds the embedded data directory. Stop it or pick another --data-dir.",
+  },
+  "store.migration_changed": {
+    connect: Code.FailedPrecondition,
+    http: 400,
+    meaning:
+      "An applied migration file was edited. Restore the original file; never edit applied migrations.",
+  },
+  "store.unavailable": {
+    connect: Code.Unavailable,
+    http: 503,
+    meaning: "The database could not be reached. The call can be retried.",
+  },
+  "server.draining": {
+    connect: Code.Unavailable,
+    http: 503,
+    meaning: "This hub is shutting down; retry against another replica.",
+  },
+  "config.invalid": {
+    connect: Code.InvalidArgument,
+    http: 400,
+    meaning:
+      "A command-line option or environment variable has an invalid value. The message names it.",
+  },
+  internal: {
+    connect: Code.Internal,
+    http: 500,
+    meaning: "A bug. The correlation id in the response finds the log lines.",
+  },
+} as const satisfies Record<string, CatalogueEntry>;
+
+export type ErrorCode = keyof typeof ERROR_CATALOGUE;
+
+export class FlotillaError extends Error {
+  readonly code: ErrorCode;
+  readonly field: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options: { field?: string; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "FlotillaError";
+    this.code = code;
+    this.field = options.field;
+  }
+
+  get connectCode(): Code {
+    return ERROR_CATALOGUE[this.code].connect;
+  }
+
+  get httpStatus(): number {
+    return ERROR_CATALOGUE[this.code].http;
+  }
+}
+
+export const invalid = (field: string, message: string) =>
+  new FlotillaError("validation.failed", `${field}: ${message}`, { field });
+
+export const notFound = (what: string) =>
+  new FlotillaError("resource.not_found", `${what} not found`);
+
+export const ERROR_CODE_HEADER = "flotilla-error-code";
+export const ERROR_FIELD_HEADER = "flotilla-error-field";
+
+/** The Connect error a client sees: the message, plus the stable code and field as metadata. */
+export function toConnectError(err: unknown): ConnectError {
+  if (err instanceof FlotillaError) {
+    const metadata = new Headers({ [ERROR_CODE_HEADER]: err.code });
+    if (err.field) metadata.set(ERROR_FIELD_HEADER, err.field);
+    return new ConnectError(err.message, err.connectCode, metadata);
+  }
+  if (err instanceof ConnectError) {
+    // Connect's own decode and size errors: stamp them with our catalogue code.
+    if (!err.metadata.has(ERROR_CODE_HEADER)) {
+      const code: ErrorCode =
+        err.code === Code.InvalidArgument
+          ? "request.malformed"
+          : err.code === Code.ResourceExhausted
+            ? "request.too_large"
+            : "internal";
+      if (code !== "internal") err.metadata.set(ERROR_CODE_HEADER, code);
+    }
+    return err;
+  }
+  return new ConnectError(
+    "internal error",
+    Code.Internal,
+    new Headers({ [ERROR_CODE_HEADER]: "internal" }),
+  );
+}

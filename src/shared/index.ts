@@ -1,0 +1,10 @@
+// Public entry of the shared transport contract: context, trace, errors, logs, metrics, ids.
+
+export * from "./caller.js";
+export * from "./context.js";
+export * from "./errors.js";
+export * from "./ids.js";
+export * from "./log.js";
+export * from "./metrics.js";
+export * from "./trace.js";
+export * from "./validate.js";

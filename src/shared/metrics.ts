@@ -1,0 +1,40 @@
+// Prometheus metrics: one registry per process component, every name prefixed flotilla_.
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+
+export const METRIC_PREFIX = "flotilla_";
+
+export interface Metrics {
+  registry: Registry;
+  rpcRequests: Counter<"service" | "method" | "code">;
+  rpcDuration: Histogram<"service" | "method">;
+  dbPoolConnections: Gauge<"state">;
+}
+
+export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
+  const registry = new Registry();
+  if (options.defaultMetrics !== false)
+    collectDefaultMetrics({ register: registry, prefix: METRIC_PREFIX });
+  return {
+    registry,
+    rpcRequests: new Counter({
+      name: `${METRIC_PREFIX}rpc_requests_total`,
+      help: "RPCs handled, by service, method and Connect code.",
+      labelNames: ["service", "method", "code"],
+      registers: [registry],
+    }),
+    rpcDuration: new Histogram({
+      name: `${METRIC_PREFIX}rpc_duration_seconds`,
+      help: "RPC handling time.",
+      labelNames: ["service", "method"],
+      // From 1 ms (a cached who-am-I) to 10 s (the longest synchronous call we allow).
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+      registers: [registry],
+    }),
+    dbPoolConnections: new Gauge({
+      name: `${METRIC_PREFIX}db_pool_connections`,
+      help: "Database pool connections by state (total, idle, waiting).",
+      labelNames: ["state"],
+      registers: [registry],
+    }),
+  };
+}

@@ -1,0 +1,125 @@
+// PostgreSQL adapter of the Db port: a pg pool plus dedicated connections for LISTEN and locks.
+import pg from "pg";
+import type { Db, Queryable, QueryResult } from "./db.js";
+
+export interface PoolSettings {
+  /** Connections in the pool. Default 20: two cores serve ~20 concurrent queries before queueing helps. */
+  max: number;
+  /** Close a connection idle this long. Default 30 s. */
+  idleTimeoutMs: number;
+  /** Recycle a connection after this age, so failovers and config reloads reach every connection. Default 30 min. */
+  maxLifetimeSeconds: number;
+  /** Give up acquiring a connection after this long. Default 5 s. */
+  connectTimeoutMs: number;
+  /** Cancel any statement running longer than this. Default 30 s. */
+  statementTimeoutMs: number;
+}
+
+export const DEFAULT_POOL_SETTINGS: PoolSettings = {
+  max: 20,
+  idleTimeoutMs: 30_000,
+  maxLifetimeSeconds: 1_800,
+  connectTimeoutMs: 5_000,
+  statementTimeoutMs: 30_000,
+};
+
+// bigint columns come back as strings from pg; counters and sizes here fit in 2^53, and the
+// PGlite adapter returns numbers too, so both engines agree.
+pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v));
+
+function adapt<T>(result: pg.QueryResult): QueryResult<T> {
+  return { rows: result.rows as T[], rowCount: result.rowCount ?? 0 };
+}
+
+function wrapClient(client: pg.ClientBase): Queryable {
+  return {
+    async query<T>(sql: string, params?: unknown[]) {
+      return adapt<T>(await client.query(sql, params as unknown[]));
+    },
+    async exec(sql: string) {
+      await client.query(sql);
+    },
+  };
+}
+
+export interface PgDb extends Db {
+  readonly pool: pg.Pool;
+}
+
+export function openPostgres(url: string, settings: Partial<PoolSettings> = {}): PgDb {
+  const s = { ...DEFAULT_POOL_SETTINGS, ...settings };
+  const clientConfig = {
+    connectionString: url,
+    connectionTimeoutMillis: s.connectTimeoutMs,
+    statement_timeout: s.statementTimeoutMs,
+    application_name: "flotilla",
+  };
+  const pool = new pg.Pool({
+    ...clientConfig,
+    max: s.max,
+    idleTimeoutMillis: s.idleTimeoutMs,
+    maxLifetimeSeconds: s.maxLifetimeSeconds,
+  });
+  // An idle client losing its server is reported here; the pool drops it and opens another.
+  pool.on("error", () => {});
+  const dedicated = async () => {
+    const client = new pg.Client(clientConfig);
+    client.on("error", () => {});
+    await client.connect();
+    return client;
+  };
+
+  return {
+    engine: "postgres",
+    pool,
+    async query<T>(sql: string, params?: unknown[]) {
+      return adapt<T>(await pool.query(sql, params as unknown[]));
+    },
+    async exec(sql: string) {
+      await pool.query(sql);
+    },
+    async tx<T>(fn: (tx: Queryable) => Promise<T>) {
+      const client = await pool.connect();
+      try {
+        await client.query("BEGIN");
+        const result = await fn(wrapClient(client));
+        await client.query("COMMIT");
+        return result;
+      } catch (err) {
+        await client.query("ROLLBACK").catch(() => {});
+        throw err;
+      } finally {
+        client.release();
+      }
+    },
+    async listen(channel, fn) {
+      const client = await dedicated();
+      client.on("notification", (msg) => {
+        if (msg.channel === channel) fn(msg.payload ?? "");
+      });
+      await client.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+      return async () => {
+        await client.end().catch(() => {});
+      };
+    },
+    async withExclusiveLock(key, fn) {
+      const client = await dedicated();
+      try {
+        await client.query("SELECT pg_advisory_lock($1)", [key]);
+        try {
+          return await fn(wrapClient(client));
+        } finally {
+          await client.query("SELECT pg_advisory_unlock($1)", [key]).catch(() => {});
+        }
+      } finally {
+        await client.end().catch(() => {});
+      }
+    },
+    async ping() {
+      await pool.query("SELECT 1");
+    },
+    async close() {
+      await pool.end();
+    },
+  };
+}
