@@ -1,8 +1,15 @@
 // `flotilla up` (everything in one process, embedded store) and `flotilla hub` (one replica on PostgreSQL).
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
-import { type Hub, type HubOptions, startHub } from "../hub/index.js";
+import { basename, dirname, join, resolve } from "node:path";
+import {
+  type Hub,
+  type HubOptions,
+  loadOrCreateKeyFile,
+  type MasterKey,
+  masterKeyFrom,
+  startHub,
+} from "../hub/index.js";
 import { createLogger, FlotillaError } from "../shared/index.js";
 import { helpFor, intOption, type OptionSpecs, parseOptions, stringOption } from "./options.js";
 
@@ -51,6 +58,17 @@ const COMMON: OptionSpecs = {
     env: "FLOTILLA_MAX_BODY_BYTES",
     default: "1048576",
     description: "Largest request body accepted",
+  },
+  "master-key": {
+    type: "string",
+    env: "FLOTILLA_MASTER_KEY",
+    description:
+      "32 random bytes in base64 that seal config secrets; the same on every replica (`flotilla up` generates one)",
+  },
+  "previous-master-keys": {
+    type: "string",
+    env: "FLOTILLA_MASTER_KEYS_PREVIOUS",
+    description: "Comma-separated older master keys that still open secrets until rotate-key",
   },
   "log-level": {
     type: "string",
@@ -132,6 +150,32 @@ function sessionSecret(
   return readFileSync(fallbackFile, "utf8").trim();
 }
 
+/** The embedded key file lives beside the data directory, so a copy of the data is not a copy of the key. */
+export function embeddedKeyFile(dataDir: string): string {
+  return join(dirname(dataDir), `${basename(dataDir)}.master-key`);
+}
+
+function masterKeys(
+  values: Record<string, string | boolean | undefined>,
+  keyFile?: string,
+): { masterKey: MasterKey; previousMasterKeys: MasterKey[] } {
+  const given = stringOption(values, "master-key");
+  let masterKey: MasterKey;
+  if (given) masterKey = masterKeyFrom(given, "--master-key (FLOTILLA_MASTER_KEY)");
+  else if (keyFile) masterKey = loadOrCreateKeyFile(keyFile);
+  else
+    throw new FlotillaError(
+      "config.invalid",
+      "set FLOTILLA_MASTER_KEY (or --master-key) to the same key on every replica, e.g. `openssl rand -base64 32`; it seals config secrets",
+    );
+  const previous = (stringOption(values, "previous-master-keys") ?? "")
+    .split(",")
+    .map((k) => k.trim())
+    .filter(Boolean)
+    .map((k, i) => masterKeyFrom(k, `FLOTILLA_MASTER_KEYS_PREVIOUS[${i}]`));
+  return { masterKey, previousMasterKeys: previous };
+}
+
 function tlsOptions(values: Record<string, string | boolean | undefined>): HubOptions["tls"] {
   const cert = stringOption(values, "tls-cert");
   const key = stringOption(values, "tls-key");
@@ -206,6 +250,7 @@ export async function upCommand(argv: string[]): Promise<number> {
     store: { kind: "embedded", dataDir },
     ...listenOptions(values, "127.0.0.1"),
     sessionSecret: sessionSecret(values, join(dataDir, "session.secret")),
+    ...masterKeys(values, embeddedKeyFile(dataDir)),
     admin: admin(values),
     logger,
   });
@@ -243,6 +288,7 @@ export async function hubCommand(argv: string[]): Promise<number> {
     },
     ...listenOptions(values, "0.0.0.0"),
     sessionSecret: sessionSecret(values),
+    ...masterKeys(values),
     admin: admin(values),
     logger,
   });

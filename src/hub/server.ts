@@ -1,5 +1,5 @@
 // The hub process: store, migrations, identity, the Connect API on HTTP/1.1 and gRPC on h2c, and probes.
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import {
   createServer as createH2Server,
   type Http2Server,
@@ -15,25 +15,33 @@ import {
   createLogger,
   createMetrics,
   ERROR_CODE_HEADER,
+  FlotillaError,
   type IncomingContext,
   type Logger,
   type Metrics,
 } from "../shared/index.js";
 import { type Db, migrate, openPglite, openPostgres, type PoolSettings } from "../store/index.js";
 import {
+  configRoutes,
   contextResponseHeaders,
   createAuthInterceptor,
   identityRoutes,
   kIncoming,
   kRemoteAddr,
+  projectRoutes,
+  servicesRoutes,
 } from "./api/index.js";
 import { recordAudit } from "./audit/index.js";
+import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
   type LoginLimits,
   SessionCodec,
 } from "./identity/index.js";
+import { type EventBus, memoryBus, OutboxRelay, postgresBus } from "./outbox/index.js";
+import { ProjectsService } from "./projects/index.js";
+import { ServicesService } from "./services/index.js";
 
 export type StoreOptions =
   | { kind: "postgres"; url: string; pool?: Partial<PoolSettings> }
@@ -62,6 +70,13 @@ export interface HubOptions {
    */
   tls?: { cert: string | Buffer; key: string | Buffer };
   loginLimits?: LoginLimits;
+  /**
+   * Seals config secrets (AES-256-GCM). Required on PostgreSQL (FLOTILLA_MASTER_KEY); `flotilla up`
+   * keeps a generated one in a 0600 file beside its data directory. Previous keys still open what
+   * they sealed until `flotilla config rotate-key` re-seals it.
+   */
+  masterKey?: MasterKey;
+  previousMasterKeys?: MasterKey[];
   logger?: Logger;
   /** How long shutdown waits for in-flight requests before closing the store. Default 10 s. */
   shutdownGraceMs?: number;
@@ -73,6 +88,11 @@ export interface Hub {
   grpcUrl: string | null;
   db: Db;
   identity: IdentityService;
+  projects: ProjectsService;
+  services: ServicesService;
+  config: ConfigService;
+  events: EventBus;
+  relay: OutboxRelay;
   metrics: Metrics;
   /** Set when no owner exists yet: the one-time token for Bootstrap. */
   setupToken: string | undefined;
@@ -95,6 +115,20 @@ export async function openStore(store: StoreOptions): Promise<Db> {
     : openPglite(store.dataDir);
 }
 
+/**
+ * Without a configured master key, only a throwaway in-memory store may run (tests): its secrets
+ * die with the process anyway. Anything persistent must be given a key.
+ */
+function ephemeralKeyFor(store: StoreOptions): MasterKey {
+  if (store.kind === "embedded" && store.dataDir.startsWith("memory://")) {
+    return { id: "ephemeral", key: randomBytes(32) };
+  }
+  throw new FlotillaError(
+    "config.invalid",
+    "set FLOTILLA_MASTER_KEY to 32 random bytes in base64 (`openssl rand -base64 32`), the same on every replica; it seals config secrets",
+  );
+}
+
 export async function startHub(options: HubOptions): Promise<Hub> {
   const instanceId = randomUUID();
   const logger = (options.logger ?? createLogger({ name: "hub" })).child({ instance: instanceId });
@@ -102,7 +136,14 @@ export async function startHub(options: HubOptions): Promise<Hub> {
   const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const host = options.host ?? "127.0.0.1";
 
+  const keyring = new Keyring(
+    options.masterKey ?? ephemeralKeyFor(options.store),
+    options.previousMasterKeys,
+  );
   const db = await openStore(options.store);
+  let events: EventBus | undefined;
+  let relay: OutboxRelay | undefined;
+  const shutdown = new AbortController();
   let app: FastifyInstance | undefined;
   let h2: Http2Server | undefined;
   // HTTP/2 sessions outlive requests; shutdown must GOAWAY them, then destroy stragglers.
@@ -127,13 +168,49 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     );
     const setup = await identity.prepareSetup(options.admin);
 
+    // Composition root: each module consumes the others only through the ports it declares.
+    const projects = new ProjectsService(db);
+    const config: ConfigService = new ConfigService(db, keyring, {
+      environment: (c, id, q) => projects.getEnvironment(c, id, q, "target.id"),
+      service: async (c, id, q) => {
+        const s = await services.getService(c, id, q, "target.id");
+        return { id: s.id, environmentId: s.environmentId };
+      },
+    });
+    const services: ServicesService = new ServicesService(
+      db,
+      {
+        environment: (c, id, q) => projects.getEnvironment(c, id, q),
+        projectId: async (c, ref, q) => (await projects.getProject(c, ref, q)).id,
+      },
+      {
+        version: (q, org, env, svc) => config.version(q, org, env, svc),
+        removeServiceConfig: (tx, org, svc) => config.removeScope(tx, org, "service", svc),
+      },
+    );
+    projects.setDependents({
+      running: (q, org, scope) => services.runningIn(q, org, scope),
+      removeEnvironment: async (tx, org, environmentId) => {
+        await services.removeIn(tx, org, { environmentId });
+        await config.removeScope(tx, org, "environment", environmentId);
+      },
+    });
+    const bus = db.engine === "postgres" ? await postgresBus(db) : memoryBus();
+    events = bus;
+    relay = new OutboxRelay(db, bus, logger);
+    await relay.start();
+
     const interceptors = [createAuthInterceptor({ identity, logger, metrics })];
-    const routes = (router: ConnectRouter) =>
+    const routes = (router: ConnectRouter) => {
       identityRoutes(router, {
         db,
         identity,
         secureCookies: options.secureCookies ?? Boolean(options.tls),
       });
+      projectRoutes(router, projects);
+      servicesRoutes(router, { services, events: bus, db, shutdown: shutdown.signal });
+      configRoutes(router, config);
+    };
 
     let draining = false;
     const base = { logger: false, bodyLimit: maxBodyBytes, trustProxy: false } as const;
@@ -225,6 +302,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
 
     const fastify = app;
     const h2server = h2;
+    const outboxRelay = relay;
     let closing: Promise<void> | undefined;
     return {
       instanceId,
@@ -232,12 +310,19 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       grpcUrl,
       db,
       identity,
+      projects,
+      services,
+      config,
+      events: bus,
+      relay: outboxRelay,
       metrics,
       setupToken: setup.setupToken,
       createdOwner: setup.createdOwner,
       close() {
         closing ??= (async () => {
           draining = true;
+          // Open watch streams end now; everything else gets the grace period.
+          shutdown.abort();
           const grace = options.shutdownGraceMs ?? 10_000;
           const timer = setTimeout(() => {
             const http1 = fastify.server as { closeAllConnections?: () => void };
@@ -253,6 +338,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
             h2server ? new Promise<void>((resolve) => h2server.close(() => resolve())) : undefined,
           ]);
           clearTimeout(timer);
+          await outboxRelay.stop();
+          await bus.close();
           await db.close();
           logger.info("hub stopped");
         })();
@@ -260,6 +347,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       },
     };
   } catch (err) {
+    await relay?.stop().catch(() => {});
+    await events?.close().catch(() => {});
     await app?.close().catch(() => {});
     h2?.close();
     await db.close().catch(() => {});

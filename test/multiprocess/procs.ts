@@ -11,6 +11,8 @@ export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const CLI = join(ROOT, "dist", "src", "cli", "main.js");
 
 export const SECRET_A = "multiprocess-secret-A-0123456789-abcdefghijklmnop";
+/** 32 bytes in base64, as FLOTILLA_MASTER_KEY wants. */
+export const TEST_MASTER_KEY = Buffer.alloc(32, 7).toString("base64");
 export const SECRET_B = "multiprocess-secret-B-9876543210-zyxwvutsrqponmlk";
 
 /** Distinct free loopback ports: all servers stay open until every port is read, then close. */
@@ -116,7 +118,9 @@ export async function startFlotilla(
   const grpcPort = options.grpcPort ?? freeB!;
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("FLOTILLA_")) env[k] = v;
-  Object.assign(env, { FLOTILLA_LOG_LEVEL: "info" }, options.env);
+  // Hub replicas of one installation share a master key; `up` generates its own beside its data.
+  const key = command === "hub" ? { FLOTILLA_MASTER_KEY: TEST_MASTER_KEY } : {};
+  Object.assign(env, { FLOTILLA_LOG_LEVEL: "info" }, key, options.env);
   const args = [
     CLI,
     command,

@@ -15,6 +15,9 @@ export interface TestHub {
   stop(): Promise<void>;
 }
 
+/** A fixed key so a test can open what a hub sealed; never a production key. */
+export const TEST_MASTER_KEY = { id: "test-key", key: Buffer.alloc(32, 9) };
+
 export const TEST_SESSION_SECRET = "test-session-secret-that-is-long-enough-0123456789";
 
 export async function startTestHub(
@@ -38,6 +41,7 @@ export async function startTestHub(
     port: 0,
     grpcPort: 0,
     sessionSecret: TEST_SESSION_SECRET,
+    masterKey: TEST_MASTER_KEY,
     logger: createLogger({ destination: sink, level: "debug" }),
     ...overrides,
   });

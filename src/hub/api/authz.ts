@@ -1,10 +1,13 @@
 // Deny-by-default authorization: every RPC declares a rule; the interceptor authenticates and enforces it.
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextKey, type Interceptor } from "@connectrpc/connect";
+import { ConfigService as ConfigRpc } from "../../gen/flotilla/v1/config_pb.js";
 import {
   IdentityService as IdentityRpc,
   OrganizationService as OrganizationRpc,
 } from "../../gen/flotilla/v1/identity_pb.js";
+import { ProjectService as ProjectRpc } from "../../gen/flotilla/v1/projects_pb.js";
+import { ServicesService as ServicesRpc } from "../../gen/flotilla/v1/services_pb.js";
 import {
   CARRIAGE,
   contextFromHttpHeaders,
@@ -36,7 +39,13 @@ const AUTHENTICATED: Rule = { access: "authenticated" };
 const can = (capability: Capability): Rule => ({ access: "capability", capability });
 
 /** Every service the hub serves. A service listed here without a rule for each method fails a test. */
-export const SERVICES: DescService[] = [IdentityRpc, OrganizationRpc];
+export const SERVICES: DescService[] = [
+  IdentityRpc,
+  OrganizationRpc,
+  ProjectRpc,
+  ServicesRpc,
+  ConfigRpc,
+];
 
 /** Keyed by "package.Service/Method". A method missing here is refused (and fails a test). */
 export const RPC_RULES: Record<string, Rule> = {
@@ -57,6 +66,32 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.OrganizationService/UpdateMemberRole": can("members.manage"),
   "flotilla.v1.OrganizationService/RemoveMember": can("members.manage"),
   "flotilla.v1.OrganizationService/ListAuditEvents": can("audit.read"),
+  "flotilla.v1.ProjectService/CreateProject": can("projects.write"),
+  "flotilla.v1.ProjectService/ListProjects": can("projects.read"),
+  "flotilla.v1.ProjectService/GetProject": can("projects.read"),
+  "flotilla.v1.ProjectService/RenameProject": can("projects.write"),
+  "flotilla.v1.ProjectService/DeleteProject": can("projects.write"),
+  "flotilla.v1.ProjectService/CreateEnvironment": can("projects.write"),
+  "flotilla.v1.ProjectService/ListEnvironments": can("projects.read"),
+  "flotilla.v1.ProjectService/RenameEnvironment": can("projects.write"),
+  "flotilla.v1.ProjectService/DeleteEnvironment": can("projects.write"),
+  "flotilla.v1.ServicesService/CreateService": can("services.write"),
+  "flotilla.v1.ServicesService/ListServices": can("projects.read"),
+  "flotilla.v1.ServicesService/GetService": can("projects.read"),
+  "flotilla.v1.ServicesService/UpdateService": can("services.write"),
+  "flotilla.v1.ServicesService/DeleteService": can("services.write"),
+  "flotilla.v1.ServicesService/Deploy": can("deployments.create"),
+  "flotilla.v1.ServicesService/ListDeployments": can("projects.read"),
+  "flotilla.v1.ServicesService/GetDeployment": can("projects.read"),
+  "flotilla.v1.ServicesService/Rollback": can("deployments.create"),
+  "flotilla.v1.ServicesService/ListEvents": can("projects.read"),
+  "flotilla.v1.ServicesService/WatchEvents": can("projects.read"),
+  "flotilla.v1.ConfigService/SetConfig": can("config.write"),
+  "flotilla.v1.ConfigService/ImportConfig": can("config.write"),
+  "flotilla.v1.ConfigService/ListConfig": can("config.read"),
+  "flotilla.v1.ConfigService/UnsetConfig": can("config.write"),
+  "flotilla.v1.ConfigService/RevealSecret": can("config.reveal"),
+  "flotilla.v1.ConfigService/GetEffectiveConfig": can("config.read"),
 };
 
 /** Set by the HTTP layer: the context read from the request headers, and the peer address. */

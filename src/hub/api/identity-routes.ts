@@ -1,5 +1,4 @@
 // Connect handlers for IdentityService and OrganizationService: proto in, domain call, proto out.
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
 import {
   AuthMethod,
@@ -7,7 +6,6 @@ import {
   OrganizationService as OrganizationRpc,
   Role,
 } from "../../gen/flotilla/v1/identity_pb.js";
-import { FlotillaError } from "../../shared/index.js";
 import type { Db } from "../../store/index.js";
 import { listAudit } from "../audit/index.js";
 import {
@@ -22,7 +20,8 @@ import {
   sessionCookie,
   type User,
 } from "../identity/index.js";
-import { kPrincipal, kRemoteAddr } from "./authz.js";
+import { kRemoteAddr } from "./authz.js";
+import { principal, ts } from "./handler-context.js";
 
 const ROLE_TO_PROTO: Record<RoleName, Role> = {
   owner: Role.OWNER,
@@ -34,7 +33,6 @@ const PROTO_TO_ROLE = new Map<Role, RoleName>(
   Object.entries(ROLE_TO_PROTO).map(([k, v]) => [v, k as RoleName]),
 );
 
-const ts = (d: Date | null | undefined) => (d ? timestampFromDate(new Date(d)) : undefined);
 const user = (u: User) => ({
   id: u.id,
   email: u.email,
@@ -61,13 +59,6 @@ const token = (t: ApiToken) => ({
   expiresAt: ts(t.expiresAt),
   revokedAt: ts(t.revokedAt),
 });
-
-function principal(ctx: HandlerContext): Principal {
-  const p = ctx.values.get(kPrincipal);
-  // The interceptor sets it for every non-public RPC; reaching here without one is a bug in the rules.
-  if (!p) throw new FlotillaError("auth.unauthenticated", "sign in first");
-  return p;
-}
 
 export interface IdentityRouteOptions {
   db: Db;

@@ -9,4 +9,7 @@ export {
   type Rule,
   SERVICES,
 } from "./authz.js";
+export { configRoutes } from "./config-routes.js";
 export { type IdentityRouteOptions, identityRoutes } from "./identity-routes.js";
+export { projectRoutes } from "./projects-routes.js";
+export { type ServicesRouteOptions, servicesRoutes } from "./services-routes.js";

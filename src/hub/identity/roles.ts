@@ -11,12 +11,30 @@ export const CAPABILITIES = {
   "members.grant_owner": "Make another member an owner.",
   "audit.read": "Read the audit log.",
   "tokens.self": "Create, list and revoke one's own API tokens.",
+  "projects.read": "See projects, environments, services, deployments and their events.",
+  "projects.write": "Create, rename and delete projects and environments.",
+  "services.write": "Create, change and delete services.",
+  "deployments.create": "Deploy and roll back services.",
+  "config.read": "See config variables' values and secrets' names.",
+  "config.write": "Set, import and unset config variables and secrets.",
   "config.reveal": "Reveal a secret config value (audited).",
 } as const;
 export type Capability = keyof typeof CAPABILITIES;
 
-const VIEWER: Capability[] = ["org.read", "members.read", "tokens.self"];
-const DEVELOPER: Capability[] = [...VIEWER];
+const VIEWER: Capability[] = [
+  "org.read",
+  "members.read",
+  "tokens.self",
+  "projects.read",
+  "config.read",
+];
+const DEVELOPER: Capability[] = [
+  ...VIEWER,
+  "projects.write",
+  "services.write",
+  "deployments.create",
+  "config.write",
+];
 const ADMIN: Capability[] = [...DEVELOPER, "members.manage", "audit.read", "config.reveal"];
 const OWNER: Capability[] = [...ADMIN, "org.update", "members.grant_owner"];
 

@@ -82,18 +82,39 @@ export async function eventsByIds(db: Queryable, ids: string[]): Promise<StoredE
   return rows.map(toEvent);
 }
 
-/** An organization's events after `afterId` (ids are UUIDv7, so they sort by time), oldest first. */
+/** Events of one organization, optionally only those about one service (itself or its deployments). */
+export interface EventFilter {
+  organizationId: string;
+  serviceId?: string | null;
+}
+
+const FILTER_SQL = `organization_id = $1 AND ($2::text IS NULL OR subject_id = $2::text OR payload->>'service_id' = $2::text)`;
+
+/** Events after `afterId` (ids are UUIDv7, so they sort by time), oldest first. */
 export async function eventsAfter(
-  db: Db,
-  organizationId: string,
+  db: Queryable,
+  filter: EventFilter,
   afterId: string | null,
   limit = 500,
 ): Promise<StoredEvent[]> {
   const { rows } = await db.query<EventRow>(
     `SELECT ${EVENT_COLUMNS} FROM outbox_events
-     WHERE organization_id = $1 AND ($2::uuid IS NULL OR id > $2::uuid)
-     ORDER BY id LIMIT $3`,
-    [organizationId, afterId, limit],
+     WHERE ${FILTER_SQL} AND ($3::uuid IS NULL OR id > $3::uuid)
+     ORDER BY id LIMIT $4`,
+    [filter.organizationId, filter.serviceId ?? null, afterId, limit],
   );
   return rows.map(toEvent);
+}
+
+/** The newest `limit` events, returned oldest first. */
+export async function latestEvents(
+  db: Queryable,
+  filter: EventFilter,
+  limit: number,
+): Promise<StoredEvent[]> {
+  const { rows } = await db.query<EventRow>(
+    `SELECT ${EVENT_COLUMNS} FROM outbox_events WHERE ${FILTER_SQL} ORDER BY id DESC LIMIT $3`,
+    [filter.organizationId, filter.serviceId ?? null, limit],
+  );
+  return rows.map(toEvent).reverse();
 }

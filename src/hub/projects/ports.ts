@@ -7,6 +7,6 @@ export type Scope = { projectId: string } | { environmentId: string };
 export interface DependentsPort {
   /** Names of services in the scope that are running or being deployed. */
   running(tx: Queryable, organizationId: string, scope: Scope): Promise<string[]>;
-  /** Removes everything in the scope, in the caller's transaction. */
-  remove(tx: Queryable, organizationId: string, scope: Scope): Promise<void>;
+  /** Removes everything that lives in an environment (services, config), in the caller's transaction. */
+  removeEnvironment(tx: Queryable, organizationId: string, environmentId: string): Promise<void>;
 }

@@ -70,7 +70,7 @@ const ENVIRONMENT_COLUMNS = "id, project_id, slug, name, created_at";
 /** No dependents: a deployment without services (tests of this module alone). */
 export const NO_DEPENDENTS: DependentsPort = {
   running: async () => [],
-  remove: async () => {},
+  removeEnvironment: async () => {},
 };
 
 export class ProjectsService {
@@ -371,6 +371,16 @@ export class ProjectsService {
         `${what} has running services: ${running.join(", ")}; stop them first or pass force`,
       );
     }
-    await this.dependents.remove(tx, c.organizationId, scope);
+    const environmentIds =
+      "environmentId" in scope
+        ? [scope.environmentId]
+        : (
+            await tx.query<{ id: string }>(
+              "SELECT id FROM environments WHERE project_id = $1 AND organization_id = $2",
+              [scope.projectId, c.organizationId],
+            )
+          ).rows.map((r) => r.id);
+    for (const id of environmentIds)
+      await this.dependents.removeEnvironment(tx, c.organizationId, id);
   }
 }

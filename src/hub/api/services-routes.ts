@@ -1,0 +1,270 @@
+// Connect handlers for ServicesService: services, deployments, rollback, and the live event stream.
+import type { ConnectRouter } from "@connectrpc/connect";
+import {
+  Driver,
+  RestartPolicy,
+  ServicesService as ServicesRpc,
+  type ServiceSpec as SpecMessage,
+  Visibility,
+} from "../../gen/flotilla/v1/services_pb.js";
+import { checkId, invalid } from "../../shared/index.js";
+import type { Queryable } from "../../store/index.js";
+import { type EventBus, eventsAfter, latestEvents, type StoredEvent } from "../outbox/index.js";
+import type {
+  Deployment,
+  Service,
+  ServiceSpec,
+  ServicesService,
+  SpecInput,
+  Visibility as VisibilityName,
+} from "../services/index.js";
+import { caller, ts } from "./handler-context.js";
+
+const DRIVER_FROM_PROTO = new Map<Driver, "exec" | "docker">([
+  [Driver.EXEC, "exec"],
+  [Driver.DOCKER, "docker"],
+]);
+const RESTART_FROM_PROTO = new Map<RestartPolicy, "always" | "on-failure" | "never">([
+  [RestartPolicy.ALWAYS, "always"],
+  [RestartPolicy.ON_FAILURE, "on-failure"],
+  [RestartPolicy.NEVER, "never"],
+]);
+const RESTART_TO_PROTO = new Map([...RESTART_FROM_PROTO].map(([k, v]) => [v, k]));
+const VISIBILITY_FROM_PROTO = new Map<Visibility, VisibilityName>([
+  [Visibility.PRIVATE, "PRIVATE"],
+  [Visibility.PUBLIC, "PUBLIC"],
+]);
+
+function specInput(m: SpecMessage | undefined): SpecInput | undefined {
+  if (!m) return undefined;
+  return {
+    driver: DRIVER_FROM_PROTO.get(m.driver),
+    exec: m.exec && {
+      command: m.exec.command,
+      args: m.exec.args,
+      workingDirectory: m.exec.workingDirectory,
+      port: m.exec.port,
+    },
+    docker: m.docker && { image: m.docker.image, command: m.docker.command, port: m.docker.port },
+    healthCheck: m.healthCheck && { type: m.healthCheck.type, path: m.healthCheck.path },
+    // Unspecified means the default (always); checkSpec rejects anything else it does not know.
+    restartPolicy:
+      m.restartPolicy === RestartPolicy.UNSPECIFIED
+        ? undefined
+        : (RESTART_FROM_PROTO.get(m.restartPolicy) ?? ("unknown" as "always")),
+    volumes: m.volumes.map((v) => ({ name: v.name, mountPath: v.mountPath })),
+  };
+}
+
+const spec = (s: ServiceSpec) => ({
+  driver: s.driver === "docker" ? Driver.DOCKER : Driver.EXEC,
+  exec: s.exec,
+  docker: s.docker,
+  healthCheck: s.healthCheck,
+  restartPolicy: RESTART_TO_PROTO.get(s.restartPolicy) ?? RestartPolicy.UNSPECIFIED,
+  volumes: s.volumes,
+});
+
+const service = (s: Service) => ({
+  id: s.id,
+  projectId: s.projectId,
+  environmentId: s.environmentId,
+  slug: s.slug,
+  name: s.name,
+  kind: s.kind,
+  templateId: s.templateId ?? "",
+  visibility: s.visibility === "PUBLIC" ? Visibility.PUBLIC : Visibility.PRIVATE,
+  serverId: s.serverId ?? "",
+  spec: spec(s.spec),
+  desiredDeploymentId: s.desiredDeploymentId ?? "",
+  observed: {
+    status: s.observed.status,
+    reason: s.observed.reason ?? "",
+    deploymentId: s.observed.deploymentId ?? "",
+    endpoint: s.observed.endpoint ?? "",
+    observedAt: ts(s.observed.observedAt),
+  },
+  createdAt: ts(s.createdAt),
+  updatedAt: ts(s.updatedAt),
+});
+
+const deployment = (d: Deployment) => ({
+  id: d.id,
+  serviceId: d.serviceId,
+  number: d.number,
+  spec: spec(d.spec),
+  configVersion: d.configVersion,
+  reason: d.reason,
+  sourceDeploymentId: d.sourceDeploymentId ?? "",
+  createdBy: d.createdBy,
+  createdAt: ts(d.createdAt),
+  status: d.status,
+  statusReason: d.statusReason ?? "",
+  endpoint: d.endpoint ?? "",
+  observedAt: ts(d.observedAt),
+  desired: d.desired,
+});
+
+const event = (e: StoredEvent) => ({
+  event: {
+    id: e.id,
+    type: e.type,
+    subjectId: e.subjectId,
+    payloadJson: JSON.stringify(e.payload),
+    correlationId: e.correlationId,
+    occurredAt: ts(e.occurredAt),
+  },
+});
+
+export interface ServicesRouteOptions {
+  services: ServicesService;
+  events: EventBus;
+  db: Queryable;
+  /** Aborted when the hub shuts down, so open watch streams end instead of holding shutdown. */
+  shutdown: AbortSignal;
+}
+
+// A watcher that falls this far behind is cut off; it resumes with since_id.
+const MAX_QUEUED_EVENTS = 10_000;
+// Ids remembered to drop events that arrive both by replay and live.
+const SEEN_WINDOW = 2_000;
+
+export function servicesRoutes(router: ConnectRouter, o: ServicesRouteOptions): void {
+  const { services } = o;
+  router.service(ServicesRpc, {
+    async createService(req, ctx) {
+      const r = await services.createService(caller(ctx), {
+        environmentId: req.environmentId,
+        name: req.name,
+        slug: req.slug,
+        visibility: VISIBILITY_FROM_PROTO.get(req.visibility),
+        serverId: req.serverId,
+        spec: specInput(req.spec),
+        deployNow: req.deployNow,
+      });
+      return {
+        service: service(r.service),
+        deployment: r.deployment ? deployment(r.deployment) : undefined,
+      };
+    },
+    async listServices(req, ctx) {
+      const list = await services.listServices(caller(ctx), {
+        project: req.project,
+        environmentId: req.environmentId,
+      });
+      return { services: list.map(service) };
+    },
+    async getService(req, ctx) {
+      const r = await services.describeService(caller(ctx), req.serviceId);
+      return {
+        service: service(r.service),
+        configChanged: r.configChanged,
+        effectiveConfigVersion: r.configVersion,
+      };
+    },
+    async updateService(req, ctx) {
+      const s = await services.updateService(caller(ctx), req.serviceId, {
+        name: req.name,
+        visibility: VISIBILITY_FROM_PROTO.get(req.visibility),
+        serverId: req.serverId,
+        spec: specInput(req.spec),
+      });
+      return { service: service(s) };
+    },
+    async deleteService(req, ctx) {
+      await services.deleteService(caller(ctx), req.serviceId);
+      return {};
+    },
+    async deploy(req, ctx) {
+      return { deployment: deployment(await services.deploy(caller(ctx), req.serviceId)) };
+    },
+    async listDeployments(req, ctx) {
+      const list = await services.listDeployments(caller(ctx), req.serviceId, req.limit);
+      return { deployments: list.map(deployment) };
+    },
+    async getDeployment(req, ctx) {
+      return {
+        deployment: deployment(await services.getDeployment(caller(ctx), req.deploymentId)),
+      };
+    },
+    async rollback(req, ctx) {
+      const d = await services.rollback(caller(ctx), req.serviceId, req.deploymentId);
+      return { deployment: deployment(d) };
+    },
+    async listEvents(req, ctx) {
+      const c = caller(ctx);
+      const limit = req.limit || 100;
+      if (!Number.isInteger(limit) || limit < 1 || limit > 500)
+        throw invalid("limit", "must be between 1 and 500");
+      const serviceId = req.serviceId ? (await services.getService(c, req.serviceId)).id : null;
+      const filter = { organizationId: c.organizationId, serviceId };
+      const list = req.afterId
+        ? await eventsAfter(o.db, filter, checkId("after_id", req.afterId), limit)
+        : await latestEvents(o.db, filter, limit);
+      return { events: list.map((e) => event(e).event) };
+    },
+    async *watchEvents(req, ctx) {
+      const c = caller(ctx);
+      const serviceId = req.serviceId ? (await services.getService(c, req.serviceId)).id : null;
+      let cursor = req.sinceId ? checkId("since_id", req.sinceId) : null;
+      const matches = (e: StoredEvent) =>
+        e.organizationId === c.organizationId &&
+        (!serviceId || e.subjectId === serviceId || e.payload.service_id === serviceId);
+
+      // Subscribe before replaying, so an event committed during the replay is not missed.
+      const queue: StoredEvent[] = [];
+      let wake: (() => void) | undefined;
+      let overflow = false;
+      const unsubscribe = o.events.subscribe((e) => {
+        if (!matches(e)) return;
+        if (queue.length >= MAX_QUEUED_EVENTS) overflow = true;
+        else queue.push(e);
+        wake?.();
+      });
+      const stop = () => wake?.();
+      ctx.signal.addEventListener("abort", stop);
+      o.shutdown.addEventListener("abort", stop);
+      const seen = new Set<string>();
+      const remember = (id: string) => {
+        seen.add(id);
+        if (seen.size > SEEN_WINDOW) seen.delete(seen.values().next().value!);
+      };
+      try {
+        if (cursor) {
+          for (;;) {
+            const page = await eventsAfter(
+              o.db,
+              { organizationId: c.organizationId, serviceId },
+              cursor,
+              500,
+            );
+            for (const e of page) {
+              remember(e.id);
+              yield event(e);
+            }
+            if (page.length < 500) break;
+            cursor = page[page.length - 1]!.id;
+          }
+        }
+        while (!ctx.signal.aborted && !o.shutdown.aborted) {
+          const next = queue.shift();
+          if (next) {
+            if (seen.has(next.id)) continue;
+            remember(next.id);
+            yield event(next);
+            continue;
+          }
+          if (overflow) return;
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+          });
+          wake = undefined;
+        }
+      } finally {
+        unsubscribe();
+        ctx.signal.removeEventListener("abort", stop);
+        o.shutdown.removeEventListener("abort", stop);
+      }
+    },
+  });
+}
