@@ -1,74 +1,18 @@
 // CLI commands over the hub's API: setup, login, logout, whoami, tokens, orgs, members, audit.
 import { hostname } from "node:os";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
-import {
-  AuthMethod,
-  IdentityService,
-  OrganizationService,
-  Role,
-} from "../gen/flotilla/v1/identity_pb.js";
+import { AuthMethod, Role } from "../gen/flotilla/v1/identity_pb.js";
 import { FlotillaError } from "../shared/index.js";
+import { type Api, CONNECTION, connect, help, when } from "./client.js";
 import {
   type Credentials,
   loadCredentials,
   removeCredentials,
   saveCredentials,
 } from "./credentials.js";
-import { helpFor, type OptionSpecs, type Parsed, parseOptions, stringOption } from "./options.js";
+import { type OptionSpecs, type Parsed, parseOptions, stringOption } from "./options.js";
 import { printJson, printTable } from "./output.js";
 import { readSecret } from "./prompt.js";
-
-const CONNECTION: OptionSpecs = {
-  hub: {
-    type: "string",
-    env: "FLOTILLA_HUB",
-    description: "Hub URL (default: the one you logged in to, else http://127.0.0.1:8080)",
-  },
-  token: {
-    type: "string",
-    env: "FLOTILLA_TOKEN",
-    description: "API or session token (default: the stored one)",
-  },
-  json: { type: "boolean", description: "Print JSON" },
-  help: { type: "boolean", short: "h", description: "Show this help" },
-};
-
-interface Api {
-  identity: Client<typeof IdentityService>;
-  orgs: Client<typeof OrganizationService>;
-  hub: string;
-}
-
-function connect(values: Parsed["values"], token?: string): Api {
-  const stored = loadCredentials();
-  const hub = (stringOption(values, "hub") ?? stored?.hub ?? "http://127.0.0.1:8080").replace(
-    /\/+$/,
-    "",
-  );
-  const bearer =
-    token ??
-    stringOption(values, "token") ??
-    (stored && stored.hub === hub ? stored.token : undefined);
-  const auth: Interceptor = (next) => async (req) => {
-    if (bearer) req.header.set("authorization", `Bearer ${bearer}`);
-    return next(req);
-  };
-  // Every call has a deadline: a hung hub fails the command instead of hanging it.
-  const transport = createConnectTransport({
-    baseUrl: hub,
-    httpVersion: "1.1",
-    interceptors: [auth],
-    defaultTimeoutMs: 30_000,
-  });
-  return {
-    identity: createClient(IdentityService, transport),
-    orgs: createClient(OrganizationService, transport),
-    hub,
-  };
-}
 
 const ROLE_NAMES: Record<number, string> = {
   [Role.OWNER]: "owner",
@@ -87,15 +31,8 @@ function roleFromName(name: string | undefined): Role {
   return Number(entry[0]) as Role;
 }
 
-const when = (t: Timestamp | undefined) => (t ? timestampDate(t).toISOString() : "");
-
 async function password(values: Parsed["values"], prompt: string): Promise<string> {
   return stringOption(values, "password") ?? (await readSecret(prompt));
-}
-
-function help(usage: string, specs: OptionSpecs): number {
-  process.stdout.write(`${helpFor(usage, specs)}\n`);
-  return 0;
 }
 
 async function saveLogin(

@@ -10,6 +10,16 @@ import {
   tokensCommand,
   whoamiCommand,
 } from "./api-commands.js";
+import {
+  configCommand,
+  deployCommand,
+  deploymentsCommand,
+  envsCommand,
+  eventsCommand,
+  projectsCommand,
+  rollbackCommand,
+  servicesCommand,
+} from "./domain-commands.js";
 import { EXIT, reportError } from "./output.js";
 import { hubCommand, upCommand } from "./server-commands.js";
 
@@ -24,6 +34,17 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; summa
   orgs: { run: orgsCommand, summary: "List, create and rename organizations" },
   members: { run: membersCommand, summary: "Manage the members of your organization" },
   audit: { run: auditCommand, summary: "Read your organization's audit log" },
+  projects: { run: projectsCommand, summary: "Create, list, rename and delete projects" },
+  envs: { run: envsCommand, summary: "Manage a project's environments" },
+  services: { run: servicesCommand, summary: "Create, list, inspect, change and delete services" },
+  config: {
+    run: configCommand,
+    summary: "Variables and sealed secrets of a service or environment",
+  },
+  deploy: { run: deployCommand, summary: "Deploy a service with its current spec and config" },
+  deployments: { run: deploymentsCommand, summary: "A service's deployment history" },
+  rollback: { run: rollbackCommand, summary: "Roll a service back to an earlier deployment" },
+  events: { run: eventsCommand, summary: "Domain events, recent or live (--follow)" },
 };
 
 function usage(): string {
@@ -32,7 +53,7 @@ function usage(): string {
     "",
     "Commands:",
   ];
-  for (const [name, c] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(10)} ${c.summary}`);
+  for (const [name, c] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(12)} ${c.summary}`);
   return lines.join("\n");
 }
 

@@ -1,6 +1,6 @@
 // CLI output: human tables or --json, and errors mapped to exit codes scripts can rely on.
 import { Code, ConnectError } from "@connectrpc/connect";
-import { ERROR_CODE_HEADER, FlotillaError } from "../shared/index.js";
+import { ERROR_CODE_HEADER, FlotillaError, toConnectError } from "../shared/index.js";
 
 /** Exit codes: documented in docs/cli.md; scripts may branch on them. */
 export const EXIT = {
@@ -33,39 +33,30 @@ export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
+const EXIT_BY_CODE: Partial<Record<Code, number>> = {
+  [Code.Unauthenticated]: EXIT.unauthenticated,
+  [Code.PermissionDenied]: EXIT.permissionDenied,
+  [Code.NotFound]: EXIT.notFound,
+  [Code.AlreadyExists]: EXIT.conflict,
+  [Code.Unavailable]: EXIT.unavailable,
+  [Code.InvalidArgument]: EXIT.usage,
+};
+
 export function reportError(err: unknown, json: boolean): number {
   let code = "internal";
   let message = err instanceof Error ? err.message : String(err);
   let exit: number = EXIT.failure;
-  if (err instanceof FlotillaError) {
-    code = err.code;
-    exit =
-      err.code === "config.invalid"
-        ? EXIT.usage
-        : err.code === "store.locked"
-          ? EXIT.unavailable
-          : EXIT.failure;
-  } else if (err instanceof ConnectError) {
-    code = err.metadata.get(ERROR_CODE_HEADER) ?? Code[err.code];
-    message = err.rawMessage;
-    exit =
-      err.code === Code.Unauthenticated
-        ? EXIT.unauthenticated
-        : err.code === Code.PermissionDenied
-          ? EXIT.permissionDenied
-          : err.code === Code.NotFound
-            ? EXIT.notFound
-            : err.code === Code.AlreadyExists
-              ? EXIT.conflict
-              : err.code === Code.Unavailable
-                ? EXIT.unavailable
-                : err.code === Code.InvalidArgument
-                  ? EXIT.usage
-                  : EXIT.failure;
-    if (err.code === Code.Unavailable && /fetch failed|ECONNREFUSED/i.test(message)) {
+  // Errors raised here in the CLI carry the same catalogue codes as the hub's, and exit alike.
+  const connectErr =
+    err instanceof FlotillaError ? toConnectError(err) : err instanceof ConnectError ? err : null;
+  if (connectErr) {
+    code = connectErr.metadata.get(ERROR_CODE_HEADER) ?? Code[connectErr.code];
+    message = connectErr.rawMessage;
+    exit = EXIT_BY_CODE[connectErr.code] ?? EXIT.failure;
+    if (connectErr.code === Code.Unavailable && /fetch failed|ECONNREFUSED/i.test(message)) {
       message = `${message}: is the hub running? (flotilla up, or check --hub)`;
     }
-    if (err.code === Code.Unauthenticated) message = `${message} (run: flotilla login)`;
+    if (connectErr.code === Code.Unauthenticated) message = `${message} (run: flotilla login)`;
   }
   if (json) process.stderr.write(`${JSON.stringify({ error: { code, message } })}\n`);
   else process.stderr.write(`error: ${message} [${code}]\n`);

@@ -1,0 +1,74 @@
+// The CLI's connection to a hub: shared options, Connect clients with the stored token, helpers.
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { ConfigService } from "../gen/flotilla/v1/config_pb.js";
+import { IdentityService, OrganizationService } from "../gen/flotilla/v1/identity_pb.js";
+import { ProjectService } from "../gen/flotilla/v1/projects_pb.js";
+import { ServicesService } from "../gen/flotilla/v1/services_pb.js";
+import { loadCredentials } from "./credentials.js";
+import { helpFor, type OptionSpecs, type Parsed, stringOption } from "./options.js";
+
+export const CONNECTION: OptionSpecs = {
+  hub: {
+    type: "string",
+    env: "FLOTILLA_HUB",
+    description: "Hub URL (default: the one you logged in to, else http://127.0.0.1:8080)",
+  },
+  token: {
+    type: "string",
+    env: "FLOTILLA_TOKEN",
+    description: "API or session token (default: the stored one)",
+  },
+  json: { type: "boolean", description: "Print JSON" },
+  help: { type: "boolean", short: "h", description: "Show this help" },
+};
+
+export interface Api {
+  identity: Client<typeof IdentityService>;
+  orgs: Client<typeof OrganizationService>;
+  projects: Client<typeof ProjectService>;
+  services: Client<typeof ServicesService>;
+  config: Client<typeof ConfigService>;
+  hub: string;
+}
+
+export function connect(values: Parsed["values"], token?: string): Api {
+  const stored = loadCredentials();
+  const hub = (stringOption(values, "hub") ?? stored?.hub ?? "http://127.0.0.1:8080").replace(
+    /\/+$/,
+    "",
+  );
+  const bearer =
+    token ??
+    stringOption(values, "token") ??
+    (stored && stored.hub === hub ? stored.token : undefined);
+  const auth: Interceptor = (next) => async (req) => {
+    if (bearer) req.header.set("authorization", `Bearer ${bearer}`);
+    return next(req);
+  };
+  // Every unary call has a deadline: a hung hub fails the command instead of hanging it.
+  // Streams (events --follow) pass their own, unbounded, signal.
+  const transport = createConnectTransport({
+    baseUrl: hub,
+    httpVersion: "1.1",
+    interceptors: [auth],
+    defaultTimeoutMs: 30_000,
+  });
+  return {
+    identity: createClient(IdentityService, transport),
+    orgs: createClient(OrganizationService, transport),
+    projects: createClient(ProjectService, transport),
+    services: createClient(ServicesService, transport),
+    config: createClient(ConfigService, transport),
+    hub,
+  };
+}
+
+export const when = (t: Timestamp | undefined) => (t ? timestampDate(t).toISOString() : "");
+
+export function help(usage: string, specs: OptionSpecs): number {
+  process.stdout.write(`${helpFor(usage, specs)}\n`);
+  return 0;
+}

@@ -1,0 +1,718 @@
+// CLI commands over the core domain: projects, envs, services, config, deploy, deployments, rollback, events.
+import { readFileSync } from "node:fs";
+import { type DescMessage, type MessageShape, toJson } from "@bufbuild/protobuf";
+import { ConfigKind, ConfigScope, type ConfigTarget } from "../gen/flotilla/v1/config_pb.js";
+import {
+  type Environment,
+  EnvironmentSchema,
+  type Project,
+  ProjectSchema,
+} from "../gen/flotilla/v1/projects_pb.js";
+import {
+  type Deployment,
+  DeploymentSchema,
+  Driver,
+  type Event,
+  EventSchema,
+  RestartPolicy,
+  type Service,
+  ServiceSchema,
+  type ServiceSpec,
+  Visibility,
+} from "../gen/flotilla/v1/services_pb.js";
+import { FlotillaError } from "../shared/index.js";
+import { type Api, CONNECTION, connect, help, when } from "./client.js";
+import { type OptionSpecs, parseOptions, stringOption } from "./options.js";
+import { printJson, printTable } from "./output.js";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+const usage = (message: string) => new FlotillaError("config.invalid", message);
+
+/** Protobuf JSON: the same field names and enum names the API speaks. */
+const json = <D extends DescMessage>(schema: D, message: MessageShape<D>) =>
+  toJson(schema, message, { alwaysEmitImplicit: true });
+
+/** An environment from its id or PROJECT/ENV (slugs or ids). */
+async function resolveEnvironment(api: Api, ref: string | undefined): Promise<Environment> {
+  if (!ref) throw usage("--env is required: PROJECT/ENV (e.g. demo/production) or an id");
+  if (UUID.test(ref)) {
+    return { id: ref } as Environment;
+  }
+  const [project, env, ...rest] = ref.split("/");
+  if (!project || !env || rest.length > 0)
+    throw usage(`--env ${ref}: expected PROJECT/ENV (e.g. demo/production) or an id`);
+  const r = await api.projects.getProject({ project });
+  const found = r.environments.find((e) => e.slug === env || e.id === env);
+  if (!found) {
+    const names = r.environments.map((e) => e.slug).join(", ");
+    throw new FlotillaError(
+      "resource.not_found",
+      `project ${project} has no environment ${env} (it has: ${names})`,
+    );
+  }
+  return found;
+}
+
+/** A service from its id, PROJECT/ENV/SERVICE, or PROJECT/SERVICE (in production). */
+async function resolveService(api: Api, ref: string | undefined): Promise<Service> {
+  if (!ref) throw usage("name a service: PROJECT/ENV/SERVICE, PROJECT/SERVICE or an id");
+  if (UUID.test(ref)) return (await api.services.getService({ serviceId: ref })).service!;
+  const parts = ref.split("/");
+  if (parts.length < 2 || parts.length > 3 || parts.some((p) => !p))
+    throw usage(`${ref}: expected PROJECT/ENV/SERVICE, PROJECT/SERVICE or an id`);
+  const [project, envSlug, slug] = parts.length === 3 ? parts : [parts[0], "production", parts[1]];
+  const env = await resolveEnvironment(api, `${project}/${envSlug}`);
+  const list = await api.services.listServices({ project: project!, environmentId: env.id });
+  const found = list.services.find((s) => s.slug === slug);
+  if (!found)
+    throw new FlotillaError("resource.not_found", `no service ${slug} in ${project}/${envSlug}`);
+  return found;
+}
+
+const projectRow = (p: Project) => ({
+  slug: p.slug,
+  name: p.name,
+  id: p.id,
+  created: when(p.createdAt),
+});
+const envRow = (e: Environment) => ({
+  slug: e.slug,
+  name: e.name,
+  id: e.id,
+  created: when(e.createdAt),
+});
+const serviceRow = (s: Service) => ({
+  slug: s.slug,
+  name: s.name,
+  visibility: s.visibility === Visibility.PUBLIC ? "public" : "private",
+  status: s.observed?.status ?? "",
+  endpoint: s.observed?.endpoint ?? "",
+  id: s.id,
+});
+const deploymentRow = (d: Deployment) => ({
+  "#": String(d.number),
+  reason: d.reason,
+  status: d.status,
+  desired: d.desired ? "*" : "",
+  config: d.configVersion,
+  by: d.createdBy,
+  created: when(d.createdAt),
+  id: d.id,
+});
+
+function printList<T>(
+  asJson: boolean,
+  items: T[],
+  toJsonValue: (t: T) => unknown,
+  toRow: (t: T) => Record<string, string>,
+  columns: string[],
+) {
+  if (asJson) printJson(items.map(toJsonValue));
+  else printTable(items.map(toRow), columns);
+}
+
+export async function projectsCommand(argv: string[]): Promise<number> {
+  const specs: OptionSpecs = {
+    ...CONNECTION,
+    slug: { type: "string", description: "Slug for create (default: from the name)" },
+    force: { type: "boolean", description: "delete: also delete running services" },
+  };
+  const { values, positionals } = parseOptions(argv, specs);
+  const [sub = "list", arg, arg2] = positionals;
+  if (values.help)
+    return help(
+      "flotilla projects [list] | create NAME [--slug S] | get PROJECT | rename PROJECT NAME | delete PROJECT [--force]",
+      specs,
+    );
+  const api = connect(values);
+  const asJson = Boolean(values.json);
+  if (sub === "list") {
+    const r = await api.projects.listProjects({});
+    printList(asJson, r.projects, (p) => json(ProjectSchema, p), projectRow, [
+      "slug",
+      "name",
+      "id",
+      "created",
+    ]);
+    return 0;
+  }
+  if (!arg) throw usage(`projects ${sub} needs ${sub === "create" ? "a NAME" : "a PROJECT"}`);
+  if (sub === "create") {
+    const r = await api.projects.createProject({ name: arg, slug: stringOption(values, "slug") });
+    if (asJson)
+      printJson({
+        project: json(ProjectSchema, r.project!),
+        production: json(EnvironmentSchema, r.production!),
+      });
+    else
+      process.stdout.write(
+        `Project ${r.project?.slug} created with environment production (${r.production?.id}).\n`,
+      );
+    return 0;
+  }
+  if (sub === "get") {
+    const r = await api.projects.getProject({ project: arg });
+    if (asJson)
+      printJson({
+        project: json(ProjectSchema, r.project!),
+        environments: r.environments.map((e) => json(EnvironmentSchema, e)),
+      });
+    else {
+      process.stdout.write(`${r.project?.name} (${r.project?.slug}) ${r.project?.id}\n\n`);
+      printTable(r.environments.map(envRow), ["slug", "name", "id", "created"]);
+    }
+    return 0;
+  }
+  if (sub === "rename") {
+    if (!arg2) throw usage("projects rename needs PROJECT and NAME");
+    const r = await api.projects.renameProject({ project: arg, name: arg2 });
+    if (asJson) printJson(json(ProjectSchema, r.project!));
+    else process.stdout.write(`Project ${r.project?.slug} renamed to ${r.project?.name}.\n`);
+    return 0;
+  }
+  if (sub === "delete") {
+    await api.projects.deleteProject({ project: arg, force: Boolean(values.force) });
+    if (asJson) printJson({ deleted: arg });
+    else process.stdout.write(`Project ${arg} deleted.\n`);
+    return 0;
+  }
+  throw usage(`unknown projects subcommand ${sub}; use list, create, get, rename or delete`);
+}
+
+export async function envsCommand(argv: string[]): Promise<number> {
+  const specs: OptionSpecs = {
+    ...CONNECTION,
+    slug: { type: "string", description: "Slug for create (default: from the name)" },
+    force: { type: "boolean", description: "delete: also delete running services" },
+  };
+  const { values, positionals } = parseOptions(argv, specs);
+  const [sub = "list", arg, arg2] = positionals;
+  if (values.help)
+    return help(
+      "flotilla envs list PROJECT | create PROJECT NAME [--slug S] | rename PROJECT/ENV NAME | delete PROJECT/ENV [--force]",
+      specs,
+    );
+  const api = connect(values);
+  const asJson = Boolean(values.json);
+  if (!arg)
+    throw usage(
+      `envs ${sub} needs ${sub === "rename" || sub === "delete" ? "PROJECT/ENV" : "a PROJECT"}`,
+    );
+  if (sub === "list") {
+    const r = await api.projects.listEnvironments({ project: arg });
+    printList(asJson, r.environments, (e) => json(EnvironmentSchema, e), envRow, [
+      "slug",
+      "name",
+      "id",
+      "created",
+    ]);
+    return 0;
+  }
+  if (sub === "create") {
+    if (!arg2) throw usage("envs create needs PROJECT and NAME");
+    const r = await api.projects.createEnvironment({
+      project: arg,
+      name: arg2,
+      slug: stringOption(values, "slug"),
+    });
+    if (asJson) printJson(json(EnvironmentSchema, r.environment!));
+    else process.stdout.write(`Environment ${arg}/${r.environment?.slug} created.\n`);
+    return 0;
+  }
+  const env = await resolveEnvironment(api, arg);
+  if (sub === "rename") {
+    if (!arg2) throw usage("envs rename needs PROJECT/ENV and NAME");
+    const r = await api.projects.renameEnvironment({ environmentId: env.id, name: arg2 });
+    if (asJson) printJson(json(EnvironmentSchema, r.environment!));
+    else process.stdout.write(`Environment ${arg} renamed to ${r.environment?.name}.\n`);
+    return 0;
+  }
+  if (sub === "delete") {
+    await api.projects.deleteEnvironment({ environmentId: env.id, force: Boolean(values.force) });
+    if (asJson) printJson({ deleted: env.id });
+    else process.stdout.write(`Environment ${arg} deleted.\n`);
+    return 0;
+  }
+  throw usage(`unknown envs subcommand ${sub}; use list, create, rename or delete`);
+}
+
+const SPEC_OPTIONS: OptionSpecs = {
+  image: {
+    type: "string",
+    description: "Docker image (docker driver); else the exec driver runs the command after --",
+  },
+  port: { type: "string", description: "Port the service listens on (0: none)" },
+  workdir: { type: "string", description: "exec: absolute working directory" },
+  health: { type: "string", description: "Health check: tcp, or http:/path" },
+  restart: { type: "string", description: "Restart policy: always (default), on-failure or never" },
+  volume: { type: "string", description: "Volumes, comma-separated NAME:/mount/path" },
+  public: { type: "boolean", description: "Give the service a public route (default: private)" },
+  server: { type: "string", description: "Server id to place the service on" },
+};
+
+const RESTART: Record<string, RestartPolicy> = {
+  always: RestartPolicy.ALWAYS,
+  "on-failure": RestartPolicy.ON_FAILURE,
+  never: RestartPolicy.NEVER,
+};
+
+function specFrom(values: Record<string, string | boolean | undefined>, command: string[]) {
+  const port = values.port === undefined ? 0 : Number(values.port);
+  if (!Number.isInteger(port)) throw usage("--port must be a whole number");
+  const health = stringOption(values, "health") ?? "";
+  const [healthType, healthPath = ""] = health.startsWith("http:")
+    ? ["http", health.slice(5)]
+    : [health, ""];
+  const restart = stringOption(values, "restart");
+  const restartPolicy = restart === undefined ? RestartPolicy.UNSPECIFIED : RESTART[restart];
+  if (restartPolicy === undefined) throw usage("--restart must be always, on-failure or never");
+  const volumes = (stringOption(values, "volume") ?? "")
+    .split(",")
+    .filter(Boolean)
+    .map((v) => {
+      const i = v.indexOf(":");
+      if (i <= 0) throw usage(`--volume ${v}: expected NAME:/mount/path`);
+      return { name: v.slice(0, i), mountPath: v.slice(i + 1) };
+    });
+  const image = stringOption(values, "image");
+  if (!image && command.length === 0)
+    throw usage("give the command to run after --, e.g. -- node server.js (or --image for docker)");
+  return {
+    driver: image ? Driver.DOCKER : Driver.EXEC,
+    exec: image
+      ? undefined
+      : {
+          command: command[0]!,
+          args: command.slice(1),
+          workingDirectory: stringOption(values, "workdir") ?? "",
+          port,
+        },
+    docker: image ? { image, command, port } : undefined,
+    healthCheck: { type: healthType, path: healthPath },
+    restartPolicy,
+    volumes,
+  } as ServiceSpec;
+}
+
+/** Splits `NAME --opt x -- cmd args` so the workload's own flags never reach our parser. */
+function splitCommand(argv: string[]): [string[], string[]] {
+  const i = argv.indexOf("--");
+  return i < 0 ? [argv, []] : [argv.slice(0, i), argv.slice(i + 1)];
+}
+
+export async function servicesCommand(argv: string[]): Promise<number> {
+  const specs: OptionSpecs = {
+    ...CONNECTION,
+    ...SPEC_OPTIONS,
+    env: { type: "string", description: "PROJECT/ENV (create, list) or an environment id" },
+    project: { type: "string", description: "list: only this project" },
+    slug: { type: "string", description: "create: slug (default: from the name)" },
+    name: { type: "string", description: "update: new display name" },
+    deploy: { type: "boolean", description: "create: deploy at once, in the same transaction" },
+  };
+  const [own, command] = splitCommand(argv);
+  const { values, positionals } = parseOptions(own, specs);
+  const [sub = "list", arg] = positionals;
+  if (values.help)
+    return help(
+      [
+        "flotilla services [list] [--project P] [--env P/E]",
+        "  | create NAME --env PROJECT/ENV [--port N] [--health tcp|http:/path] [--public] [--deploy] -- COMMAND [ARGS...]",
+        "  | create NAME --env PROJECT/ENV --image IMAGE [--port N] [-- COMMAND...]",
+        "  | get SERVICE | update SERVICE [spec options] [-- COMMAND...] | delete SERVICE",
+        "SERVICE is PROJECT/ENV/SERVICE, PROJECT/SERVICE (production) or an id.",
+      ].join("\n"),
+      specs,
+    );
+  const api = connect(values);
+  const asJson = Boolean(values.json);
+  const columns = ["slug", "name", "visibility", "status", "endpoint", "id"];
+  if (sub === "list") {
+    const env = values.env ? await resolveEnvironment(api, stringOption(values, "env")) : null;
+    const r = await api.services.listServices({
+      project: stringOption(values, "project") ?? "",
+      environmentId: env?.id ?? "",
+    });
+    printList(asJson, r.services, (s) => json(ServiceSchema, s), serviceRow, columns);
+    return 0;
+  }
+  if (!arg) throw usage(`services ${sub} needs ${sub === "create" ? "a NAME" : "a SERVICE"}`);
+  if (sub === "create") {
+    const env = await resolveEnvironment(api, stringOption(values, "env"));
+    const r = await api.services.createService({
+      environmentId: env.id,
+      name: arg,
+      slug: stringOption(values, "slug") ?? "",
+      visibility: values.public ? Visibility.PUBLIC : Visibility.PRIVATE,
+      serverId: stringOption(values, "server") ?? "",
+      spec: specFrom(values, command),
+      deployNow: Boolean(values.deploy),
+    });
+    if (asJson)
+      printJson({
+        service: json(ServiceSchema, r.service!),
+        deployment: r.deployment ? json(DeploymentSchema, r.deployment) : null,
+      });
+    else
+      process.stdout.write(
+        `Service ${r.service?.slug} created (${r.service?.id})${r.deployment ? `; deployment #${r.deployment.number} is desired` : "; deploy it with: flotilla deploy <service>"}.\n`,
+      );
+    return 0;
+  }
+  const service = await resolveService(api, arg);
+  if (sub === "get") {
+    const r = await api.services.getService({ serviceId: service.id });
+    if (asJson)
+      printJson({
+        service: json(ServiceSchema, r.service!),
+        configChanged: r.configChanged,
+        effectiveConfigVersion: r.effectiveConfigVersion,
+      });
+    else {
+      const s = r.service!;
+      const spec = s.spec;
+      const run = spec?.docker
+        ? `docker ${spec.docker.image} ${spec.docker.command.join(" ")}`
+        : `exec ${spec?.exec?.command} ${spec?.exec?.args.join(" ")}`;
+      process.stdout.write(
+        [
+          `${s.name} (${s.slug}) ${s.id}`,
+          `  visibility  ${serviceRow(s).visibility}`,
+          `  runs        ${run.trim()}`,
+          `  desired     ${s.desiredDeploymentId || "(never deployed)"}`,
+          `  observed    ${s.observed?.status}${s.observed?.reason ? ` (${s.observed.reason})` : ""}${s.observed?.endpoint ? ` at ${s.observed.endpoint}` : ""}`,
+          `  config      ${r.effectiveConfigVersion}${r.configChanged ? " (changed since the desired deployment: run flotilla deploy to apply it)" : ""}`,
+          "",
+        ].join("\n"),
+      );
+    }
+    return 0;
+  }
+  if (sub === "update") {
+    const current = service.spec!;
+    const hasSpecChange =
+      command.length > 0 || Object.keys(SPEC_OPTIONS).some((k) => values[k] !== undefined);
+    const spec = hasSpecChange
+      ? specFrom(
+          {
+            port: String(current.exec?.port ?? current.docker?.port ?? 0),
+            image: current.docker?.image,
+            workdir: current.exec?.workingDirectory,
+            ...values,
+          },
+          command.length > 0
+            ? command
+            : current.exec
+              ? [current.exec.command, ...current.exec.args]
+              : (current.docker?.command ?? []),
+        )
+      : current;
+    const r = await api.services.updateService({
+      serviceId: service.id,
+      name: stringOption(values, "name") ?? service.name,
+      visibility:
+        values.public === undefined
+          ? service.visibility
+          : values.public
+            ? Visibility.PUBLIC
+            : Visibility.PRIVATE,
+      serverId: stringOption(values, "server") ?? service.serverId,
+      spec,
+    });
+    if (asJson) printJson(json(ServiceSchema, r.service!));
+    else process.stdout.write(`Service ${r.service?.slug} updated; deploy to apply the change.\n`);
+    return 0;
+  }
+  if (sub === "delete") {
+    await api.services.deleteService({ serviceId: service.id });
+    if (asJson) printJson({ deleted: service.id });
+    else process.stdout.write(`Service ${service.slug} deleted.\n`);
+    return 0;
+  }
+  throw usage(`unknown services subcommand ${sub}; use list, create, get, update or delete`);
+}
+
+async function configTarget(
+  api: Api,
+  values: Record<string, string | boolean | undefined>,
+): Promise<ConfigTarget> {
+  const service = stringOption(values, "service");
+  const env = stringOption(values, "env");
+  if (Boolean(service) === Boolean(env))
+    throw usage("name exactly one of --service SERVICE or --env PROJECT/ENV");
+  return service
+    ? ({ scope: ConfigScope.SERVICE, id: (await resolveService(api, service)).id } as ConfigTarget)
+    : ({
+        scope: ConfigScope.ENVIRONMENT,
+        id: (await resolveEnvironment(api, env)).id,
+      } as ConfigTarget);
+}
+
+export async function configCommand(argv: string[]): Promise<number> {
+  const specs: OptionSpecs = {
+    ...CONNECTION,
+    service: { type: "string", description: "The service whose config to use" },
+    env: { type: "string", description: "The environment (PROJECT/ENV) whose config to use" },
+    secret: { type: "boolean", description: "set, import: store the values as sealed secrets" },
+    effective: {
+      type: "boolean",
+      description: "list --service: the environment's entries overlaid by the service's",
+    },
+  };
+  const { values, positionals } = parseOptions(argv, specs);
+  const [sub = "list", ...args] = positionals;
+  if (values.help)
+    return help(
+      [
+        "flotilla config list (--service S | --env P/E) [--effective]",
+        "  | set KEY=VALUE [KEY=VALUE...] [--secret] (--service S | --env P/E)",
+        "  | get KEY (--service S | --env P/E)      (a secret's value needs config.reveal; audited)",
+        "  | unset KEY (--service S | --env P/E)",
+        "  | import FILE.env [--secret] (--service S | --env P/E)",
+      ].join("\n"),
+      specs,
+    );
+  const api = connect(values);
+  const asJson = Boolean(values.json);
+  if (sub === "list") {
+    const r = values.effective
+      ? await api.config.getEffectiveConfig({
+          serviceId: (await resolveService(api, stringOption(values, "service"))).id,
+        })
+      : await api.config.listConfig({ target: await configTarget(api, values) });
+    const rows = r.entries.map((e) => ({
+      key: e.key,
+      kind: e.kind === ConfigKind.SECRET ? "secret" : "variable",
+      value: e.kind === ConfigKind.SECRET ? "(sealed)" : e.value,
+      from: e.scope === ConfigScope.SERVICE ? "service" : "environment",
+      updated: when(e.updatedAt),
+    }));
+    if (asJson)
+      printJson({
+        version: r.version,
+        entries: rows.map((e) => ({ ...e, value: e.kind === "secret" ? null : e.value })),
+      });
+    else {
+      printTable(rows, ["key", "kind", "value", "from", "updated"]);
+      process.stdout.write(`version ${r.version}\n`);
+    }
+    return 0;
+  }
+  const target = await configTarget(api, values);
+  if (sub === "set") {
+    if (args.length === 0) throw usage("config set needs KEY=VALUE");
+    let version = "";
+    for (const pair of args) {
+      const eq = pair.indexOf("=");
+      if (eq <= 0) throw usage(`${pair}: expected KEY=VALUE`);
+      const r = await api.config.setConfig({
+        target,
+        key: pair.slice(0, eq),
+        value: pair.slice(eq + 1),
+        kind: values.secret ? ConfigKind.SECRET : ConfigKind.VARIABLE,
+      });
+      version = r.version;
+    }
+    const keys = args.map((a) => a.slice(0, a.indexOf("=")));
+    if (asJson) printJson({ keys, version });
+    else
+      process.stdout.write(
+        `Set ${keys.join(", ")}${values.secret ? " (sealed)" : ""}; config version ${version}. Deploy to apply.\n`,
+      );
+    return 0;
+  }
+  const [key] = args;
+  if (sub === "get") {
+    if (!key) throw usage("config get needs a KEY");
+    const list = await api.config.listConfig({ target });
+    const entry = list.entries.find((e) => e.key === key);
+    if (!entry) throw new FlotillaError("resource.not_found", `no config key ${key} here`);
+    const value =
+      entry.kind === ConfigKind.SECRET
+        ? (await api.config.revealSecret({ target, key })).value
+        : entry.value;
+    if (asJson)
+      printJson({ key, kind: entry.kind === ConfigKind.SECRET ? "secret" : "variable", value });
+    else process.stdout.write(`${value}\n`);
+    return 0;
+  }
+  if (sub === "unset") {
+    if (!key) throw usage("config unset needs a KEY");
+    const r = await api.config.unsetConfig({ target, key });
+    if (asJson) printJson({ unset: key, version: r.version });
+    else process.stdout.write(`Unset ${key}; config version ${r.version}. Deploy to apply.\n`);
+    return 0;
+  }
+  if (sub === "import") {
+    if (!key) throw usage("config import needs a FILE");
+    let text: string;
+    try {
+      text = readFileSync(key === "-" ? 0 : key, "utf8");
+    } catch (err) {
+      throw usage(`cannot read ${key}: ${(err as Error).message}`);
+    }
+    const r = await api.config.importConfig({
+      target,
+      dotenv: text,
+      asSecrets: Boolean(values.secret),
+    });
+    if (asJson) printJson({ keys: r.keys, version: r.version });
+    else
+      process.stdout.write(
+        `Imported ${r.keys.length} entries (${r.keys.join(", ")}); config version ${r.version}.\n`,
+      );
+    return 0;
+  }
+  throw usage(`unknown config subcommand ${sub}; use list, set, get, unset or import`);
+}
+
+function printDeployment(asJson: boolean, d: Deployment, service: string) {
+  if (asJson) printJson(json(DeploymentSchema, d));
+  else
+    process.stdout.write(
+      `Deployment #${d.number} of ${service} (${d.reason}) is now the desired one: ${d.id}, config ${d.configVersion}, status ${d.status}.\n`,
+    );
+}
+
+export async function deployCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseOptions(argv, CONNECTION);
+  if (values.help)
+    return help(
+      "flotilla deploy SERVICE\n\nA new deployment from the service's spec and current config.",
+      CONNECTION,
+    );
+  const api = connect(values);
+  const service = await resolveService(api, positionals[0]);
+  const r = await api.services.deploy({ serviceId: service.id });
+  printDeployment(Boolean(values.json), r.deployment!, service.slug);
+  return 0;
+}
+
+export async function rollbackCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseOptions(argv, CONNECTION);
+  if (values.help)
+    return help(
+      "flotilla rollback SERVICE [DEPLOYMENT_ID]\n\nA new deployment from an earlier one's spec (default: the one before the desired one), with the current config.",
+      CONNECTION,
+    );
+  const api = connect(values);
+  const service = await resolveService(api, positionals[0]);
+  const r = await api.services.rollback({
+    serviceId: service.id,
+    deploymentId: positionals[1] ?? "",
+  });
+  printDeployment(Boolean(values.json), r.deployment!, service.slug);
+  return 0;
+}
+
+export async function deploymentsCommand(argv: string[]): Promise<number> {
+  const specs: OptionSpecs = {
+    ...CONNECTION,
+    limit: {
+      type: "string",
+      description: "list: how many, newest first (default 20, at most 200)",
+    },
+  };
+  const { values, positionals } = parseOptions(argv, specs);
+  const [sub = "list", arg] = positionals;
+  if (values.help)
+    return help("flotilla deployments list SERVICE [--limit N] | get DEPLOYMENT_ID", specs);
+  const api = connect(values);
+  const asJson = Boolean(values.json);
+  if (sub === "list") {
+    const service = await resolveService(api, arg);
+    const r = await api.services.listDeployments({
+      serviceId: service.id,
+      limit: Number(values.limit ?? 0),
+    });
+    printList(asJson, r.deployments, (d) => json(DeploymentSchema, d), deploymentRow, [
+      "#",
+      "reason",
+      "status",
+      "desired",
+      "config",
+      "by",
+      "created",
+      "id",
+    ]);
+    return 0;
+  }
+  if (sub === "get") {
+    if (!arg) throw usage("deployments get needs a DEPLOYMENT_ID");
+    const r = await api.services.getDeployment({ deploymentId: arg });
+    if (asJson) printJson(json(DeploymentSchema, r.deployment!));
+    else printTable([deploymentRow(r.deployment!)], Object.keys(deploymentRow(r.deployment!)));
+    return 0;
+  }
+  throw usage(`unknown deployments subcommand ${sub}; use list or get`);
+}
+
+function printEvent(asJson: boolean, e: Event) {
+  if (asJson)
+    process.stdout.write(
+      `${JSON.stringify({ ...(json(EventSchema, e) as object), payload: JSON.parse(e.payloadJson || "{}") })}\n`,
+    );
+  else
+    process.stdout.write(
+      `${when(e.occurredAt)}  ${e.type.padEnd(24)} ${e.subjectId}  ${e.payloadJson}\n`,
+    );
+}
+
+export async function eventsCommand(argv: string[]): Promise<number> {
+  const specs: OptionSpecs = {
+    ...CONNECTION,
+    service: { type: "string", description: "Only events about this service and its deployments" },
+    follow: {
+      type: "boolean",
+      short: "f",
+      description: "Keep streaming new events until interrupted",
+    },
+    limit: {
+      type: "string",
+      description: "How many recent events first (default 20, at most 500)",
+    },
+  };
+  const { values } = parseOptions(argv, specs);
+  if (values.help)
+    return help(
+      "flotilla events [--service SERVICE] [--follow] [--limit N]\n\nWith --json, one JSON object per line.",
+      specs,
+    );
+  const api = connect(values);
+  const asJson = Boolean(values.json);
+  const serviceId = values.service
+    ? (await resolveService(api, stringOption(values, "service"))).id
+    : "";
+  const recent = await api.services.listEvents({ serviceId, limit: Number(values.limit ?? 20) });
+  for (const e of recent.events) printEvent(asJson, e);
+  if (!values.follow) return 0;
+  const abort = new AbortController();
+  const stop = () => abort.abort();
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+  // Resume after the last event printed (the nil id: from the start), so an event committed
+  // between the listing and the stream, or during a reconnect, is neither lost nor shown twice.
+  let cursor = recent.events.at(-1)?.id ?? "00000000-0000-0000-0000-000000000000";
+  let backoffMs = 250;
+  while (!abort.signal.aborted) {
+    try {
+      for await (const m of api.services.watchEvents(
+        { serviceId, sinceId: cursor },
+        { signal: abort.signal, timeoutMs: 0 },
+      )) {
+        backoffMs = 250;
+        if (!m.event) continue;
+        cursor = m.event.id;
+        printEvent(asJson, m.event);
+      }
+    } catch (err) {
+      if (abort.signal.aborted) break;
+      process.stderr.write(`event stream interrupted (${(err as Error).message}); reconnecting\n`);
+    }
+    if (abort.signal.aborted) break;
+    await new Promise((r) => setTimeout(r, backoffMs));
+    backoffMs = Math.min(backoffMs * 2, 10_000);
+  }
+  return 0;
+}
