@@ -24,6 +24,7 @@ import { FlotillaError } from "../shared/index.js";
 import { type Api, CONNECTION, connect, help, when } from "./client.js";
 import { type OptionSpecs, parseOptions, stringOption } from "./options.js";
 import { printJson, printTable } from "./output.js";
+import { rotateKeyCommand } from "./server-commands.js";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -450,6 +451,8 @@ async function configTarget(
 }
 
 export async function configCommand(argv: string[]): Promise<number> {
+  // Key rotation works on the store itself, not through the API.
+  if (argv[0] === "rotate-key") return rotateKeyCommand(argv.slice(1));
   const specs: OptionSpecs = {
     ...CONNECTION,
     service: { type: "string", description: "The service whose config to use" },
@@ -470,6 +473,7 @@ export async function configCommand(argv: string[]): Promise<number> {
         "  | get KEY (--service S | --env P/E)      (a secret's value needs config.reveal; audited)",
         "  | unset KEY (--service S | --env P/E)",
         "  | import FILE.env [--secret] (--service S | --env P/E)",
+        "  | rotate-key ...                           (re-seal every secret: flotilla config rotate-key --help)",
       ].join("\n"),
       specs,
     );

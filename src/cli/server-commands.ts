@@ -1,6 +1,6 @@
 // `flotilla up` (everything in one process, embedded store) and `flotilla hub` (one replica on PostgreSQL).
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import {
   type Hub,
@@ -8,6 +8,7 @@ import {
   loadOrCreateKeyFile,
   type MasterKey,
   masterKeyFrom,
+  rotateMasterKey,
   startHub,
 } from "../hub/index.js";
 import { createLogger, FlotillaError } from "../shared/index.js";
@@ -155,6 +156,9 @@ export function embeddedKeyFile(dataDir: string): string {
   return join(dirname(dataDir), `${basename(dataDir)}.master-key`);
 }
 
+/** Where `config rotate-key` keeps the next embedded key until every secret is re-sealed with it. */
+const pendingKeyFile = (keyFile: string) => `${keyFile}.next`;
+
 function masterKeys(
   values: Record<string, string | boolean | undefined>,
   keyFile?: string,
@@ -173,6 +177,9 @@ function masterKeys(
     .map((k) => k.trim())
     .filter(Boolean)
     .map((k, i) => masterKeyFrom(k, `FLOTILLA_MASTER_KEYS_PREVIOUS[${i}]`));
+  // An interrupted rotation left some secrets sealed with the next key: still open them.
+  if (keyFile && existsSync(pendingKeyFile(keyFile)))
+    previous.push(loadOrCreateKeyFile(pendingKeyFile(keyFile)));
   return { masterKey, previousMasterKeys: previous };
 }
 
@@ -296,4 +303,75 @@ export async function hubCommand(argv: string[]): Promise<number> {
     `Flotilla hub ${hub.instanceId} at ${hub.url} (gRPC ${hub.grpcUrl}) on PostgreSQL`,
     ...loginHelp(hub),
   ]);
+}
+
+const ROTATE: OptionSpecs = {
+  "data-dir": {
+    type: "string",
+    env: "FLOTILLA_DATA_DIR",
+    description: "Embedded store directory (its key file beside it is replaced)",
+  },
+  "database-url": {
+    type: "string",
+    env: "FLOTILLA_DATABASE_URL",
+    description:
+      "PostgreSQL installation: re-seal with --master-key, opening with the previous keys",
+  },
+  "master-key": COMMON["master-key"]!,
+  "previous-master-keys": COMMON["previous-master-keys"]!,
+  help: { type: "boolean", short: "h", description: "Show this help" },
+};
+
+/** `flotilla config rotate-key`: re-seals every secret under a new master key. */
+export async function rotateKeyCommand(argv: string[]): Promise<number> {
+  const { values } = parseOptions(argv, ROTATE);
+  if (values.help) {
+    process.stdout.write(
+      `${helpFor(
+        [
+          "flotilla config rotate-key --data-dir DIR",
+          "flotilla config rotate-key --database-url URL --master-key NEW --previous-master-keys OLD[,OLDER]",
+          "",
+          "Re-seals every config secret under a new master key. Embedded: stop `flotilla up` first; a new",
+          "key is generated and replaces the key file when done. PostgreSQL: replicas may keep running with",
+          "NEW as FLOTILLA_MASTER_KEY and OLD in FLOTILLA_MASTER_KEYS_PREVIOUS; drop OLD after this finishes.",
+        ].join("\n"),
+        ROTATE,
+      )}\n`,
+    );
+    return 0;
+  }
+  const url = stringOption(values, "database-url");
+  const dir = stringOption(values, "data-dir");
+  if (Boolean(url) === Boolean(dir))
+    throw new FlotillaError("config.invalid", "give exactly one of --data-dir or --database-url");
+  if (url) {
+    const keys = masterKeys(values);
+    if (keys.previousMasterKeys.length === 0)
+      throw new FlotillaError(
+        "config.invalid",
+        "--previous-master-keys (FLOTILLA_MASTER_KEYS_PREVIOUS) must name the key(s) the secrets are sealed with now",
+      );
+    const n = await rotateMasterKey(
+      { kind: "postgres", url },
+      keys.masterKey,
+      keys.previousMasterKeys,
+    );
+    process.stdout.write(`Re-sealed ${n} secret(s) with key ${keys.masterKey.id}.\n`);
+    return 0;
+  }
+  const dataDir = resolve(dir!);
+  const keyFile = embeddedKeyFile(dataDir);
+  if (!existsSync(keyFile))
+    throw new FlotillaError(
+      "config.invalid",
+      `${keyFile} does not exist: is ${dataDir} a Flotilla data directory?`,
+    );
+  const current = loadOrCreateKeyFile(keyFile);
+  // The next key is written before any secret moves to it, so a crash never loses a key.
+  const next = loadOrCreateKeyFile(pendingKeyFile(keyFile));
+  const n = await rotateMasterKey({ kind: "embedded", dataDir }, next, [current]);
+  renameSync(pendingKeyFile(keyFile), keyFile);
+  process.stdout.write(`Re-sealed ${n} secret(s); ${keyFile} now holds key ${next.id}.\n`);
+  return 0;
 }

@@ -13,6 +13,7 @@ export {
   type Hub,
   type HubOptions,
   openStore,
+  rotateMasterKey,
   type StoreOptions,
   startHub,
 } from "./server.js";

@@ -129,6 +129,32 @@ function ephemeralKeyFor(store: StoreOptions): MasterKey {
   );
 }
 
+/**
+ * Re-seals every secret not sealed with `masterKey` (opening it with one of `previous`), in
+ * batches; safe to rerun after an interruption. The hub need not run; on the embedded store it
+ * must not (the data directory is locked).
+ */
+export async function rotateMasterKey(
+  store: StoreOptions,
+  masterKey: MasterKey,
+  previous: MasterKey[],
+): Promise<number> {
+  const db = await openStore(store);
+  try {
+    await migrate(db);
+    const unused = () => {
+      throw new Error("key rotation resolves no scopes");
+    };
+    const config = new ConfigService(db, new Keyring(masterKey, previous), {
+      environment: unused,
+      service: unused,
+    });
+    return await config.rotateKey();
+  } finally {
+    await db.close();
+  }
+}
+
 export async function startHub(options: HubOptions): Promise<Hub> {
   const instanceId = randomUUID();
   const logger = (options.logger ?? createLogger({ name: "hub" })).child({ instance: instanceId });

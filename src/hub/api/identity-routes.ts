@@ -14,7 +14,6 @@ import {
   type IdentityService,
   type Member,
   type Organization,
-  type Principal,
   type RoleName,
   type Session,
   sessionCookie,

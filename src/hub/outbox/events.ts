@@ -1,6 +1,6 @@
 // Outbox rows: domain events appended in the business transaction, read back by id.
 import { contextOrNew, uuidv7 } from "../../shared/index.js";
-import type { Db, Queryable } from "../../store/index.js";
+import type { Queryable } from "../../store/index.js";
 
 export interface NewEvent {
   organizationId: string;
