@@ -30,9 +30,9 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 const usage = (message: string) => new FlotillaError("config.invalid", message);
 
-/** Protobuf JSON: the same field names and enum names the API speaks. */
+/** Protobuf JSON exactly as the API answers it (defaults omitted), so scripts can use either. */
 const json = <D extends DescMessage>(schema: D, message: MessageShape<D>) =>
-  toJson(schema, message, { alwaysEmitImplicit: true });
+  toJson(schema, message);
 
 /** An environment from its id or PROJECT/ENV (slugs or ids). */
 async function resolveEnvironment(api: Api, ref: string | undefined): Promise<Environment> {
