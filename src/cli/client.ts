@@ -6,6 +6,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { ConfigService } from "../gen/flotilla/v1/config_pb.js";
 import { IdentityService, OrganizationService } from "../gen/flotilla/v1/identity_pb.js";
 import { ProjectService } from "../gen/flotilla/v1/projects_pb.js";
+import { ServerService } from "../gen/flotilla/v1/servers_pb.js";
 import { ServicesService } from "../gen/flotilla/v1/services_pb.js";
 import { loadCredentials } from "./credentials.js";
 import { helpFor, type OptionSpecs, type Parsed, stringOption } from "./options.js";
@@ -31,6 +32,7 @@ export interface Api {
   projects: Client<typeof ProjectService>;
   services: Client<typeof ServicesService>;
   config: Client<typeof ConfigService>;
+  servers: Client<typeof ServerService>;
   hub: string;
 }
 
@@ -62,6 +64,7 @@ export function connect(values: Parsed["values"], token?: string): Api {
     projects: createClient(ProjectService, transport),
     services: createClient(ServicesService, transport),
     config: createClient(ConfigService, transport),
+    servers: createClient(ServerService, transport),
     hub,
   };
 }

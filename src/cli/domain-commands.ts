@@ -8,6 +8,7 @@ import {
   type Project,
   ProjectSchema,
 } from "../gen/flotilla/v1/projects_pb.js";
+import { DispatchSchema, ServerSchema } from "../gen/flotilla/v1/servers_pb.js";
 import {
   type Deployment,
   DeploymentSchema,
@@ -719,4 +720,81 @@ export async function eventsCommand(argv: string[]): Promise<number> {
     backoffMs = Math.min(backoffMs * 2, 10_000);
   }
   return 0;
+}
+
+export async function serversCommand(argv: string[]): Promise<number> {
+  const specs: OptionSpecs = {
+    ...CONNECTION,
+    ttl: { type: "string", description: "add: join token lifetime in minutes (default 60)" },
+    limit: { type: "string", description: "dispatches: how many, newest first (default 50)" },
+  };
+  const { values, positionals } = parseOptions(argv, specs);
+  const [sub = "list", arg] = positionals;
+  if (values.help)
+    return help(
+      "flotilla servers [list] | add NAME [--ttl MINUTES] | get SERVER | remove SERVER | dispatches SERVER [--limit N]",
+      specs,
+    );
+  const api = connect(values);
+  const asJson = Boolean(values.json);
+  if (sub === "list") {
+    const r = await api.servers.listServers({});
+    printList(
+      asJson,
+      r.servers,
+      (s) => json(ServerSchema, s),
+      (s) => ({
+        name: s.name,
+        status: s.status,
+        heartbeat: when(s.lastHeartbeat),
+        agent: s.agentVersion,
+        cores: s.cores ? String(s.cores) : "",
+        id: s.id,
+      }),
+      ["name", "status", "heartbeat", "agent", "cores", "id"],
+    );
+    return 0;
+  }
+  if (!arg) throw usage(`servers ${sub} needs ${sub === "add" ? "a NAME" : "a SERVER"}`);
+  if (sub === "add") {
+    const minutes = values.ttl === undefined ? 0 : Number(values.ttl);
+    if (!Number.isInteger(minutes) || minutes < 0) throw usage("--ttl must be whole minutes");
+    const r = await api.servers.createJoinToken({ name: arg, ttlSeconds: BigInt(minutes * 60) });
+    if (asJson) printJson({ token: r.token, expiresAt: when(r.expiresAt), command: r.command });
+    else
+      process.stdout.write(
+        `Run this on the new server before ${when(r.expiresAt)} (the token works once):\n\n  ${r.command}\n`,
+      );
+    return 0;
+  }
+  if (sub === "get") {
+    const r = await api.servers.getServer({ server: arg });
+    printJson(json(ServerSchema, r.server!));
+    return 0;
+  }
+  if (sub === "remove") {
+    await api.servers.deleteServer({ server: arg });
+    if (asJson) printJson({ removed: arg });
+    else process.stdout.write(`Server ${arg} removed; its agent can no longer connect.\n`);
+    return 0;
+  }
+  if (sub === "dispatches") {
+    const r = await api.servers.listDispatches({ server: arg, limit: Number(values.limit ?? 0) });
+    printList(
+      asJson,
+      r.dispatches,
+      (d) => json(DispatchSchema, d),
+      (d) => ({
+        op: d.op,
+        state: d.state,
+        attempts: String(d.attempts),
+        error: d.error,
+        created: when(d.createdAt),
+        id: d.id,
+      }),
+      ["op", "state", "attempts", "error", "created", "id"],
+    );
+    return 0;
+  }
+  throw usage(`unknown servers subcommand ${sub}; use list, add, get, remove or dispatches`);
 }

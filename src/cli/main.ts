@@ -18,14 +18,16 @@ import {
   eventsCommand,
   projectsCommand,
   rollbackCommand,
+  serversCommand,
   servicesCommand,
 } from "./domain-commands.js";
 import { EXIT, reportError } from "./output.js";
-import { hubCommand, upCommand } from "./server-commands.js";
+import { agentCommand, hubCommand, upCommand } from "./server-commands.js";
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; summary: string }> = {
   up: { run: upCommand, summary: "Run Flotilla in one process on the embedded store" },
   hub: { run: hubCommand, summary: "Run one hub replica on PostgreSQL" },
+  agent: { run: agentCommand, summary: "Run this server's agent (joins a hub once)" },
   setup: { run: setupCommand, summary: "Create the first owner with the setup token" },
   login: { run: loginCommand, summary: "Sign in and store an API token" },
   logout: { run: logoutCommand, summary: "Revoke and forget the stored token" },
@@ -45,6 +47,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; summa
   deployments: { run: deploymentsCommand, summary: "A service's deployment history" },
   rollback: { run: rollbackCommand, summary: "Roll a service back to an earlier deployment" },
   events: { run: eventsCommand, summary: "Domain events, recent or live (--follow)" },
+  servers: { run: serversCommand, summary: "Enrol servers, list them and their dispatches" },
 };
 
 function usage(): string {

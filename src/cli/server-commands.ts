@@ -2,6 +2,7 @@
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
+import { startAgent } from "../agent/index.js";
 import {
   type Hub,
   type HubOptions,
@@ -373,5 +374,59 @@ export async function rotateKeyCommand(argv: string[]): Promise<number> {
   const n = await rotateMasterKey({ kind: "embedded", dataDir }, next, [current]);
   renameSync(pendingKeyFile(keyFile), keyFile);
   process.stdout.write(`Re-sealed ${n} secret(s); ${keyFile} now holds key ${next.id}.\n`);
+  return 0;
+}
+
+const AGENT: OptionSpecs = {
+  hub: { type: "string", env: "FLOTILLA_HUB", description: "Hub URL (needed to join)" },
+  "join-token": {
+    type: "string",
+    env: "FLOTILLA_JOIN_TOKEN",
+    description: "One-time token from `flotilla servers add` (first start only)",
+  },
+  "data-dir": {
+    type: "string",
+    env: "FLOTILLA_AGENT_DATA_DIR",
+    default: "./.flotilla-agent",
+    description: "Agent state: credentials (0600) and the ledger of executed dispatches",
+  },
+  "workload-user": {
+    type: "string",
+    env: "FLOTILLA_WORKLOAD_USER",
+    default: "nobody",
+    description: "Unprivileged user workloads run as when the agent runs as root",
+  },
+  "log-level": COMMON["log-level"]!,
+  help: { type: "boolean", short: "h", description: "Show this help" },
+};
+
+export async function agentCommand(argv: string[]): Promise<number> {
+  const { values } = parseOptions(argv, AGENT);
+  if (values.help) {
+    process.stdout.write(
+      `${helpFor("flotilla agent --hub URL --join-token T [--data-dir DIR]\n\nRuns the agent of this server: joins the hub once, then keeps its control channel open.", AGENT)}\n`,
+    );
+    return 0;
+  }
+  const dataDir = resolve(stringOption(values, "data-dir")!);
+  const logger = createLogger({ name: "flotilla-agent", level: String(values["log-level"]) });
+  const hub = stringOption(values, "hub");
+  const joinToken = stringOption(values, "join-token");
+  const agent = await startAgent({
+    dataDir,
+    logger,
+    workloadUser: stringOption(values, "workload-user")!,
+    ...(hub ? { hub } : {}),
+    ...(joinToken ? { joinToken } : {}),
+  }).catch((err: Error) => {
+    throw new FlotillaError("config.invalid", err.message);
+  });
+  process.stdout.write(`Flotilla agent for server ${agent.serverId}; state in ${dataDir}\n`);
+  await new Promise<void>((resolveSignal) => {
+    process.once("SIGTERM", resolveSignal);
+    process.once("SIGINT", resolveSignal);
+  });
+  process.stdout.write("agent stopping: finishing dispatches in flight\n");
+  await agent.close();
   return 0;
 }

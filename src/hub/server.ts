@@ -7,7 +7,6 @@ import {
 } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { type ConnectRouter, createContextValues } from "@connectrpc/connect";
-import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import Fastify, { type FastifyInstance } from "fastify";
 import {
@@ -16,6 +15,7 @@ import {
   createMetrics,
   ERROR_CODE_HEADER,
   FlotillaError,
+  FrameError,
   type IncomingContext,
   type Logger,
   type Metrics,
@@ -23,16 +23,20 @@ import {
 import { type Db, migrate, openPglite, openPostgres, type PoolSettings } from "../store/index.js";
 import {
   configRoutes,
+  type ConnectOnFastifyOptions,
+  connectOnFastify,
   contextResponseHeaders,
   createAuthInterceptor,
   identityRoutes,
   kIncoming,
   kRemoteAddr,
   projectRoutes,
+  serversRoutes,
   servicesRoutes,
 } from "./api/index.js";
 import { recordAudit } from "./audit/index.js";
 import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
+import { ControlChannel } from "./control/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
@@ -41,7 +45,8 @@ import {
 } from "./identity/index.js";
 import { type EventBus, memoryBus, OutboxRelay, postgresBus } from "./outbox/index.js";
 import { ProjectsService } from "./projects/index.js";
-import { ServicesService } from "./services/index.js";
+import { DispatchStore, ServersService } from "./servers/index.js";
+import { type ObservedStatus, ServicesService } from "./services/index.js";
 
 export type StoreOptions =
   | { kind: "postgres"; url: string; pool?: Partial<PoolSettings> }
@@ -78,6 +83,10 @@ export interface HubOptions {
   masterKey?: MasterKey;
   previousMasterKeys?: MasterKey[];
   logger?: Logger;
+  /** The URL servers use to reach this hub (printed in join commands). Default: the bound URL. */
+  publicUrl?: string;
+  /** How often agents heartbeat. Default 15 s. */
+  agentHeartbeatIntervalMs?: number;
   /** How long shutdown waits for in-flight requests before closing the store. Default 10 s. */
   shutdownGraceMs?: number;
 }
@@ -91,6 +100,9 @@ export interface Hub {
   projects: ProjectsService;
   services: ServicesService;
   config: ConfigService;
+  servers: ServersService;
+  dispatches: DispatchStore;
+  control: ControlChannel;
   events: EventBus;
   relay: OutboxRelay;
   metrics: Metrics;
@@ -102,6 +114,14 @@ export interface Hub {
 }
 
 export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
+
+const REPORTABLE_STATUSES = new Set<string>([
+  "pending",
+  "deploying",
+  "running",
+  "stopped",
+  "failed",
+]);
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -221,6 +241,32 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         await config.removeScope(tx, org, "environment", environmentId);
       },
     });
+    const servers = new ServersService(db, keyring);
+    const dispatches = new DispatchStore(db);
+    const control = new ControlChannel({
+      db,
+      servers,
+      dispatches,
+      hubId: instanceId,
+      logger,
+      ...(options.agentHeartbeatIntervalMs
+        ? { heartbeatIntervalMs: options.agentHeartbeatIntervalMs }
+        : {}),
+      status: {
+        // The one path that writes observed state: what agents report.
+        observe: async (organizationId, o) => {
+          if (!REPORTABLE_STATUSES.has(o.status))
+            throw new FrameError(
+              "frame.malformed",
+              `status ${o.status.slice(0, 40)} is not one of ${[...REPORTABLE_STATUSES].join(", ")}`,
+            );
+          await services.recordObservation(organizationId, {
+            ...o,
+            status: o.status as Exclude<ObservedStatus, "unknown">,
+          });
+        },
+      },
+    });
     const bus = db.engine === "postgres" ? await postgresBus(db) : memoryBus();
     events = bus;
     relay = new OutboxRelay(db, bus, logger);
@@ -236,9 +282,12 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       projectRoutes(router, projects);
       servicesRoutes(router, { services, events: bus, db, shutdown: shutdown.signal });
       configRoutes(router, config);
+      serversRoutes(router, { servers, dispatches, hubUrl: () => publicUrl });
     };
 
     let draining = false;
+    // Known once the listener is bound; the join command printed for new servers uses it.
+    let publicUrl = options.publicUrl ?? "";
     const base = { logger: false, bodyLimit: maxBodyBytes, trustProxy: false } as const;
     app = options.tls
       ? (Fastify({
@@ -266,6 +315,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
           });
       }
     });
+    await control.register(app);
     app.get("/health", async () => ({ status: "ok", instance: instanceId }));
     app.get("/ready", async (_request, reply) => {
       if (draining) return reply.code(503).send({ status: "draining" });
@@ -287,7 +337,9 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       }
       return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
     });
-    await app.register(fastifyConnectPlugin, {
+    // In its own encapsulated scope: Connect's body parsers must not replace the JSON parser of
+    // the hub's other routes (the agents' join endpoint).
+    const connectOptions = {
       routes,
       interceptors,
       readMaxBytes: maxBodyBytes,
@@ -295,12 +347,16 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         createContextValues()
           .set(kIncoming, request.flotillaContext)
           .set(kRemoteAddr, request.ip ?? "unknown"),
-    });
+      onError: (err: unknown, method: string) =>
+        logger.error({ err, method }, "connect handler failed"),
+    } satisfies ConnectOnFastifyOptions;
+    await app.register(async (scope) => connectOnFastify(scope, connectOptions));
     if (options.tls) trackSessions(app.server as unknown as Http2Server);
     await app.listen({ host, port: options.port });
     const port = (app.server.address() as AddressInfo).port;
     const hostPart = host.includes(":") ? `[${host}]` : host;
     const url = `${options.tls ? "https" : "http"}://${hostPart}:${port}`;
+    if (!publicUrl) publicUrl = url;
 
     let grpcUrl: string | null = options.tls ? url : null;
     if (!options.tls && options.grpcPort !== null) {
@@ -339,6 +395,9 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       projects,
       services,
       config,
+      servers,
+      dispatches,
+      control,
       events: bus,
       relay: outboxRelay,
       metrics,
@@ -349,6 +408,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
           draining = true;
           // Open watch streams end now; everything else gets the grace period.
           shutdown.abort();
+          // Agents are told to go elsewhere; their affinity is released by the close handlers.
+          await control.close();
           const grace = options.shutdownGraceMs ?? 10_000;
           const timer = setTimeout(() => {
             const http1 = fastify.server as { closeAllConnections?: () => void };

@@ -3,6 +3,7 @@
 export * from "./caller.js";
 export * from "./context.js";
 export * from "./errors.js";
+export * from "./frames.js";
 export * from "./ids.js";
 export * from "./log.js";
 export * from "./metrics.js";

@@ -62,6 +62,11 @@ export interface FlotillaProcess {
   readonly exited: Promise<Exit>;
   /** null while running. */
   exitStatus(): Exit | null;
+  /** Resolves with the first log record matching; rejects if the process exits or the deadline passes. */
+  waitForLog(
+    match: (record: Record<string, unknown>) => boolean,
+    timeoutMs?: number,
+  ): Promise<Record<string, unknown>>;
   /** Polls GET /ready until 200; rejects if the process exits first or the deadline passes. */
   waitReady(timeoutMs?: number): Promise<void>;
   /** Waits for exit; rejects (leaving the process running) if the deadline passes first. */
@@ -108,12 +113,15 @@ export interface StartOptions {
 
 /** Starts `node dist/src/cli/main.js <command> --host 127.0.0.1 --port P --grpc-port G ...`. */
 export async function startFlotilla(
-  command: "hub" | "up",
+  command: "hub" | "up" | "agent",
   options: StartOptions = {},
 ): Promise<FlotillaProcess> {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
+  const listens = command !== "agent";
   const [freeA, freeB] =
-    options.port !== undefined && options.grpcPort !== undefined ? [] : await freePorts(2);
+    !listens || (options.port !== undefined && options.grpcPort !== undefined)
+      ? []
+      : await freePorts(2);
   const port = options.port ?? freeA!;
   const grpcPort = options.grpcPort ?? freeB!;
   const env: NodeJS.ProcessEnv = {};
@@ -121,17 +129,10 @@ export async function startFlotilla(
   // Hub replicas of one installation share a master key; `up` generates its own beside its data.
   const key = command === "hub" ? { FLOTILLA_MASTER_KEY: TEST_MASTER_KEY } : {};
   Object.assign(env, { FLOTILLA_LOG_LEVEL: "info" }, key, options.env);
-  const args = [
-    CLI,
-    command,
-    "--host",
-    "127.0.0.1",
-    "--port",
-    String(port),
-    "--grpc-port",
-    String(grpcPort),
-    ...(options.args ?? []),
-  ];
+  const listen = listens
+    ? ["--host", "127.0.0.1", "--port", String(port), "--grpc-port", String(grpcPort)]
+    : [];
+  const args = [CLI, command, ...listen, ...(options.args ?? [])];
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
     env,
@@ -186,6 +187,16 @@ export async function startFlotilla(
     exitStatus: () => status,
     describe() {
       return `${command} pid ${child.pid} (${status ? `exited ${JSON.stringify(status)}` : "running"})\n--- stdout ---\n${out}\n--- stderr ---\n${err}`;
+    },
+    async waitForLog(match, timeoutMs = 15_000) {
+      const deadline = Date.now() + timeoutMs;
+      while (Date.now() < deadline) {
+        const found = proc.logs().find(match);
+        if (found) return found;
+        if (status) break;
+        await sleep(50);
+      }
+      throw new Error(`no matching log line after ${timeoutMs} ms\n${proc.describe()}`);
     },
     async waitReady(timeoutMs = 30_000) {
       const deadline = Date.now() + timeoutMs;

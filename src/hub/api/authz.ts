@@ -7,6 +7,7 @@ import {
   OrganizationService as OrganizationRpc,
 } from "../../gen/flotilla/v1/identity_pb.js";
 import { ProjectService as ProjectRpc } from "../../gen/flotilla/v1/projects_pb.js";
+import { ServerService as ServerRpc } from "../../gen/flotilla/v1/servers_pb.js";
 import { ServicesService as ServicesRpc } from "../../gen/flotilla/v1/services_pb.js";
 import {
   CARRIAGE,
@@ -45,6 +46,7 @@ export const SERVICES: DescService[] = [
   ProjectRpc,
   ServicesRpc,
   ConfigRpc,
+  ServerRpc,
 ];
 
 /** Keyed by "package.Service/Method". A method missing here is refused (and fails a test). */
@@ -92,6 +94,11 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.ConfigService/UnsetConfig": can("config.write"),
   "flotilla.v1.ConfigService/RevealSecret": can("config.reveal"),
   "flotilla.v1.ConfigService/GetEffectiveConfig": can("config.read"),
+  "flotilla.v1.ServerService/CreateJoinToken": can("servers.manage"),
+  "flotilla.v1.ServerService/ListServers": can("servers.read"),
+  "flotilla.v1.ServerService/GetServer": can("servers.read"),
+  "flotilla.v1.ServerService/DeleteServer": can("servers.manage"),
+  "flotilla.v1.ServerService/ListDispatches": can("servers.read"),
 };
 
 /** Set by the HTTP layer: the context read from the request headers, and the peer address. */

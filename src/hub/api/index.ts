@@ -10,6 +10,8 @@ export {
   SERVICES,
 } from "./authz.js";
 export { configRoutes } from "./config-routes.js";
+export { type ConnectOnFastifyOptions, connectOnFastify } from "./connect-fastify.js";
 export { type IdentityRouteOptions, identityRoutes } from "./identity-routes.js";
 export { projectRoutes } from "./projects-routes.js";
+export { type ServersRouteOptions, serversRoutes } from "./servers-routes.js";
 export { type ServicesRouteOptions, servicesRoutes } from "./services-routes.js";

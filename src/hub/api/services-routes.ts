@@ -1,13 +1,14 @@
 // Connect handlers for ServicesService: services, deployments, rollback, and the live event stream.
-import type { ConnectRouter } from "@connectrpc/connect";
+import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
 import {
   Driver,
   RestartPolicy,
   ServicesService as ServicesRpc,
   type ServiceSpec as SpecMessage,
   Visibility,
+  type WatchEventsRequest,
 } from "../../gen/flotilla/v1/services_pb.js";
-import { checkId, invalid } from "../../shared/index.js";
+import { checkId, invalid, toConnectError } from "../../shared/index.js";
 import type { Queryable } from "../../store/index.js";
 import { type EventBus, eventsAfter, latestEvents, type StoredEvent } from "../outbox/index.js";
 import type {
@@ -204,67 +205,77 @@ export function servicesRoutes(router: ConnectRouter, o: ServicesRouteOptions): 
       return { events: list.map((e) => event(e).event) };
     },
     async *watchEvents(req, ctx) {
-      const c = caller(ctx);
-      const serviceId = req.serviceId ? (await services.getService(c, req.serviceId)).id : null;
-      let cursor = req.sinceId ? checkId("since_id", req.sinceId) : null;
-      const matches = (e: StoredEvent) =>
-        e.organizationId === c.organizationId &&
-        (!serviceId || e.subjectId === serviceId || e.payload.service_id === serviceId);
-
-      // Subscribe before replaying, so an event committed during the replay is not missed.
-      const queue: StoredEvent[] = [];
-      let wake: (() => void) | undefined;
-      let overflow = false;
-      const unsubscribe = o.events.subscribe((e) => {
-        if (!matches(e)) return;
-        if (queue.length >= MAX_QUEUED_EVENTS) overflow = true;
-        else queue.push(e);
-        wake?.();
-      });
-      const stop = () => wake?.();
-      ctx.signal.addEventListener("abort", stop);
-      o.shutdown.addEventListener("abort", stop);
-      const seen = new Set<string>();
-      const remember = (id: string) => {
-        seen.add(id);
-        if (seen.size > SEEN_WINDOW) seen.delete(seen.values().next().value!);
-      };
+      // A stream's errors surface after the auth interceptor has returned, so they get their
+      // catalogue code and field here; otherwise Connect would answer a bad id with "internal".
       try {
-        if (cursor) {
-          for (;;) {
-            const page = await eventsAfter(
-              o.db,
-              { organizationId: c.organizationId, serviceId },
-              cursor,
-              500,
-            );
-            for (const e of page) {
-              remember(e.id);
-              yield event(e);
-            }
-            if (page.length < 500) break;
-            cursor = page[page.length - 1]!.id;
-          }
-        }
-        while (!ctx.signal.aborted && !o.shutdown.aborted) {
-          const next = queue.shift();
-          if (next) {
-            if (seen.has(next.id)) continue;
-            remember(next.id);
-            yield event(next);
-            continue;
-          }
-          if (overflow) return;
-          await new Promise<void>((resolve) => {
-            wake = resolve;
-          });
-          wake = undefined;
-        }
-      } finally {
-        unsubscribe();
-        ctx.signal.removeEventListener("abort", stop);
-        o.shutdown.removeEventListener("abort", stop);
+        yield* watch(req, ctx);
+      } catch (err) {
+        throw toConnectError(err);
       }
     },
   });
+
+  async function* watch(req: WatchEventsRequest, ctx: HandlerContext) {
+    const c = caller(ctx);
+    const serviceId = req.serviceId ? (await services.getService(c, req.serviceId)).id : null;
+    let cursor = req.sinceId ? checkId("since_id", req.sinceId) : null;
+    const matches = (e: StoredEvent) =>
+      e.organizationId === c.organizationId &&
+      (!serviceId || e.subjectId === serviceId || e.payload.service_id === serviceId);
+
+    // Subscribe before replaying, so an event committed during the replay is not missed.
+    const queue: StoredEvent[] = [];
+    let wake: (() => void) | undefined;
+    let overflow = false;
+    const unsubscribe = o.events.subscribe((e) => {
+      if (!matches(e)) return;
+      if (queue.length >= MAX_QUEUED_EVENTS) overflow = true;
+      else queue.push(e);
+      wake?.();
+    });
+    const stop = () => wake?.();
+    ctx.signal.addEventListener("abort", stop);
+    o.shutdown.addEventListener("abort", stop);
+    const seen = new Set<string>();
+    const remember = (id: string) => {
+      seen.add(id);
+      if (seen.size > SEEN_WINDOW) seen.delete(seen.values().next().value!);
+    };
+    try {
+      if (cursor) {
+        for (;;) {
+          const page = await eventsAfter(
+            o.db,
+            { organizationId: c.organizationId, serviceId },
+            cursor,
+            500,
+          );
+          for (const e of page) {
+            remember(e.id);
+            yield event(e);
+          }
+          if (page.length < 500) break;
+          cursor = page[page.length - 1]!.id;
+        }
+      }
+      while (!ctx.signal.aborted && !o.shutdown.aborted) {
+        const next = queue.shift();
+        if (next) {
+          if (seen.has(next.id)) continue;
+          remember(next.id);
+          yield event(next);
+          continue;
+        }
+        if (overflow) return;
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+        wake = undefined;
+      }
+    } finally {
+      unsubscribe();
+      ctx.signal.removeEventListener("abort", stop);
+      o.shutdown.removeEventListener("abort", stop);
+    }
+  }
 }

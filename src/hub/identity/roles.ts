@@ -18,6 +18,8 @@ export const CAPABILITIES = {
   "config.read": "See config variables' values and secrets' names.",
   "config.write": "Set, import and unset config variables and secrets.",
   "config.reveal": "Reveal a secret config value (audited).",
+  "servers.read": "See servers and their dispatches.",
+  "servers.manage": "Enrol servers (join tokens) and remove them.",
 } as const;
 export type Capability = keyof typeof CAPABILITIES;
 
@@ -27,6 +29,7 @@ const VIEWER: Capability[] = [
   "tokens.self",
   "projects.read",
   "config.read",
+  "servers.read",
 ];
 const DEVELOPER: Capability[] = [
   ...VIEWER,
@@ -35,7 +38,13 @@ const DEVELOPER: Capability[] = [
   "deployments.create",
   "config.write",
 ];
-const ADMIN: Capability[] = [...DEVELOPER, "members.manage", "audit.read", "config.reveal"];
+const ADMIN: Capability[] = [
+  ...DEVELOPER,
+  "members.manage",
+  "audit.read",
+  "config.reveal",
+  "servers.manage",
+];
 const OWNER: Capability[] = [...ADMIN, "org.update", "members.grant_owner"];
 
 export const ROLE_CAPABILITIES: Record<RoleName, ReadonlySet<Capability>> = {

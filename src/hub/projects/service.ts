@@ -132,6 +132,8 @@ export class ProjectsService {
         subjectId: project.id,
         payload: { slug, name, production_environment_id: production.id },
       });
+      // After project.created, so a consumer reading events in id order meets the project first.
+      await this.announceEnvironment(tx, c, production);
       return { project, production };
     });
   }
@@ -229,6 +231,7 @@ export class ProjectsService {
     return this.db.tx(async (tx) => {
       const project = await this.getProject(c, projectRef, tx);
       const environment = await this.insertEnvironment(tx, c, project.id, name, slug);
+      await this.announceEnvironment(tx, c, environment);
       await recordAudit(tx, {
         organizationId: c.organizationId,
         actor: c.actor,
@@ -253,14 +256,7 @@ export class ProjectsService {
          RETURNING ${ENVIRONMENT_COLUMNS}`,
         [uuidv7(), c.organizationId, projectId, slug, name],
       );
-      const environment = toEnvironment(rows[0]!);
-      await appendEvent(tx, {
-        organizationId: c.organizationId,
-        type: "environment.created",
-        subjectId: environment.id,
-        payload: { project_id: projectId, slug, name },
-      });
-      return environment;
+      return toEnvironment(rows[0]!);
     } catch (err) {
       if (isUniqueViolation(err)) {
         throw new FlotillaError(
@@ -273,6 +269,15 @@ export class ProjectsService {
       }
       throw err;
     }
+  }
+
+  private async announceEnvironment(tx: Queryable, c: Caller, e: Environment): Promise<void> {
+    await appendEvent(tx, {
+      organizationId: c.organizationId,
+      type: "environment.created",
+      subjectId: e.id,
+      payload: { project_id: e.projectId, slug: e.slug, name: e.name },
+    });
   }
 
   async listEnvironments(c: Caller, projectRef: string): Promise<Environment[]> {

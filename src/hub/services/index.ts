@@ -5,6 +5,7 @@ export {
   type Deployment,
   type DeploymentReason,
   type Observation,
+  type ObservedStatus,
   type Service,
   ServicesService,
   type UpdateServiceInput,

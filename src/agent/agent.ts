@@ -1,0 +1,245 @@
+// The agent: joins a hub once, then keeps its control channel open (reconnecting with jittered
+// backoff), proves its secret to each connection, heartbeats, and executes dispatches exactly once.
+import { statfsSync } from "node:fs";
+import { availableParallelism, totalmem } from "node:os";
+import WebSocket from "ws";
+import {
+  AGENT_CONNECT_PATH,
+  AGENT_JOIN_PATH,
+  type AgentFacts,
+  type AgentFrame,
+  authProof,
+  contextFromFrame,
+  FrameError,
+  type HubFrame,
+  type Logger,
+  MAX_FRAME_BYTES,
+  parseHubFrame,
+  runWithContext,
+} from "../shared/index.js";
+import { checkJobArgs, resolveWorkloadUser, runJob, type WorkloadUser } from "./jobs.js";
+import {
+  type Credentials,
+  Ledger,
+  loadCredentials,
+  type Outcome,
+  saveCredentials,
+} from "./state.js";
+
+export const AGENT_VERSION = "0.1.0";
+
+export interface AgentOptions {
+  /** The hub URL (http or https); required to join, else taken from the saved credentials. */
+  hub?: string;
+  dataDir: string;
+  /** A one-time join token, used when the data directory holds no credentials yet. */
+  joinToken?: string;
+  workloadUser?: string;
+  logger: Logger;
+  /** Reconnect backoff bounds. Defaults 250 ms doubling to 10 s, with ±20% jitter. */
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+export interface Agent {
+  serverId: string;
+  /** Resolves once the first connection is authenticated. */
+  connected(): Promise<void>;
+  isConnected(): boolean;
+  close(): Promise<void>;
+}
+
+function facts(dataDir: string): AgentFacts {
+  let free = 0;
+  try {
+    const s = statfsSync(dataDir);
+    free = s.bavail * s.bsize;
+  } catch {}
+  return {
+    agent_version: AGENT_VERSION,
+    drivers: ["exec"],
+    cores: availableParallelism(),
+    memory_bytes: totalmem(),
+    disk_free_bytes: free,
+  };
+}
+
+async function join(hub: string, token: string, dataDir: string): Promise<Credentials> {
+  const res = await fetch(new URL(AGENT_JOIN_PATH, hub), {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ token, facts: facts(dataDir) }),
+    signal: AbortSignal.timeout(30_000),
+  });
+  const body = (await res.json().catch(() => ({}))) as Record<string, string>;
+  if (!res.ok) throw new Error(`joining ${hub} failed: ${body.message ?? res.statusText}`);
+  const creds: Credentials = {
+    hub,
+    server_id: body.server_id!,
+    organization_id: body.organization_id!,
+    name: body.name!,
+    secret: body.secret!,
+  };
+  saveCredentials(dataDir, creds);
+  return creds;
+}
+
+export async function startAgent(o: AgentOptions): Promise<Agent> {
+  let creds = loadCredentials(o.dataDir);
+  if (!creds) {
+    if (!o.hub || !o.joinToken)
+      throw new Error(
+        `${o.dataDir} holds no credentials: pass --hub and --join-token (from flotilla servers add)`,
+      );
+    creds = await join(o.hub, o.joinToken, o.dataDir);
+    o.logger.info({ server: creds.server_id, serverName: creds.name }, "joined the hub");
+  }
+  const hub = o.hub ?? creds.hub;
+  const { secret, server_id: serverId } = creds;
+  const workloadUser: WorkloadUser = resolveWorkloadUser(o.workloadUser ?? "nobody");
+  const ledger = new Ledger(o.dataDir);
+  const log = o.logger.child({ server: serverId });
+  const minBackoff = o.minBackoffMs ?? 250;
+  const maxBackoff = o.maxBackoffMs ?? 10_000;
+
+  let socket: WebSocket | undefined;
+  let authenticated = false;
+  let closing = false;
+  let heartbeat: NodeJS.Timeout | undefined;
+  let retry: NodeJS.Timeout | undefined;
+  let backoff = minBackoff;
+  const inFlight = new Map<string, Promise<void>>();
+  let markConnected: () => void = () => {};
+  const firstConnection = new Promise<void>((resolve) => {
+    markConnected = resolve;
+  });
+
+  const send = (ws: WebSocket, frame: AgentFrame) => {
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
+  };
+
+  async function execute(frame: Extract<HubFrame, { type: "dispatch" }>): Promise<Outcome> {
+    if (frame.op !== "job")
+      return { ok: false, error: `this agent (${AGENT_VERSION}) cannot execute ${frame.op} yet` };
+    const job = checkJobArgs(frame.args);
+    const result = await runJob(job, workloadUser);
+    return result.exit_code === 0
+      ? { ok: true, result }
+      : {
+          ok: false,
+          result,
+          error: `${job.command} exited with ${result.exit_code ?? result.signal}`,
+        };
+  }
+
+  /** A dispatch runs once: a resend is answered from the ledger; one in flight is not started again. */
+  function onDispatch(ws: WebSocket, frame: Extract<HubFrame, { type: "dispatch" }>) {
+    const known = ledger.get(frame.id);
+    if (known || inFlight.has(frame.id)) {
+      send(ws, { v: 1, type: "ack", id: frame.id, duplicate: true });
+      if (known) send(ws, { v: 1, type: "result", id: frame.id, ...known });
+      return;
+    }
+    send(ws, { v: 1, type: "ack", id: frame.id, duplicate: false });
+    const ctx = { ...contextFromFrame(frame.ctx) };
+    const work = runWithContext(ctx, async () => {
+      log.info({ dispatch: frame.id, op: frame.op }, "executing dispatch");
+      ledger.begin(frame.id);
+      let outcome: Outcome;
+      try {
+        outcome = await execute(frame);
+      } catch (err) {
+        outcome = { ok: false, error: (err as Error).message };
+      }
+      ledger.record(frame.id, outcome);
+      log.info({ dispatch: frame.id, ok: outcome.ok }, "dispatch executed");
+      // The socket may have been replaced meanwhile: report on whichever is current.
+      if (socket) send(socket, { v: 1, type: "result", id: frame.id, ...outcome });
+    }).finally(() => inFlight.delete(frame.id));
+    inFlight.set(frame.id, work);
+  }
+
+  function connect() {
+    if (closing) return;
+    const url = new URL(AGENT_CONNECT_PATH, hub);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(url, { maxPayload: MAX_FRAME_BYTES, handshakeTimeout: 10_000 });
+    socket = ws;
+    ws.on("open", () => {
+      send(ws, { v: 1, type: "hello", server_id: serverId, ...facts(o.dataDir) });
+    });
+    ws.on("message", (data, isBinary) => {
+      let frame: HubFrame;
+      try {
+        if (isBinary) throw new FrameError("frame.malformed", "binary frames are not accepted");
+        frame = parseHubFrame(data.toString());
+      } catch (err) {
+        const e = err as FrameError;
+        log.warn({ code: e.code, reason: e.message }, "malformed hub frame rejected");
+        send(ws, { v: 1, type: "error", code: e.code ?? "frame.malformed", message: e.message });
+        return;
+      }
+      switch (frame.type) {
+        case "challenge":
+          send(ws, { v: 1, type: "auth", proof: authProof(secret, serverId, frame.nonce) });
+          return;
+        case "welcome":
+          authenticated = true;
+          backoff = minBackoff;
+          log.info({ session: frame.session_id }, "connected to the hub");
+          clearInterval(heartbeat);
+          heartbeat = setInterval(() => {
+            const f = facts(o.dataDir);
+            send(ws, { v: 1, type: "heartbeat", disk_free_bytes: f.disk_free_bytes });
+          }, frame.heartbeat_interval_ms);
+          heartbeat.unref();
+          markConnected();
+          return;
+        case "dispatch":
+          if (!authenticated) return;
+          onDispatch(ws, frame);
+          return;
+        case "error":
+          log.warn({ code: frame.code, reason: frame.message }, "the hub refused a frame");
+          return;
+      }
+    });
+    ws.on("error", (err) => log.warn({ err: err.message }, "control channel error"));
+    ws.on("close", (code, reason) => {
+      if (socket === ws) {
+        authenticated = false;
+        clearInterval(heartbeat);
+      }
+      if (closing || socket !== ws) return;
+      // Jittered exponential backoff: a hub restart is not met by every agent at once.
+      const delay = Math.round(backoff * (0.8 + Math.random() * 0.4));
+      backoff = Math.min(backoff * 2, maxBackoff);
+      log.info(
+        { code, reason: reason.toString(), retryInMs: delay },
+        "control channel closed; reconnecting",
+      );
+      retry = setTimeout(connect, delay);
+    });
+  }
+
+  connect();
+  return {
+    serverId,
+    connected: () => firstConnection,
+    isConnected: () => authenticated,
+    async close() {
+      closing = true;
+      clearTimeout(retry);
+      clearInterval(heartbeat);
+      await Promise.allSettled(inFlight.values());
+      if (socket && socket.readyState !== WebSocket.CLOSED) {
+        const ws = socket;
+        await new Promise<void>((resolve) => {
+          ws.once("close", () => resolve());
+          ws.close(1000, "agent stopping");
+          setTimeout(resolve, 2000).unref();
+        });
+      }
+    },
+  };
+}

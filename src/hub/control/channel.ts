@@ -1,0 +1,370 @@
+// The agents' control channel on a hub replica: join, challenge-response auth, affinity claim and
+// release, heartbeats, and delivery of dispatches to the agents whose sockets this replica holds.
+import { randomBytes, randomUUID } from "node:crypto";
+import websocket from "@fastify/websocket";
+import type { FastifyInstance } from "fastify";
+import type { WebSocket } from "ws";
+import {
+  AGENT_CONNECT_PATH,
+  AGENT_JOIN_PATH,
+  type AgentFacts,
+  type AgentFrame,
+  contextFromRow,
+  contextToFrame,
+  FlotillaError,
+  FrameError,
+  type HubFrame,
+  type Logger,
+  MAX_FRAME_BYTES,
+  parseAgentFrame,
+  runWithContext,
+  toConnectError,
+} from "../../shared/index.js";
+import type { Db } from "../../store/index.js";
+import {
+  DISPATCH_CHANNEL,
+  type Dispatch,
+  type DispatchStore,
+  type ServersService,
+} from "../servers/index.js";
+
+/** What the channel reports upward: an agent's observation of a deployment (the observed-state path). */
+export interface StatusSink {
+  observe(
+    organizationId: string,
+    o: {
+      serviceId: string;
+      deploymentId: string;
+      status: string;
+      reason?: string;
+      endpoint?: string;
+    },
+  ): Promise<void>;
+}
+
+export interface ControlChannelOptions {
+  db: Db;
+  servers: ServersService;
+  dispatches: DispatchStore;
+  status: StatusSink;
+  hubId: string;
+  logger: Logger;
+  /** How often agents heartbeat. Default 15 s, so a 90 s freshness window tolerates 5 losses. */
+  heartbeatIntervalMs?: number;
+  /** An agent that has not proven its secret by then is disconnected. Default 10 s. */
+  authTimeoutMs?: number;
+}
+
+interface Session {
+  serverId: string;
+  organizationId: string;
+  sessionId: string;
+  socket: WebSocket;
+}
+
+// WebSocket close codes in the private range, so an agent can tell why it was dropped.
+const CLOSE = { authFailed: 4001, replaced: 4002, authTimeout: 4003, shutdown: 1001 } as const;
+
+export class ControlChannel {
+  private readonly sessions = new Map<string, Session>();
+  private readonly drains = new Map<string, { running: Promise<void>; again: boolean }>();
+  private unlisten: (() => Promise<void>) | undefined;
+  private closing = false;
+
+  constructor(private readonly o: ControlChannelOptions) {}
+
+  /** Registers the join endpoint and the WebSocket route, and listens for dispatch wake-ups. */
+  async register(app: FastifyInstance): Promise<void> {
+    await app.register(websocket, { options: { maxPayload: MAX_FRAME_BYTES } });
+    app.post(AGENT_JOIN_PATH, async (request, reply) => {
+      const body = (request.body ?? {}) as { token?: unknown; facts?: Partial<AgentFacts> };
+      try {
+        const { server, secret } = await this.o.servers.join(
+          String(body.token ?? ""),
+          typeof body.facts === "object" && body.facts ? body.facts : {},
+        );
+        this.o.logger.info({ server: server.id, name: server.name }, "server joined");
+        return {
+          server_id: server.id,
+          organization_id: server.organizationId,
+          name: server.name,
+          secret,
+        };
+      } catch (err) {
+        const e = toConnectError(err);
+        const status = err instanceof FlotillaError ? err.httpStatus : 500;
+        return reply
+          .code(status)
+          .send({ code: e.metadata.get("flotilla-error-code"), message: e.rawMessage });
+      }
+    });
+    app.get(AGENT_CONNECT_PATH, { websocket: true }, (socket) => this.accept(socket));
+    this.unlisten = await this.o.db.listen(DISPATCH_CHANNEL, (serverId) => this.wake(serverId));
+  }
+
+  /** True when this replica holds the server's agent socket. */
+  holds(serverId: string): boolean {
+    return this.sessions.has(serverId);
+  }
+
+  /** Delivers the server's pending dispatches if this replica holds its agent; coalesced per server. */
+  wake(serverId: string): void {
+    if (this.closing || !this.sessions.has(serverId)) return;
+    const current = this.drains.get(serverId);
+    if (current) {
+      current.again = true;
+      return;
+    }
+    const entry = { running: Promise.resolve(), again: false };
+    entry.running = (async () => {
+      do {
+        entry.again = false;
+        await this.drain(serverId).catch((err) =>
+          this.o.logger.warn(
+            { err, server: serverId },
+            "dispatch drain failed; the next wake-up retries",
+          ),
+        );
+      } while (entry.again && !this.closing);
+      this.drains.delete(serverId);
+    })();
+    this.drains.set(serverId, entry);
+  }
+
+  private async drain(serverId: string): Promise<void> {
+    for (;;) {
+      const pending = await this.o.dispatches.pendingFor(serverId);
+      for (const d of pending) {
+        const session = this.sessions.get(serverId);
+        if (!session) return;
+        const claimed = await this.o.dispatches.claim(d.id, this.o.hubId);
+        if (!claimed) continue; // another drain won it: it is theirs to deliver
+        this.sendDispatch(session, claimed);
+      }
+      if (pending.length < 100) return;
+    }
+  }
+
+  private sendDispatch(session: Session, d: Dispatch): void {
+    const ctx = {
+      ...contextFromRow({ correlation_id: d.correlationId, traceparent: d.traceparent }),
+      tenant: d.organizationId,
+    };
+    // The executing replica continues the trace stored with the dispatch.
+    runWithContext(ctx, () => {
+      this.o.logger.info(
+        { dispatch: d.id, op: d.op, server: d.serverId, attempt: d.attempts },
+        "dispatch sent",
+      );
+      this.send(session.socket, {
+        v: 1,
+        type: "dispatch",
+        id: d.id,
+        ctx: contextToFrame(ctx),
+        op: d.op,
+        service_id: d.serviceId,
+        deployment_id: d.deploymentId,
+        args: d.args,
+      });
+    });
+  }
+
+  private send(socket: WebSocket, frame: HubFrame): void {
+    if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(frame));
+  }
+
+  private accept(socket: WebSocket): void {
+    const log = this.o.logger;
+    let phase: "hello" | "auth" | "open" = "hello";
+    let hello: Extract<AgentFrame, { type: "hello" }> | undefined;
+    let session: Session | undefined;
+    const nonce = randomBytes(32).toString("hex");
+    const authTimer = setTimeout(
+      () => socket.close(CLOSE.authTimeout, "authenticate within the time limit"),
+      this.o.authTimeoutMs ?? 10_000,
+    );
+    authTimer.unref();
+    // Frames are handled one at a time, in arrival order.
+    let queue = Promise.resolve();
+
+    socket.on("message", (data, isBinary) => {
+      queue = queue.then(async () => {
+        let frame: AgentFrame;
+        try {
+          if (isBinary) throw new FrameError("frame.malformed", "binary frames are not accepted");
+          frame = parseAgentFrame(data.toString());
+        } catch (err) {
+          const e = err as FrameError;
+          log.warn(
+            { code: e.code, reason: e.message, server: hello?.server_id },
+            "malformed agent frame rejected",
+          );
+          this.send(socket, {
+            v: 1,
+            type: "error",
+            code: e.code ?? "frame.malformed",
+            message: e.message,
+          });
+          return;
+        }
+        try {
+          if (phase === "hello") {
+            if (frame.type !== "hello") throw new FrameError("frame.malformed", "say hello first");
+            hello = frame;
+            phase = "auth";
+            this.send(socket, { v: 1, type: "challenge", nonce });
+          } else if (phase === "auth") {
+            if (frame.type !== "auth")
+              throw new FrameError("frame.malformed", "answer the challenge first");
+            const server = await this.o.servers.verifyProof(hello!.server_id, nonce, frame.proof);
+            if (!server) {
+              log.warn({ server: hello!.server_id }, "agent failed authentication");
+              socket.close(CLOSE.authFailed, "authentication failed");
+              return;
+            }
+            clearTimeout(authTimer);
+            session = await this.open(socket, server.id, server.organizationId, hello!);
+            phase = "open";
+          } else {
+            await this.handle(session!, frame);
+          }
+        } catch (err) {
+          const code = err instanceof FrameError ? err.code : "internal";
+          log.warn({ err, server: hello?.server_id }, "agent frame refused");
+          this.send(socket, {
+            v: 1,
+            type: "error",
+            code,
+            message:
+              err instanceof FrameError ? err.message : "the hub could not handle this frame",
+          });
+        }
+      });
+    });
+    socket.on("error", (err) => log.warn({ err, server: hello?.server_id }, "agent socket error"));
+    socket.on("close", () => {
+      clearTimeout(authTimer);
+      queue = queue.then(() => this.closed(session));
+    });
+  }
+
+  private async open(
+    socket: WebSocket,
+    serverId: string,
+    organizationId: string,
+    hello: AgentFacts,
+  ) {
+    const sessionId = randomUUID();
+    await this.o.servers.claim(serverId, this.o.hubId, sessionId, {
+      agent_version: hello.agent_version,
+      drivers: hello.drivers,
+      cores: hello.cores,
+      memory_bytes: hello.memory_bytes,
+      disk_free_bytes: hello.disk_free_bytes,
+    });
+    const previous = this.sessions.get(serverId);
+    const session: Session = { serverId, organizationId, sessionId, socket };
+    this.sessions.set(serverId, session);
+    // Newest connection wins; the old socket's close finds the row no longer names it.
+    if (previous)
+      previous.socket.close(CLOSE.replaced, "a newer connection of this agent took over");
+    this.o.logger.info({ server: serverId, session: sessionId }, "agent connected");
+    this.send(socket, {
+      v: 1,
+      type: "welcome",
+      session_id: sessionId,
+      heartbeat_interval_ms: this.o.heartbeatIntervalMs ?? 15_000,
+    });
+    // Reconcile on connect: whatever was intended while the agent was away is delivered now.
+    this.wake(serverId);
+    return session;
+  }
+
+  private async handle(session: Session, frame: AgentFrame): Promise<void> {
+    const { serverId, sessionId } = session;
+    switch (frame.type) {
+      case "heartbeat": {
+        const owned = await this.o.servers.heartbeat(serverId, this.o.hubId, sessionId, frame);
+        if (!owned)
+          session.socket.close(CLOSE.replaced, "another connection of this agent took over");
+        return;
+      }
+      case "ack":
+        this.o.logger.debug(
+          { dispatch: frame.id, duplicate: frame.duplicate },
+          "dispatch acknowledged",
+        );
+        return;
+      case "result": {
+        const d = await this.o.dispatches.get(frame.id).catch(() => undefined);
+        if (!d || d.serverId !== serverId)
+          throw new FrameError(
+            "frame.malformed",
+            `dispatch ${frame.id} is not addressed to this server`,
+          );
+        const recorded = frame.ok
+          ? await this.o.dispatches.complete(d.id, frame.result ?? null)
+          : await this.o.dispatches.fail(d.id, frame.error ?? "the agent reported a failure");
+        this.o.logger.info({ dispatch: d.id, ok: frame.ok, recorded }, "dispatch result");
+        return;
+      }
+      case "status":
+        await runWithContext(
+          {
+            ...contextFromRow({
+              correlation_id: frame.ctx?.correlation,
+              traceparent: frame.ctx?.traceparent,
+            }),
+            tenant: session.organizationId,
+          },
+          () =>
+            this.o.status.observe(session.organizationId, {
+              serviceId: frame.service_id,
+              deploymentId: frame.deployment_id,
+              status: frame.status,
+              ...(frame.reason !== undefined ? { reason: frame.reason } : {}),
+              ...(frame.endpoint !== undefined ? { endpoint: frame.endpoint } : {}),
+            }),
+        );
+        return;
+      default:
+        throw new FrameError(
+          "frame.malformed",
+          `${frame.type} is not expected after authentication`,
+        );
+    }
+  }
+
+  private async closed(session: Session | undefined): Promise<void> {
+    if (!session) return;
+    if (this.sessions.get(session.serverId) === session) this.sessions.delete(session.serverId);
+    const released = await this.o.servers
+      .release(session.serverId, this.o.hubId, session.sessionId)
+      .catch((err) => {
+        this.o.logger.warn(
+          { err, server: session.serverId },
+          "release failed; the reaper will clear it",
+        );
+        return false;
+      });
+    this.o.logger.info(
+      { server: session.serverId, session: session.sessionId, released },
+      "agent disconnected",
+    );
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    await this.unlisten?.();
+    const closing = [...this.sessions.values()].map(
+      (s) =>
+        new Promise<void>((resolve) => {
+          s.socket.once("close", () => resolve());
+          s.socket.close(CLOSE.shutdown, "hub shutting down");
+          setTimeout(resolve, 2000).unref();
+        }),
+    );
+    await Promise.all(closing);
+    await Promise.all([...this.drains.values()].map((d) => d.running));
+  }
+}

@@ -1,0 +1,177 @@
+// Dispatches: durable intents for an agent. Insert signals inside its transaction; claim, complete
+// and fail are compare-and-sets, so a dispatch is executed once however many replicas drain it.
+import {
+  contextOrNew,
+  contextToRow,
+  type DispatchOp,
+  invalid,
+  notFound,
+  uuidv7,
+} from "../../shared/index.js";
+import type { Db, Queryable } from "../../store/index.js";
+
+/** Wakes the replica holding a server's agent; the payload is the server id, never a body. */
+export const DISPATCH_CHANNEL = "flotilla_dispatch";
+/** How long an executing agent has before the reaper may hand the dispatch out again. */
+const DEFAULT_DEADLINE_SECONDS = 300;
+
+export type DispatchState = "pending" | "in_progress" | "done" | "failed";
+
+export interface Dispatch {
+  id: string;
+  organizationId: string;
+  serverId: string;
+  serviceId: string | null;
+  deploymentId: string | null;
+  op: DispatchOp;
+  args: Record<string, unknown>;
+  state: DispatchState;
+  claimedBy: string | null;
+  attempts: number;
+  result: unknown;
+  error: string | null;
+  deadlineAt: Date | null;
+  correlationId: string;
+  traceparent: string;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+interface DispatchRow {
+  id: string;
+  organization_id: string;
+  server_id: string;
+  service_id: string | null;
+  deployment_id: string | null;
+  op: DispatchOp;
+  args: Record<string, unknown>;
+  state: DispatchState;
+  claimed_by: string | null;
+  attempts: number;
+  result: unknown;
+  error: string | null;
+  deadline_at: Date | null;
+  correlation_id: string;
+  traceparent: string;
+  created_at: Date;
+  updated_at: Date;
+}
+
+const COLUMNS = `id, organization_id, server_id, service_id, deployment_id, op, args, state, claimed_by,
+  attempts, result, error, deadline_at, correlation_id, traceparent, created_at, updated_at`;
+
+const toDispatch = (r: DispatchRow): Dispatch => ({
+  id: r.id,
+  organizationId: r.organization_id,
+  serverId: r.server_id,
+  serviceId: r.service_id,
+  deploymentId: r.deployment_id,
+  op: r.op,
+  args: r.args,
+  state: r.state,
+  claimedBy: r.claimed_by,
+  attempts: r.attempts,
+  result: r.result,
+  error: r.error,
+  deadlineAt: r.deadline_at,
+  correlationId: r.correlation_id,
+  traceparent: r.traceparent,
+  createdAt: r.created_at,
+  updatedAt: r.updated_at,
+});
+
+export interface NewDispatch {
+  organizationId: string;
+  serverId: string;
+  serviceId?: string | null;
+  deploymentId?: string | null;
+  op: DispatchOp;
+  args?: Record<string, unknown>;
+}
+
+export class DispatchStore {
+  constructor(private readonly db: Db) {}
+
+  /** Writes the intent and its wake-up in tx: a rolled-back intent never signals. */
+  async insert(tx: Queryable, d: NewDispatch): Promise<Dispatch> {
+    const ctx = contextToRow(contextOrNew());
+    const { rows } = await tx.query<DispatchRow>(
+      `INSERT INTO dispatches (id, organization_id, server_id, service_id, deployment_id, op, args,
+                               correlation_id, traceparent)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ${COLUMNS}`,
+      [
+        uuidv7(),
+        d.organizationId,
+        d.serverId,
+        d.serviceId ?? null,
+        d.deploymentId ?? null,
+        d.op,
+        JSON.stringify(d.args ?? {}),
+        ctx.correlation_id,
+        ctx.traceparent,
+      ],
+    );
+    await tx.query("SELECT pg_notify($1, $2)", [DISPATCH_CHANNEL, d.serverId]);
+    return toDispatch(rows[0]!);
+  }
+
+  /** pending -> in_progress for `hubId`; null when another claimer won. */
+  async claim(id: string, hubId: string, deadlineSeconds = DEFAULT_DEADLINE_SECONDS) {
+    const { rows } = await this.db.query<DispatchRow>(
+      `UPDATE dispatches SET state = 'in_progress', claimed_by = $2, attempts = attempts + 1,
+              deadline_at = now() + make_interval(secs => $3), updated_at = now()
+       WHERE id = $1 AND state = 'pending' RETURNING ${COLUMNS}`,
+      [id, hubId, deadlineSeconds],
+    );
+    return rows[0] ? toDispatch(rows[0]) : null;
+  }
+
+  async complete(id: string, result: unknown): Promise<boolean> {
+    const { rows } = await this.db.query(
+      `UPDATE dispatches SET state = 'done', result = $2, error = NULL, updated_at = now()
+       WHERE id = $1 AND state = 'in_progress' RETURNING id`,
+      [id, JSON.stringify(result ?? null)],
+    );
+    return rows.length > 0;
+  }
+
+  async fail(id: string, error: string): Promise<boolean> {
+    const { rows } = await this.db.query(
+      `UPDATE dispatches SET state = 'failed', error = $2, updated_at = now()
+       WHERE id = $1 AND state = 'in_progress' RETURNING id`,
+      [id, error.slice(0, 4000)],
+    );
+    return rows.length > 0;
+  }
+
+  /** A server's pending dispatches, oldest first: the order they were intended in. */
+  async pendingFor(serverId: string, limit = 100): Promise<Dispatch[]> {
+    const { rows } = await this.db.query<DispatchRow>(
+      `SELECT ${COLUMNS} FROM dispatches WHERE server_id = $1 AND state = 'pending'
+       ORDER BY created_at, id LIMIT $2`,
+      [serverId, limit],
+    );
+    return rows.map(toDispatch);
+  }
+
+  async get(id: string): Promise<Dispatch> {
+    const { rows } = await this.db.query<DispatchRow>(
+      `SELECT ${COLUMNS} FROM dispatches WHERE id = $1`,
+      [id],
+    );
+    if (!rows[0]) throw notFound(`dispatch ${id}`);
+    return toDispatch(rows[0]);
+  }
+
+  async listFor(organizationId: string, serverId: string, limit: number): Promise<Dispatch[]> {
+    const n = limit || 50;
+    if (!Number.isInteger(n) || n < 1 || n > 500)
+      throw invalid("limit", "must be between 1 and 500");
+    const { rows } = await this.db.query<DispatchRow>(
+      `SELECT ${COLUMNS} FROM dispatches WHERE organization_id = $1 AND server_id = $2
+       ORDER BY created_at DESC, id DESC LIMIT $3`,
+      [organizationId, serverId, n],
+    );
+    return rows.map(toDispatch);
+  }
+}

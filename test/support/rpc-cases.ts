@@ -1,0 +1,496 @@
+// Test support: one request builder per RPC the hub serves, for the authorization suite
+// (test/integration/authz.test.ts), plus a way to call any RPC by its key.
+//
+// HOW TO ADD AN RPC (authz.test.ts fails while an RPC in SERVICES has no entry here, or an
+// entry names an RPC that SERVICES does not serve):
+//   1. If the RPC names a kind of object TenantIds lacks (a project, an environment, a service,
+//      a config entry...), add its id to TenantIds, create one such object in seedTenant(), and
+//      give it a random id in absentIds().
+//   2. Add one entry to RPC_CASES, keyed "package.Service/Method":
+//        "flotilla.v1.ProjectService/GetProject": rpc(ProjectService.method.getProject, {
+//          objectScoped: true,
+//          request: (ids) => ({ id: ids.projectId }),
+//        }),
+//      - `request` builds a request that would SUCCEED for an owner of the tenant whose ids it
+//        is given (checked for every object-scoped RPC against a freshly seeded tenant, so a
+//        request may delete what it names). The suite also sends it with another tenant's ids
+//        (expecting not-found), without credentials, with a foreign x-tenant-id, and as every
+//        role. Unary and server-streaming RPCs are supported (see callRpc).
+//      - `objectScoped: true` when the request names an object that belongs to one
+//        organization (by id, slug or name); a caller from another organization must get
+//        NotFound. `false` when the RPC acts on the caller itself or the caller's own
+//        organization as a whole (list, create, who-am-I).
+//      - A request must leave the caller signed in and able to continue: no "log out
+//        everywhere", no removing or demoting the caller, no deleting the tenant's seeded objects
+//        except by their id (and then mark it objectScoped).
+import { randomBytes, randomUUID } from "node:crypto";
+import {
+  type DescMessage,
+  type DescMethod,
+  type DescMethodServerStreaming,
+  type DescMethodUnary,
+  type MessageInitShape,
+  type MessageShape,
+  toJsonString,
+} from "@bufbuild/protobuf";
+import { type CallOptions, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { ConfigKind, ConfigScope, ConfigService } from "../../src/gen/flotilla/v1/config_pb.js";
+import {
+  IdentityService,
+  OrganizationService,
+  Role,
+} from "../../src/gen/flotilla/v1/identity_pb.js";
+import { ProjectService } from "../../src/gen/flotilla/v1/projects_pb.js";
+import { ServerService } from "../../src/gen/flotilla/v1/servers_pb.js";
+import { Driver, ServicesService, Visibility } from "../../src/gen/flotilla/v1/services_pb.js";
+import { SERVICES } from "../../src/hub/index.js";
+import { PASSWORD, randomEmail } from "./hub.js";
+
+/** Ids of one organization's objects: the victim of a cross-tenant call, or the caller's own. */
+export interface TenantIds {
+  organizationId: string;
+  organizationSlug: string;
+  /** The owner who created the organization. */
+  ownerUserId: string;
+  /** A member who is not an owner (a developer). */
+  memberUserId: string;
+  /** An API token of the owner. */
+  apiTokenId: string;
+  /** An event of the organization's audit log. */
+  auditEventId: string;
+  projectId: string;
+  /** The project's production environment, which holds the service. */
+  environmentId: string;
+  serviceId: string;
+  /** The service's first deployment (a second one is desired, so a rollback to this works). */
+  deploymentId: string;
+  /** A variable of the service and a secret of the environment. */
+  variableKey: string;
+  secretKey: string;
+  /** An enrolled server (joined through the agent endpoint, never connected). */
+  serverId: string;
+}
+
+export interface RpcCase {
+  method: DescMethod;
+  /** True when the request names an object of one organization: other tenants get NotFound. */
+  objectScoped: boolean;
+  request(ids: TenantIds): MessageInitShape<DescMessage>;
+}
+
+type AnyMethod<I extends DescMessage, O extends DescMessage> =
+  | DescMethodUnary<I, O>
+  | DescMethodServerStreaming<I, O>;
+
+/** Declares one case; the method descriptor types the request. */
+function rpc<I extends DescMessage, O extends DescMessage>(
+  method: AnyMethod<I, O>,
+  c: { objectScoped: boolean; request(ids: TenantIds): MessageInitShape<I> },
+): RpcCase {
+  return {
+    method,
+    objectScoped: c.objectScoped,
+    request: c.request as (ids: TenantIds) => MessageInitShape<DescMessage>,
+  };
+}
+
+const unique = () => randomBytes(4).toString("hex");
+const I = IdentityService.method;
+const O = OrganizationService.method;
+const P = ProjectService.method;
+const S = ServicesService.method;
+const C = ConfigService.method;
+const V = ServerService.method;
+const SPEC = {
+  driver: Driver.EXEC,
+  exec: { command: "node", args: ["server.js"], workingDirectory: "", port: 3000 },
+};
+const serviceTarget = (ids: TenantIds) => ({ scope: ConfigScope.SERVICE, id: ids.serviceId });
+const environmentTarget = (ids: TenantIds) => ({
+  scope: ConfigScope.ENVIRONMENT,
+  id: ids.environmentId,
+});
+
+export const RPC_CASES: Record<string, RpcCase> = {
+  "flotilla.v1.IdentityService/GetSetupStatus": rpc(I.getSetupStatus, {
+    objectScoped: false,
+    request: () => ({}),
+  }),
+  "flotilla.v1.IdentityService/Bootstrap": rpc(I.bootstrap, {
+    objectScoped: false,
+    request: () => ({
+      setupToken: `fst_${unique()}`,
+      email: randomEmail("bootstrap"),
+      password: PASSWORD,
+      organizationName: `Org ${unique()}`,
+    }),
+  }),
+  // An unknown email: each call is a failed login from 127.0.0.1, so a suite calling it often
+  // raises the hub's loginLimits.perAddress.
+  "flotilla.v1.IdentityService/Login": rpc(I.login, {
+    objectScoped: false,
+    request: () => ({ email: randomEmail("nobody"), password: "not-the-password" }),
+  }),
+  "flotilla.v1.IdentityService/Logout": rpc(I.logout, {
+    objectScoped: false,
+    request: () => ({ everywhere: false }),
+  }),
+  "flotilla.v1.IdentityService/WhoAmI": rpc(I.whoAmI, { objectScoped: false, request: () => ({}) }),
+  "flotilla.v1.IdentityService/ListMyOrganizations": rpc(I.listMyOrganizations, {
+    objectScoped: false,
+    request: () => ({}),
+  }),
+  "flotilla.v1.IdentityService/CreateApiToken": rpc(I.createApiToken, {
+    objectScoped: false,
+    request: () => ({ name: `token ${unique()}`, ttlSeconds: 3600n }),
+  }),
+  "flotilla.v1.IdentityService/ListApiTokens": rpc(I.listApiTokens, {
+    objectScoped: false,
+    request: () => ({}),
+  }),
+  "flotilla.v1.IdentityService/RevokeApiToken": rpc(I.revokeApiToken, {
+    objectScoped: true,
+    request: (ids) => ({ id: ids.apiTokenId }),
+  }),
+  "flotilla.v1.OrganizationService/CreateOrganization": rpc(O.createOrganization, {
+    objectScoped: false,
+    request: () => ({ name: `Org ${unique()}` }),
+  }),
+  "flotilla.v1.OrganizationService/GetOrganization": rpc(O.getOrganization, {
+    objectScoped: false,
+    request: () => ({}),
+  }),
+  "flotilla.v1.OrganizationService/UpdateOrganization": rpc(O.updateOrganization, {
+    objectScoped: false,
+    request: () => ({ name: `Renamed ${unique()}` }),
+  }),
+  "flotilla.v1.OrganizationService/ListMembers": rpc(O.listMembers, {
+    objectScoped: false,
+    request: () => ({}),
+  }),
+  "flotilla.v1.OrganizationService/AddMember": rpc(O.addMember, {
+    objectScoped: false,
+    request: () => ({
+      email: randomEmail("added"),
+      role: Role.VIEWER,
+      initialPassword: PASSWORD,
+    }),
+  }),
+  "flotilla.v1.OrganizationService/UpdateMemberRole": rpc(O.updateMemberRole, {
+    objectScoped: true,
+    request: (ids) => ({ userId: ids.memberUserId, role: Role.VIEWER }),
+  }),
+  "flotilla.v1.OrganizationService/RemoveMember": rpc(O.removeMember, {
+    objectScoped: true,
+    request: (ids) => ({ userId: ids.memberUserId }),
+  }),
+  "flotilla.v1.OrganizationService/ListAuditEvents": rpc(O.listAuditEvents, {
+    objectScoped: false,
+    request: (ids) => ({ limit: 10, beforeId: ids.auditEventId }),
+  }),
+  "flotilla.v1.ProjectService/CreateProject": rpc(P.createProject, {
+    objectScoped: false,
+    request: () => ({ name: `Project ${unique()}` }),
+  }),
+  "flotilla.v1.ProjectService/ListProjects": rpc(P.listProjects, {
+    objectScoped: false,
+    request: () => ({}),
+  }),
+  "flotilla.v1.ProjectService/GetProject": rpc(P.getProject, {
+    objectScoped: true,
+    request: (ids) => ({ project: ids.projectId }),
+  }),
+  "flotilla.v1.ProjectService/RenameProject": rpc(P.renameProject, {
+    objectScoped: true,
+    request: (ids) => ({ project: ids.projectId, name: `Renamed ${unique()}` }),
+  }),
+  "flotilla.v1.ProjectService/DeleteProject": rpc(P.deleteProject, {
+    objectScoped: true,
+    request: (ids) => ({ project: ids.projectId, force: true }),
+  }),
+  "flotilla.v1.ProjectService/CreateEnvironment": rpc(P.createEnvironment, {
+    objectScoped: true,
+    request: (ids) => ({ project: ids.projectId, name: `Env ${unique()}` }),
+  }),
+  "flotilla.v1.ProjectService/ListEnvironments": rpc(P.listEnvironments, {
+    objectScoped: true,
+    request: (ids) => ({ project: ids.projectId }),
+  }),
+  "flotilla.v1.ProjectService/RenameEnvironment": rpc(P.renameEnvironment, {
+    objectScoped: true,
+    request: (ids) => ({ environmentId: ids.environmentId, name: `Renamed ${unique()}` }),
+  }),
+  "flotilla.v1.ProjectService/DeleteEnvironment": rpc(P.deleteEnvironment, {
+    objectScoped: true,
+    request: (ids) => ({ environmentId: ids.environmentId, force: true }),
+  }),
+  "flotilla.v1.ServicesService/CreateService": rpc(S.createService, {
+    objectScoped: true,
+    request: (ids) => ({
+      environmentId: ids.environmentId,
+      name: `svc-${unique()}`,
+      visibility: Visibility.PRIVATE,
+      spec: SPEC,
+    }),
+  }),
+  "flotilla.v1.ServicesService/ListServices": rpc(S.listServices, {
+    objectScoped: true,
+    request: (ids) => ({ project: ids.projectId }),
+  }),
+  "flotilla.v1.ServicesService/GetService": rpc(S.getService, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId }),
+  }),
+  "flotilla.v1.ServicesService/UpdateService": rpc(S.updateService, {
+    objectScoped: true,
+    request: (ids) => ({
+      serviceId: ids.serviceId,
+      name: `renamed ${unique()}`,
+      visibility: Visibility.PRIVATE,
+      spec: SPEC,
+    }),
+  }),
+  "flotilla.v1.ServicesService/DeleteService": rpc(S.deleteService, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId }),
+  }),
+  "flotilla.v1.ServicesService/Deploy": rpc(S.deploy, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId }),
+  }),
+  "flotilla.v1.ServicesService/ListDeployments": rpc(S.listDeployments, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId }),
+  }),
+  "flotilla.v1.ServicesService/GetDeployment": rpc(S.getDeployment, {
+    objectScoped: true,
+    request: (ids) => ({ deploymentId: ids.deploymentId }),
+  }),
+  "flotilla.v1.ServicesService/Rollback": rpc(S.rollback, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId, deploymentId: ids.deploymentId }),
+  }),
+  "flotilla.v1.ServicesService/ListEvents": rpc(S.listEvents, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId }),
+  }),
+  "flotilla.v1.ServicesService/WatchEvents": rpc(S.watchEvents, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId }),
+  }),
+  "flotilla.v1.ConfigService/SetConfig": rpc(C.setConfig, {
+    objectScoped: true,
+    request: (ids) => ({
+      target: serviceTarget(ids),
+      key: `KEY_${unique()}`,
+      value: "v",
+      kind: ConfigKind.VARIABLE,
+    }),
+  }),
+  "flotilla.v1.ConfigService/ImportConfig": rpc(C.importConfig, {
+    objectScoped: true,
+    request: (ids) => ({ target: environmentTarget(ids), dotenv: `IMPORTED_${unique()}=1\n` }),
+  }),
+  "flotilla.v1.ConfigService/ListConfig": rpc(C.listConfig, {
+    objectScoped: true,
+    request: (ids) => ({ target: serviceTarget(ids) }),
+  }),
+  "flotilla.v1.ConfigService/UnsetConfig": rpc(C.unsetConfig, {
+    objectScoped: true,
+    request: (ids) => ({ target: serviceTarget(ids), key: ids.variableKey }),
+  }),
+  "flotilla.v1.ConfigService/RevealSecret": rpc(C.revealSecret, {
+    objectScoped: true,
+    request: (ids) => ({ target: environmentTarget(ids), key: ids.secretKey }),
+  }),
+  "flotilla.v1.ConfigService/GetEffectiveConfig": rpc(C.getEffectiveConfig, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId }),
+  }),
+  "flotilla.v1.ServerService/CreateJoinToken": rpc(V.createJoinToken, {
+    objectScoped: false,
+    request: () => ({ name: `srv-${unique()}` }),
+  }),
+  "flotilla.v1.ServerService/ListServers": rpc(V.listServers, {
+    objectScoped: false,
+    request: () => ({}),
+  }),
+  "flotilla.v1.ServerService/GetServer": rpc(V.getServer, {
+    objectScoped: true,
+    request: (ids) => ({ server: ids.serverId }),
+  }),
+  "flotilla.v1.ServerService/DeleteServer": rpc(V.deleteServer, {
+    objectScoped: true,
+    request: (ids) => ({ server: ids.serverId }),
+  }),
+  "flotilla.v1.ServerService/ListDispatches": rpc(V.listDispatches, {
+    objectScoped: true,
+    request: (ids) => ({ server: ids.serverId }),
+  }),
+};
+
+/** Every RPC the hub serves, keyed like RPC_RULES and RPC_CASES. */
+export function servedRpcs(): Array<{ key: string; method: DescMethod }> {
+  return SERVICES.flatMap((service) =>
+    service.methods.map((method) => ({ key: `${service.typeName}/${method.name}`, method })),
+  );
+}
+
+/**
+ * Creates one object of every kind TenantIds names, as the organization's owner, and returns
+ * their ids. The owner's organization is the one its session or token is bound to.
+ */
+export async function seedTenant(baseUrl: string, ownerToken: string): Promise<TenantIds> {
+  const transport = createConnectTransport({ baseUrl, httpVersion: "1.1" });
+  const headers = { authorization: `Bearer ${ownerToken}` };
+  const identity = createClient(IdentityService, transport);
+  const orgs = createClient(OrganizationService, transport);
+  const me = await identity.whoAmI({}, { headers });
+  const member = await orgs.addMember(
+    { email: randomEmail("seeded"), role: Role.DEVELOPER, initialPassword: PASSWORD },
+    { headers },
+  );
+  const token = await identity.createApiToken({ name: `seeded ${unique()}` }, { headers });
+  const projects = createClient(ProjectService, transport);
+  const services = createClient(ServicesService, transport);
+  const config = createClient(ConfigService, transport);
+  const serversApi = createClient(ServerService, transport);
+  const project = await projects.createProject({ name: `Seeded ${unique()}` }, { headers });
+  const environmentId = project.production!.id;
+  const service = await services.createService(
+    { environmentId, name: `seeded-${unique()}`, visibility: Visibility.PRIVATE, spec: SPEC },
+    { headers },
+  );
+  const serviceId = service.service!.id;
+  const variableKey = "SEEDED_VARIABLE";
+  const secretKey = "SEEDED_SECRET";
+  await config.setConfig(
+    {
+      target: { scope: ConfigScope.SERVICE, id: serviceId },
+      key: variableKey,
+      value: "1",
+      kind: ConfigKind.VARIABLE,
+    },
+    { headers },
+  );
+  await config.setConfig(
+    {
+      target: { scope: ConfigScope.ENVIRONMENT, id: environmentId },
+      key: secretKey,
+      value: "seeded-secret",
+      kind: ConfigKind.SECRET,
+    },
+    { headers },
+  );
+  const first = await services.deploy({ serviceId }, { headers });
+  await services.deploy({ serviceId }, { headers });
+  const joinToken = await serversApi.createJoinToken({ name: `seeded-${unique()}` }, { headers });
+  const joined = await fetch(`${baseUrl}/agent/v1/join`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ token: joinToken.token }),
+  });
+  const { server_id: serverId } = (await joined.json()) as { server_id: string };
+  const audit = await orgs.listAuditEvents({ limit: 1 }, { headers });
+  return {
+    projectId: project.project!.id,
+    environmentId,
+    serviceId,
+    deploymentId: first.deployment!.id,
+    variableKey,
+    secretKey,
+    serverId,
+    organizationId: me.organization!.id,
+    organizationSlug: me.organization!.slug,
+    ownerUserId: me.user!.id,
+    memberUserId: member.member!.user!.id,
+    apiTokenId: token.token!.id,
+    auditEventId: audit.events[0]!.id,
+  };
+}
+
+/** Ids that name nothing: well-formed, random, of no organization. */
+export function absentIds(): TenantIds {
+  const uuid = () => randomUUID();
+  return {
+    organizationId: uuid(),
+    organizationSlug: `absent-${unique()}`,
+    ownerUserId: uuid(),
+    memberUserId: uuid(),
+    apiTokenId: uuid(),
+    auditEventId: uuid(),
+    projectId: uuid(),
+    environmentId: uuid(),
+    serviceId: uuid(),
+    deploymentId: uuid(),
+    variableKey: "ABSENT_VARIABLE",
+    secretKey: "ABSENT_SECRET",
+    serverId: uuid(),
+  };
+}
+
+export type RpcOutcome =
+  | { ok: true; json: string; headers: Headers }
+  | { ok: false; error: ConnectError; errorCode: string | null };
+
+/** How long a server stream may stay silent before the call counts as accepted. */
+const STREAM_QUIET_MS = 750;
+
+/**
+ * Calls one RPC by key over the Connect protocol (JSON), with an optional bearer credential and
+ * extra headers. Never throws for an RPC error: the outcome carries it, with the catalogue code.
+ * A server stream counts as accepted once it yields a message or stays open and quiet.
+ */
+export async function callRpc(
+  baseUrl: string,
+  key: string,
+  request: MessageInitShape<DescMessage>,
+  options: { token?: string; headers?: Record<string, string> } = {},
+): Promise<RpcOutcome> {
+  const found = servedRpcs().find((r) => r.key === key);
+  if (!found) throw new Error(`${key} is not served (not in SERVICES)`);
+  const { method } = found;
+  if (method.methodKind !== "unary" && method.methodKind !== "server_streaming")
+    throw new Error(`${key}: ${method.methodKind} RPCs are not supported by callRpc yet`);
+  // The generic client: one function per method, by the method's local name.
+  const client = createClient(
+    method.parent,
+    createConnectTransport({ baseUrl, httpVersion: "1.1" }),
+  ) as unknown as Record<
+    string,
+    (request: unknown, options: CallOptions) => Promise<unknown> & AsyncIterable<unknown>
+  >;
+  const call = client[method.localName]!;
+  const headers: Record<string, string> = { ...options.headers };
+  if (options.token) headers.authorization = `Bearer ${options.token}`;
+  let responseHeaders = new Headers();
+  const onHeader = (h: Headers) => {
+    responseHeaders = h;
+  };
+  try {
+    if (method.methodKind === "unary") {
+      const res = (await call(request, { headers, onHeader })) as MessageShape<DescMessage>;
+      return { ok: true, json: toJsonString(method.output, res), headers: responseHeaders };
+    }
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), STREAM_QUIET_MS);
+    try {
+      const stream = call(request, { headers, onHeader, signal: abort.signal });
+      for await (const msg of stream) {
+        abort.abort();
+        const json = toJsonString(method.output, msg as MessageShape<DescMessage>);
+        return { ok: true, json, headers: responseHeaders };
+      }
+      return { ok: true, json: "", headers: responseHeaders };
+    } catch (err) {
+      if (abort.signal.aborted) return { ok: true, json: "", headers: responseHeaders };
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  } catch (err) {
+    const error = ConnectError.from(err);
+    return { ok: false, error, errorCode: error.metadata.get("flotilla-error-code") };
+  }
+}
