@@ -22,8 +22,8 @@ import {
 } from "../shared/index.js";
 import { type Db, migrate, openPglite, openPostgres, type PoolSettings } from "../store/index.js";
 import {
-  configRoutes,
   type ConnectOnFastifyOptions,
+  configRoutes,
   connectOnFastify,
   contextResponseHeaders,
   createAuthInterceptor,

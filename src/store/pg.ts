@@ -83,7 +83,14 @@ export function openPostgres(url: string, settings: Partial<PoolSettings> = {}):
       try {
         await client.query("BEGIN");
         const result = await fn(wrapClient(client));
-        await client.query("COMMIT");
+        // A failed statement aborts the transaction; PostgreSQL then answers COMMIT with ROLLBACK
+        // instead of an error. Report it, as PGlite does, rather than resolve as if committed.
+        const commit = await client.query("COMMIT");
+        if (commit.command === "ROLLBACK") {
+          throw new Error(
+            "the transaction was rolled back instead of committed: a statement in it failed",
+          );
+        }
         return result;
       } catch (err) {
         await client.query("ROLLBACK").catch(() => {});

@@ -9,7 +9,12 @@ function wrap(target: PGlite | Transaction): Queryable {
   return {
     async query<T>(sql: string, params?: unknown[]) {
       const result = await target.query<T>(sql, params);
-      return { rows: result.rows, rowCount: result.affectedRows ?? result.rows.length };
+      // rowCount is the command tag's count (rows a SELECT returned, rows a write changed), as pg
+      // reports it; affectedRows is 0 for a SELECT.
+      return {
+        rows: result.rows,
+        rowCount: result.rowCount ?? result.affectedRows ?? result.rows.length,
+      };
     },
     async exec(sql: string) {
       await target.exec(sql);
@@ -53,9 +58,13 @@ export async function openPglite(dataDir: string): Promise<PgliteDb> {
       return pglite.transaction((tx) => fn(wrap(tx)));
     },
     async listen(channel, fn) {
-      const unlisten = await pglite.listen(channel, fn);
+      // Quoted, as the pg adapter does: PGlite splices the name into LISTEN as given, which folds
+      // it to lower case. Its returned unlisten drops the quotes and would miss a mixed-case
+      // channel, so unlisten by the quoted name.
+      const name = `"${channel.replaceAll('"', '""')}"`;
+      await pglite.listen(name, fn);
       return async () => {
-        await unlisten();
+        await pglite.unlisten(name, fn);
       };
     },
     // One process owns the directory (the lock file) and PGlite has one connection, so there is

@@ -1,0 +1,648 @@
+// Test support: a fixture generator that puts at least one row into every table the migrations
+// create, with the edge cases a copy or a schema change tends to break: NULL optionals, maximum
+// lengths the CHECK constraints allow, unicode (emoji, CJK, RTL, combining marks), nested JSON,
+// bytea, a secret config entry, a rollback deployment and a service whose desired deployment is
+// inserted after it (deferred foreign key). Deterministic: the same ids and values every run, so a
+// test can seed one database, copy or migrate it, and compare against FIXTURES.
+//
+// Adding a migration with a new table? Add its rows to FIXTURES below, in foreign-key order;
+// test/store/fixtures.test.ts fails on both engines until every table has at least one row.
+import type { Db, Queryable } from "../../src/store/index.js";
+
+export type FixtureRow = Record<string, unknown>;
+
+export interface FixtureTable {
+  table: string;
+  /** ORDER BY that returns the rows in the order listed here (read-back comparisons). */
+  orderBy: string;
+  /** Each row lists the columns it sets; an omitted column takes its DEFAULT. */
+  rows: FixtureRow[];
+}
+
+/** The migration runner's own bookkeeping table (src/store/migrate.ts): not application data. */
+export const MIGRATIONS_TABLE = "flotilla_migrations";
+
+/** A deterministic UUID (version 7 and variant bits set) whose order follows n. */
+export function fixtureId(n: number): string {
+  return `00000000-0000-7000-8000-${n.toString(16).padStart(12, "0")}`;
+}
+
+/** Exactly n characters (code points, what PostgreSQL's length() counts) by repeating s. */
+export function chars(s: string, n: number): string {
+  const points = [...s];
+  return Array.from({ length: n }, (_, i) => points[i % points.length]).join("");
+}
+
+/** Deterministic bytes that include 0x00 and 0xff, the values text codecs tend to mangle. */
+function bytes(length: number, seed: number): Buffer {
+  return Buffer.from(
+    Array.from({ length }, (_, i) => (i === 0 ? 0 : i === 1 ? 255 : i * seed) & 255),
+  );
+}
+
+export const UNICODE = {
+  emoji: "🚀 déploiement 🐘 👩‍💻",
+  cjk: "東京のサービス 数据库 서비스",
+  rtl: "مرحبا بالعالم שלום עולם",
+  // Decomposed on purpose (e + U+0301, n + U+0303, zalgo): must come back unnormalized.
+  combining: "e\u0301 n\u0303 Z\u0335\u0321a\u0334l\u0336g\u0337o\u0338",
+} as const;
+
+/** All the unicode samples in one text (the 256-character config key's value holds it whole). */
+export const MIXED = `${UNICODE.emoji} ${UNICODE.cjk} ${UNICODE.rtl} ${UNICODE.combining} `;
+
+/** Slugs match ^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$: at most 40 characters. */
+const maxSlug = (prefix: string) => `${chars(`${prefix}-0123456789`, 39)}z`;
+
+export const MAX = {
+  name: chars(MIXED, 100),
+  slug: maxSlug("org"),
+  // 64-character local part, domain labels of at most 63 characters: 254 characters in all.
+  email: `${"l".repeat(64)}@${["d".repeat(63), "o".repeat(63), "m".repeat(56), "test"].join(".")}`,
+  configKey: `K${"_A1".repeat(85)}`,
+} as const;
+
+/** Columns holding the longest value their CHECK constraint allows; fixtures.test.ts asserts them. */
+export const MAX_LENGTHS: { table: string; column: string; length: number }[] = [
+  { table: "organizations", column: "slug", length: 40 },
+  { table: "organizations", column: "name", length: 100 },
+  { table: "users", column: "email", length: 254 },
+  { table: "users", column: "display_name", length: 100 },
+  { table: "api_tokens", column: "name", length: 100 },
+  { table: "projects", column: "slug", length: 40 },
+  { table: "projects", column: "name", length: 100 },
+  { table: "environments", column: "slug", length: 40 },
+  { table: "environments", column: "name", length: 100 },
+  { table: "services", column: "slug", length: 40 },
+  { table: "services", column: "name", length: 100 },
+  { table: "config_entries", column: "key", length: 256 },
+  { table: "join_tokens", column: "server_name", length: 40 },
+  { table: "servers", column: "name", length: 40 },
+];
+
+const NESTED = {
+  image: "ghcr.io/acme/api:1.2.3",
+  ports: [{ container: 8080, protocol: "http", public: true }],
+  env: { GREETING: `${UNICODE.cjk} ${UNICODE.emoji}`, EMPTY: "" },
+  resources: { cpu: 0.5, memory_mb: 512, limits: { a: { b: { c: [1, [2, [3, { d: null }]]] } } } },
+  flags: [true, false, null],
+  "ключ с пробелом": UNICODE.rtl,
+  escapes: 'quote " backslash \\ newline \n tab \t',
+  empty_object: {},
+  empty_array: [],
+  numbers: { max_safe: 9007199254740991, negative: -42, float: 3.25, tiny: 1e-7 },
+} as const;
+
+const org = { a: fixtureId(0x101), b: fixtureId(0x102) };
+const user = { max: fixtureId(0x201), plain: fixtureId(0x202) };
+const project = { a: fixtureId(0x401), b: fixtureId(0x402) };
+const env = { prod: fixtureId(0x501), max: fixtureId(0x502) };
+const service = { app: fixtureId(0x601), db: fixtureId(0x602) };
+const deployment = { first: fixtureId(0x701), rollback: fixtureId(0x702), db: fixtureId(0x703) };
+const server = { online: fixtureId(0x901), offline: fixtureId(0x902) };
+const T0 = new Date("2024-02-29T12:34:56.789Z");
+const at = (minutes: number) => new Date(T0.getTime() + minutes * 60_000);
+const TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/** Every table the migrations create, in foreign-key order, with its rows. */
+export const FIXTURES: FixtureTable[] = [
+  {
+    table: "organizations",
+    orderBy: "id",
+    rows: [
+      { id: org.a, slug: MAX.slug, name: MAX.name, created_at: T0 },
+      { id: org.b, slug: "b", name: "B" },
+    ],
+  },
+  {
+    table: "users",
+    orderBy: "id",
+    rows: [
+      {
+        id: user.max,
+        email: MAX.email,
+        display_name: chars(`${UNICODE.combining} ${UNICODE.emoji} `, 100),
+        password_hash: "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",
+        sessions_valid_after: at(1),
+        created_at: T0,
+        disabled_at: at(2),
+      },
+      // display_name and sessions_valid_after ('-infinity') left to their defaults.
+      {
+        id: user.plain,
+        email: "Mixed.Case@Example.COM",
+        password_hash: "scrypt$x",
+        disabled_at: null,
+      },
+    ],
+  },
+  {
+    table: "memberships",
+    orderBy: "organization_id, user_id",
+    rows: [
+      { organization_id: org.a, user_id: user.max, role: "owner", created_at: T0 },
+      { organization_id: org.a, user_id: user.plain, role: "developer" },
+      { organization_id: org.b, user_id: user.plain, role: "admin" },
+    ],
+  },
+  {
+    table: "api_tokens",
+    orderBy: "id",
+    rows: [
+      {
+        id: fixtureId(0x301),
+        organization_id: org.a,
+        user_id: user.max,
+        name: chars(`${UNICODE.rtl} `, 100),
+        token_hash: bytes(32, 37),
+        prefix: "flt_0a1b",
+        created_at: T0,
+        last_used_at: at(3),
+        expires_at: new Date("2099-12-31T23:59:59.999Z"),
+        revoked_at: at(4),
+      },
+      {
+        id: fixtureId(0x302),
+        organization_id: org.a,
+        user_id: user.plain,
+        name: "ci",
+        token_hash: bytes(32, 91),
+        prefix: "flt_9z8y",
+        last_used_at: null,
+        expires_at: null,
+        revoked_at: null,
+      },
+    ],
+  },
+  {
+    table: "login_attempts",
+    orderBy: "id",
+    rows: [
+      { email_key: MAX.email, remote_addr: "2001:db8::1", succeeded: false, attempted_at: T0 },
+      { email_key: "mixed.case@example.com", remote_addr: "203.0.113.7", succeeded: true },
+    ],
+  },
+  {
+    table: "setup_state",
+    orderBy: "singleton",
+    rows: [{ singleton: true, token_hash: bytes(32, 13), created_at: T0, completed_at: at(5) }],
+  },
+  {
+    table: "audit_log",
+    orderBy: "id",
+    rows: [
+      // Every optional column NULL and details left to its default.
+      {
+        id: fixtureId(0x801),
+        organization_id: null,
+        actor_type: "anonymous",
+        actor_id: null,
+        action: "identity.login.failed",
+        target_type: null,
+        target_id: null,
+        correlation_id: "corr-1",
+        traceparent: TRACEPARENT,
+        request_id: null,
+      },
+      {
+        id: fixtureId(0x802),
+        organization_id: org.a,
+        actor_type: "user",
+        actor_id: user.max,
+        action: "services.service.create",
+        target_type: "service",
+        target_id: service.app,
+        correlation_id: "corr-2",
+        traceparent: TRACEPARENT,
+        request_id: "req-2",
+        details: { before: null, after: NESTED, note: UNICODE.combining },
+        created_at: T0,
+      },
+      {
+        id: fixtureId(0x803),
+        organization_id: org.b,
+        actor_type: "token",
+        actor_id: fixtureId(0x302),
+        action: "config.entry.set",
+        correlation_id: "corr-3",
+        traceparent: TRACEPARENT,
+        details: { key: "DATABASE_PASSWORD", kind: "secret" },
+      },
+      {
+        id: fixtureId(0x804),
+        actor_type: "system",
+        action: "identity.setup.complete",
+        correlation_id: "corr-4",
+        traceparent: TRACEPARENT,
+      },
+    ],
+  },
+  {
+    table: "projects",
+    orderBy: "id",
+    rows: [
+      {
+        id: project.a,
+        organization_id: org.a,
+        slug: maxSlug("project"),
+        name: MAX.name,
+        created_at: T0,
+        updated_at: at(1),
+      },
+      { id: project.b, organization_id: org.b, slug: "p", name: UNICODE.emoji },
+    ],
+  },
+  {
+    table: "environments",
+    orderBy: "id",
+    rows: [
+      {
+        id: env.prod,
+        organization_id: org.a,
+        project_id: project.a,
+        slug: "production",
+        name: "Production",
+      },
+      {
+        id: env.max,
+        organization_id: org.a,
+        project_id: project.a,
+        slug: maxSlug("env"),
+        name: chars(`${UNICODE.cjk} `, 100),
+        created_at: T0,
+        updated_at: T0,
+      },
+    ],
+  },
+  {
+    table: "services",
+    orderBy: "id",
+    rows: [
+      // Points at a deployment inserted later in the same transaction: the FK is deferred.
+      {
+        id: service.app,
+        organization_id: org.a,
+        project_id: project.a,
+        environment_id: env.prod,
+        slug: "api",
+        name: UNICODE.rtl,
+        kind: "app",
+        template_id: null,
+        visibility: "PUBLIC",
+        server_id: null,
+        spec: NESTED,
+        desired_deployment_id: deployment.rollback,
+        observed_reason: null,
+        observed_deployment_id: null,
+        observed_endpoint: null,
+        observed_at: null,
+      },
+      {
+        id: service.db,
+        organization_id: org.a,
+        project_id: project.a,
+        environment_id: env.prod,
+        slug: maxSlug("database"),
+        name: chars(`${UNICODE.combining} `, 100),
+        kind: "database",
+        template_id: "postgres-16",
+        visibility: "PRIVATE",
+        server_id: server.online,
+        spec: { engine: { name: "postgres", version: 16 }, storage: { size_gb: 10 } },
+        desired_deployment_id: null,
+        observed_status: "running",
+        observed_reason: `healthy ${UNICODE.emoji}`,
+        observed_deployment_id: deployment.db,
+        observed_endpoint: "db-0a1b.internal:5432",
+        observed_at: at(6),
+        created_at: T0,
+        updated_at: at(6),
+      },
+    ],
+  },
+  {
+    table: "deployments",
+    orderBy: "id",
+    rows: [
+      {
+        id: deployment.first,
+        organization_id: org.a,
+        service_id: service.app,
+        number: 1,
+        spec: NESTED,
+        config_version: "env:3/service:1",
+        reason: "create",
+        source_deployment_id: null,
+        created_by: `user:${user.max}`,
+        created_at: T0,
+        status: "superseded",
+        status_reason: null,
+        endpoint: null,
+        observed_at: null,
+      },
+      {
+        id: deployment.rollback,
+        organization_id: org.a,
+        service_id: service.app,
+        number: 2,
+        spec: NESTED,
+        config_version: "env:3/service:1",
+        reason: "rollback",
+        source_deployment_id: deployment.first,
+        created_by: `token:${fixtureId(0x302)}`,
+        status: "running",
+        status_reason: `rolled back ${UNICODE.cjk}`,
+        endpoint: "https://api.example.test",
+        observed_at: at(7),
+      },
+      {
+        id: deployment.db,
+        organization_id: org.a,
+        service_id: service.db,
+        number: 1,
+        spec: { engine: { name: "postgres", version: 16 } },
+        config_version: "service:1",
+        reason: "create",
+        created_by: "system",
+      },
+    ],
+  },
+  {
+    table: "config_scopes",
+    orderBy: "scope_type, scope_id",
+    rows: [
+      { scope_type: "environment", scope_id: env.prod, organization_id: org.a, revision: 3 },
+      { scope_type: "service", scope_id: service.app, organization_id: org.a, revision: 1 },
+    ],
+  },
+  {
+    table: "config_entries",
+    orderBy: "id",
+    rows: [
+      {
+        id: fixtureId(0xa01),
+        organization_id: org.a,
+        scope_type: "environment",
+        scope_id: env.prod,
+        key: MAX.configKey,
+        kind: "variable",
+        value: MIXED,
+        sealed: null,
+        key_id: null,
+        updated_at: T0,
+      },
+      // A secret keeps only the sealed box (nonce, ciphertext, tag) and the master key's id.
+      {
+        id: fixtureId(0xa02),
+        organization_id: org.a,
+        scope_type: "service",
+        scope_id: service.app,
+        key: "DATABASE_PASSWORD",
+        kind: "secret",
+        value: null,
+        sealed: bytes(12 + 24 + 16, 53),
+        key_id: "mk-2024-01",
+      },
+      {
+        id: fixtureId(0xa03),
+        organization_id: org.a,
+        scope_type: "service",
+        scope_id: service.app,
+        key: "EMPTY",
+        kind: "variable",
+        value: "",
+      },
+    ],
+  },
+  {
+    table: "outbox_events",
+    orderBy: "id",
+    rows: [
+      {
+        id: fixtureId(0xb01),
+        organization_id: org.a,
+        type: "service.created",
+        subject_id: service.app,
+        payload: { service: NESTED, name: UNICODE.rtl },
+        correlation_id: "corr-2",
+        traceparent: TRACEPARENT,
+        occurred_at: T0,
+        published_at: null,
+      },
+      {
+        id: fixtureId(0xb02),
+        organization_id: org.b,
+        type: "organization.created",
+        subject_id: org.b,
+        correlation_id: "corr-5",
+        traceparent: TRACEPARENT,
+        published_at: at(8),
+      },
+    ],
+  },
+  // 0007_servers
+  {
+    table: "join_tokens",
+    orderBy: "id",
+    rows: [
+      {
+        id: fixtureId(0xc01),
+        organization_id: org.a,
+        token_hash: bytes(32, 71),
+        server_name: maxSlug("server"),
+        created_by: `user:${user.max}`,
+        created_at: T0,
+        expires_at: at(60),
+        used_at: at(9),
+        server_id: server.online,
+      },
+      {
+        id: fixtureId(0xc02),
+        organization_id: org.b,
+        token_hash: bytes(32, 19),
+        server_name: "s",
+        created_by: "system",
+        expires_at: new Date("2099-12-31T23:59:59.999Z"),
+        used_at: null,
+        server_id: null,
+      },
+    ],
+  },
+  {
+    table: "servers",
+    orderBy: "id",
+    rows: [
+      {
+        id: server.online,
+        organization_id: org.a,
+        name: maxSlug("server"),
+        secret_sealed: bytes(12 + 32 + 16, 29),
+        secret_key_id: "mk-2024-01",
+        status: "online",
+        connected_hub_id: "hub-0a1b",
+        session_id: "sess-1",
+        connected_at: at(9),
+        last_heartbeat: at(10),
+        disconnected_at: null,
+        agent_version: "0.1.0",
+        // A top-level JSON array.
+        drivers: [
+          { name: "docker", version: "27.1" },
+          { name: "postgres", versions: [15, 16] },
+        ],
+        cores: 64,
+        memory_bytes: 256 * 2 ** 30,
+        disk_free_bytes: 2 ** 52,
+        created_at: T0,
+      },
+      // Never connected: every optional NULL, drivers left to its default.
+      {
+        id: server.offline,
+        organization_id: org.b,
+        name: "s",
+        secret_sealed: bytes(60, 3),
+        secret_key_id: "mk-2024-01",
+        connected_hub_id: null,
+        session_id: null,
+        connected_at: null,
+        last_heartbeat: null,
+        agent_version: null,
+        cores: null,
+        memory_bytes: null,
+        disk_free_bytes: null,
+      },
+    ],
+  },
+  {
+    table: "dispatches",
+    orderBy: "id",
+    rows: [
+      {
+        id: fixtureId(0xd01),
+        organization_id: org.a,
+        server_id: server.online,
+        service_id: service.app,
+        deployment_id: deployment.rollback,
+        op: "deploy",
+        args: { spec: NESTED, env_ref: { scope: "environment", revision: 3 } },
+        state: "in_progress",
+        claimed_by: "hub-0a1b",
+        attempts: 2,
+        result: null,
+        error: null,
+        deadline_at: at(11),
+        correlation_id: "corr-6",
+        traceparent: TRACEPARENT,
+        created_at: T0,
+        updated_at: at(10),
+      },
+      {
+        id: fixtureId(0xd02),
+        organization_id: org.a,
+        server_id: server.online,
+        service_id: null,
+        deployment_id: null,
+        op: "job",
+        state: "failed",
+        result: { exit_code: 1, output: [UNICODE.rtl, UNICODE.combining] },
+        error: `failed ${UNICODE.emoji}`,
+        correlation_id: "corr-7",
+        traceparent: TRACEPARENT,
+      },
+    ],
+  },
+];
+
+/** The tables the generator fills, in foreign-key order (a copy must insert them in this order). */
+export const FIXTURE_TABLES: string[] = FIXTURES.map((f) => f.table);
+
+/** Per-table row counts the generator inserted. */
+export type FixtureReport = Record<string, number>;
+
+/**
+ * jsonb values go over the wire as JSON text: the pg driver would turn a top-level JS array into a
+ * PostgreSQL array literal, so objects and arrays are serialized here, identically for both engines.
+ */
+function param(value: unknown): unknown {
+  if (value === null || value instanceof Date || value instanceof Uint8Array) return value;
+  return typeof value === "object" ? JSON.stringify(value) : value;
+}
+
+async function insertRows(tx: Queryable, { table, rows }: FixtureTable): Promise<number> {
+  let inserted = 0;
+  for (const row of rows) {
+    const columns = Object.keys(row);
+    const placeholders = columns.map((_, i) => `$${i + 1}`);
+    const result = await tx.query(
+      `INSERT INTO ${table} (${columns.join(", ")}) VALUES (${placeholders.join(", ")})`,
+      columns.map((c) => param(row[c])),
+    );
+    inserted += result.rowCount;
+  }
+  return inserted;
+}
+
+/**
+ * Inserts FIXTURES into an empty, migrated database in one transaction (the deferred
+ * services -> deployments foreign key is checked at its commit). Returns rows inserted per table.
+ */
+export async function seedFixtures(db: Db): Promise<FixtureReport> {
+  return db.tx(async (tx) => {
+    const report: FixtureReport = {};
+    for (const fixture of FIXTURES) report[fixture.table] = await insertRows(tx, fixture);
+    return report;
+  });
+}
+
+/** The application's tables as the database sees them: public base tables, bookkeeping excluded. */
+export async function listTables(q: Queryable): Promise<string[]> {
+  const { rows } = await q.query<{ table_name: string }>(
+    `SELECT table_name FROM information_schema.tables
+     WHERE table_schema = 'public' AND table_type = 'BASE TABLE' AND table_name <> $1
+     ORDER BY table_name`,
+    [MIGRATIONS_TABLE],
+  );
+  return rows.map((r) => r.table_name);
+}
+
+/** Row counts per table, e.g. to compare a source and a copy. */
+export async function countRows(q: Queryable, tables: string[]): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (const table of tables) {
+    const { rows } = await q.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`);
+    counts[table] = rows[0]!.n;
+  }
+  return counts;
+}
+
+/** Tables the database has that hold no row: after seedFixtures, a table FIXTURES forgot. */
+export async function emptyTables(q: Queryable): Promise<string[]> {
+  const counts = await countRows(q, await listTables(q));
+  return Object.keys(counts).filter((t) => counts[t] === 0);
+}
+
+/** A value in a form both engines' results compare equal in: bytes as hex, instants as ISO text. */
+export function comparable(value: unknown): unknown {
+  if (value instanceof Uint8Array) return `\\x${Buffer.from(value).toString("hex")}`;
+  if (value instanceof Date) return value.toISOString();
+  return value;
+}
+
+/** Reads back a fixture table's rows, only the columns each fixture row sets, comparable(). */
+export async function readBack(q: Queryable, fixture: FixtureTable): Promise<FixtureRow[]> {
+  const columns = [...new Set(fixture.rows.flatMap((r) => Object.keys(r)))];
+  const { rows } = await q.query<FixtureRow>(
+    `SELECT ${columns.join(", ")} FROM ${fixture.table} ORDER BY ${fixture.orderBy}`,
+  );
+  return rows.map((row, i) => {
+    const expected = fixture.rows[i] ?? {};
+    return Object.fromEntries(Object.keys(expected).map((c) => [c, comparable(row[c])]));
+  });
+}
+
+/** FIXTURES' rows in the shape readBack() returns. */
+export function expectedRows(fixture: FixtureTable): FixtureRow[] {
+  return fixture.rows.map((row) =>
+    Object.fromEntries(Object.entries(row).map(([c, v]) => [c, comparable(v)])),
+  );
+}
