@@ -17,6 +17,7 @@ import {
   parseHubFrame,
   runWithContext,
 } from "../shared/index.js";
+import { ExecDriver, type RunSpec, type StatusReport } from "./exec-driver.js";
 import { checkJobArgs, resolveWorkloadUser, runJob, type WorkloadUser } from "./jobs.js";
 import {
   type Credentials,
@@ -84,6 +85,34 @@ async function join(hub: string, token: string, dataDir: string): Promise<Creden
   return creds;
 }
 
+/** The deploy arguments the hub sends (secrets in env arrive only inside the channel). */
+function runSpecFrom(args: Record<string, unknown>): RunSpec {
+  const service = args.service as { id: string; slug: string; visibility: "PUBLIC" | "PRIVATE" };
+  const deployment = args.deployment as { id: string; spec: Record<string, unknown> };
+  const spec = deployment?.spec as {
+    driver: string;
+    exec?: RunSpec["exec"];
+    healthCheck: RunSpec["healthCheck"];
+    restartPolicy: RunSpec["restartPolicy"];
+    volumes: RunSpec["volumes"];
+  };
+  if (!service?.id || !deployment?.id || !spec)
+    throw new Error("the dispatch lacks its service or deployment");
+  if (spec.driver !== "exec" || !spec.exec)
+    throw new Error(`this agent runs the exec driver; ${spec.driver} is not available here`);
+  return {
+    serviceId: service.id,
+    serviceSlug: service.slug,
+    deploymentId: deployment.id,
+    visibility: service.visibility,
+    exec: spec.exec,
+    healthCheck: spec.healthCheck,
+    restartPolicy: spec.restartPolicy,
+    volumes: spec.volumes ?? [],
+    env: (args.env as Record<string, string>) ?? {},
+  };
+}
+
 export async function startAgent(o: AgentOptions): Promise<Agent> {
   let creds = loadCredentials(o.dataDir);
   if (!creds) {
@@ -109,6 +138,24 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   let retry: NodeJS.Timeout | undefined;
   let backoff = minBackoff;
   const inFlight = new Map<string, Promise<void>>();
+  // Status reports wait here while the channel is down; only the latest per service matters.
+  const unsent = new Map<string, StatusReport>();
+  const sendStatus = (r: StatusReport) => {
+    if (socket && authenticated) {
+      send(socket, {
+        v: 1,
+        type: "status",
+        service_id: r.serviceId,
+        deployment_id: r.deploymentId,
+        status: r.status,
+        ...(r.reason !== undefined ? { reason: r.reason.slice(0, 4000) } : {}),
+        ...(r.endpoint !== undefined ? { endpoint: r.endpoint } : {}),
+      });
+    } else unsent.set(r.serviceId, r);
+  };
+  const driver = new ExecDriver(o.dataDir, workloadUser, sendStatus, log);
+  const adopted = driver.adopt();
+  if (adopted.length) log.info({ adopted }, "adopted instances that survived the agent restart");
   let markConnected: () => void = () => {};
   const firstConnection = new Promise<void>((resolve) => {
     markConnected = resolve;
@@ -119,8 +166,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   };
 
   async function execute(frame: Extract<HubFrame, { type: "dispatch" }>): Promise<Outcome> {
-    if (frame.op !== "job")
-      return { ok: false, error: `this agent (${AGENT_VERSION}) cannot execute ${frame.op} yet` };
+    if (frame.op !== "job") return { ok: true, result: await lifecycle(frame) };
     const job = checkJobArgs(frame.args);
     const result = await runJob(job, workloadUser);
     return result.exit_code === 0
@@ -130,6 +176,17 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
           result,
           error: `${job.command} exited with ${result.exit_code ?? result.signal}`,
         };
+  }
+
+  async function lifecycle(frame: Extract<HubFrame, { type: "dispatch" }>) {
+    const serviceId = frame.service_id;
+    if (!serviceId) throw new Error(`${frame.op} needs a service`);
+    if (frame.op === "stop") return driver.stop(serviceId, true);
+    if (frame.op === "delete") return driver.remove(serviceId, frame.args.purge_data === true);
+    const spec = runSpecFrom(frame.args);
+    if (frame.op === "start") return driver.start(spec);
+    // deploy and restart: whatever runs for the service stops first.
+    return driver.deploy(spec);
   }
 
   /** A dispatch runs once: a resend is answered from the ledger; one in flight is not started again. */
@@ -193,6 +250,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
             send(ws, { v: 1, type: "heartbeat", disk_free_bytes: f.disk_free_bytes });
           }, frame.heartbeat_interval_ms);
           heartbeat.unref();
+          for (const r of unsent.values()) sendStatus(r);
+          unsent.clear();
           markConnected();
           return;
         case "dispatch":
@@ -232,6 +291,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       clearTimeout(retry);
       clearInterval(heartbeat);
       await Promise.allSettled(inFlight.values());
+      await driver.close();
       if (socket && socket.readyState !== WebSocket.CLOSED) {
         const ws = socket;
         await new Promise<void>((resolve) => {

@@ -322,7 +322,7 @@ export async function servicesCommand(argv: string[]): Promise<number> {
         "flotilla services [list] [--project P] [--env P/E]",
         "  | create NAME --env PROJECT/ENV [--port N] [--health tcp|http:/path] [--public] [--deploy] -- COMMAND [ARGS...]",
         "  | create NAME --env PROJECT/ENV --image IMAGE [--port N] [-- COMMAND...]",
-        "  | get SERVICE | update SERVICE [spec options] [-- COMMAND...] | delete SERVICE",
+        "  | get SERVICE | update SERVICE [spec options] [-- COMMAND...] | start|stop|restart SERVICE | delete SERVICE",
         "SERVICE is PROJECT/ENV/SERVICE, PROJECT/SERVICE (production) or an id.",
       ].join("\n"),
       specs,
@@ -426,13 +426,26 @@ export async function servicesCommand(argv: string[]): Promise<number> {
     else process.stdout.write(`Service ${r.service?.slug} updated; deploy to apply the change.\n`);
     return 0;
   }
+  if (sub === "start" || sub === "stop" || sub === "restart") {
+    const call = {
+      start: api.services.startService,
+      stop: api.services.stopService,
+      restart: api.services.restartService,
+    }[sub];
+    const r = await call({ serviceId: service.id });
+    if (asJson) printJson(json(ServiceSchema, r.service!));
+    else process.stdout.write(`Asked the agent to ${sub} ${service.slug}.\n`);
+    return 0;
+  }
   if (sub === "delete") {
     await api.services.deleteService({ serviceId: service.id });
     if (asJson) printJson({ deleted: service.id });
     else process.stdout.write(`Service ${service.slug} deleted.\n`);
     return 0;
   }
-  throw usage(`unknown services subcommand ${sub}; use list, create, get, update or delete`);
+  throw usage(
+    `unknown services subcommand ${sub}; use list, create, get, update, start, stop, restart or delete`,
+  );
 }
 
 async function configTarget(

@@ -2,7 +2,7 @@
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
-import { startAgent } from "../agent/index.js";
+import { type Agent, startAgent } from "../agent/index.js";
 import {
   type Hub,
   type HubOptions,
@@ -12,7 +12,7 @@ import {
   rotateMasterKey,
   startHub,
 } from "../hub/index.js";
-import { createLogger, FlotillaError } from "../shared/index.js";
+import { createLogger, FlotillaError, type Logger } from "../shared/index.js";
 import { helpFor, intOption, type OptionSpecs, parseOptions, stringOption } from "./options.js";
 
 const COMMON: OptionSpecs = {
@@ -87,6 +87,13 @@ const UP: OptionSpecs = {
     env: "FLOTILLA_DATA_DIR",
     default: "./.flotilla",
     description: "Embedded store directory",
+  },
+  "no-agent": { type: "boolean", description: "Do not run a local agent in this process" },
+  "workload-user": {
+    type: "string",
+    env: "FLOTILLA_WORKLOAD_USER",
+    default: "nobody",
+    description: "Unprivileged user the local agent runs workloads as (when run as root)",
   },
   ...COMMON,
 };
@@ -214,13 +221,18 @@ function listenOptions(values: Record<string, string | boolean | undefined>, def
 }
 
 /** Runs until SIGTERM or SIGINT, then shuts down gracefully. */
-async function serve(hub: Hub, banner: string[]): Promise<number> {
+async function serve(
+  hub: Hub,
+  banner: string[],
+  beforeClose?: () => Promise<void>,
+): Promise<number> {
   for (const line of banner) process.stdout.write(`${line}\n`);
   await new Promise<void>((resolveSignal) => {
     process.once("SIGTERM", resolveSignal);
     process.once("SIGINT", resolveSignal);
   });
   process.stdout.write("shutting down: finishing in-flight requests\n");
+  await beforeClose?.();
   await hub.close();
   return 0;
 }
@@ -262,11 +274,69 @@ export async function upCommand(argv: string[]): Promise<number> {
     admin: admin(values),
     logger,
   });
-  return serve(hub, [
-    `Flotilla is running at ${hub.url} (gRPC ${hub.grpcUrl}); embedded store in ${dataDir}`,
-    `  health ${hub.url}/health   ready ${hub.url}/ready   metrics ${hub.url}/metrics`,
-    ...loginHelp(hub),
-  ]);
+  const local = values["no-agent"]
+    ? undefined
+    : localAgent(hub, join(dataDir, "agent"), stringOption(values, "workload-user")!, logger);
+  return serve(
+    hub,
+    [
+      `Flotilla is running at ${hub.url} (gRPC ${hub.grpcUrl}); embedded store in ${dataDir}`,
+      `  health ${hub.url}/health   ready ${hub.url}/ready   metrics ${hub.url}/metrics`,
+      ...loginHelp(hub),
+      values["no-agent"]
+        ? ""
+        : "  A local agent (server `local`) joins the first organization and runs what you deploy.",
+    ].filter(Boolean),
+    async () => {
+      await local?.stop();
+    },
+  );
+}
+
+/**
+ * `flotilla up` runs an agent in the same process, joined to the first organization as server
+ * `local` once one exists (right away with --admin-email, else after setup).
+ */
+function localAgent(hub: Hub, agentDir: string, workloadUser: string, logger: Logger) {
+  let agent: Agent | undefined;
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  const attempt = async () => {
+    if (stopped) return;
+    try {
+      let joinToken: string | undefined;
+      if (!existsSync(join(agentDir, "agent.json"))) {
+        const owner = await hub.identity.firstOwner();
+        if (!owner) {
+          timer = setTimeout(attempt, 2000);
+          return;
+        }
+        const caller = {
+          organizationId: owner.organizationId,
+          actor: { type: "user" as const, id: owner.userId },
+        };
+        joinToken = (await hub.servers.createJoinToken(caller, "local", 3600)).token;
+      }
+      agent = await startAgent({
+        hub: hub.url,
+        dataDir: agentDir,
+        workloadUser,
+        logger: logger.child({ component: "agent" }),
+        ...(joinToken ? { joinToken } : {}),
+      });
+    } catch (err) {
+      logger.error({ err }, "the local agent could not start; retrying in 10 s");
+      timer = setTimeout(attempt, 10_000);
+    }
+  };
+  void attempt();
+  return {
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await agent?.close();
+    },
+  };
 }
 
 export async function hubCommand(argv: string[]): Promise<number> {

@@ -223,6 +223,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         return { id: s.id, environmentId: s.environmentId };
       },
     });
+    const servers = new ServersService(db, keyring);
+    const dispatches = new DispatchStore(db);
     const services: ServicesService = new ServicesService(
       db,
       {
@@ -233,6 +235,11 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         version: (q, org, env, svc) => config.version(q, org, env, svc),
         removeServiceConfig: (tx, org, svc) => config.removeScope(tx, org, "service", svc),
       },
+      {
+        check: async (c, id, q) => (await servers.get(c, id, q, "server_id")).id,
+        defaultServer: (c, q) => servers.onlyServer(c, q),
+      },
+      { intend: async (tx, d) => void (await dispatches.insert(tx, d)) },
     );
     projects.setDependents({
       running: (q, org, scope) => services.runningIn(q, org, scope),
@@ -241,14 +248,22 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         await config.removeScope(tx, org, "environment", environmentId);
       },
     });
-    const servers = new ServersService(db, keyring);
-    const dispatches = new DispatchStore(db);
     const control = new ControlChannel({
       db,
       servers,
       dispatches,
       hubId: instanceId,
       logger,
+      resolveArgs: async (d) => {
+        if (d.op !== "deploy" && d.op !== "start" && d.op !== "restart") return d.args;
+        const service = d.args.service as { id: string; environment_id: string; slug: string };
+        const env = await config.resolveForRuntime(
+          d.organizationId,
+          service.environment_id,
+          service.id,
+        );
+        return { ...d.args, env };
+      },
       ...(options.agentHeartbeatIntervalMs
         ? { heartbeatIntervalMs: options.agentHeartbeatIntervalMs }
         : {}),

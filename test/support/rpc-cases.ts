@@ -259,6 +259,18 @@ export const RPC_CASES: Record<string, RpcCase> = {
     objectScoped: true,
     request: (ids) => ({ serviceId: ids.serviceId }),
   }),
+  "flotilla.v1.ServicesService/StartService": rpc(S.startService, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId }),
+  }),
+  "flotilla.v1.ServicesService/StopService": rpc(S.stopService, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId }),
+  }),
+  "flotilla.v1.ServicesService/RestartService": rpc(S.restartService, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId }),
+  }),
   "flotilla.v1.ServicesService/ListDeployments": rpc(S.listDeployments, {
     objectScoped: true,
     request: (ids) => ({ serviceId: ids.serviceId }),
@@ -356,6 +368,14 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
   const services = createClient(ServicesService, transport);
   const config = createClient(ConfigService, transport);
   const serversApi = createClient(ServerService, transport);
+  // The server first: the organization's only server is where new services are placed.
+  const joinToken = await serversApi.createJoinToken({ name: `seeded-${unique()}` }, { headers });
+  const joined = await fetch(`${baseUrl}/agent/v1/join`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ token: joinToken.token }),
+  });
+  const { server_id: serverId } = (await joined.json()) as { server_id: string };
   const project = await projects.createProject({ name: `Seeded ${unique()}` }, { headers });
   const environmentId = project.production!.id;
   const service = await services.createService(
@@ -385,13 +405,6 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
   );
   const first = await services.deploy({ serviceId }, { headers });
   await services.deploy({ serviceId }, { headers });
-  const joinToken = await serversApi.createJoinToken({ name: `seeded-${unique()}` }, { headers });
-  const joined = await fetch(`${baseUrl}/agent/v1/join`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ token: joinToken.token }),
-  });
-  const { server_id: serverId } = (await joined.json()) as { server_id: string };
   const audit = await orgs.listAuditEvents({ limit: 1 }, { headers });
   return {
     projectId: project.project!.id,

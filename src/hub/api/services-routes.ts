@@ -176,6 +176,15 @@ export function servicesRoutes(router: ConnectRouter, o: ServicesRouteOptions): 
       await services.deleteService(caller(ctx), req.serviceId);
       return {};
     },
+    async startService(req, ctx) {
+      return { service: service(await services.lifecycle(caller(ctx), req.serviceId, "start")) };
+    },
+    async stopService(req, ctx) {
+      return { service: service(await services.lifecycle(caller(ctx), req.serviceId, "stop")) };
+    },
+    async restartService(req, ctx) {
+      return { service: service(await services.lifecycle(caller(ctx), req.serviceId, "restart")) };
+    },
     async deploy(req, ctx) {
       return { deployment: deployment(await services.deploy(caller(ctx), req.serviceId)) };
     },

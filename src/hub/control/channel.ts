@@ -51,6 +51,11 @@ export interface ControlChannelOptions {
   logger: Logger;
   /** How often agents heartbeat. Default 15 s, so a 90 s freshness window tolerates 5 losses. */
   heartbeatIntervalMs?: number;
+  /**
+   * Completes a dispatch's arguments at the moment it is sent (secrets are decrypted here and
+   * travel only inside the authenticated channel; the row never holds them).
+   */
+  resolveArgs?: (d: Dispatch) => Promise<Record<string, unknown>>;
   /** An agent that has not proven its secret by then is disconnected. Default 10 s. */
   authTimeoutMs?: number;
 }
@@ -139,13 +144,23 @@ export class ControlChannel {
         if (!session) return;
         const claimed = await this.o.dispatches.claim(d.id, this.o.hubId);
         if (!claimed) continue; // another drain won it: it is theirs to deliver
-        this.sendDispatch(session, claimed);
+        let args: Record<string, unknown>;
+        try {
+          args = this.o.resolveArgs ? await this.o.resolveArgs(claimed) : claimed.args;
+        } catch (err) {
+          await this.o.dispatches.fail(
+            claimed.id,
+            `could not prepare the dispatch: ${(err as Error).message}`,
+          );
+          continue;
+        }
+        this.sendDispatch(session, claimed, args);
       }
       if (pending.length < 100) return;
     }
   }
 
-  private sendDispatch(session: Session, d: Dispatch): void {
+  private sendDispatch(session: Session, d: Dispatch, args: Record<string, unknown>): void {
     const ctx = {
       ...contextFromRow({ correlation_id: d.correlationId, traceparent: d.traceparent }),
       tenant: d.organizationId,
@@ -164,7 +179,7 @@ export class ControlChannel {
         op: d.op,
         service_id: d.serviceId,
         deployment_id: d.deploymentId,
-        args: d.args,
+        args,
       });
     });
   }

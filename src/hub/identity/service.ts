@@ -187,6 +187,15 @@ export class IdentityService {
 
   // --- first-owner setup -------------------------------------------------------------------
 
+  /** The first organization and its earliest owner: who `flotilla up`'s local server belongs to. */
+  async firstOwner(): Promise<{ organizationId: string; userId: string } | null> {
+    const { rows } = await this.db.query<{ organization_id: string; user_id: string }>(
+      `SELECT m.organization_id, m.user_id FROM memberships m JOIN organizations o ON o.id = m.organization_id
+       WHERE m.role = 'owner' ORDER BY o.created_at, m.created_at LIMIT 1`,
+    );
+    return rows[0] ? { organizationId: rows[0].organization_id, userId: rows[0].user_id } : null;
+  }
+
   async setupRequired(): Promise<boolean> {
     const { rows } = await this.db.query<{ n: number }>(
       "SELECT count(*)::int AS n FROM memberships WHERE role = 'owner'",

@@ -297,6 +297,15 @@ export class ServersService {
     return toServer(rows[0]);
   }
 
+  /** The organization's server when it has exactly one (a laptop's `flotilla up`), else null. */
+  async onlyServer(c: Caller, q: Queryable = this.db): Promise<string | null> {
+    const { rows } = await q.query<{ id: string }>(
+      "SELECT id FROM servers WHERE organization_id = $1 LIMIT 2",
+      [c.organizationId],
+    );
+    return rows.length === 1 ? rows[0]!.id : null;
+  }
+
   async remove(c: Caller, ref: string): Promise<Server> {
     return this.db.tx(async (tx) => {
       const server = await this.get(c, ref, tx);

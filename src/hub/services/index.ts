@@ -1,5 +1,11 @@
 // Public entry of the services module: services, deployments, and the agent-report path.
-export type { ConfigPort, EnvironmentsPort } from "./ports.js";
+export type {
+  ConfigPort,
+  DispatchPort,
+  EnvironmentsPort,
+  LifecycleOp,
+  PlacementPort,
+} from "./ports.js";
 export {
   type CreateServiceInput,
   type Deployment,

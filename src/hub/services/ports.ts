@@ -24,3 +24,28 @@ export interface ConfigPort {
   /** Removes a service's own config, in the caller's transaction. */
   removeServiceConfig(tx: Queryable, organizationId: string, serviceId: string): Promise<void>;
 }
+
+/** Where services run: servers are owned by the servers module. */
+export interface PlacementPort {
+  /** The server's id if it belongs to the caller's organization; otherwise throws not-found. */
+  check(c: Caller, serverId: string, q: Queryable): Promise<string>;
+  /** Where a service that names no server goes: the organization's only server, else none. */
+  defaultServer(c: Caller, q: Queryable): Promise<string | null>;
+}
+
+export type LifecycleOp = "deploy" | "start" | "stop" | "restart" | "delete";
+
+/** Durable intents for a server's agent, written in the caller's transaction. */
+export interface DispatchPort {
+  intend(
+    tx: Queryable,
+    d: {
+      organizationId: string;
+      serverId: string;
+      serviceId: string;
+      deploymentId: string | null;
+      op: LifecycleOp;
+      args: Record<string, unknown>;
+    },
+  ): Promise<void>;
+}

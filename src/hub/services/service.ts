@@ -15,7 +15,13 @@ import {
 import type { Db, Queryable } from "../../store/index.js";
 import { recordAudit } from "../audit/index.js";
 import { appendEvent } from "../outbox/index.js";
-import type { ConfigPort, EnvironmentsPort } from "./ports.js";
+import type {
+  ConfigPort,
+  DispatchPort,
+  EnvironmentsPort,
+  LifecycleOp,
+  PlacementPort,
+} from "./ports.js";
 import { checkSpec, type ServiceSpec, type SpecInput } from "./spec.js";
 
 export type Visibility = "PUBLIC" | "PRIVATE";
@@ -193,11 +199,33 @@ export interface Observation {
 // Statuses in which a service counts as running for "refuse to delete while running".
 const ACTIVE_STATUSES = ["pending", "deploying", "running"];
 
+/** No servers: services are recorded but not placed (this module's own tests). */
+export const NO_PLACEMENT: PlacementPort = {
+  check: async (_c, id) => id,
+  defaultServer: async () => null,
+};
+export const NO_DISPATCH: DispatchPort = { intend: async () => {} };
+
+/** What the agent needs to run a deployment; secrets are added by the hub when it sends it. */
+function runArgs(service: Service, deployment: { id: string; spec: ServiceSpec }) {
+  return {
+    service: {
+      id: service.id,
+      slug: service.slug,
+      visibility: service.visibility,
+      environment_id: service.environmentId,
+    },
+    deployment: { id: deployment.id, spec: deployment.spec },
+  };
+}
+
 export class ServicesService {
   constructor(
     private readonly db: Db,
     private readonly environments: EnvironmentsPort,
     private readonly config: ConfigPort,
+    private readonly placement: PlacementPort = NO_PLACEMENT,
+    private readonly dispatch: DispatchPort = NO_DISPATCH,
   ) {}
 
   async createService(
@@ -207,10 +235,13 @@ export class ServicesService {
     const name = checkName("name", input.name);
     const slug = input.slug ? checkSlug("slug", input.slug) : slugFrom(name, "service");
     const visibility = checkVisibility(input.visibility);
-    const serverId = input.serverId ? checkId("server_id", input.serverId) : null;
+    const requestedServer = input.serverId ? checkId("server_id", input.serverId) : null;
     const spec = checkSpec(input.spec);
     return this.db.tx(async (tx) => {
       const env = await this.environments.environment(c, input.environmentId, tx);
+      const serverId = requestedServer
+        ? await this.placement.check(c, requestedServer, tx)
+        : await this.placement.defaultServer(c, tx);
       let service: Service;
       try {
         const { rows } = await tx.query<ServiceRow>(
@@ -319,10 +350,11 @@ export class ServicesService {
   async updateService(c: Caller, idText: string, input: UpdateServiceInput): Promise<Service> {
     const name = checkName("name", input.name);
     const visibility = checkVisibility(input.visibility);
-    const serverId = input.serverId ? checkId("server_id", input.serverId) : null;
+    const requestedServer = input.serverId ? checkId("server_id", input.serverId) : null;
     const spec = checkSpec(input.spec);
     return this.db.tx(async (tx) => {
       const current = await this.getService(c, idText, tx);
+      const serverId = requestedServer ? await this.placement.check(c, requestedServer, tx) : null;
       const { rows } = await tx.query<ServiceRow>(
         `UPDATE services SET name = $3, visibility = $4, server_id = $5, spec = $6, updated_at = now()
          WHERE id = $1 AND organization_id = $2 RETURNING ${SERVICE_COLUMNS}`,
@@ -348,6 +380,16 @@ export class ServicesService {
   async deleteService(c: Caller, idText: string): Promise<void> {
     await this.db.tx(async (tx) => {
       const service = await this.getService(c, idText, tx);
+      // The agent stops and removes the instance; the intent outlives the service row.
+      if (service.serverId)
+        await this.dispatch.intend(tx, {
+          organizationId: c.organizationId,
+          serverId: service.serverId,
+          serviceId: service.id,
+          deploymentId: service.desiredDeploymentId,
+          op: "delete",
+          args: { purge_data: false },
+        });
       await this.config.removeServiceConfig(tx, c.organizationId, service.id);
       await tx.query("DELETE FROM services WHERE id = $1 AND organization_id = $2", [
         service.id,
@@ -420,6 +462,52 @@ export class ServicesService {
     });
   }
 
+  /** Start, stop or restart the desired deployment on the service's server. */
+  async lifecycle(c: Caller, serviceIdText: string, op: Exclude<LifecycleOp, "deploy" | "delete">) {
+    return this.db.tx(async (tx) => {
+      const service = await this.lockService(tx, c, serviceIdText);
+      if (!service.serverId)
+        throw new FlotillaError(
+          "resource.conflict",
+          `${service.slug} is not placed on a server; add one with flotilla servers add, then update the service`,
+          { field: "service_id" },
+        );
+      const desired = service.desiredDeploymentId
+        ? await this.findDeployment(tx, c, service.desiredDeploymentId)
+        : undefined;
+      if (!desired && op !== "stop")
+        throw new FlotillaError(
+          "resource.conflict",
+          `${service.slug} has never been deployed; deploy it first`,
+          {
+            field: "service_id",
+          },
+        );
+      await this.dispatch.intend(tx, {
+        organizationId: c.organizationId,
+        serverId: service.serverId,
+        serviceId: service.id,
+        deploymentId: desired?.id ?? null,
+        op,
+        args: desired ? runArgs(service, desired) : {},
+      });
+      await recordAudit(tx, {
+        organizationId: c.organizationId,
+        actor: c.actor,
+        action: `service.${op}`,
+        target: { type: "service", id: service.id },
+        details: { deployment_id: desired?.id ?? null },
+      });
+      await appendEvent(tx, {
+        organizationId: c.organizationId,
+        type: `service.${op}_requested`,
+        subjectId: service.id,
+        payload: { service_id: service.id, deployment_id: desired?.id ?? null },
+      });
+      return service;
+    });
+  }
+
   async listDeployments(c: Caller, serviceIdText: string, limit: number): Promise<Deployment[]> {
     const n = limit || 20;
     if (!Number.isInteger(n) || n < 1 || n > 200)
@@ -474,6 +562,14 @@ export class ServicesService {
         ],
       );
       const applied = Boolean(s.rows[0]);
+      // Once the desired deployment runs, the ones it replaced no longer do.
+      if (applied && o.status === "running")
+        await tx.query(
+          `UPDATE deployments SET status = 'superseded', observed_at = now()
+           WHERE service_id = $1 AND organization_id = $2 AND id <> $3
+             AND status IN ('pending', 'deploying', 'running')`,
+          [o.serviceId, organizationId, o.deploymentId],
+        );
       if (applied) {
         await appendEvent(tx, {
           organizationId,
@@ -584,6 +680,16 @@ export class ServicesService {
       "UPDATE services SET desired_deployment_id = $2, updated_at = now() WHERE id = $1",
       [service.id, deployment.id],
     );
+    // Durable first: the agent's intent commits with the deployment, or neither does.
+    if (service.serverId)
+      await this.dispatch.intend(tx, {
+        organizationId: c.organizationId,
+        serverId: service.serverId,
+        serviceId: service.id,
+        deploymentId: deployment.id,
+        op: "deploy",
+        args: runArgs(service, deployment),
+      });
     await recordAudit(tx, {
       organizationId: c.organizationId,
       actor: c.actor,

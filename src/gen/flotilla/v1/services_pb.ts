@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1/services.proto.
  */
 export const file_flotilla_v1_services: GenFile = /*@__PURE__*/
-  fileDesc("ChpmbG90aWxsYS92MS9zZXJ2aWNlcy5wcm90bxILZmxvdGlsbGEudjEiUgoIRXhlY1NwZWMSDwoHY29tbWFuZBgBIAEoCRIMCgRhcmdzGAIgAygJEhkKEXdvcmtpbmdfZGlyZWN0b3J5GAMgASgJEgwKBHBvcnQYBCABKAUiOgoKRG9ja2VyU3BlYxINCgVpbWFnZRgBIAEoCRIPCgdjb21tYW5kGAIgAygJEgwKBHBvcnQYAyABKAUiKQoLSGVhbHRoQ2hlY2sSDAoEdHlwZRgBIAEoCRIMCgRwYXRoGAIgASgJIioKBlZvbHVtZRIMCgRuYW1lGAEgASgJEhIKCm1vdW50X3BhdGgYAiABKAkiigIKC1NlcnZpY2VTcGVjEiMKBmRyaXZlchgBIAEoDjITLmZsb3RpbGxhLnYxLkRyaXZlchIjCgRleGVjGAIgASgLMhUuZmxvdGlsbGEudjEuRXhlY1NwZWMSJwoGZG9ja2VyGAMgASgLMhcuZmxvdGlsbGEudjEuRG9ja2VyU3BlYxIuCgxoZWFsdGhfY2hlY2sYBCABKAsyGC5mbG90aWxsYS52MS5IZWFsdGhDaGVjaxIyCg5yZXN0YXJ0X3BvbGljeRgFIAEoDjIaLmZsb3RpbGxhLnYxLlJlc3RhcnRQb2xpY3kSJAoHdm9sdW1lcxgGIAMoCzITLmZsb3RpbGxhLnYxLlZvbHVtZSKVAwoHU2VydmljZRIKCgJpZBgBIAEoCRISCgpwcm9qZWN0X2lkGAIgASgJEhYKDmVudmlyb25tZW50X2lkGAMgASgJEgwKBHNsdWcYBCABKAkSDAoEbmFtZRgFIAEoCRIMCgRraW5kGAYgASgJEhMKC3RlbXBsYXRlX2lkGAcgASgJEisKCnZpc2liaWxpdHkYCCABKA4yFy5mbG90aWxsYS52MS5WaXNpYmlsaXR5EhEKCXNlcnZlcl9pZBgJIAEoCRImCgRzcGVjGAogASgLMhguZmxvdGlsbGEudjEuU2VydmljZVNwZWMSHQoVZGVzaXJlZF9kZXBsb3ltZW50X2lkGAsgASgJEiwKCG9ic2VydmVkGAwgASgLMhouZmxvdGlsbGEudjEuT2JzZXJ2ZWRTdGF0ZRIuCgpjcmVhdGVkX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAQoNT2JzZXJ2ZWRTdGF0ZRIOCgZzdGF0dXMYASABKAkSDgoGcmVhc29uGAIgASgJEhUKDWRlcGxveW1lbnRfaWQYAyABKAkSEAoIZW5kcG9pbnQYBCABKAkSLwoLb2JzZXJ2ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIukCCgpEZXBsb3ltZW50EgoKAmlkGAEgASgJEhIKCnNlcnZpY2VfaWQYAiABKAkSDgoGbnVtYmVyGAMgASgFEiYKBHNwZWMYBCABKAsyGC5mbG90aWxsYS52MS5TZXJ2aWNlU3BlYxIWCg5jb25maWdfdmVyc2lvbhgFIAEoCRIOCgZyZWFzb24YBiABKAkSHAoUc291cmNlX2RlcGxveW1lbnRfaWQYByABKAkSEgoKY3JlYXRlZF9ieRgIIAEoCRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzdGF0dXMYCiABKAkSFQoNc3RhdHVzX3JlYXNvbhgLIAEoCRIQCghlbmRwb2ludBgMIAEoCRIvCgtvYnNlcnZlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZGVzaXJlZBgOIAEoCCLGAQoUQ3JlYXRlU2VydmljZVJlcXVlc3QSFgoOZW52aXJvbm1lbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRzbHVnGAMgASgJEisKCnZpc2liaWxpdHkYBCABKA4yFy5mbG90aWxsYS52MS5WaXNpYmlsaXR5EhEKCXNlcnZlcl9pZBgFIAEoCRImCgRzcGVjGAYgASgLMhguZmxvdGlsbGEudjEuU2VydmljZVNwZWMSEgoKZGVwbG95X25vdxgHIAEoCCJrChVDcmVhdGVTZXJ2aWNlUmVzcG9uc2USJQoHc2VydmljZRgBIAEoCzIULmZsb3RpbGxhLnYxLlNlcnZpY2USKwoKZGVwbG95bWVudBgCIAEoCzIXLmZsb3RpbGxhLnYxLkRlcGxveW1lbnQiPgoTTGlzdFNlcnZpY2VzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhYKDmVudmlyb25tZW50X2lkGAIgASgJIj4KFExpc3RTZXJ2aWNlc1Jlc3BvbnNlEiYKCHNlcnZpY2VzGAEgAygLMhQuZmxvdGlsbGEudjEuU2VydmljZSInChFHZXRTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJInUKEkdldFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZRIWCg5jb25maWdfY2hhbmdlZBgCIAEoCBIgChhlZmZlY3RpdmVfY29uZmlnX3ZlcnNpb24YAyABKAkioAEKFFVwZGF0ZVNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIrCgp2aXNpYmlsaXR5GAMgASgOMhcuZmxvdGlsbGEudjEuVmlzaWJpbGl0eRIRCglzZXJ2ZXJfaWQYBCABKAkSJgoEc3BlYxgFIAEoCzIYLmZsb3RpbGxhLnYxLlNlcnZpY2VTcGVjIj4KFVVwZGF0ZVNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZSIqChREZWxldGVTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJIhcKFURlbGV0ZVNlcnZpY2VSZXNwb25zZSIjCg1EZXBsb3lSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkiPQoORGVwbG95UmVzcG9uc2USKwoKZGVwbG95bWVudBgBIAEoCzIXLmZsb3RpbGxhLnYxLkRlcGxveW1lbnQiOwoWTGlzdERlcGxveW1lbnRzUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEg0KBWxpbWl0GAIgASgFIkcKF0xpc3REZXBsb3ltZW50c1Jlc3BvbnNlEiwKC2RlcGxveW1lbnRzGAEgAygLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCItChRHZXREZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJIkQKFUdldERlcGxveW1lbnRSZXNwb25zZRIrCgpkZXBsb3ltZW50GAEgASgLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCI8Cg9Sb2xsYmFja1JlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJIj8KEFJvbGxiYWNrUmVzcG9uc2USKwoKZGVwbG95bWVudBgBIAEoCzIXLmZsb3RpbGxhLnYxLkRlcGxveW1lbnQiSAoRTGlzdEV2ZW50c1JlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIQCghhZnRlcl9pZBgCIAEoCRINCgVsaW1pdBgDIAEoBSI4ChJMaXN0RXZlbnRzUmVzcG9uc2USIgoGZXZlbnRzGAEgAygLMhIuZmxvdGlsbGEudjEuRXZlbnQiOgoSV2F0Y2hFdmVudHNSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSEAoIc2luY2VfaWQYAiABKAkiOAoTV2F0Y2hFdmVudHNSZXNwb25zZRIhCgVldmVudBgBIAEoCzISLmZsb3RpbGxhLnYxLkV2ZW50IpQBCgVFdmVudBIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEhIKCnN1YmplY3RfaWQYAyABKAkSFAoMcGF5bG9hZF9qc29uGAQgASgJEhYKDmNvcnJlbGF0aW9uX2lkGAUgASgJEi8KC29jY3VycmVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpXCgpWaXNpYmlsaXR5EhoKFlZJU0lCSUxJVFlfVU5TUEVDSUZJRUQQABIWChJWSVNJQklMSVRZX1BSSVZBVEUQARIVChFWSVNJQklMSVRZX1BVQkxJQxACKkQKBkRyaXZlchIWChJEUklWRVJfVU5TUEVDSUZJRUQQABIPCgtEUklWRVJfRVhFQxABEhEKDURSSVZFUl9ET0NLRVIQAiqDAQoNUmVzdGFydFBvbGljeRIeChpSRVNUQVJUX1BPTElDWV9VTlNQRUNJRklFRBAAEhkKFVJFU1RBUlRfUE9MSUNZX0FMV0FZUxABEh0KGVJFU1RBUlRfUE9MSUNZX09OX0ZBSUxVUkUQAhIYChRSRVNUQVJUX1BPTElDWV9ORVZFUhADMqIHCg9TZXJ2aWNlc1NlcnZpY2USVgoNQ3JlYXRlU2VydmljZRIhLmZsb3RpbGxhLnYxLkNyZWF0ZVNlcnZpY2VSZXF1ZXN0GiIuZmxvdGlsbGEudjEuQ3JlYXRlU2VydmljZVJlc3BvbnNlElMKDExpc3RTZXJ2aWNlcxIgLmZsb3RpbGxhLnYxLkxpc3RTZXJ2aWNlc1JlcXVlc3QaIS5mbG90aWxsYS52MS5MaXN0U2VydmljZXNSZXNwb25zZRJNCgpHZXRTZXJ2aWNlEh4uZmxvdGlsbGEudjEuR2V0U2VydmljZVJlcXVlc3QaHy5mbG90aWxsYS52MS5HZXRTZXJ2aWNlUmVzcG9uc2USVgoNVXBkYXRlU2VydmljZRIhLmZsb3RpbGxhLnYxLlVwZGF0ZVNlcnZpY2VSZXF1ZXN0GiIuZmxvdGlsbGEudjEuVXBkYXRlU2VydmljZVJlc3BvbnNlElYKDURlbGV0ZVNlcnZpY2USIS5mbG90aWxsYS52MS5EZWxldGVTZXJ2aWNlUmVxdWVzdBoiLmZsb3RpbGxhLnYxLkRlbGV0ZVNlcnZpY2VSZXNwb25zZRJBCgZEZXBsb3kSGi5mbG90aWxsYS52MS5EZXBsb3lSZXF1ZXN0GhsuZmxvdGlsbGEudjEuRGVwbG95UmVzcG9uc2USXAoPTGlzdERlcGxveW1lbnRzEiMuZmxvdGlsbGEudjEuTGlzdERlcGxveW1lbnRzUmVxdWVzdBokLmZsb3RpbGxhLnYxLkxpc3REZXBsb3ltZW50c1Jlc3BvbnNlElYKDUdldERlcGxveW1lbnQSIS5mbG90aWxsYS52MS5HZXREZXBsb3ltZW50UmVxdWVzdBoiLmZsb3RpbGxhLnYxLkdldERlcGxveW1lbnRSZXNwb25zZRJHCghSb2xsYmFjaxIcLmZsb3RpbGxhLnYxLlJvbGxiYWNrUmVxdWVzdBodLmZsb3RpbGxhLnYxLlJvbGxiYWNrUmVzcG9uc2USTQoKTGlzdEV2ZW50cxIeLmZsb3RpbGxhLnYxLkxpc3RFdmVudHNSZXF1ZXN0Gh8uZmxvdGlsbGEudjEuTGlzdEV2ZW50c1Jlc3BvbnNlElIKC1dhdGNoRXZlbnRzEh8uZmxvdGlsbGEudjEuV2F0Y2hFdmVudHNSZXF1ZXN0GiAuZmxvdGlsbGEudjEuV2F0Y2hFdmVudHNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChpmbG90aWxsYS92MS9zZXJ2aWNlcy5wcm90bxILZmxvdGlsbGEudjEiUgoIRXhlY1NwZWMSDwoHY29tbWFuZBgBIAEoCRIMCgRhcmdzGAIgAygJEhkKEXdvcmtpbmdfZGlyZWN0b3J5GAMgASgJEgwKBHBvcnQYBCABKAUiOgoKRG9ja2VyU3BlYxINCgVpbWFnZRgBIAEoCRIPCgdjb21tYW5kGAIgAygJEgwKBHBvcnQYAyABKAUiKQoLSGVhbHRoQ2hlY2sSDAoEdHlwZRgBIAEoCRIMCgRwYXRoGAIgASgJIioKBlZvbHVtZRIMCgRuYW1lGAEgASgJEhIKCm1vdW50X3BhdGgYAiABKAkiigIKC1NlcnZpY2VTcGVjEiMKBmRyaXZlchgBIAEoDjITLmZsb3RpbGxhLnYxLkRyaXZlchIjCgRleGVjGAIgASgLMhUuZmxvdGlsbGEudjEuRXhlY1NwZWMSJwoGZG9ja2VyGAMgASgLMhcuZmxvdGlsbGEudjEuRG9ja2VyU3BlYxIuCgxoZWFsdGhfY2hlY2sYBCABKAsyGC5mbG90aWxsYS52MS5IZWFsdGhDaGVjaxIyCg5yZXN0YXJ0X3BvbGljeRgFIAEoDjIaLmZsb3RpbGxhLnYxLlJlc3RhcnRQb2xpY3kSJAoHdm9sdW1lcxgGIAMoCzITLmZsb3RpbGxhLnYxLlZvbHVtZSKVAwoHU2VydmljZRIKCgJpZBgBIAEoCRISCgpwcm9qZWN0X2lkGAIgASgJEhYKDmVudmlyb25tZW50X2lkGAMgASgJEgwKBHNsdWcYBCABKAkSDAoEbmFtZRgFIAEoCRIMCgRraW5kGAYgASgJEhMKC3RlbXBsYXRlX2lkGAcgASgJEisKCnZpc2liaWxpdHkYCCABKA4yFy5mbG90aWxsYS52MS5WaXNpYmlsaXR5EhEKCXNlcnZlcl9pZBgJIAEoCRImCgRzcGVjGAogASgLMhguZmxvdGlsbGEudjEuU2VydmljZVNwZWMSHQoVZGVzaXJlZF9kZXBsb3ltZW50X2lkGAsgASgJEiwKCG9ic2VydmVkGAwgASgLMhouZmxvdGlsbGEudjEuT2JzZXJ2ZWRTdGF0ZRIuCgpjcmVhdGVkX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAQoNT2JzZXJ2ZWRTdGF0ZRIOCgZzdGF0dXMYASABKAkSDgoGcmVhc29uGAIgASgJEhUKDWRlcGxveW1lbnRfaWQYAyABKAkSEAoIZW5kcG9pbnQYBCABKAkSLwoLb2JzZXJ2ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIukCCgpEZXBsb3ltZW50EgoKAmlkGAEgASgJEhIKCnNlcnZpY2VfaWQYAiABKAkSDgoGbnVtYmVyGAMgASgFEiYKBHNwZWMYBCABKAsyGC5mbG90aWxsYS52MS5TZXJ2aWNlU3BlYxIWCg5jb25maWdfdmVyc2lvbhgFIAEoCRIOCgZyZWFzb24YBiABKAkSHAoUc291cmNlX2RlcGxveW1lbnRfaWQYByABKAkSEgoKY3JlYXRlZF9ieRgIIAEoCRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzdGF0dXMYCiABKAkSFQoNc3RhdHVzX3JlYXNvbhgLIAEoCRIQCghlbmRwb2ludBgMIAEoCRIvCgtvYnNlcnZlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZGVzaXJlZBgOIAEoCCLGAQoUQ3JlYXRlU2VydmljZVJlcXVlc3QSFgoOZW52aXJvbm1lbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRzbHVnGAMgASgJEisKCnZpc2liaWxpdHkYBCABKA4yFy5mbG90aWxsYS52MS5WaXNpYmlsaXR5EhEKCXNlcnZlcl9pZBgFIAEoCRImCgRzcGVjGAYgASgLMhguZmxvdGlsbGEudjEuU2VydmljZVNwZWMSEgoKZGVwbG95X25vdxgHIAEoCCJrChVDcmVhdGVTZXJ2aWNlUmVzcG9uc2USJQoHc2VydmljZRgBIAEoCzIULmZsb3RpbGxhLnYxLlNlcnZpY2USKwoKZGVwbG95bWVudBgCIAEoCzIXLmZsb3RpbGxhLnYxLkRlcGxveW1lbnQiPgoTTGlzdFNlcnZpY2VzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhYKDmVudmlyb25tZW50X2lkGAIgASgJIj4KFExpc3RTZXJ2aWNlc1Jlc3BvbnNlEiYKCHNlcnZpY2VzGAEgAygLMhQuZmxvdGlsbGEudjEuU2VydmljZSInChFHZXRTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJInUKEkdldFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZRIWCg5jb25maWdfY2hhbmdlZBgCIAEoCBIgChhlZmZlY3RpdmVfY29uZmlnX3ZlcnNpb24YAyABKAkioAEKFFVwZGF0ZVNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIrCgp2aXNpYmlsaXR5GAMgASgOMhcuZmxvdGlsbGEudjEuVmlzaWJpbGl0eRIRCglzZXJ2ZXJfaWQYBCABKAkSJgoEc3BlYxgFIAEoCzIYLmZsb3RpbGxhLnYxLlNlcnZpY2VTcGVjIj4KFVVwZGF0ZVNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZSIqChREZWxldGVTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJIhcKFURlbGV0ZVNlcnZpY2VSZXNwb25zZSIpChNTdGFydFNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkiPQoUU3RhcnRTZXJ2aWNlUmVzcG9uc2USJQoHc2VydmljZRgBIAEoCzIULmZsb3RpbGxhLnYxLlNlcnZpY2UiKAoSU3RvcFNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkiPAoTU3RvcFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZSIrChVSZXN0YXJ0U2VydmljZVJlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCSI/ChZSZXN0YXJ0U2VydmljZVJlc3BvbnNlEiUKB3NlcnZpY2UYASABKAsyFC5mbG90aWxsYS52MS5TZXJ2aWNlIiMKDURlcGxveVJlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCSI9Cg5EZXBsb3lSZXNwb25zZRIrCgpkZXBsb3ltZW50GAEgASgLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCI7ChZMaXN0RGVwbG95bWVudHNSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSDQoFbGltaXQYAiABKAUiRwoXTGlzdERlcGxveW1lbnRzUmVzcG9uc2USLAoLZGVwbG95bWVudHMYASADKAsyFy5mbG90aWxsYS52MS5EZXBsb3ltZW50Ii0KFEdldERlcGxveW1lbnRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkiRAoVR2V0RGVwbG95bWVudFJlc3BvbnNlEisKCmRlcGxveW1lbnQYASABKAsyFy5mbG90aWxsYS52MS5EZXBsb3ltZW50IjwKD1JvbGxiYWNrUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEhUKDWRlcGxveW1lbnRfaWQYAiABKAkiPwoQUm9sbGJhY2tSZXNwb25zZRIrCgpkZXBsb3ltZW50GAEgASgLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCJIChFMaXN0RXZlbnRzUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEhAKCGFmdGVyX2lkGAIgASgJEg0KBWxpbWl0GAMgASgFIjgKEkxpc3RFdmVudHNSZXNwb25zZRIiCgZldmVudHMYASADKAsyEi5mbG90aWxsYS52MS5FdmVudCI6ChJXYXRjaEV2ZW50c1JlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIQCghzaW5jZV9pZBgCIAEoCSI4ChNXYXRjaEV2ZW50c1Jlc3BvbnNlEiEKBWV2ZW50GAEgASgLMhIuZmxvdGlsbGEudjEuRXZlbnQilAEKBUV2ZW50EgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSEgoKc3ViamVjdF9pZBgDIAEoCRIUCgxwYXlsb2FkX2pzb24YBCABKAkSFgoOY29ycmVsYXRpb25faWQYBSABKAkSLwoLb2NjdXJyZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKlcKClZpc2liaWxpdHkSGgoWVklTSUJJTElUWV9VTlNQRUNJRklFRBAAEhYKElZJU0lCSUxJVFlfUFJJVkFURRABEhUKEVZJU0lCSUxJVFlfUFVCTElDEAIqRAoGRHJpdmVyEhYKEkRSSVZFUl9VTlNQRUNJRklFRBAAEg8KC0RSSVZFUl9FWEVDEAESEQoNRFJJVkVSX0RPQ0tFUhACKoMBCg1SZXN0YXJ0UG9saWN5Eh4KGlJFU1RBUlRfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGQoVUkVTVEFSVF9QT0xJQ1lfQUxXQVlTEAESHQoZUkVTVEFSVF9QT0xJQ1lfT05fRkFJTFVSRRACEhgKFFJFU1RBUlRfUE9MSUNZX05FVkVSEAMypAkKD1NlcnZpY2VzU2VydmljZRJWCg1DcmVhdGVTZXJ2aWNlEiEuZmxvdGlsbGEudjEuQ3JlYXRlU2VydmljZVJlcXVlc3QaIi5mbG90aWxsYS52MS5DcmVhdGVTZXJ2aWNlUmVzcG9uc2USUwoMTGlzdFNlcnZpY2VzEiAuZmxvdGlsbGEudjEuTGlzdFNlcnZpY2VzUmVxdWVzdBohLmZsb3RpbGxhLnYxLkxpc3RTZXJ2aWNlc1Jlc3BvbnNlEk0KCkdldFNlcnZpY2USHi5mbG90aWxsYS52MS5HZXRTZXJ2aWNlUmVxdWVzdBofLmZsb3RpbGxhLnYxLkdldFNlcnZpY2VSZXNwb25zZRJWCg1VcGRhdGVTZXJ2aWNlEiEuZmxvdGlsbGEudjEuVXBkYXRlU2VydmljZVJlcXVlc3QaIi5mbG90aWxsYS52MS5VcGRhdGVTZXJ2aWNlUmVzcG9uc2USVgoNRGVsZXRlU2VydmljZRIhLmZsb3RpbGxhLnYxLkRlbGV0ZVNlcnZpY2VSZXF1ZXN0GiIuZmxvdGlsbGEudjEuRGVsZXRlU2VydmljZVJlc3BvbnNlElMKDFN0YXJ0U2VydmljZRIgLmZsb3RpbGxhLnYxLlN0YXJ0U2VydmljZVJlcXVlc3QaIS5mbG90aWxsYS52MS5TdGFydFNlcnZpY2VSZXNwb25zZRJQCgtTdG9wU2VydmljZRIfLmZsb3RpbGxhLnYxLlN0b3BTZXJ2aWNlUmVxdWVzdBogLmZsb3RpbGxhLnYxLlN0b3BTZXJ2aWNlUmVzcG9uc2USWQoOUmVzdGFydFNlcnZpY2USIi5mbG90aWxsYS52MS5SZXN0YXJ0U2VydmljZVJlcXVlc3QaIy5mbG90aWxsYS52MS5SZXN0YXJ0U2VydmljZVJlc3BvbnNlEkEKBkRlcGxveRIaLmZsb3RpbGxhLnYxLkRlcGxveVJlcXVlc3QaGy5mbG90aWxsYS52MS5EZXBsb3lSZXNwb25zZRJcCg9MaXN0RGVwbG95bWVudHMSIy5mbG90aWxsYS52MS5MaXN0RGVwbG95bWVudHNSZXF1ZXN0GiQuZmxvdGlsbGEudjEuTGlzdERlcGxveW1lbnRzUmVzcG9uc2USVgoNR2V0RGVwbG95bWVudBIhLmZsb3RpbGxhLnYxLkdldERlcGxveW1lbnRSZXF1ZXN0GiIuZmxvdGlsbGEudjEuR2V0RGVwbG95bWVudFJlc3BvbnNlEkcKCFJvbGxiYWNrEhwuZmxvdGlsbGEudjEuUm9sbGJhY2tSZXF1ZXN0Gh0uZmxvdGlsbGEudjEuUm9sbGJhY2tSZXNwb25zZRJNCgpMaXN0RXZlbnRzEh4uZmxvdGlsbGEudjEuTGlzdEV2ZW50c1JlcXVlc3QaHy5mbG90aWxsYS52MS5MaXN0RXZlbnRzUmVzcG9uc2USUgoLV2F0Y2hFdmVudHMSHy5mbG90aWxsYS52MS5XYXRjaEV2ZW50c1JlcXVlc3QaIC5mbG90aWxsYS52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message flotilla.v1.ExecSpec
@@ -617,6 +617,108 @@ export const DeleteServiceResponseSchema: GenMessage<DeleteServiceResponse> = /*
   messageDesc(file_flotilla_v1_services, 17);
 
 /**
+ * @generated from message flotilla.v1.StartServiceRequest
+ */
+export type StartServiceRequest = Message<"flotilla.v1.StartServiceRequest"> & {
+  /**
+   * @generated from field: string service_id = 1;
+   */
+  serviceId: string;
+};
+
+/**
+ * Describes the message flotilla.v1.StartServiceRequest.
+ * Use `create(StartServiceRequestSchema)` to create a new message.
+ */
+export const StartServiceRequestSchema: GenMessage<StartServiceRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_services, 18);
+
+/**
+ * @generated from message flotilla.v1.StartServiceResponse
+ */
+export type StartServiceResponse = Message<"flotilla.v1.StartServiceResponse"> & {
+  /**
+   * @generated from field: flotilla.v1.Service service = 1;
+   */
+  service?: Service | undefined;
+};
+
+/**
+ * Describes the message flotilla.v1.StartServiceResponse.
+ * Use `create(StartServiceResponseSchema)` to create a new message.
+ */
+export const StartServiceResponseSchema: GenMessage<StartServiceResponse> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_services, 19);
+
+/**
+ * @generated from message flotilla.v1.StopServiceRequest
+ */
+export type StopServiceRequest = Message<"flotilla.v1.StopServiceRequest"> & {
+  /**
+   * @generated from field: string service_id = 1;
+   */
+  serviceId: string;
+};
+
+/**
+ * Describes the message flotilla.v1.StopServiceRequest.
+ * Use `create(StopServiceRequestSchema)` to create a new message.
+ */
+export const StopServiceRequestSchema: GenMessage<StopServiceRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_services, 20);
+
+/**
+ * @generated from message flotilla.v1.StopServiceResponse
+ */
+export type StopServiceResponse = Message<"flotilla.v1.StopServiceResponse"> & {
+  /**
+   * @generated from field: flotilla.v1.Service service = 1;
+   */
+  service?: Service | undefined;
+};
+
+/**
+ * Describes the message flotilla.v1.StopServiceResponse.
+ * Use `create(StopServiceResponseSchema)` to create a new message.
+ */
+export const StopServiceResponseSchema: GenMessage<StopServiceResponse> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_services, 21);
+
+/**
+ * @generated from message flotilla.v1.RestartServiceRequest
+ */
+export type RestartServiceRequest = Message<"flotilla.v1.RestartServiceRequest"> & {
+  /**
+   * @generated from field: string service_id = 1;
+   */
+  serviceId: string;
+};
+
+/**
+ * Describes the message flotilla.v1.RestartServiceRequest.
+ * Use `create(RestartServiceRequestSchema)` to create a new message.
+ */
+export const RestartServiceRequestSchema: GenMessage<RestartServiceRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_services, 22);
+
+/**
+ * @generated from message flotilla.v1.RestartServiceResponse
+ */
+export type RestartServiceResponse = Message<"flotilla.v1.RestartServiceResponse"> & {
+  /**
+   * @generated from field: flotilla.v1.Service service = 1;
+   */
+  service?: Service | undefined;
+};
+
+/**
+ * Describes the message flotilla.v1.RestartServiceResponse.
+ * Use `create(RestartServiceResponseSchema)` to create a new message.
+ */
+export const RestartServiceResponseSchema: GenMessage<RestartServiceResponse> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_services, 23);
+
+/**
  * @generated from message flotilla.v1.DeployRequest
  */
 export type DeployRequest = Message<"flotilla.v1.DeployRequest"> & {
@@ -631,7 +733,7 @@ export type DeployRequest = Message<"flotilla.v1.DeployRequest"> & {
  * Use `create(DeployRequestSchema)` to create a new message.
  */
 export const DeployRequestSchema: GenMessage<DeployRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 18);
+  messageDesc(file_flotilla_v1_services, 24);
 
 /**
  * @generated from message flotilla.v1.DeployResponse
@@ -648,7 +750,7 @@ export type DeployResponse = Message<"flotilla.v1.DeployResponse"> & {
  * Use `create(DeployResponseSchema)` to create a new message.
  */
 export const DeployResponseSchema: GenMessage<DeployResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 19);
+  messageDesc(file_flotilla_v1_services, 25);
 
 /**
  * @generated from message flotilla.v1.ListDeploymentsRequest
@@ -672,7 +774,7 @@ export type ListDeploymentsRequest = Message<"flotilla.v1.ListDeploymentsRequest
  * Use `create(ListDeploymentsRequestSchema)` to create a new message.
  */
 export const ListDeploymentsRequestSchema: GenMessage<ListDeploymentsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 20);
+  messageDesc(file_flotilla_v1_services, 26);
 
 /**
  * @generated from message flotilla.v1.ListDeploymentsResponse
@@ -689,7 +791,7 @@ export type ListDeploymentsResponse = Message<"flotilla.v1.ListDeploymentsRespon
  * Use `create(ListDeploymentsResponseSchema)` to create a new message.
  */
 export const ListDeploymentsResponseSchema: GenMessage<ListDeploymentsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 21);
+  messageDesc(file_flotilla_v1_services, 27);
 
 /**
  * @generated from message flotilla.v1.GetDeploymentRequest
@@ -706,7 +808,7 @@ export type GetDeploymentRequest = Message<"flotilla.v1.GetDeploymentRequest"> &
  * Use `create(GetDeploymentRequestSchema)` to create a new message.
  */
 export const GetDeploymentRequestSchema: GenMessage<GetDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 22);
+  messageDesc(file_flotilla_v1_services, 28);
 
 /**
  * @generated from message flotilla.v1.GetDeploymentResponse
@@ -723,7 +825,7 @@ export type GetDeploymentResponse = Message<"flotilla.v1.GetDeploymentResponse">
  * Use `create(GetDeploymentResponseSchema)` to create a new message.
  */
 export const GetDeploymentResponseSchema: GenMessage<GetDeploymentResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 23);
+  messageDesc(file_flotilla_v1_services, 29);
 
 /**
  * @generated from message flotilla.v1.RollbackRequest
@@ -747,7 +849,7 @@ export type RollbackRequest = Message<"flotilla.v1.RollbackRequest"> & {
  * Use `create(RollbackRequestSchema)` to create a new message.
  */
 export const RollbackRequestSchema: GenMessage<RollbackRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 24);
+  messageDesc(file_flotilla_v1_services, 30);
 
 /**
  * @generated from message flotilla.v1.RollbackResponse
@@ -764,7 +866,7 @@ export type RollbackResponse = Message<"flotilla.v1.RollbackResponse"> & {
  * Use `create(RollbackResponseSchema)` to create a new message.
  */
 export const RollbackResponseSchema: GenMessage<RollbackResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 25);
+  messageDesc(file_flotilla_v1_services, 31);
 
 /**
  * @generated from message flotilla.v1.ListEventsRequest
@@ -797,7 +899,7 @@ export type ListEventsRequest = Message<"flotilla.v1.ListEventsRequest"> & {
  * Use `create(ListEventsRequestSchema)` to create a new message.
  */
 export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 26);
+  messageDesc(file_flotilla_v1_services, 32);
 
 /**
  * @generated from message flotilla.v1.ListEventsResponse
@@ -814,7 +916,7 @@ export type ListEventsResponse = Message<"flotilla.v1.ListEventsResponse"> & {
  * Use `create(ListEventsResponseSchema)` to create a new message.
  */
 export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 27);
+  messageDesc(file_flotilla_v1_services, 33);
 
 /**
  * @generated from message flotilla.v1.WatchEventsRequest
@@ -840,7 +942,7 @@ export type WatchEventsRequest = Message<"flotilla.v1.WatchEventsRequest"> & {
  * Use `create(WatchEventsRequestSchema)` to create a new message.
  */
 export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 28);
+  messageDesc(file_flotilla_v1_services, 34);
 
 /**
  * @generated from message flotilla.v1.WatchEventsResponse
@@ -857,7 +959,7 @@ export type WatchEventsResponse = Message<"flotilla.v1.WatchEventsResponse"> & {
  * Use `create(WatchEventsResponseSchema)` to create a new message.
  */
 export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 29);
+  messageDesc(file_flotilla_v1_services, 35);
 
 /**
  * @generated from message flotilla.v1.Event
@@ -901,7 +1003,7 @@ export type Event = Message<"flotilla.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 30);
+  messageDesc(file_flotilla_v1_services, 36);
 
 /**
  * @generated from enum flotilla.v1.Visibility
@@ -1027,12 +1129,40 @@ export const ServicesService: GenService<{
     output: typeof UpdateServiceResponseSchema;
   },
   /**
+   * Also stops and removes the service's instance on its server.
+   *
    * @generated from rpc flotilla.v1.ServicesService.DeleteService
    */
   deleteService: {
     methodKind: "unary";
     input: typeof DeleteServiceRequestSchema;
     output: typeof DeleteServiceResponseSchema;
+  },
+  /**
+   * Asks the service's agent to start, stop or restart the desired deployment.
+   *
+   * @generated from rpc flotilla.v1.ServicesService.StartService
+   */
+  startService: {
+    methodKind: "unary";
+    input: typeof StartServiceRequestSchema;
+    output: typeof StartServiceResponseSchema;
+  },
+  /**
+   * @generated from rpc flotilla.v1.ServicesService.StopService
+   */
+  stopService: {
+    methodKind: "unary";
+    input: typeof StopServiceRequestSchema;
+    output: typeof StopServiceResponseSchema;
+  },
+  /**
+   * @generated from rpc flotilla.v1.ServicesService.RestartService
+   */
+  restartService: {
+    methodKind: "unary";
+    input: typeof RestartServiceRequestSchema;
+    output: typeof RestartServiceResponseSchema;
   },
   /**
    * A new deployment from the service's current spec and effective config.

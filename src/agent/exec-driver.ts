@@ -1,0 +1,449 @@
+// The exec driver: runs a service's command as the workload user in its own process group, with
+// its config as environment, an allocated port, a health check, a restart policy with backoff,
+// captured logs, and pid files so a restarted agent adopts what still runs instead of doubling it.
+import { type ChildProcess, spawn } from "node:child_process";
+import {
+  chownSync,
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  type WriteStream,
+  writeFileSync,
+} from "node:fs";
+import { createServer, connect as tcpConnect } from "node:net";
+import { join } from "node:path";
+import type { Logger } from "../shared/index.js";
+import type { WorkloadUser } from "./jobs.js";
+
+export interface ExecSpec {
+  command: string;
+  args: string[];
+  workingDirectory: string;
+  port: number;
+}
+
+export interface RunSpec {
+  serviceId: string;
+  serviceSlug: string;
+  deploymentId: string;
+  visibility: "PUBLIC" | "PRIVATE";
+  exec: ExecSpec;
+  healthCheck: { type: "" | "tcp" | "http"; path: string };
+  restartPolicy: "always" | "on-failure" | "never";
+  volumes: Array<{ name: string; mountPath: string }>;
+  env: Record<string, string>;
+}
+
+export type InstanceStatus = "deploying" | "running" | "stopped" | "failed";
+
+export interface StatusReport {
+  serviceId: string;
+  deploymentId: string;
+  status: InstanceStatus;
+  reason?: string;
+  endpoint?: string;
+}
+
+interface PidFile {
+  pid: number;
+  /** /proc/<pid>/stat start time, so a recycled pid is never mistaken for ours. */
+  startTime: string;
+  deploymentId: string;
+  port: number;
+  spec: RunSpec;
+}
+
+// Restart backoff: 1 s doubling to 60 s; 5 crashes inside 5 minutes is a crash loop.
+const RESTART_MIN_MS = 1000;
+const RESTART_MAX_MS = 60_000;
+const CRASH_LOOP_COUNT = 5;
+const CRASH_LOOP_WINDOW_MS = 5 * 60_000;
+const HEALTH_TIMEOUT_MS = 30_000;
+const STOP_GRACE_MS = 10_000;
+// Logs: one file per service, rotated at 10 MiB (one previous file kept); 1,000 lines in memory.
+const LOG_ROTATE_BYTES = 10 * 1024 * 1024;
+const RING_LINES = 1000;
+
+function processStartTime(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Field 22, counted after the parenthesised command name (which may hold spaces).
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+function killGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {}
+}
+
+async function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, host, () => {
+      const port = (server.address() as { port: number }).port;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function probe(spec: RunSpec, port: number): Promise<boolean> {
+  if (spec.healthCheck.type === "http") {
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}${spec.healthCheck.path}`, {
+        signal: AbortSignal.timeout(2000),
+      });
+      await res.body?.cancel();
+      return res.status >= 200 && res.status < 400;
+    } catch {
+      return false;
+    }
+  }
+  return new Promise((resolve) => {
+    const socket = tcpConnect({ host: "127.0.0.1", port }, () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+    socket.setTimeout(2000, () => {
+      socket.destroy();
+      resolve(false);
+    });
+  });
+}
+
+class Instance {
+  child: ChildProcess | undefined;
+  pid = 0;
+  port = 0;
+  stopping = false;
+  crashes: number[] = [];
+  restartTimer: NodeJS.Timeout | undefined;
+  log: WriteStream | undefined;
+  readonly ring: string[] = [];
+  readonly followers = new Set<(line: string) => void>();
+  constructor(public spec: RunSpec) {}
+}
+
+export class ExecDriver {
+  private readonly instances = new Map<string, Instance>();
+
+  constructor(
+    private readonly dataDir: string,
+    private readonly user: WorkloadUser,
+    private readonly report: (r: StatusReport) => void,
+    private readonly logger: Logger,
+  ) {
+    for (const d of ["instances", "volumes", "logs"])
+      mkdirSync(join(dataDir, d), { recursive: true, mode: 0o755 });
+  }
+
+  private pidFile(serviceId: string) {
+    return join(this.dataDir, "instances", `${serviceId}.json`);
+  }
+
+  /** Stops whatever runs for the service, then runs the new deployment until healthy. */
+  async deploy(spec: RunSpec): Promise<{ endpoint: string }> {
+    await this.stop(spec.serviceId);
+    return this.start(spec);
+  }
+
+  async start(spec: RunSpec): Promise<{ endpoint: string }> {
+    const existing = this.instances.get(spec.serviceId);
+    if (existing?.pid && !existing.stopping && processStartTime(existing.pid))
+      return { endpoint: `127.0.0.1:${existing.port}` };
+    const instance = existing ?? new Instance(spec);
+    instance.spec = spec;
+    instance.stopping = false;
+    this.instances.set(spec.serviceId, instance);
+    this.report({
+      serviceId: spec.serviceId,
+      deploymentId: spec.deploymentId,
+      status: "deploying",
+    });
+    return this.launch(instance);
+  }
+
+  private openLog(instance: Instance) {
+    const file = join(this.dataDir, "logs", `${instance.spec.serviceId}.log`);
+    try {
+      if (statSync(file).size > LOG_ROTATE_BYTES) {
+        rmSync(`${file}.1`, { force: true });
+        writeFileSync(`${file}.1`, readFileSync(file));
+        rmSync(file);
+      }
+    } catch {}
+    instance.log?.end();
+    instance.log = createWriteStream(file, { flags: "a" });
+  }
+
+  private capture(instance: Instance, stream: NodeJS.ReadableStream | null, source: string) {
+    let partial = "";
+    stream?.setEncoding("utf8");
+    stream?.on("data", (chunk: string) => {
+      const lines = (partial + chunk).split("\n");
+      partial = lines.pop() ?? "";
+      for (const text of lines) {
+        const line = `${new Date().toISOString()} ${source} ${text}`;
+        instance.log?.write(`${line}\n`);
+        instance.ring.push(line);
+        if (instance.ring.length > RING_LINES) instance.ring.shift();
+        for (const f of instance.followers) f(line);
+      }
+    });
+  }
+
+  private async launch(instance: Instance): Promise<{ endpoint: string }> {
+    const spec = instance.spec;
+    const host = spec.visibility === "PUBLIC" ? "0.0.0.0" : "127.0.0.1";
+    // A restarted or redeployed instance keeps its port, so its endpoint stays put.
+    const port = spec.exec.port ? instance.port || (await freePort(host)) : 0;
+    const volumeEnv: Record<string, string> = {};
+    for (const v of spec.volumes) {
+      // Volumes are directories under the agent's data dir that outlive deployments.
+      const dir = join(this.dataDir, "volumes", spec.serviceId, v.name);
+      mkdirSync(dir, { recursive: true });
+      if (process.getuid?.() === 0) chownSync(dir, this.user.uid, this.user.gid);
+      volumeEnv[`FLOTILLA_VOLUME_${v.name.toUpperCase().replace(/-/g, "_")}`] = dir;
+    }
+    const env: Record<string, string> = {
+      PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
+      ...spec.env,
+      ...volumeEnv,
+      FLOTILLA_SERVICE: spec.serviceSlug,
+      FLOTILLA_SERVICE_ID: spec.serviceId,
+      FLOTILLA_DEPLOYMENT_ID: spec.deploymentId,
+      HOST: host,
+      ...(port ? { PORT: String(port) } : {}),
+    };
+    this.openLog(instance);
+    const asRoot = process.getuid?.() === 0;
+    const child = spawn(spec.exec.command, spec.exec.args, {
+      cwd: spec.exec.workingDirectory || "/",
+      env,
+      uid: asRoot ? this.user.uid : undefined,
+      gid: asRoot ? this.user.gid : undefined,
+      detached: true,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    instance.child = child;
+    instance.port = port;
+    const spawned = await new Promise<Error | null>((resolve) => {
+      child.once("spawn", () => resolve(null));
+      child.once("error", (err) => resolve(err));
+    });
+    if (spawned) {
+      const reason =
+        (spawned as NodeJS.ErrnoException).code === "ENOENT"
+          ? `command not found: ${spec.exec.command}`
+          : `cannot start ${spec.exec.command}: ${spawned.message}`;
+      this.fail(instance, reason, false);
+      throw new Error(reason);
+    }
+    instance.pid = child.pid!;
+    this.capture(instance, child.stdout, "out");
+    this.capture(instance, child.stderr, "err");
+    const pidFile: PidFile = {
+      pid: child.pid!,
+      startTime: processStartTime(child.pid!) ?? "",
+      deploymentId: spec.deploymentId,
+      port,
+      spec,
+    };
+    writeFileSync(this.pidFile(spec.serviceId), JSON.stringify(pidFile), { mode: 0o600 });
+    let exited: string | null = null;
+    child.once("exit", (code, signal) => {
+      exited = signal ? `killed by ${signal}` : `exited with code ${code}`;
+      this.onExit(instance, child, code, exited);
+    });
+
+    // Healthy when the check passes; a service with a port and no check must at least accept a
+    // TCP connection; one with neither must still be alive 300 ms later.
+    const startedAt = Date.now();
+    const deadline = startedAt + HEALTH_TIMEOUT_MS;
+    const check = spec.healthCheck.type
+      ? spec.healthCheck
+      : port
+        ? ({ type: "tcp", path: "" } as const)
+        : null;
+    for (;;) {
+      if (exited) {
+        const tail = instance.ring.slice(-5).join("\n");
+        const reason = `${spec.exec.command} ${exited} before it was healthy${tail ? `:\n${tail}` : ""}`;
+        throw new Error(reason);
+      }
+      const healthy = check
+        ? await probe({ ...spec, healthCheck: check }, port)
+        : Date.now() - startedAt > 300;
+      if (healthy && !exited) break;
+      if (Date.now() > deadline) {
+        killGroup(instance.pid, "SIGKILL");
+        throw new Error(`not healthy within ${HEALTH_TIMEOUT_MS / 1000} s`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const endpoint = port ? `${host === "0.0.0.0" ? "127.0.0.1" : host}:${port}` : "";
+    this.report({
+      serviceId: spec.serviceId,
+      deploymentId: spec.deploymentId,
+      status: "running",
+      ...(endpoint ? { endpoint } : {}),
+    });
+    this.logger.info({ service: spec.serviceId, pid: instance.pid, port }, "instance running");
+    return { endpoint };
+  }
+
+  private fail(instance: Instance, reason: string, _restarting: boolean) {
+    this.report({
+      serviceId: instance.spec.serviceId,
+      deploymentId: instance.spec.deploymentId,
+      status: "failed",
+      reason,
+    });
+  }
+
+  private onExit(instance: Instance, child: ChildProcess, code: number | null, how: string) {
+    if (instance.child !== child) return;
+    rmSync(this.pidFile(instance.spec.serviceId), { force: true });
+    // The group too: nothing the workload started outlives it.
+    killGroup(child.pid!, "SIGKILL");
+    if (instance.stopping) return;
+    const policy = instance.spec.restartPolicy;
+    const restart = policy === "always" || (policy === "on-failure" && code !== 0);
+    const now = Date.now();
+    instance.crashes = instance.crashes.filter((t) => now - t < CRASH_LOOP_WINDOW_MS);
+    instance.crashes.push(now);
+    this.logger.warn({ service: instance.spec.serviceId, how }, "instance exited");
+    if (!restart) {
+      this.fail(instance, `${instance.spec.exec.command} ${how}`, false);
+      return;
+    }
+    if (instance.crashes.length >= CRASH_LOOP_COUNT) {
+      this.fail(
+        instance,
+        `crash loop: ${how}, ${instance.crashes.length} times in 5 minutes; not restarting`,
+        false,
+      );
+      return;
+    }
+    const delay = Math.min(RESTART_MIN_MS * 2 ** (instance.crashes.length - 1), RESTART_MAX_MS);
+    this.fail(
+      instance,
+      `${instance.spec.exec.command} ${how}; restarting in ${delay / 1000} s`,
+      true,
+    );
+    instance.restartTimer = setTimeout(() => {
+      if (instance.stopping) return;
+      this.launch(instance).catch((err) => this.fail(instance, (err as Error).message, false));
+    }, delay);
+  }
+
+  /** SIGTERM to the group, a grace period, then SIGKILL; resolves when nothing is left. */
+  async stop(serviceId: string, report = false): Promise<void> {
+    const instance = this.instances.get(serviceId);
+    if (!instance) return;
+    instance.stopping = true;
+    clearTimeout(instance.restartTimer);
+    const pid = instance.pid;
+    if (pid && processStartTime(pid)) {
+      killGroup(pid, "SIGTERM");
+      const deadline = Date.now() + STOP_GRACE_MS;
+      while (processStartTime(pid) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 50));
+      killGroup(pid, "SIGKILL");
+      while (
+        processStartTime(pid) &&
+        !/ Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8").slice(-200))
+      )
+        await new Promise((r) => setTimeout(r, 20));
+    }
+    rmSync(this.pidFile(serviceId), { force: true });
+    instance.log?.end();
+    if (report)
+      this.report({ serviceId, deploymentId: instance.spec.deploymentId, status: "stopped" });
+  }
+
+  async remove(serviceId: string, purgeData: boolean): Promise<void> {
+    await this.stop(serviceId, true);
+    this.instances.delete(serviceId);
+    if (purgeData)
+      rmSync(join(this.dataDir, "volumes", serviceId), { recursive: true, force: true });
+  }
+
+  /**
+   * After an agent restart: instances whose pid file names a live process with the recorded
+   * start time are adopted (watched by polling: they are no longer our children); stale files
+   * are removed. Returns the adopted service ids.
+   */
+  adopt(): string[] {
+    const dir = join(this.dataDir, "instances");
+    const adopted: string[] = [];
+    for (const name of existsSync(dir) ? readdirSync(dir) : []) {
+      const file = join(dir, name);
+      let p: PidFile;
+      try {
+        p = JSON.parse(readFileSync(file, "utf8")) as PidFile;
+      } catch {
+        rmSync(file, { force: true });
+        continue;
+      }
+      if (p.startTime && processStartTime(p.pid) === p.startTime) {
+        const instance = new Instance(p.spec);
+        instance.pid = p.pid;
+        instance.port = p.port;
+        this.instances.set(p.spec.serviceId, instance);
+        adopted.push(p.spec.serviceId);
+        this.watchAdopted(instance);
+      } else {
+        rmSync(file, { force: true });
+      }
+    }
+    return adopted;
+  }
+
+  private watchAdopted(instance: Instance) {
+    const timer = setInterval(() => {
+      if (instance.child || instance.stopping) return clearInterval(timer);
+      if (!processStartTime(instance.pid)) {
+        clearInterval(timer);
+        // An adopted instance died: apply its restart policy as if it had been our child.
+        const ghost = { pid: instance.pid } as ChildProcess;
+        instance.child = ghost;
+        this.onExit(instance, ghost, null, "exited while the agent was away");
+      }
+    }, 500);
+    timer.unref();
+  }
+
+  /** Running instances: service id, deployment, pid, port. */
+  list() {
+    return [...this.instances.values()]
+      .filter((i) => i.pid && !i.stopping && processStartTime(i.pid))
+      .map((i) => ({
+        serviceId: i.spec.serviceId,
+        deploymentId: i.spec.deploymentId,
+        pid: i.pid,
+        port: i.port,
+      }));
+  }
+
+  logs(serviceId: string): string[] {
+    return [...(this.instances.get(serviceId)?.ring ?? [])];
+  }
+
+  async close(): Promise<void> {
+    // Instances keep running across an agent restart; they are adopted at the next start.
+    for (const i of this.instances.values()) {
+      clearTimeout(i.restartTimer);
+      i.log?.end();
+    }
+  }
+}

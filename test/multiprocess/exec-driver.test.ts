@@ -1,0 +1,220 @@
+// Deployments that really run: `flotilla up` (hub and local agent in one process) runs the example
+// HTTP service with the exec driver, as the unprivileged workload user; config reaches it on
+// redeploy; crashes restart it; an agent restart adopts it; stop and delete leave no process.
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type FlotillaProcess, killAll, ROOT, sleep, startFlotilla } from "./procs.js";
+
+const ADMIN = { email: "exec@example.com", password: "exec-password-1" };
+const SECRET = `s3cret-${randomBytes(6).toString("hex")}`;
+
+// JSON answers of the API under test, read field by field.
+// biome-ignore lint/suspicious/noExplicitAny: a JSON document of any shape
+type Json = Record<string, any>;
+
+describe("the exec driver under flotilla up", () => {
+  let dir: string;
+  let up: FlotillaProcess;
+  let token: string;
+  let environmentId: string;
+  const marker = `flotilla-test-${randomBytes(4).toString("hex")}`;
+
+  async function rpc(path: string, body: unknown) {
+    const res = await fetch(`${up.url}/flotilla.v1.${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+      body: JSON.stringify(body),
+    });
+    const json = (await res.json()) as Record<string, never>;
+    if (res.status !== 200) throw new Error(`${path}: ${res.status} ${JSON.stringify(json)}`);
+    return json as Json;
+  }
+
+  /** Pids of processes whose command line carries this test's marker (ours, nobody else's). */
+  function instances(tag: string): number[] {
+    try {
+      return execFileSync("pgrep", ["-f", `${marker}-${tag}`], { encoding: "utf8" })
+        .trim()
+        .split("\n")
+        .filter(Boolean)
+        .map(Number);
+    } catch {
+      return [];
+    }
+  }
+
+  async function observed(serviceId: string, until: (o: Json) => boolean) {
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      const s = (await rpc("ServicesService/GetService", { serviceId })).service;
+      if (until(s.observed ?? {})) return s.observed as Record<string, string>;
+      if (Date.now() > deadline)
+        throw new Error(`observed state stuck at ${JSON.stringify(s.observed)}`);
+      await sleep(100);
+    }
+  }
+
+  async function startUp() {
+    up = await startFlotilla("up", {
+      args: ["--data-dir", join(dir, "data")],
+      env: { FLOTILLA_ADMIN_EMAIL: ADMIN.email, FLOTILLA_ADMIN_PASSWORD: ADMIN.password },
+    });
+    await up.waitReady(60_000);
+  }
+
+  async function createHello(tag: string, extra: Record<string, unknown> = {}) {
+    const r = await rpc("ServicesService/CreateService", {
+      environmentId,
+      name: tag,
+      visibility: "VISIBILITY_PRIVATE",
+      spec: {
+        driver: "DRIVER_EXEC",
+        exec: {
+          command: process.execPath,
+          args: [join(ROOT, "examples", "hello-server.mjs"), `${marker}-${tag}`],
+          port: 8000,
+        },
+        healthCheck: { type: "http", path: "/healthz" },
+        restartPolicy: "RESTART_POLICY_ALWAYS",
+      },
+      ...extra,
+    });
+    return r.service.id as string;
+  }
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "flotilla-exec-"));
+    await startUp();
+    await up.waitForLog((r) => r.msg === "connected to the hub", 20_000);
+    const login = await fetch(`${up.url}/flotilla.v1.IdentityService/Login`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(ADMIN),
+    });
+    token = ((await login.json()) as { sessionToken: string }).sessionToken;
+    const project = await rpc("ProjectService/CreateProject", { name: "Exec" });
+    environmentId = project.production.id;
+  }, 120_000);
+
+  afterAll(async () => {
+    await killAll();
+    for (const tag of ["web", "crash", "gone"])
+      for (const pid of instances(tag)) process.kill(pid, "SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("deploys the example service, serves at the reported endpoint, and a redeploy carries new config", async () => {
+    const serviceId = await createHello("web");
+    await rpc("ConfigService/SetConfig", {
+      target: { scope: "CONFIG_SCOPE_SERVICE", id: serviceId },
+      key: "GREETING",
+      value: "hello",
+      kind: "CONFIG_KIND_VARIABLE",
+    });
+    await rpc("ConfigService/SetConfig", {
+      target: { scope: "CONFIG_SCOPE_SERVICE", id: serviceId },
+      key: "API_KEY",
+      value: SECRET,
+      kind: "CONFIG_KIND_SECRET",
+    });
+    const first = await rpc("ServicesService/Deploy", { serviceId });
+    const o1 = await observed(
+      serviceId,
+      (o) => o.status === "running" && o.deploymentId === first.deployment.id,
+    );
+    expect(o1.endpoint).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(await (await fetch(`http://${o1.endpoint}/`)).text()).toMatch(/^hello from web/);
+    // The workload runs as the unprivileged user, not as root.
+    const [pid] = instances("web");
+    expect(
+      execFileSync("ps", ["-o", "user=", "-p", String(pid)], { encoding: "utf8" }).trim(),
+    ).not.toBe("root");
+
+    await rpc("ConfigService/SetConfig", {
+      target: { scope: "CONFIG_SCOPE_SERVICE", id: serviceId },
+      key: "GREETING",
+      value: "bonjour",
+      kind: "CONFIG_KIND_VARIABLE",
+    });
+    const second = await rpc("ServicesService/Deploy", { serviceId });
+    const o2 = await observed(
+      serviceId,
+      (o) => o.status === "running" && o.deploymentId === second.deployment.id,
+    );
+    expect(await (await fetch(`http://${o2.endpoint}/`)).text()).toMatch(/^bonjour from web/);
+    expect(instances("web")).toHaveLength(1);
+    const history = await rpc("ServicesService/ListDeployments", { serviceId });
+    expect(history.deployments.map((d: { status: string }) => d.status)).toEqual([
+      "running",
+      "superseded",
+    ]);
+    // The secret reached the workload's environment only; no log line of hub or agent has it.
+    expect(up.stdout() + up.stderr()).not.toContain(SECRET);
+  }, 60_000);
+
+  it("a workload killed with SIGKILL is restarted within its backoff, on the same endpoint", async () => {
+    const serviceId = await createHello("crash");
+    await rpc("ServicesService/Deploy", { serviceId });
+    const before = await observed(serviceId, (o) => o.status === "running");
+    const [pid] = instances("crash");
+    process.kill(pid!, "SIGKILL");
+    await observed(serviceId, (o) => o.status === "failed");
+    const after = await observed(serviceId, (o) => o.status === "running");
+    expect(after.endpoint).toBe(before.endpoint);
+    const now = instances("crash");
+    expect(now).toHaveLength(1);
+    expect(now[0]).not.toBe(pid);
+    expect((await fetch(`http://${after.endpoint}/`)).status).toBe(200);
+  }, 60_000);
+
+  it("after the agent is killed with SIGKILL and restarted, instances are adopted: none doubled, none orphaned", async () => {
+    const before = [...instances("web"), ...instances("crash")].sort();
+    expect(before).toHaveLength(2);
+    up.child.kill("SIGKILL");
+    await up.exited;
+    // The workloads outlive their agent...
+    expect([...instances("web"), ...instances("crash")].sort()).toEqual(before);
+    await startUp();
+    await up.waitForLog(
+      (r) => r.msg === "adopted instances that survived the agent restart",
+      20_000,
+    );
+    await up.waitForLog((r) => r.msg === "connected to the hub", 20_000);
+    // ...and are adopted, not started again.
+    await sleep(1000);
+    expect([...instances("web"), ...instances("crash")].sort()).toEqual(before);
+  }, 90_000);
+
+  it("stop and delete leave no process behind", async () => {
+    const serviceId = await createHello("gone");
+    await rpc("ServicesService/Deploy", { serviceId });
+    await observed(serviceId, (o) => o.status === "running");
+    expect(instances("gone")).toHaveLength(1);
+    await rpc("ServicesService/StopService", { serviceId });
+    await observed(serviceId, (o) => o.status === "stopped");
+    expect(instances("gone")).toEqual([]);
+    await rpc("ServicesService/StartService", { serviceId });
+    await observed(serviceId, (o) => o.status === "running");
+    expect(instances("gone")).toHaveLength(1);
+    await rpc("ServicesService/DeleteService", { serviceId });
+    const deadline = Date.now() + 15_000;
+    while (instances("gone").length && Date.now() < deadline) await sleep(100);
+    expect(instances("gone")).toEqual([]);
+  }, 60_000);
+
+  it("a spec whose command does not exist ends failed with that reason", async () => {
+    const r = await rpc("ServicesService/CreateService", {
+      environmentId,
+      name: "broken",
+      visibility: "VISIBILITY_PRIVATE",
+      spec: { driver: "DRIVER_EXEC", exec: { command: "/no/such/binary" } },
+    });
+    await rpc("ServicesService/Deploy", { serviceId: r.service.id });
+    const o = await observed(r.service.id, (x) => x.status === "failed");
+    expect(o.reason).toBe("command not found: /no/such/binary");
+  }, 30_000);
+});
