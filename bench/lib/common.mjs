@@ -1,0 +1,278 @@
+// Shared support for the benchmarks: settings from the environment, child processes that never
+// outlive the benchmark, readiness polling, RSS readings and an autocannon wrapper.
+import { spawn } from "node:child_process";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import autocannon from "autocannon";
+
+/** The repository root (this file lives in bench/lib/). */
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const CLI = join(ROOT, "dist", "src", "cli", "main.js");
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Progress goes to stderr; stdout carries only the one JSON line of figures. */
+export function progress(message) {
+  process.stderr.write(`[bench] ${message}\n`);
+}
+
+function envNumber(name, fallback, { min = 0 } = {}) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value < min) {
+    throw new Error(`${name}=${raw} is not a number >= ${min}`);
+  }
+  return value;
+}
+
+/** Settings shared by every benchmark; see bench/README.md. */
+export function settings() {
+  return {
+    durationS: envNumber("BENCH_DURATION", 10, { min: 1 }),
+    rounds: envNumber("BENCH_ROUNDS", 5, { min: 1 }),
+    warmupS: envNumber("BENCH_WARMUP", 2),
+    connections: envNumber("BENCH_CONNECTIONS", 64, { min: 1 }),
+    idleMs: envNumber("BENCH_IDLE_MS", 3000),
+    logLevel: process.env.BENCH_LOG_LEVEL || "info",
+    keepLogs: Boolean(process.env.BENCH_KEEP_LOGS),
+    pgAdminUrl:
+      process.env.BENCH_PG_URL ||
+      process.env.FLOTILLA_TEST_PG_URL ||
+      "postgres://postgres@127.0.0.1:5432/postgres",
+  };
+}
+
+export function requireBuild() {
+  if (!existsSync(CLI)) {
+    process.stderr.write(`${CLI} is missing: run npm run build first\n`);
+    process.exit(2);
+  }
+}
+
+/** Distinct free loopback ports (all probe servers stay open until every port is read). */
+export async function freePorts(count) {
+  const servers = [];
+  try {
+    const ports = [];
+    for (let i = 0; i < count; i++) {
+      const server = createServer();
+      servers.push(server);
+      await new Promise((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(0, "127.0.0.1", resolve);
+      });
+      ports.push(server.address().port);
+    }
+    return ports;
+  } finally {
+    await Promise.all(servers.map((s) => new Promise((resolve) => s.close(() => resolve()))));
+  }
+}
+
+// --- cleanup -------------------------------------------------------------------------------
+
+const cleanups = [];
+const children = new Set();
+
+/** Registers an async cleanup; runCleanups() runs them newest first, each at most once. */
+export function onCleanup(fn) {
+  cleanups.push(fn);
+}
+
+export async function runCleanups() {
+  while (cleanups.length > 0) {
+    const fn = cleanups.pop();
+    try {
+      await fn();
+    } catch (err) {
+      progress(`cleanup failed: ${err?.message ?? err}`);
+    }
+  }
+}
+
+// Last resort: if this process goes away anyway, take the children with it.
+process.once("exit", () => {
+  for (const child of children) child.kill("SIGKILL");
+});
+
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.once(signal, () => {
+    progress(`${signal}: stopping children and cleaning up`);
+    runCleanups().finally(() => process.exit(130));
+  });
+}
+
+// --- child processes -----------------------------------------------------------------------
+
+/** A fresh temporary directory, removed at cleanup unless `keep`. */
+export function tempDir(prefix, { keep = false } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  onCleanup(() => {
+    if (keep) progress(`kept ${dir}`);
+    else rmSync(dir, { recursive: true, force: true });
+  });
+  return dir;
+}
+
+/**
+ * Spawns `node <args>` with stdout and stderr going to a log file (the hub's JSON logs are real
+ * output a deployment would write somewhere; a file costs the child what it costs in production
+ * and costs the benchmark process nothing). FLOTILLA_* from our environment are dropped.
+ */
+export function startNode(name, args, { env = {}, logDir }) {
+  const childEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("FLOTILLA_")) childEnv[k] = v;
+  Object.assign(childEnv, env);
+  const logFile = join(logDir, `${name}.log`);
+  const fd = openSync(logFile, "a");
+  let child;
+  try {
+    child = spawn(process.execPath, args, { cwd: ROOT, env: childEnv, stdio: ["ignore", fd, fd] });
+  } finally {
+    closeSync(fd);
+  }
+  if (child.pid === undefined) throw new Error(`could not spawn ${name}`);
+  children.add(child);
+  let status = null;
+  const exited = new Promise((resolve) => {
+    child.once("exit", (code, signal) => {
+      children.delete(child);
+      status = { code, signal };
+      resolve(status);
+    });
+  });
+  const proc = {
+    name,
+    pid: child.pid,
+    logFile,
+    exited,
+    exitStatus: () => status,
+    /** The last lines of its output, for error messages. */
+    tail(lines = 30) {
+      try {
+        return readFileSync(logFile, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
+      } catch {
+        return "(no output)";
+      }
+    },
+    /** SIGTERM, then SIGKILL after graceMs. Resolves once it has exited. */
+    async stop(graceMs = 15_000) {
+      if (status) return status;
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => {
+        progress(`${name} (pid ${child.pid}) ignored SIGTERM for ${graceMs} ms: SIGKILL`);
+        child.kill("SIGKILL");
+      }, graceMs);
+      try {
+        return await exited;
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+  onCleanup(() => proc.stop());
+  return proc;
+}
+
+/** Polls GET url/ready until 200; throws if the process exits first or the deadline passes. */
+export async function waitReady(proc, url, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last = "no answer yet";
+  while (Date.now() < deadline) {
+    const status = proc.exitStatus();
+    if (status) {
+      throw new Error(
+        `${proc.name} exited (${JSON.stringify(status)}) before it was ready:\n${proc.tail()}`,
+      );
+    }
+    try {
+      const res = await fetch(`${url}/ready`, { signal: AbortSignal.timeout(2_000) });
+      await res.body?.cancel();
+      if (res.status === 200) return;
+      last = `GET /ready answered ${res.status}`;
+    } catch (err) {
+      last = err.message;
+    }
+    await sleep(150);
+  }
+  throw new Error(`${proc.name} not ready after ${timeoutMs} ms (${last}):\n${proc.tail()}`);
+}
+
+/** A field of /proc/<pid>/status (VmRSS, VmHWM) in MB, one decimal; null if unreadable. */
+export function procStatusMb(pid, field = "VmRSS") {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const match = new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, "m").exec(status);
+    return match ? Math.round((Number(match[1]) / 1024) * 10) / 10 : null;
+  } catch {
+    return null;
+  }
+}
+
+/** POSTs a Connect unary JSON request; returns the status and the parsed body. */
+export async function connectJson(url, body, headers = {}) {
+  const res = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(15_000),
+  });
+  const text = await res.text();
+  let parsed;
+  try {
+    parsed = text ? JSON.parse(text) : {};
+  } catch {
+    parsed = { raw: text };
+  }
+  return { status: res.status, body: parsed, bytes: Buffer.byteLength(text) };
+}
+
+export const round = (n, digits = 2) =>
+  typeof n === "number" && Number.isFinite(n) ? Number(n.toFixed(digits)) : null;
+
+/**
+ * One slice of load from autocannon, run in this process (the servers are children). Returns
+ * autocannon's raw result (encoded histograms), so slices can be merged with summarize().
+ */
+export function loadSlice({ url, headers, body, connections, durationS }) {
+  return autocannon({
+    url,
+    method: "POST",
+    headers,
+    body,
+    connections,
+    duration: durationS,
+    pipelining: 1,
+    skipAggregateResult: true,
+  });
+}
+
+/** Merges raw slices (latency histograms, counts) into the figures we report. */
+export function summarize(slices, { url, connections }) {
+  const merged = autocannon.aggregateResult(slices, { url, connections });
+  // aggregateResult keeps the first slice's duration and does not merge the per-second request
+  // samples, so throughput is computed here: completed responses over measured seconds.
+  const seconds = slices.reduce((sum, s) => sum + s.duration, 0);
+  const completed = slices.reduce((sum, s) => sum + s.totalCompletedRequests, 0);
+  return {
+    rps: round(completed / seconds, 1),
+    p50Ms: round(merged.latency.p50),
+    p99Ms: round(merged.latency.p99),
+    meanMs: round(merged.latency.average),
+    maxMs: round(merged.latency.max),
+    requests: completed,
+    non2xx: merged.non2xx,
+    errors: merged.errors,
+    timeouts: merged.timeouts,
+    statusCodes: Object.fromEntries(
+      Object.entries(merged.statusCodeStats).map(([code, s]) => [code, s.count]),
+    ),
+    connections,
+    measuredS: round(seconds, 1),
+    rpsBySlice: slices.map((s) => round(s.totalCompletedRequests / s.duration, 0)),
+  };
+}
