@@ -72,6 +72,13 @@ const COMMON: OptionSpecs = {
     env: "FLOTILLA_MASTER_KEYS_PREVIOUS",
     description: "Comma-separated older master keys that still open secrets until rotate-key",
   },
+  "auth-cache-ms": {
+    type: "string",
+    env: "FLOTILLA_AUTH_CACHE_MS",
+    default: "0",
+    description:
+      "Trust a resolved credential this long without a database lookup (faster; another replica's revocations then apply within this delay)",
+  },
   "log-level": {
     type: "string",
     env: "FLOTILLA_LOG_LEVEL",
@@ -217,6 +224,7 @@ function listenOptions(values: Record<string, string | boolean | undefined>, def
     port: intOption(values, "port")!,
     grpcPort: intOption(values, "grpc-port")!,
     maxBodyBytes: intOption(values, "max-body-bytes", { min: 1024, max: 64 * 1024 * 1024 })!,
+    authCacheMs: intOption(values, "auth-cache-ms", { min: 0, max: 60_000 })!,
   };
 }
 

@@ -75,6 +75,8 @@ export interface HubOptions {
    */
   tls?: { cert: string | Buffer; key: string | Buffer };
   loginLimits?: LoginLimits;
+  /** Trust a resolved credential this long without a database lookup. Default 0 (off). */
+  authCacheMs?: number;
   /**
    * Seals config secrets (AES-256-GCM). Required on PostgreSQL (FLOTILLA_MASTER_KEY); `flotilla up`
    * keeps a generated one in a 0600 file beside its data directory. Previous keys still open what
@@ -211,6 +213,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       new SessionCodec(options.sessionSecret, options.sessionTtlSeconds),
       recordAudit,
       options.loginLimits ?? DEFAULT_LOGIN_LIMITS,
+      options.authCacheMs,
     );
     const setup = await identity.prepareSetup(options.admin);
 

@@ -379,7 +379,13 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
   const project = await projects.createProject({ name: `Seeded ${unique()}` }, { headers });
   const environmentId = project.production!.id;
   const service = await services.createService(
-    { environmentId, name: `seeded-${unique()}`, visibility: Visibility.PRIVATE, spec: SPEC },
+    {
+      environmentId,
+      name: `seeded-${unique()}`,
+      visibility: Visibility.PRIVATE,
+      spec: SPEC,
+      serverId,
+    },
     { headers },
   );
   const serviceId = service.service!.id;

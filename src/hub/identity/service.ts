@@ -177,13 +177,65 @@ export function require(p: Principal, capability: Capability): void {
   }
 }
 
+/**
+ * How long a replica may trust a credential it resolved without asking the database again. Off by
+ * default: revocation, role changes and "log out everywhere" then take effect at once on every
+ * replica. Turned on (--auth-cache-ms), a principal lookup is saved per request (bench/whoami:
+ * ~1,400 -> ~2,500 req/s at 1000 ms); changes made on this replica still apply at once, changes
+ * made on another replica within that many milliseconds.
+ */
+export const DEFAULT_PRINCIPAL_CACHE_MS = 0;
+const PRINCIPAL_CACHE_SIZE = 10_000;
+
+class PrincipalCache {
+  private readonly entries = new Map<string, { principal: Principal; until: number }>();
+  /** Bumped by every clear, so a lookup that raced a change is not remembered. */
+  generation = 0;
+
+  constructor(private readonly ttlMs: number) {}
+
+  get(credential: string): Principal | undefined {
+    const e = this.entries.get(credential);
+    if (!e) return undefined;
+    if (e.until > Date.now()) return e.principal;
+    this.entries.delete(credential);
+    return undefined;
+  }
+
+  set(credential: string, principal: Principal, generation: number): void {
+    if (this.ttlMs <= 0 || generation !== this.generation) return;
+    this.entries.set(credential, { principal, until: Date.now() + this.ttlMs });
+    if (this.entries.size > PRINCIPAL_CACHE_SIZE)
+      this.entries.delete(this.entries.keys().next().value!);
+  }
+
+  clear(): void {
+    this.generation++;
+    this.entries.clear();
+  }
+}
+
 export class IdentityService {
+  private readonly principals: PrincipalCache;
+
   constructor(
     private readonly db: Db,
     private readonly sessions: SessionCodec,
     private readonly audit: AuditRecorder,
     private readonly loginLimits: LoginLimits = DEFAULT_LOGIN_LIMITS,
-  ) {}
+    principalCacheMs = DEFAULT_PRINCIPAL_CACHE_MS,
+  ) {
+    this.principals = new PrincipalCache(principalCacheMs);
+  }
+
+  /** Runs a change to who may do what, then forgets every remembered principal of this replica. */
+  private async mutate<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } finally {
+      this.principals.clear();
+    }
+  }
 
   // --- first-owner setup -------------------------------------------------------------------
 
@@ -437,9 +489,14 @@ export class IdentityService {
 
   /** Resolves a bearer credential (API token or session token) to a principal, or null. */
   async authenticate(credential: string): Promise<Principal | null> {
-    return looksLikeApiToken(credential)
-      ? this.authenticateApiToken(credential)
-      : this.authenticateSession(credential);
+    const known = this.principals.get(credential);
+    if (known) return known;
+    const generation = this.principals.generation;
+    const principal = looksLikeApiToken(credential)
+      ? await this.authenticateApiToken(credential)
+      : await this.authenticateSession(credential);
+    if (principal) this.principals.set(credential, principal, generation);
+    return principal;
   }
 
   async authenticateSession(token: string): Promise<Principal | null> {
@@ -487,14 +544,16 @@ export class IdentityService {
   }
 
   async logout(p: Principal, everywhere: boolean): Promise<void> {
-    if (!everywhere) return; // the caller clears the cookie; a stateless session needs nothing more
-    await this.db.tx(async (tx) => {
-      await tx.query("UPDATE users SET sessions_valid_after = now() WHERE id = $1", [p.user.id]);
-      await this.audit(tx, {
-        organizationId: p.organization.id,
-        actor: actorOf(p),
-        action: "identity.logout_everywhere",
-        target: { type: "user", id: p.user.id },
+    return this.mutate(async () => {
+      if (!everywhere) return; // the caller clears the cookie; a stateless session needs nothing more
+      await this.db.tx(async (tx) => {
+        await tx.query("UPDATE users SET sessions_valid_after = now() WHERE id = $1", [p.user.id]);
+        await this.audit(tx, {
+          organizationId: p.organization.id,
+          actor: actorOf(p),
+          action: "identity.logout_everywhere",
+          target: { type: "user", id: p.user.id },
+        });
       });
     });
   }
@@ -572,26 +631,28 @@ export class IdentityService {
   }
 
   async revokeApiToken(p: Principal, idText: string): Promise<ApiToken> {
-    require(p, "tokens.self");
-    const id = check.id("id", idText);
-    return this.db.tx(async (tx) => {
-      // Own tokens, or anyone's in this organization with members.manage. Revoking twice is a no-op.
-      const { rows } = await tx.query<TokenRow>(
-        `UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())
+    return this.mutate(async () => {
+      require(p, "tokens.self");
+      const id = check.id("id", idText);
+      return this.db.tx(async (tx) => {
+        // Own tokens, or anyone's in this organization with members.manage. Revoking twice is a no-op.
+        const { rows } = await tx.query<TokenRow>(
+          `UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())
          WHERE id = $1 AND organization_id = $2 AND (user_id = $3 OR $4)
          RETURNING id, name, prefix, created_at, last_used_at, expires_at, revoked_at`,
-        [id, p.organization.id, p.user.id, hasCapability(p.role, "members.manage")],
-      );
-      if (!rows[0]) throw notFound(`API token ${id}`);
-      const token = toToken(rows[0]);
-      await this.audit(tx, {
-        organizationId: p.organization.id,
-        actor: actorOf(p),
-        action: "identity.api_token.revoke",
-        target: { type: "api_token", id },
-        details: { name: token.name, prefix: token.prefix },
+          [id, p.organization.id, p.user.id, hasCapability(p.role, "members.manage")],
+        );
+        if (!rows[0]) throw notFound(`API token ${id}`);
+        const token = toToken(rows[0]);
+        await this.audit(tx, {
+          organizationId: p.organization.id,
+          actor: actorOf(p),
+          action: "identity.api_token.revoke",
+          target: { type: "api_token", id },
+          details: { name: token.name, prefix: token.prefix },
+        });
+        return token;
       });
-      return token;
     });
   }
 
@@ -634,22 +695,29 @@ export class IdentityService {
   }
 
   async updateOrganization(p: Principal, nameText: string): Promise<Organization> {
-    require(p, "org.update");
-    const name = check.name("name", nameText);
-    return this.db.tx(async (tx) => {
-      const { rows } = await tx.query<{ id: string; slug: string; name: string; created_at: Date }>(
-        "UPDATE organizations SET name = $2 WHERE id = $1 RETURNING id, slug, name, created_at",
-        [p.organization.id, name],
-      );
-      if (!rows[0]) throw notFound("organization");
-      await this.audit(tx, {
-        organizationId: p.organization.id,
-        actor: actorOf(p),
-        action: "identity.organization.update",
-        target: { type: "organization", id: p.organization.id },
-        details: { name },
+    return this.mutate(async () => {
+      require(p, "org.update");
+      const name = check.name("name", nameText);
+      return this.db.tx(async (tx) => {
+        const { rows } = await tx.query<{
+          id: string;
+          slug: string;
+          name: string;
+          created_at: Date;
+        }>(
+          "UPDATE organizations SET name = $2 WHERE id = $1 RETURNING id, slug, name, created_at",
+          [p.organization.id, name],
+        );
+        if (!rows[0]) throw notFound("organization");
+        await this.audit(tx, {
+          organizationId: p.organization.id,
+          actor: actorOf(p),
+          action: "identity.organization.update",
+          target: { type: "organization", id: p.organization.id },
+          details: { name },
+        });
+        return toOrg(rows[0]);
       });
-      return toOrg(rows[0]);
     });
   }
 
@@ -680,49 +748,51 @@ export class IdentityService {
       initialPassword: string;
     },
   ): Promise<Member> {
-    require(p, "members.manage");
-    const email = check.email("email", input.email);
-    const role = this.checkGrantable(p, input.role);
-    const displayName = check.name("display_name", input.displayName, { required: false });
-    const existing = await this.db.query<{ id: string }>(
-      "SELECT id FROM users WHERE lower(email) = lower($1)",
-      [email],
-    );
-    const passwordHash = existing.rows[0]
-      ? null
-      : input.initialPassword
-        ? await hashPassword(check.password("initial_password", input.initialPassword))
-        : null;
-    if (!existing.rows[0] && !passwordHash) {
-      throw invalid("initial_password", "is required when the email belongs to no user yet");
-    }
-    return this.db.tx(async (tx) => {
-      const user = existing.rows[0]
-        ? await this.userById(tx, existing.rows[0].id)
-        : await this.insertUser(tx, email, displayName, passwordHash!);
-      let joinedAt: Date;
-      try {
-        const { rows } = await tx.query<{ created_at: Date }>(
-          "INSERT INTO memberships (organization_id, user_id, role) VALUES ($1, $2, $3) RETURNING created_at",
-          [p.organization.id, user.id, role],
-        );
-        joinedAt = rows[0]!.created_at;
-      } catch (err) {
-        if (isUniqueViolation(err)) {
-          throw new FlotillaError("resource.already_exists", `${email} is already a member`, {
-            field: "email",
-          });
-        }
-        throw err;
+    return this.mutate(async () => {
+      require(p, "members.manage");
+      const email = check.email("email", input.email);
+      const role = this.checkGrantable(p, input.role);
+      const displayName = check.name("display_name", input.displayName, { required: false });
+      const existing = await this.db.query<{ id: string }>(
+        "SELECT id FROM users WHERE lower(email) = lower($1)",
+        [email],
+      );
+      const passwordHash = existing.rows[0]
+        ? null
+        : input.initialPassword
+          ? await hashPassword(check.password("initial_password", input.initialPassword))
+          : null;
+      if (!existing.rows[0] && !passwordHash) {
+        throw invalid("initial_password", "is required when the email belongs to no user yet");
       }
-      await this.audit(tx, {
-        organizationId: p.organization.id,
-        actor: actorOf(p),
-        action: "identity.member.add",
-        target: { type: "user", id: user.id },
-        details: { email: user.email, role, created_user: !existing.rows[0] },
+      return this.db.tx(async (tx) => {
+        const user = existing.rows[0]
+          ? await this.userById(tx, existing.rows[0].id)
+          : await this.insertUser(tx, email, displayName, passwordHash!);
+        let joinedAt: Date;
+        try {
+          const { rows } = await tx.query<{ created_at: Date }>(
+            "INSERT INTO memberships (organization_id, user_id, role) VALUES ($1, $2, $3) RETURNING created_at",
+            [p.organization.id, user.id, role],
+          );
+          joinedAt = rows[0]!.created_at;
+        } catch (err) {
+          if (isUniqueViolation(err)) {
+            throw new FlotillaError("resource.already_exists", `${email} is already a member`, {
+              field: "email",
+            });
+          }
+          throw err;
+        }
+        await this.audit(tx, {
+          organizationId: p.organization.id,
+          actor: actorOf(p),
+          action: "identity.member.add",
+          target: { type: "user", id: user.id },
+          details: { email: user.email, role, created_user: !existing.rows[0] },
+        });
+        return { user, role, joinedAt };
       });
-      return { user, role, joinedAt };
     });
   }
 
@@ -731,56 +801,60 @@ export class IdentityService {
     userIdText: string,
     roleInput: RoleName | undefined,
   ): Promise<Member> {
-    require(p, "members.manage");
-    const userId = check.id("user_id", userIdText);
-    const role = this.checkGrantable(p, roleInput);
-    return this.db.tx(async (tx) => {
-      const current = await this.lockMembership(tx, p.organization.id, userId);
-      // Only an owner may change an owner's role.
-      if (current.role === "owner" && !hasCapability(p.role, "members.grant_owner")) {
-        throw new FlotillaError(
-          "auth.permission_denied",
-          "only an owner can change an owner's role",
+    return this.mutate(async () => {
+      require(p, "members.manage");
+      const userId = check.id("user_id", userIdText);
+      const role = this.checkGrantable(p, roleInput);
+      return this.db.tx(async (tx) => {
+        const current = await this.lockMembership(tx, p.organization.id, userId);
+        // Only an owner may change an owner's role.
+        if (current.role === "owner" && !hasCapability(p.role, "members.grant_owner")) {
+          throw new FlotillaError(
+            "auth.permission_denied",
+            "only an owner can change an owner's role",
+          );
+        }
+        if (current.role === "owner" && role !== "owner")
+          await this.assertAnotherOwner(tx, p.organization.id);
+        const { rows } = await tx.query<{ created_at: Date }>(
+          "UPDATE memberships SET role = $3 WHERE organization_id = $1 AND user_id = $2 RETURNING created_at",
+          [p.organization.id, userId, role],
         );
-      }
-      if (current.role === "owner" && role !== "owner")
-        await this.assertAnotherOwner(tx, p.organization.id);
-      const { rows } = await tx.query<{ created_at: Date }>(
-        "UPDATE memberships SET role = $3 WHERE organization_id = $1 AND user_id = $2 RETURNING created_at",
-        [p.organization.id, userId, role],
-      );
-      await this.audit(tx, {
-        organizationId: p.organization.id,
-        actor: actorOf(p),
-        action: "identity.member.update_role",
-        target: { type: "user", id: userId },
-        details: { from: current.role, to: role },
+        await this.audit(tx, {
+          organizationId: p.organization.id,
+          actor: actorOf(p),
+          action: "identity.member.update_role",
+          target: { type: "user", id: userId },
+          details: { from: current.role, to: role },
+        });
+        return { user: await this.userById(tx, userId), role, joinedAt: rows[0]!.created_at };
       });
-      return { user: await this.userById(tx, userId), role, joinedAt: rows[0]!.created_at };
     });
   }
 
   async removeMember(p: Principal, userIdText: string): Promise<void> {
-    require(p, "members.manage");
-    const userId = check.id("user_id", userIdText);
-    await this.db.tx(async (tx) => {
-      const current = await this.lockMembership(tx, p.organization.id, userId);
-      if (current.role === "owner") {
-        if (!hasCapability(p.role, "members.grant_owner")) {
-          throw new FlotillaError("auth.permission_denied", "only an owner can remove an owner");
+    return this.mutate(async () => {
+      require(p, "members.manage");
+      const userId = check.id("user_id", userIdText);
+      await this.db.tx(async (tx) => {
+        const current = await this.lockMembership(tx, p.organization.id, userId);
+        if (current.role === "owner") {
+          if (!hasCapability(p.role, "members.grant_owner")) {
+            throw new FlotillaError("auth.permission_denied", "only an owner can remove an owner");
+          }
+          await this.assertAnotherOwner(tx, p.organization.id);
         }
-        await this.assertAnotherOwner(tx, p.organization.id);
-      }
-      await tx.query("DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2", [
-        p.organization.id,
-        userId,
-      ]);
-      await this.audit(tx, {
-        organizationId: p.organization.id,
-        actor: actorOf(p),
-        action: "identity.member.remove",
-        target: { type: "user", id: userId },
-        details: { role: current.role },
+        await tx.query("DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2", [
+          p.organization.id,
+          userId,
+        ]);
+        await this.audit(tx, {
+          organizationId: p.organization.id,
+          actor: actorOf(p),
+          action: "identity.member.remove",
+          target: { type: "user", id: userId },
+          details: { role: current.role },
+        });
       });
     });
   }

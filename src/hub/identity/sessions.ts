@@ -20,8 +20,13 @@ export interface SessionClaims {
   expiresAt: Date;
 }
 
+// Opened tokens remembered: a token always decrypts to the same claims, and decrypting costs
+// ~130 µs of CPU per request (measured under bench/whoami). Bounded, oldest evicted first.
+const OPENED_CACHE_SIZE = 10_000;
+
 export class SessionCodec {
   private readonly key: Uint8Array;
+  private readonly opened = new Map<string, SessionClaims>();
 
   constructor(
     secret: string,
@@ -49,7 +54,19 @@ export class SessionCodec {
   }
 
   /** The claims, or null when the token is forged, corrupted, from another secret or expired. */
-  async open(token: string): Promise<SessionClaims | null> {
+  async open(token: string, now = Date.now()): Promise<SessionClaims | null> {
+    const known = this.opened.get(token);
+    if (known) return known.expiresAt.getTime() > now ? known : null;
+    const claims = await this.decrypt(token);
+    if (claims) {
+      this.opened.set(token, claims);
+      if (this.opened.size > OPENED_CACHE_SIZE)
+        this.opened.delete(this.opened.keys().next().value!);
+    }
+    return claims;
+  }
+
+  private async decrypt(token: string): Promise<SessionClaims | null> {
     try {
       const { payload } = await jwtDecrypt(token, this.key, {
         contentEncryptionAlgorithms: ["A256GCM"],
