@@ -189,6 +189,29 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     return driver.deploy(spec);
   }
 
+  const logStreams = new Map<string, () => void>();
+
+  /** Sends the last lines of a service's log, then (follow) new lines until told to stop. */
+  async function streamLogs(ws: WebSocket, frame: Extract<HubFrame, { type: "logs" }>) {
+    const lines = await driver.tail(frame.service_id, frame.lines);
+    for (let i = 0; i < lines.length; i += 500)
+      send(ws, { v: 1, type: "log", stream: frame.stream, lines: lines.slice(i, i + 500) });
+    if (!frame.follow) {
+      send(ws, { v: 1, type: "log_end", stream: frame.stream });
+      return;
+    }
+    const stop = driver.follow(frame.service_id, (more) => {
+      for (let i = 0; i < more.length; i += 500)
+        send(ws, { v: 1, type: "log", stream: frame.stream, lines: more.slice(i, i + 500) });
+    });
+    const end = () => {
+      stop();
+      logStreams.delete(frame.stream);
+    };
+    logStreams.set(frame.stream, end);
+    ws.once("close", end);
+  }
+
   /** A dispatch runs once: a resend is answered from the ledger; one in flight is not started again. */
   function onDispatch(ws: WebSocket, frame: Extract<HubFrame, { type: "dispatch" }>) {
     const known = ledger.get(frame.id);
@@ -257,6 +280,13 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         case "dispatch":
           if (!authenticated) return;
           onDispatch(ws, frame);
+          return;
+        case "logs":
+          if (!authenticated) return;
+          void streamLogs(ws, frame);
+          return;
+        case "logs_stop":
+          logStreams.get(frame.stream)?.();
           return;
         case "error":
           log.warn({ code: frame.code, reason: frame.message }, "the hub refused a frame");

@@ -1,17 +1,20 @@
 // The exec driver: runs a service's command as the workload user in its own process group, with
 // its config as environment, an allocated port, a health check, a restart policy with backoff,
-// captured logs, and pid files so a restarted agent adopts what still runs instead of doubling it.
+// its output in a log file, and pid files so a restarted agent adopts what still runs instead of doubling it.
 import { type ChildProcess, spawn } from "node:child_process";
 import {
   chownSync,
-  createWriteStream,
+  closeSync,
+  copyFileSync,
   existsSync,
   mkdirSync,
+  openSync,
   readdirSync,
   readFileSync,
+  readSync,
   rmSync,
   statSync,
-  type WriteStream,
+  truncateSync,
   writeFileSync,
 } from "node:fs";
 import { createServer, connect as tcpConnect } from "node:net";
@@ -64,9 +67,8 @@ const CRASH_LOOP_COUNT = 5;
 const CRASH_LOOP_WINDOW_MS = 5 * 60_000;
 const HEALTH_TIMEOUT_MS = 30_000;
 const STOP_GRACE_MS = 10_000;
-// Logs: one file per service, rotated at 10 MiB (one previous file kept); 1,000 lines in memory.
+// Logs: one file per service, rotated at 10 MiB when an instance starts (one previous file kept).
 const LOG_ROTATE_BYTES = 10 * 1024 * 1024;
-const RING_LINES = 1000;
 
 function processStartTime(pid: number): string | null {
   try {
@@ -127,9 +129,6 @@ class Instance {
   stopping = false;
   crashes: number[] = [];
   restartTimer: NodeJS.Timeout | undefined;
-  log: WriteStream | undefined;
-  readonly ring: string[] = [];
-  readonly followers = new Set<(line: string) => void>();
   constructor(public spec: RunSpec) {}
 }
 
@@ -172,33 +171,24 @@ export class ExecDriver {
     return this.launch(instance);
   }
 
-  private openLog(instance: Instance) {
-    const file = join(this.dataDir, "logs", `${instance.spec.serviceId}.log`);
-    try {
-      if (statSync(file).size > LOG_ROTATE_BYTES) {
-        rmSync(`${file}.1`, { force: true });
-        writeFileSync(`${file}.1`, readFileSync(file));
-        rmSync(file);
-      }
-    } catch {}
-    instance.log?.end();
-    instance.log = createWriteStream(file, { flags: "a" });
+  logFile(serviceId: string): string {
+    return join(this.dataDir, "logs", `${serviceId}.log`);
   }
 
-  private capture(instance: Instance, stream: NodeJS.ReadableStream | null, source: string) {
-    let partial = "";
-    stream?.setEncoding("utf8");
-    stream?.on("data", (chunk: string) => {
-      const lines = (partial + chunk).split("\n");
-      partial = lines.pop() ?? "";
-      for (const text of lines) {
-        const line = `${new Date().toISOString()} ${source} ${text}`;
-        instance.log?.write(`${line}\n`);
-        instance.ring.push(line);
-        if (instance.ring.length > RING_LINES) instance.ring.shift();
-        for (const f of instance.followers) f(line);
+  /**
+   * The workload writes straight into its log file (not through a pipe to the agent), so it
+   * never blocks on, or dies of, an agent that is restarting. Rotated by copy-and-truncate, which
+   * O_APPEND writers survive.
+   */
+  private openLogFd(serviceId: string): number {
+    const file = this.logFile(serviceId);
+    try {
+      if (statSync(file).size > LOG_ROTATE_BYTES) {
+        copyFileSync(file, `${file}.1`);
+        truncateSync(file, 0);
       }
-    });
+    } catch {}
+    return openSync(file, "a", 0o640);
   }
 
   private async launch(instance: Instance): Promise<{ endpoint: string }> {
@@ -224,16 +214,21 @@ export class ExecDriver {
       HOST: host,
       ...(port ? { PORT: String(port) } : {}),
     };
-    this.openLog(instance);
+    const logFd = this.openLogFd(spec.serviceId);
     const asRoot = process.getuid?.() === 0;
-    const child = spawn(spec.exec.command, spec.exec.args, {
-      cwd: spec.exec.workingDirectory || "/",
-      env,
-      uid: asRoot ? this.user.uid : undefined,
-      gid: asRoot ? this.user.gid : undefined,
-      detached: true,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    let child: ChildProcess;
+    try {
+      child = spawn(spec.exec.command, spec.exec.args, {
+        cwd: spec.exec.workingDirectory || "/",
+        env,
+        uid: asRoot ? this.user.uid : undefined,
+        gid: asRoot ? this.user.gid : undefined,
+        detached: true,
+        stdio: ["ignore", logFd, logFd],
+      });
+    } finally {
+      closeSync(logFd);
+    }
     instance.child = child;
     instance.port = port;
     const spawned = await new Promise<Error | null>((resolve) => {
@@ -249,8 +244,6 @@ export class ExecDriver {
       throw new Error(reason);
     }
     instance.pid = child.pid!;
-    this.capture(instance, child.stdout, "out");
-    this.capture(instance, child.stderr, "err");
     const pidFile: PidFile = {
       pid: child.pid!,
       startTime: processStartTime(child.pid!) ?? "",
@@ -276,7 +269,7 @@ export class ExecDriver {
         : null;
     for (;;) {
       if (exited) {
-        const tail = instance.ring.slice(-5).join("\n");
+        const tail = (await this.tail(spec.serviceId, 5)).join("\n");
         const reason = `${spec.exec.command} ${exited} before it was healthy${tail ? `:\n${tail}` : ""}`;
         throw new Error(reason);
       }
@@ -366,7 +359,6 @@ export class ExecDriver {
         await new Promise((r) => setTimeout(r, 20));
     }
     rmSync(this.pidFile(serviceId), { force: true });
-    instance.log?.end();
     if (report)
       this.report({ serviceId, deploymentId: instance.spec.deploymentId, status: "stopped" });
   }
@@ -435,15 +427,66 @@ export class ExecDriver {
       }));
   }
 
-  logs(serviceId: string): string[] {
-    return [...(this.instances.get(serviceId)?.ring ?? [])];
+  /** The last `lines` lines of the service's log (read from the end of its file). */
+  async tail(serviceId: string, lines: number): Promise<string[]> {
+    const file = this.logFile(serviceId);
+    let size: number;
+    try {
+      size = statSync(file).size;
+    } catch {
+      return [];
+    }
+    // 256 bytes a line is generous; read at most 1 MiB from the end.
+    const want = Math.min(size, Math.min(1024 * 1024, Math.max(4096, lines * 256)));
+    const buf = Buffer.alloc(want);
+    const fd = openSync(file, "r");
+    try {
+      readSync(fd, buf, 0, want, size - want);
+    } finally {
+      closeSync(fd);
+    }
+    const all = buf.toString("utf8").split("\n");
+    if (all.at(-1) === "") all.pop();
+    if (want < size) all.shift(); // a line cut by the window
+    return all.slice(-lines);
+  }
+
+  /**
+   * Calls `emit` with new lines as they are appended, until the returned stop function is called.
+   * Polls the file (250 ms): inotify is not available everywhere and a workload may rotate it.
+   */
+  follow(serviceId: string, emit: (lines: string[]) => void): () => void {
+    const file = this.logFile(serviceId);
+    let offset = existsSync(file) ? statSync(file).size : 0;
+    let partial = "";
+    const timer = setInterval(() => {
+      let size: number;
+      try {
+        size = statSync(file).size;
+      } catch {
+        return;
+      }
+      if (size < offset) offset = 0; // truncated by rotation
+      if (size === offset) return;
+      const n = Math.min(size - offset, 1024 * 1024);
+      const buf = Buffer.alloc(n);
+      const fd = openSync(file, "r");
+      try {
+        readSync(fd, buf, 0, n, offset);
+      } finally {
+        closeSync(fd);
+      }
+      offset += n;
+      const lines = (partial + buf.toString("utf8")).split("\n");
+      partial = lines.pop() ?? "";
+      if (lines.length) emit(lines);
+    }, 250);
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   async close(): Promise<void> {
     // Instances keep running across an agent restart; they are adopted at the next start.
-    for (const i of this.instances.values()) {
-      clearTimeout(i.restartTimer);
-      i.log?.end();
-    }
+    for (const i of this.instances.values()) clearTimeout(i.restartTimer);
   }
 }

@@ -811,3 +811,43 @@ export async function serversCommand(argv: string[]): Promise<number> {
   }
   throw usage(`unknown servers subcommand ${sub}; use list, add, get, remove or dispatches`);
 }
+
+export async function logsCommand(argv: string[]): Promise<number> {
+  const specs: OptionSpecs = {
+    ...CONNECTION,
+    follow: {
+      type: "boolean",
+      short: "f",
+      description: "Keep printing new lines until interrupted",
+    },
+    lines: {
+      type: "string",
+      short: "n",
+      description: "How many of the last lines first (default 100)",
+    },
+  };
+  const { values, positionals } = parseOptions(argv, specs);
+  if (values.help)
+    return help(
+      "flotilla logs SERVICE [--follow] [--lines N]\n\nThe service's output, from the agent that runs it.",
+      specs,
+    );
+  const api = connect(values);
+  const service = await resolveService(api, positionals[0]);
+  const abort = new AbortController();
+  const stop = () => abort.abort();
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+  try {
+    for await (const batch of api.services.streamLogs(
+      { serviceId: service.id, lines: Number(values.lines ?? 100), follow: Boolean(values.follow) },
+      { signal: abort.signal, timeoutMs: values.follow ? 0 : 30_000 },
+    )) {
+      for (const line of batch.lines)
+        process.stdout.write(values.json ? `${JSON.stringify({ line })}\n` : `${line}\n`);
+    }
+  } catch (err) {
+    if (!abort.signal.aborted) throw err;
+  }
+  return 0;
+}

@@ -16,6 +16,7 @@ import {
   deploymentsCommand,
   envsCommand,
   eventsCommand,
+  logsCommand,
   projectsCommand,
   rollbackCommand,
   serversCommand,
@@ -47,6 +48,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; summa
   deployments: { run: deploymentsCommand, summary: "A service's deployment history" },
   rollback: { run: rollbackCommand, summary: "Roll a service back to an earlier deployment" },
   events: { run: eventsCommand, summary: "Domain events, recent or live (--follow)" },
+  logs: { run: logsCommand, summary: "A service's output, from its agent (--follow)" },
   servers: { run: serversCommand, summary: "Enrol servers, list them and their dispatches" },
 };
 

@@ -298,7 +298,22 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         secureCookies: options.secureCookies ?? Boolean(options.tls),
       });
       projectRoutes(router, projects);
-      servicesRoutes(router, { services, events: bus, db, shutdown: shutdown.signal });
+      servicesRoutes(router, {
+        services,
+        events: bus,
+        db,
+        shutdown: shutdown.signal,
+        logs: async function* (c, serviceId, lines, follow, signal) {
+          const service = await services.getService(c, serviceId);
+          if (!service.serverId)
+            throw new FlotillaError(
+              "resource.conflict",
+              `${service.slug} is not placed on a server, so it has no logs`,
+              { field: "service_id" },
+            );
+          yield* control.streamLogs(service.serverId, service.id, lines, follow, signal);
+        },
+      });
       configRoutes(router, config);
       serversRoutes(router, { servers, dispatches, hubUrl: () => publicUrl });
     };

@@ -103,6 +103,11 @@ export const ERROR_CATALOGUE = {
     meaning:
       "An applied migration file was edited. Restore the original file; never edit applied migrations.",
   },
+  "agent.unavailable": {
+    connect: Code.Unavailable,
+    http: 503,
+    meaning: "The server's agent is not connected (to this hub). Retry when the server is online.",
+  },
   "store.unavailable": {
     connect: Code.Unavailable,
     http: 503,

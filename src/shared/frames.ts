@@ -44,6 +44,8 @@ export type AgentFrame =
       reason?: string;
       endpoint?: string;
     }
+  | { v: 1; type: "log"; stream: string; lines: string[] }
+  | { v: 1; type: "log_end"; stream: string; error?: string }
   | { v: 1; type: "error"; code: string; message: string };
 
 /** Hub to agent. */
@@ -60,6 +62,8 @@ export type HubFrame =
       deployment_id: string | null;
       args: Record<string, unknown>;
     }
+  | { v: 1; type: "logs"; stream: string; service_id: string; lines: number; follow: boolean }
+  | { v: 1; type: "logs_stop"; stream: string }
   | { v: 1; type: "error"; code: string; message: string };
 
 export class FrameError extends Error {
@@ -79,6 +83,11 @@ const isCount = (v: unknown) => typeof v === "number" && Number.isFinite(v) && v
 const isBool = (v: unknown) => typeof v === "boolean";
 const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
 const isStrings = (v: unknown) => Array.isArray(v) && v.length <= 32 && v.every(isString);
+// Log lines: a batch of at most 1,000, each at most 64 KiB (the frame limit bounds the total).
+const isLines = (v: unknown) =>
+  Array.isArray(v) &&
+  v.length <= 1000 &&
+  v.every((l) => typeof l === "string" && l.length <= 65_536);
 const optional = (check: (v: unknown) => boolean) => (v: unknown) => v === undefined || check(v);
 const isContext = (v: unknown) =>
   isObject(v) &&
@@ -107,6 +116,8 @@ const AGENT_FRAMES: Record<AgentFrame["type"], Checks> = {
     reason: optional(isString),
     endpoint: optional(isString),
   },
+  log: { stream: isId, lines: isLines },
+  log_end: { stream: isId, error: optional(isString) },
   error: { code: isString, message: isString },
 };
 
@@ -121,6 +132,13 @@ const HUB_FRAMES: Record<HubFrame["type"], Checks> = {
     deployment_id: isNullableId,
     args: isObject,
   },
+  logs: {
+    stream: isId,
+    service_id: isId,
+    lines: (v) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 10_000,
+    follow: isBool,
+  },
+  logs_stop: { stream: isId },
   error: { code: isString, message: isString },
 };
 

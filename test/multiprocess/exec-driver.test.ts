@@ -6,7 +6,10 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ServicesService } from "../../src/gen/flotilla/v1/services_pb.js";
 import { type FlotillaProcess, killAll, ROOT, sleep, startFlotilla } from "./procs.js";
 
 const ADMIN = { email: "exec@example.com", password: "exec-password-1" };
@@ -204,6 +207,57 @@ describe("the exec driver under flotilla up", () => {
     const deadline = Date.now() + 15_000;
     while (instances("gone").length && Date.now() < deadline) await sleep(100);
     expect(instances("gone")).toEqual([]);
+  }, 60_000);
+
+  it("logs: the last lines, then new ones while following, from the agent that runs the service", async () => {
+    const r = await rpc("ServicesService/CreateService", {
+      environmentId,
+      name: "ticker",
+      visibility: "VISIBILITY_PRIVATE",
+      spec: {
+        driver: "DRIVER_EXEC",
+        exec: {
+          command: "sh",
+          args: ["-c", `echo started ${marker}-ticker; while true; do echo tick; sleep 0.2; done`],
+        },
+      },
+    });
+    const serviceId = r.service.id as string;
+    await rpc("ServicesService/Deploy", { serviceId });
+    await observed(serviceId, (o) => o.status === "running");
+    const client = createClient(
+      ServicesService,
+      createConnectTransport({
+        baseUrl: up.url,
+        httpVersion: "1.1",
+        interceptors: [
+          (next) => async (req) => {
+            req.header.set("authorization", `Bearer ${token}`);
+            return next(req);
+          },
+        ],
+      }),
+    );
+    const lines: string[] = [];
+    for await (const batch of client.streamLogs({ serviceId, lines: 1000 }))
+      lines.push(...batch.lines);
+    expect(lines[0]).toBe(`started ${marker}-ticker`);
+    const abort = new AbortController();
+    const followed: string[] = [];
+    const following = (async () => {
+      for await (const batch of client.streamLogs(
+        { serviceId, lines: 1, follow: true },
+        { signal: abort.signal },
+      ))
+        followed.push(...batch.lines);
+    })().catch(() => {});
+    const deadline = Date.now() + 10_000;
+    while (followed.length < 5 && Date.now() < deadline) await sleep(100);
+    abort.abort();
+    await following;
+    expect(followed.length).toBeGreaterThanOrEqual(5);
+    expect(followed.slice(1).every((l) => l === "tick")).toBe(true);
+    await rpc("ServicesService/DeleteService", { serviceId });
   }, 60_000);
 
   it("a spec whose command does not exist ends failed with that reason", async () => {

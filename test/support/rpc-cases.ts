@@ -76,6 +76,11 @@ export interface RpcCase {
   method: DescMethod;
   /** True when the request names an object of one organization: other tenants get NotFound. */
   objectScoped: boolean;
+  /**
+   * An error code that still means "authorized, and every object found" for the owner's own
+   * request, where the seeded tenant cannot make the call succeed (its server has no agent).
+   */
+  acceptedError?: string;
   request(ids: TenantIds): MessageInitShape<DescMessage>;
 }
 
@@ -86,11 +91,16 @@ type AnyMethod<I extends DescMessage, O extends DescMessage> =
 /** Declares one case; the method descriptor types the request. */
 function rpc<I extends DescMessage, O extends DescMessage>(
   method: AnyMethod<I, O>,
-  c: { objectScoped: boolean; request(ids: TenantIds): MessageInitShape<I> },
+  c: {
+    objectScoped: boolean;
+    acceptedError?: string;
+    request(ids: TenantIds): MessageInitShape<I>;
+  },
 ): RpcCase {
   return {
     method,
     objectScoped: c.objectScoped,
+    ...(c.acceptedError ? { acceptedError: c.acceptedError } : {}),
     request: c.request as (ids: TenantIds) => MessageInitShape<DescMessage>,
   };
 }
@@ -270,6 +280,12 @@ export const RPC_CASES: Record<string, RpcCase> = {
   "flotilla.v1.ServicesService/RestartService": rpc(S.restartService, {
     objectScoped: true,
     request: (ids) => ({ serviceId: ids.serviceId }),
+  }),
+  "flotilla.v1.ServicesService/StreamLogs": rpc(S.streamLogs, {
+    objectScoped: true,
+    // The seeded server never connects an agent, and logs live on the agent.
+    acceptedError: "agent.unavailable",
+    request: (ids) => ({ serviceId: ids.serviceId, lines: 10 }),
   }),
   "flotilla.v1.ServicesService/ListDeployments": rpc(S.listDeployments, {
     objectScoped: true,

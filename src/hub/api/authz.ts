@@ -87,6 +87,7 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.ServicesService/StopService": can("deployments.create"),
   "flotilla.v1.ServicesService/RestartService": can("deployments.create"),
   "flotilla.v1.ServicesService/ListDeployments": can("projects.read"),
+  "flotilla.v1.ServicesService/StreamLogs": can("logs.read"),
   "flotilla.v1.ServicesService/GetDeployment": can("projects.read"),
   "flotilla.v1.ServicesService/Rollback": can("deployments.create"),
   "flotilla.v1.ServicesService/ListEvents": can("projects.read"),

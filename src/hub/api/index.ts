@@ -14,4 +14,4 @@ export { type ConnectOnFastifyOptions, connectOnFastify } from "./connect-fastif
 export { type IdentityRouteOptions, identityRoutes } from "./identity-routes.js";
 export { projectRoutes } from "./projects-routes.js";
 export { type ServersRouteOptions, serversRoutes } from "./servers-routes.js";
-export { type ServicesRouteOptions, servicesRoutes } from "./services-routes.js";
+export { type LogSource, type ServicesRouteOptions, servicesRoutes } from "./services-routes.js";

@@ -117,7 +117,17 @@ const event = (e: StoredEvent) => ({
   },
 });
 
+/** A service's log lines from its agent (wired to the control channel). */
+export type LogSource = (
+  c: ReturnType<typeof caller>,
+  serviceId: string,
+  lines: number,
+  follow: boolean,
+  signal: AbortSignal,
+) => AsyncIterable<string[]>;
+
 export interface ServicesRouteOptions {
+  logs: LogSource;
   services: ServicesService;
   events: EventBus;
   db: Queryable;
@@ -187,6 +197,18 @@ export function servicesRoutes(router: ConnectRouter, o: ServicesRouteOptions): 
     },
     async deploy(req, ctx) {
       return { deployment: deployment(await services.deploy(caller(ctx), req.serviceId)) };
+    },
+    async *streamLogs(req, ctx) {
+      try {
+        const lines = req.lines || 100;
+        if (!Number.isInteger(lines) || lines < 1 || lines > 10_000)
+          throw invalid("lines", "must be between 1 and 10000");
+        const signal = AbortSignal.any([ctx.signal, o.shutdown]);
+        for await (const batch of o.logs(caller(ctx), req.serviceId, lines, req.follow, signal))
+          yield { lines: batch };
+      } catch (err) {
+        throw toConnectError(err);
+      }
     },
     async listDeployments(req, ctx) {
       const list = await services.listDeployments(caller(ctx), req.serviceId, req.limit);

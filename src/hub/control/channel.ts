@@ -70,8 +70,15 @@ interface Session {
 // WebSocket close codes in the private range, so an agent can tell why it was dropped.
 const CLOSE = { authFailed: 4001, replaced: 4002, authTimeout: 4003, shutdown: 1001 } as const;
 
+interface LogStream {
+  serverId: string;
+  push(lines: string[]): void;
+  end(error?: string): void;
+}
+
 export class ControlChannel {
   private readonly sessions = new Map<string, Session>();
+  private readonly logStreams = new Map<string, LogStream>();
   private readonly drains = new Map<string, { running: Promise<void>; again: boolean }>();
   private unlisten: (() => Promise<void>) | undefined;
   private closing = false;
@@ -105,6 +112,64 @@ export class ControlChannel {
     });
     app.get(AGENT_CONNECT_PATH, { websocket: true }, (socket) => this.accept(socket));
     this.unlisten = await this.o.db.listen(DISPATCH_CHANNEL, (serverId) => this.wake(serverId));
+  }
+
+  /**
+   * A service's log lines from the agent that runs it: the last `lines`, then (follow) new ones
+   * until `signal` aborts. Needs this replica to hold the agent's socket.
+   */
+  async *streamLogs(
+    serverId: string,
+    serviceId: string,
+    lines: number,
+    follow: boolean,
+    signal: AbortSignal,
+  ): AsyncGenerator<string[]> {
+    const session = this.sessions.get(serverId);
+    if (!session)
+      throw new FlotillaError(
+        "agent.unavailable",
+        `the agent of server ${serverId} is not connected to this hub; try again when it is online`,
+      );
+    const stream = randomUUID();
+    const queue: string[][] = [];
+    let ended = false;
+    let failure: string | undefined;
+    let wake: (() => void) | undefined;
+    this.logStreams.set(stream, {
+      serverId,
+      push: (l) => {
+        queue.push(l);
+        wake?.();
+      },
+      end: (error) => {
+        ended = true;
+        failure = error;
+        wake?.();
+      },
+    });
+    const onAbort = () => wake?.();
+    signal.addEventListener("abort", onAbort);
+    this.send(session.socket, { v: 1, type: "logs", stream, service_id: serviceId, lines, follow });
+    try {
+      while (!signal.aborted) {
+        const next = queue.shift();
+        if (next) {
+          yield next;
+          continue;
+        }
+        if (ended) break;
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+        wake = undefined;
+      }
+      if (failure) throw new FlotillaError("internal", failure);
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      this.logStreams.delete(stream);
+      if (!ended) this.send(session.socket, { v: 1, type: "logs_stop", stream });
+    }
   }
 
   /** True when this replica holds the server's agent socket. */
@@ -323,6 +388,15 @@ export class ControlChannel {
         this.o.logger.info({ dispatch: d.id, ok: frame.ok, recorded }, "dispatch result");
         return;
       }
+      case "log":
+      case "log_end": {
+        const stream = this.logStreams.get(frame.stream);
+        // Only the server a stream was asked of may answer it.
+        if (!stream || stream.serverId !== serverId) return;
+        if (frame.type === "log") stream.push(frame.lines);
+        else stream.end(frame.error);
+        return;
+      }
       case "status":
         await runWithContext(
           {
@@ -352,6 +426,8 @@ export class ControlChannel {
 
   private async closed(session: Session | undefined): Promise<void> {
     if (!session) return;
+    for (const s of this.logStreams.values())
+      if (s.serverId === session.serverId) s.end("the agent disconnected");
     if (this.sessions.get(session.serverId) === session) this.sessions.delete(session.serverId);
     const released = await this.o.servers
       .release(session.serverId, this.o.hubId, session.sessionId)

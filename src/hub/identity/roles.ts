@@ -19,6 +19,7 @@ export const CAPABILITIES = {
   "config.write": "Set, import and unset config variables and secrets.",
   "config.reveal": "Reveal a secret config value (audited).",
   "servers.read": "See servers and their dispatches.",
+  "logs.read": "Read services' output (it may hold what an application prints).",
   "servers.manage": "Enrol servers (join tokens) and remove them.",
 } as const;
 export type Capability = keyof typeof CAPABILITIES;
@@ -37,6 +38,7 @@ const DEVELOPER: Capability[] = [
   "services.write",
   "deployments.create",
   "config.write",
+  "logs.read",
 ];
 const ADMIN: Capability[] = [
   ...DEVELOPER,
