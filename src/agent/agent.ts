@@ -4,6 +4,7 @@ import { statfsSync } from "node:fs";
 import { availableParallelism, totalmem } from "node:os";
 import WebSocket from "ws";
 import {
+  type AdminAction,
   AGENT_CONNECT_PATH,
   AGENT_JOIN_PATH,
   type AgentFacts,
@@ -17,6 +18,7 @@ import {
   parseHubFrame,
   runWithContext,
 } from "../shared/index.js";
+import { serveAdmin } from "./admin.js";
 import { ExecDriver, type RunSpec, type StatusReport } from "./exec-driver.js";
 import { checkJobArgs, resolveWorkloadUser, runJob, type WorkloadUser } from "./jobs.js";
 import {
@@ -37,13 +39,27 @@ export interface AgentOptions {
   joinToken?: string;
   workloadUser?: string;
   logger: Logger;
+  /** Serve the local admin API (status, drain, resume, reload, probes) on 127.0.0.1:port; 0 picks one. */
+  adminPort?: number;
   /** Reconnect backoff bounds. Defaults 250 ms doubling to 10 s, with ±20% jitter. */
   minBackoffMs?: number;
   maxBackoffMs?: number;
 }
 
+export interface AgentStatus {
+  version: string;
+  server_id: string;
+  connected: boolean;
+  draining: boolean;
+  dispatches_in_flight: number;
+  instances: Array<{ serviceId: string; deploymentId: string; pid: number; port: number }>;
+}
+
 export interface Agent {
   serverId: string;
+  /** http://127.0.0.1:port of the admin API, when it is served. */
+  adminUrl: string | undefined;
+  admin(action: AdminAction): Promise<unknown>;
   /** Resolves once the first connection is authenticated. */
   connected(): Promise<void>;
   isConnected(): boolean;
@@ -124,7 +140,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     o.logger.info({ server: creds.server_id, serverName: creds.name }, "joined the hub");
   }
   const hub = o.hub ?? creds.hub;
-  const { secret, server_id: serverId } = creds;
+  let { secret } = creds;
+  const serverId = creds.server_id;
   const workloadUser: WorkloadUser = resolveWorkloadUser(o.workloadUser ?? "nobody");
   const ledger = new Ledger(o.dataDir);
   const log = o.logger.child({ server: serverId });
@@ -133,6 +150,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
 
   let socket: WebSocket | undefined;
   let authenticated = false;
+  let draining = false;
   let closing = false;
   let heartbeat: NodeJS.Timeout | undefined;
   let retry: NodeJS.Timeout | undefined;
@@ -220,6 +238,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       if (known) send(ws, { v: 1, type: "result", id: frame.id, ...known });
       return;
     }
+    if (draining) {
+      // Not started: the hub puts it back to pending and holds it until the agent resumes.
+      send(ws, { v: 1, type: "defer", id: frame.id, reason: "the agent is draining" });
+      return;
+    }
     send(ws, { v: 1, type: "ack", id: frame.id, duplicate: false });
     const ctx = { ...contextFromFrame(frame.ctx) };
     const work = runWithContext(ctx, async () => {
@@ -275,6 +298,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
           heartbeat.unref();
           for (const r of unsent.values()) sendStatus(r);
           unsent.clear();
+          if (draining) send(ws, { v: 1, type: "drain_state", draining: true });
           markConnected();
           return;
         case "dispatch":
@@ -287,6 +311,14 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
           return;
         case "logs_stop":
           logStreams.get(frame.stream)?.();
+          return;
+        case "admin":
+          if (!authenticated) return;
+          admin(frame.action).then(
+            (result) => send(ws, { v: 1, type: "admin_result", id: frame.id, ok: true, result }),
+            (err: Error) =>
+              send(ws, { v: 1, type: "admin_result", id: frame.id, ok: false, error: err.message }),
+          );
           return;
         case "error":
           log.warn({ code: frame.code, reason: frame.message }, "the hub refused a frame");
@@ -311,9 +343,53 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     });
   }
 
+  function status(): AgentStatus {
+    return {
+      version: AGENT_VERSION,
+      server_id: serverId,
+      connected: authenticated,
+      draining,
+      dispatches_in_flight: inFlight.size,
+      instances: driver.list(),
+    };
+  }
+
+  async function admin(action: AdminAction): Promise<unknown> {
+    switch (action) {
+      case "status":
+        return status();
+      case "drain": {
+        draining = true;
+        if (socket) send(socket, { v: 1, type: "drain_state", draining: true });
+        const finishing = inFlight.size;
+        await Promise.allSettled(inFlight.values());
+        log.info({ finished: finishing }, "drained: no dispatch in flight");
+        return { drained: true, finished_in_flight: finishing };
+      }
+      case "resume":
+        draining = false;
+        if (socket) send(socket, { v: 1, type: "drain_state", draining: false });
+        return { draining: false };
+      case "reload": {
+        // Re-read the credentials (a re-enrolled or rotated secret) without touching instances.
+        const fresh = loadCredentials(o.dataDir);
+        if (!fresh || fresh.server_id !== serverId)
+          throw new Error(`${o.dataDir}/agent.json no longer names server ${serverId}`);
+        const changed = fresh.secret !== secret;
+        secret = fresh.secret;
+        if (changed) socket?.close(1000, "credentials reloaded");
+        return { reloaded: true, reconnecting: changed, instances: driver.list().length };
+      }
+    }
+  }
+
+  const adminServer =
+    o.adminPort === undefined ? undefined : await serveAdmin(o.adminPort, status, admin, log);
   connect();
   return {
     serverId,
+    adminUrl: adminServer?.url,
+    admin,
     connected: () => firstConnection,
     isConnected: () => authenticated,
     async close() {
@@ -322,6 +398,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       clearInterval(heartbeat);
       await Promise.allSettled(inFlight.values());
       await driver.close();
+      await adminServer?.close();
       if (socket && socket.readyState !== WebSocket.CLOSED) {
         const ws = socket;
         await new Promise<void>((resolve) => {

@@ -8,7 +8,7 @@ import {
   type Project,
   ProjectSchema,
 } from "../gen/flotilla/v1/projects_pb.js";
-import { DispatchSchema, ServerSchema } from "../gen/flotilla/v1/servers_pb.js";
+import { AgentAction, DispatchSchema, ServerSchema } from "../gen/flotilla/v1/servers_pb.js";
 import {
   type Deployment,
   DeploymentSchema,
@@ -745,7 +745,7 @@ export async function serversCommand(argv: string[]): Promise<number> {
   const [sub = "list", arg] = positionals;
   if (values.help)
     return help(
-      "flotilla servers [list] | add NAME [--ttl MINUTES] | get SERVER | remove SERVER | dispatches SERVER [--limit N]",
+      "flotilla servers [list] | add NAME [--ttl MINUTES] | get SERVER | remove SERVER | dispatches SERVER [--limit N]\n  | status SERVER | drain SERVER | resume SERVER | reload SERVER",
       specs,
     );
   const api = connect(values);
@@ -791,6 +791,23 @@ export async function serversCommand(argv: string[]): Promise<number> {
     else process.stdout.write(`Server ${arg} removed; its agent can no longer connect.\n`);
     return 0;
   }
+  if (sub === "status") {
+    const r = await api.servers.getAgentStatus({ server: arg });
+    printJson(JSON.parse(r.statusJson));
+    return 0;
+  }
+  if (sub === "drain" || sub === "resume" || sub === "reload") {
+    if (!asJson && sub === "drain")
+      process.stderr.write("draining: waiting for the dispatches in flight to finish\n");
+    const action = {
+      drain: AgentAction.DRAIN,
+      resume: AgentAction.RESUME,
+      reload: AgentAction.RELOAD,
+    }[sub];
+    const r = await api.servers.controlAgent({ server: arg, action });
+    printJson(JSON.parse(r.resultJson));
+    return 0;
+  }
   if (sub === "dispatches") {
     const r = await api.servers.listDispatches({ server: arg, limit: Number(values.limit ?? 0) });
     printList(
@@ -809,7 +826,9 @@ export async function serversCommand(argv: string[]): Promise<number> {
     );
     return 0;
   }
-  throw usage(`unknown servers subcommand ${sub}; use list, add, get, remove or dispatches`);
+  throw usage(
+    `unknown servers subcommand ${sub}; use list, add, get, remove, dispatches, status, drain, resume or reload`,
+  );
 }
 
 export async function logsCommand(argv: string[]): Promise<number> {

@@ -474,6 +474,12 @@ const AGENT: OptionSpecs = {
     default: "nobody",
     description: "Unprivileged user workloads run as when the agent runs as root",
   },
+  "admin-port": {
+    type: "string",
+    env: "FLOTILLA_AGENT_ADMIN_PORT",
+    default: "8082",
+    description: "Loopback port of the admin API (/status, /drain, /resume, /reload, probes)",
+  },
   "log-level": COMMON["log-level"]!,
   help: { type: "boolean", short: "h", description: "Show this help" },
 };
@@ -494,12 +500,15 @@ export async function agentCommand(argv: string[]): Promise<number> {
     dataDir,
     logger,
     workloadUser: stringOption(values, "workload-user")!,
+    adminPort: intOption(values, "admin-port", { min: 0, max: 65535 })!,
     ...(hub ? { hub } : {}),
     ...(joinToken ? { joinToken } : {}),
   }).catch((err: Error) => {
     throw new FlotillaError("config.invalid", err.message);
   });
-  process.stdout.write(`Flotilla agent for server ${agent.serverId}; state in ${dataDir}\n`);
+  process.stdout.write(
+    `Flotilla agent for server ${agent.serverId}; state in ${dataDir}; admin API ${agent.adminUrl}\n`,
+  );
   await new Promise<void>((resolveSignal) => {
     process.once("SIGTERM", resolveSignal);
     process.once("SIGINT", resolveSignal);

@@ -315,7 +315,21 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       });
       configRoutes(router, config);
-      serversRoutes(router, { servers, dispatches, hubUrl: () => publicUrl });
+      serversRoutes(router, {
+        servers,
+        dispatches,
+        hubUrl: () => publicUrl,
+        agentAdmin: (serverId, action) => control.admin(serverId, action),
+        audit: (c, action, serverId) =>
+          db.tx((tx) =>
+            recordAudit(tx, {
+              organizationId: c.organizationId,
+              actor: c.actor,
+              action,
+              target: { type: "server", id: serverId },
+            }),
+          ),
+      });
     };
 
     let draining = false;

@@ -9,6 +9,10 @@ export const MAX_FRAME_BYTES = 1024 * 1024;
 export const AGENT_JOIN_PATH = "/agent/v1/join";
 export const AGENT_CONNECT_PATH = "/agent/v1/connect";
 
+/** What an operator may ask of an agent, on its admin port or through the hub. */
+export type AdminAction = "status" | "drain" | "resume" | "reload";
+export const ADMIN_ACTIONS: readonly AdminAction[] = ["status", "drain", "resume", "reload"];
+
 export type DispatchOp = "deploy" | "start" | "stop" | "restart" | "delete" | "job";
 export const DISPATCH_OPS: readonly DispatchOp[] = [
   "deploy",
@@ -45,6 +49,9 @@ export type AgentFrame =
       endpoint?: string;
     }
   | { v: 1; type: "log"; stream: string; lines: string[] }
+  | { v: 1; type: "defer"; id: string; reason: string }
+  | { v: 1; type: "drain_state"; draining: boolean }
+  | { v: 1; type: "admin_result"; id: string; ok: boolean; result?: unknown; error?: string }
   | { v: 1; type: "log_end"; stream: string; error?: string }
   | { v: 1; type: "error"; code: string; message: string };
 
@@ -64,6 +71,7 @@ export type HubFrame =
     }
   | { v: 1; type: "logs"; stream: string; service_id: string; lines: number; follow: boolean }
   | { v: 1; type: "logs_stop"; stream: string }
+  | { v: 1; type: "admin"; id: string; action: AdminAction }
   | { v: 1; type: "error"; code: string; message: string };
 
 export class FrameError extends Error {
@@ -118,6 +126,9 @@ const AGENT_FRAMES: Record<AgentFrame["type"], Checks> = {
   },
   log: { stream: isId, lines: isLines },
   log_end: { stream: isId, error: optional(isString) },
+  defer: { id: isId, reason: isString },
+  drain_state: { draining: isBool },
+  admin_result: { id: isId, ok: isBool, error: optional(isString) },
   error: { code: isString, message: isString },
 };
 
@@ -139,6 +150,7 @@ const HUB_FRAMES: Record<HubFrame["type"], Checks> = {
     follow: isBool,
   },
   logs_stop: { stream: isId },
+  admin: { id: isId, action: (v) => ADMIN_ACTIONS.includes(v as AdminAction) },
   error: { code: isString, message: isString },
 };
 

@@ -262,6 +262,49 @@ describe("agents on real hub replicas", () => {
     await agent.stop();
   }, 30_000);
 
+  it("drain: /ready turns 503, new dispatches wait pending, and resume delivers them; status through the hub", async () => {
+    const { agent, serverId } = await enrol("box-drain");
+    const admin = String(
+      (await agent.waitForLog((r) => r.msg === "agent admin API listening")).url,
+    );
+    expect((await fetch(`${admin}/ready`)).status).toBe(200);
+    const status = await rpc(hubA, "ServerService/GetAgentStatus", { server: serverId }, token);
+    expect(JSON.parse(String(status.statusJson))).toMatchObject({
+      server_id: serverId,
+      connected: true,
+      draining: false,
+    });
+
+    // Drain through the hub; the agent's own port shows it too.
+    const drained = await rpc(
+      hubA,
+      "ServerService/ControlAgent",
+      { server: serverId, action: "AGENT_ACTION_DRAIN" },
+      token,
+    );
+    expect(JSON.parse(String(drained.resultJson))).toMatchObject({ drained: true });
+    expect((await fetch(`${admin}/ready`)).status).toBe(503);
+    const held = await dispatchJob(serverId, "true", []);
+    await sleep(1000);
+    expect((await waitForState(held, ["pending"])).state).toBe("pending");
+
+    // Resume on the agent's own admin port: the held dispatch is delivered and runs.
+    const resumed = await fetch(`${admin}/resume`, { method: "POST" });
+    expect(resumed.status).toBe(200);
+    expect((await waitForState(held, ["done"])).state).toBe("done");
+    expect((await fetch(`${admin}/ready`)).status).toBe(200);
+    // Reload re-reads the credentials; unchanged, the channel stays as it is.
+    const reloaded = await (await fetch(`${admin}/reload`, { method: "POST" })).json();
+    expect(reloaded).toMatchObject({ reloaded: true, reconnecting: false });
+    const metrics = await (await fetch(`${admin}/metrics`)).text();
+    expect(metrics).toContain("flotilla_agent_connected 1");
+    const audit = await rpc(hubA, "OrganizationService/ListAuditEvents", { limit: 20 }, token);
+    expect((audit.events as Array<{ action: string }>).map((e) => e.action)).toContain(
+      "server.drain",
+    );
+    await agent.stop();
+  }, 60_000);
+
   it("malformed and oversized frames at the hub are rejected and logged; the hub keeps serving", async () => {
     const ws = new WebSocket(`${hubA.url.replace("http", "ws")}${AGENT_CONNECT_PATH}`);
     await new Promise((resolve) => ws.once("open", resolve));

@@ -132,7 +132,12 @@ export async function startFlotilla(
   const listen = listens
     ? ["--host", "127.0.0.1", "--port", String(port), "--grpc-port", String(grpcPort)]
     : [];
-  const args = [CLI, command, ...listen, ...(options.args ?? [])];
+  // Agents in tests take an ephemeral admin port, so several can run side by side.
+  const adminPort =
+    command === "agent" && !(options.args ?? []).includes("--admin-port")
+      ? ["--admin-port", "0"]
+      : [];
+  const args = [CLI, command, ...listen, ...adminPort, ...(options.args ?? [])];
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
     env,

@@ -42,7 +42,7 @@ import {
   Role,
 } from "../../src/gen/flotilla/v1/identity_pb.js";
 import { ProjectService } from "../../src/gen/flotilla/v1/projects_pb.js";
-import { ServerService } from "../../src/gen/flotilla/v1/servers_pb.js";
+import { AgentAction, ServerService } from "../../src/gen/flotilla/v1/servers_pb.js";
 import { Driver, ServicesService, Visibility } from "../../src/gen/flotilla/v1/services_pb.js";
 import { SERVICES } from "../../src/hub/index.js";
 import { PASSWORD, randomEmail } from "./hub.js";
@@ -351,6 +351,17 @@ export const RPC_CASES: Record<string, RpcCase> = {
   "flotilla.v1.ServerService/DeleteServer": rpc(V.deleteServer, {
     objectScoped: true,
     request: (ids) => ({ server: ids.serverId }),
+  }),
+  "flotilla.v1.ServerService/GetAgentStatus": rpc(V.getAgentStatus, {
+    objectScoped: true,
+    // The seeded server never connects an agent.
+    acceptedError: "agent.unavailable",
+    request: (ids) => ({ server: ids.serverId }),
+  }),
+  "flotilla.v1.ServerService/ControlAgent": rpc(V.controlAgent, {
+    objectScoped: true,
+    acceptedError: "agent.unavailable",
+    request: (ids) => ({ server: ids.serverId, action: AgentAction.RESUME }),
   }),
   "flotilla.v1.ServerService/ListDispatches": rpc(V.listDispatches, {
     objectScoped: true,

@@ -103,6 +103,8 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.ServerService/GetServer": can("servers.read"),
   "flotilla.v1.ServerService/DeleteServer": can("servers.manage"),
   "flotilla.v1.ServerService/ListDispatches": can("servers.read"),
+  "flotilla.v1.ServerService/GetAgentStatus": can("servers.read"),
+  "flotilla.v1.ServerService/ControlAgent": can("servers.manage"),
 };
 
 /** Set by the HTTP layer: the context read from the request headers, and the peer address. */

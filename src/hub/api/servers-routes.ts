@@ -1,6 +1,7 @@
 // Connect handlers for ServerService: join tokens, servers, and their dispatches.
 import type { ConnectRouter } from "@connectrpc/connect";
-import { ServerService as ServerRpc } from "../../gen/flotilla/v1/servers_pb.js";
+import { AgentAction, ServerService as ServerRpc } from "../../gen/flotilla/v1/servers_pb.js";
+import { type Caller, invalid } from "../../shared/index.js";
 import type { Dispatch, DispatchStore, Server, ServersService } from "../servers/index.js";
 import { caller, ts } from "./handler-context.js";
 
@@ -34,9 +35,19 @@ const dispatch = (d: Dispatch) => ({
   updatedAt: ts(d.updatedAt),
 });
 
+const ACTIONS = new Map<AgentAction, "drain" | "resume" | "reload">([
+  [AgentAction.DRAIN, "drain"],
+  [AgentAction.RESUME, "resume"],
+  [AgentAction.RELOAD, "reload"],
+]);
+
 export interface ServersRouteOptions {
+  /** Asks a server's agent, over the control channel this replica holds. */
+  agentAdmin(serverId: string, action: "status" | "drain" | "resume" | "reload"): Promise<unknown>;
   servers: ServersService;
   dispatches: DispatchStore;
+  /** Records an operator's action on a server in the audit log. */
+  audit(c: Caller, action: string, serverId: string): Promise<void>;
   /** How a new server reaches this hub, for the printed join command. */
   hubUrl: () => string;
 }
@@ -60,6 +71,19 @@ export function serversRoutes(router: ConnectRouter, o: ServersRouteOptions): vo
     async deleteServer(req, ctx) {
       await o.servers.remove(caller(ctx), req.server);
       return {};
+    },
+    async getAgentStatus(req, ctx) {
+      const s = await o.servers.get(caller(ctx), req.server);
+      return { statusJson: JSON.stringify(await o.agentAdmin(s.id, "status")) };
+    },
+    async controlAgent(req, ctx) {
+      const action = ACTIONS.get(req.action);
+      if (!action) throw invalid("action", "must be DRAIN, RESUME or RELOAD");
+      const c = caller(ctx);
+      const s = await o.servers.get(c, req.server);
+      const result = await o.agentAdmin(s.id, action);
+      await o.audit(c, `server.${action}`, s.id);
+      return { resultJson: JSON.stringify(result) };
     },
     async listDispatches(req, ctx) {
       const c = caller(ctx);

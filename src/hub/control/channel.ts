@@ -5,6 +5,7 @@ import websocket from "@fastify/websocket";
 import type { FastifyInstance } from "fastify";
 import type { WebSocket } from "ws";
 import {
+  type AdminAction,
   AGENT_CONNECT_PATH,
   AGENT_JOIN_PATH,
   type AgentFacts,
@@ -65,7 +66,12 @@ interface Session {
   organizationId: string;
   sessionId: string;
   socket: WebSocket;
+  /** Set by the agent: while draining it is sent no dispatch (they wait, pending). */
+  draining: boolean;
 }
+
+/** How long an admin request through the channel may take (a drain waits for work in flight). */
+const ADMIN_TIMEOUT_MS = 5 * 60_000;
 
 // WebSocket close codes in the private range, so an agent can tell why it was dropped.
 const CLOSE = { authFailed: 4001, replaced: 4002, authTimeout: 4003, shutdown: 1001 } as const;
@@ -79,6 +85,10 @@ interface LogStream {
 export class ControlChannel {
   private readonly sessions = new Map<string, Session>();
   private readonly logStreams = new Map<string, LogStream>();
+  private readonly adminCalls = new Map<
+    string,
+    { serverId: string; settle(ok: boolean, value: unknown): void }
+  >();
   private readonly drains = new Map<string, { running: Promise<void>; again: boolean }>();
   private unlisten: (() => Promise<void>) | undefined;
   private closing = false;
@@ -172,6 +182,49 @@ export class ControlChannel {
     }
   }
 
+  /** Asks the server's agent to do an admin action (status, drain, resume, reload) and waits. */
+  async admin(
+    serverId: string,
+    action: AdminAction,
+    timeoutMs = ADMIN_TIMEOUT_MS,
+  ): Promise<unknown> {
+    const session = this.sessions.get(serverId);
+    if (!session)
+      throw new FlotillaError(
+        "agent.unavailable",
+        `the agent of server ${serverId} is not connected to this hub; try again when it is online`,
+      );
+    const id = randomUUID();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.adminCalls.delete(id);
+        reject(
+          new FlotillaError(
+            "agent.unavailable",
+            `the agent did not answer ${action} within ${timeoutMs / 1000} s`,
+          ),
+        );
+      }, timeoutMs);
+      timer.unref();
+      this.adminCalls.set(id, {
+        serverId,
+        settle: (ok, value) => {
+          clearTimeout(timer);
+          this.adminCalls.delete(id);
+          if (ok) resolve(value);
+          else
+            reject(
+              new FlotillaError(
+                "resource.conflict",
+                `the agent refused ${action}: ${String(value)}`,
+              ),
+            );
+        },
+      });
+      this.send(session.socket, { v: 1, type: "admin", id, action });
+    });
+  }
+
   /** True when this replica holds the server's agent socket. */
   holds(serverId: string): boolean {
     return this.sessions.has(serverId);
@@ -206,7 +259,7 @@ export class ControlChannel {
       const pending = await this.o.dispatches.pendingFor(serverId);
       for (const d of pending) {
         const session = this.sessions.get(serverId);
-        if (!session) return;
+        if (!session || session.draining) return;
         const claimed = await this.o.dispatches.claim(d.id, this.o.hubId);
         if (!claimed) continue; // another drain won it: it is theirs to deliver
         let args: Record<string, unknown>;
@@ -343,7 +396,7 @@ export class ControlChannel {
       disk_free_bytes: hello.disk_free_bytes,
     });
     const previous = this.sessions.get(serverId);
-    const session: Session = { serverId, organizationId, sessionId, socket };
+    const session: Session = { serverId, organizationId, sessionId, socket, draining: false };
     this.sessions.set(serverId, session);
     // Newest connection wins; the old socket's close finds the row no longer names it.
     if (previous)
@@ -388,6 +441,32 @@ export class ControlChannel {
         this.o.logger.info({ dispatch: d.id, ok: frame.ok, recorded }, "dispatch result");
         return;
       }
+      case "defer": {
+        // Not started by the agent: back to pending, delivered again when it resumes.
+        const d = await this.o.dispatches.get(frame.id).catch(() => undefined);
+        if (!d || d.serverId !== serverId)
+          throw new FrameError(
+            "frame.malformed",
+            `dispatch ${frame.id} is not addressed to this server`,
+          );
+        await this.o.dispatches.release(d.id);
+        this.o.logger.info(
+          { dispatch: d.id, reason: frame.reason },
+          "dispatch deferred by the agent",
+        );
+        return;
+      }
+      case "drain_state":
+        session.draining = frame.draining;
+        this.o.logger.info({ server: serverId, draining: frame.draining }, "agent drain state");
+        if (!frame.draining) this.wake(serverId);
+        return;
+      case "admin_result": {
+        const call = this.adminCalls.get(frame.id);
+        if (!call || call.serverId !== serverId) return;
+        call.settle(frame.ok, frame.ok ? frame.result : frame.error);
+        return;
+      }
       case "log":
       case "log_end": {
         const stream = this.logStreams.get(frame.stream);
@@ -428,6 +507,8 @@ export class ControlChannel {
     if (!session) return;
     for (const s of this.logStreams.values())
       if (s.serverId === session.serverId) s.end("the agent disconnected");
+    for (const call of this.adminCalls.values())
+      if (call.serverId === session.serverId) call.settle(false, "the agent disconnected");
     if (this.sessions.get(session.serverId) === session) this.sessions.delete(session.serverId);
     const released = await this.o.servers
       .release(session.serverId, this.o.hubId, session.sessionId)

@@ -126,6 +126,17 @@ export class DispatchStore {
     return rows[0] ? toDispatch(rows[0]) : null;
   }
 
+  /** in_progress -> pending, not counted as an attempt: the agent declined it before starting. */
+  async release(id: string): Promise<boolean> {
+    const { rows } = await this.db.query(
+      `UPDATE dispatches SET state = 'pending', claimed_by = NULL, attempts = greatest(attempts - 1, 0),
+              deadline_at = NULL, updated_at = now()
+       WHERE id = $1 AND state = 'in_progress' RETURNING id`,
+      [id],
+    );
+    return rows.length > 0;
+  }
+
   async complete(id: string, result: unknown): Promise<boolean> {
     const { rows } = await this.db.query(
       `UPDATE dispatches SET state = 'done', result = $2, error = NULL, updated_at = now()

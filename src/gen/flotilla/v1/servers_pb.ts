@@ -2,8 +2,8 @@
 // @generated from file flotilla/v1/servers.proto (package flotilla.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1/servers.proto.
  */
 export const file_flotilla_v1_servers: GenFile = /*@__PURE__*/
-  fileDesc("ChlmbG90aWxsYS92MS9zZXJ2ZXJzLnByb3RvEgtmbG90aWxsYS52MSLIAgoGU2VydmVyEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGc3RhdHVzGAMgASgJEhgKEGNvbm5lY3RlZF9odWJfaWQYBCABKAkSMAoMY29ubmVjdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X2hlYXJ0YmVhdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNYWdlbnRfdmVyc2lvbhgHIAEoCRIPCgdkcml2ZXJzGAggAygJEg0KBWNvcmVzGAkgASgFEhQKDG1lbW9yeV9ieXRlcxgKIAEoAxIXCg9kaXNrX2ZyZWVfYnl0ZXMYCyABKAMSLgoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAinQIKCERpc3BhdGNoEgoKAmlkGAEgASgJEhEKCXNlcnZlcl9pZBgCIAEoCRISCgpzZXJ2aWNlX2lkGAMgASgJEhUKDWRlcGxveW1lbnRfaWQYBCABKAkSCgoCb3AYBSABKAkSDQoFc3RhdGUYBiABKAkSEAoIYXR0ZW1wdHMYByABKAUSDQoFZXJyb3IYCCABKAkSEwoLcmVzdWx0X2pzb24YCSABKAkSFgoOY29ycmVsYXRpb25faWQYCiABKAkSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOwoWQ3JlYXRlSm9pblRva2VuUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC3R0bF9zZWNvbmRzGAIgASgDImkKF0NyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2NvbW1hbmQYAyABKAkiFAoSTGlzdFNlcnZlcnNSZXF1ZXN0IjsKE0xpc3RTZXJ2ZXJzUmVzcG9uc2USJAoHc2VydmVycxgBIAMoCzITLmZsb3RpbGxhLnYxLlNlcnZlciIiChBHZXRTZXJ2ZXJSZXF1ZXN0Eg4KBnNlcnZlchgBIAEoCSI4ChFHZXRTZXJ2ZXJSZXNwb25zZRIjCgZzZXJ2ZXIYASABKAsyEy5mbG90aWxsYS52MS5TZXJ2ZXIiJQoTRGVsZXRlU2VydmVyUmVxdWVzdBIOCgZzZXJ2ZXIYASABKAkiFgoURGVsZXRlU2VydmVyUmVzcG9uc2UiNgoVTGlzdERpc3BhdGNoZXNSZXF1ZXN0Eg4KBnNlcnZlchgBIAEoCRINCgVsaW1pdBgCIAEoBSJDChZMaXN0RGlzcGF0Y2hlc1Jlc3BvbnNlEikKCmRpc3BhdGNoZXMYASADKAsyFS5mbG90aWxsYS52MS5EaXNwYXRjaDK7AwoNU2VydmVyU2VydmljZRJcCg9DcmVhdGVKb2luVG9rZW4SIy5mbG90aWxsYS52MS5DcmVhdGVKb2luVG9rZW5SZXF1ZXN0GiQuZmxvdGlsbGEudjEuQ3JlYXRlSm9pblRva2VuUmVzcG9uc2USUAoLTGlzdFNlcnZlcnMSHy5mbG90aWxsYS52MS5MaXN0U2VydmVyc1JlcXVlc3QaIC5mbG90aWxsYS52MS5MaXN0U2VydmVyc1Jlc3BvbnNlEkoKCUdldFNlcnZlchIdLmZsb3RpbGxhLnYxLkdldFNlcnZlclJlcXVlc3QaHi5mbG90aWxsYS52MS5HZXRTZXJ2ZXJSZXNwb25zZRJTCgxEZWxldGVTZXJ2ZXISIC5mbG90aWxsYS52MS5EZWxldGVTZXJ2ZXJSZXF1ZXN0GiEuZmxvdGlsbGEudjEuRGVsZXRlU2VydmVyUmVzcG9uc2USWQoOTGlzdERpc3BhdGNoZXMSIi5mbG90aWxsYS52MS5MaXN0RGlzcGF0Y2hlc1JlcXVlc3QaIy5mbG90aWxsYS52MS5MaXN0RGlzcGF0Y2hlc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChlmbG90aWxsYS92MS9zZXJ2ZXJzLnByb3RvEgtmbG90aWxsYS52MSLIAgoGU2VydmVyEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGc3RhdHVzGAMgASgJEhgKEGNvbm5lY3RlZF9odWJfaWQYBCABKAkSMAoMY29ubmVjdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X2hlYXJ0YmVhdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNYWdlbnRfdmVyc2lvbhgHIAEoCRIPCgdkcml2ZXJzGAggAygJEg0KBWNvcmVzGAkgASgFEhQKDG1lbW9yeV9ieXRlcxgKIAEoAxIXCg9kaXNrX2ZyZWVfYnl0ZXMYCyABKAMSLgoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAinQIKCERpc3BhdGNoEgoKAmlkGAEgASgJEhEKCXNlcnZlcl9pZBgCIAEoCRISCgpzZXJ2aWNlX2lkGAMgASgJEhUKDWRlcGxveW1lbnRfaWQYBCABKAkSCgoCb3AYBSABKAkSDQoFc3RhdGUYBiABKAkSEAoIYXR0ZW1wdHMYByABKAUSDQoFZXJyb3IYCCABKAkSEwoLcmVzdWx0X2pzb24YCSABKAkSFgoOY29ycmVsYXRpb25faWQYCiABKAkSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOwoWQ3JlYXRlSm9pblRva2VuUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC3R0bF9zZWNvbmRzGAIgASgDImkKF0NyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2NvbW1hbmQYAyABKAkiFAoSTGlzdFNlcnZlcnNSZXF1ZXN0IjsKE0xpc3RTZXJ2ZXJzUmVzcG9uc2USJAoHc2VydmVycxgBIAMoCzITLmZsb3RpbGxhLnYxLlNlcnZlciIiChBHZXRTZXJ2ZXJSZXF1ZXN0Eg4KBnNlcnZlchgBIAEoCSI4ChFHZXRTZXJ2ZXJSZXNwb25zZRIjCgZzZXJ2ZXIYASABKAsyEy5mbG90aWxsYS52MS5TZXJ2ZXIiJQoTRGVsZXRlU2VydmVyUmVxdWVzdBIOCgZzZXJ2ZXIYASABKAkiFgoURGVsZXRlU2VydmVyUmVzcG9uc2UiNgoVTGlzdERpc3BhdGNoZXNSZXF1ZXN0Eg4KBnNlcnZlchgBIAEoCRINCgVsaW1pdBgCIAEoBSJDChZMaXN0RGlzcGF0Y2hlc1Jlc3BvbnNlEikKCmRpc3BhdGNoZXMYASADKAsyFS5mbG90aWxsYS52MS5EaXNwYXRjaCInChVHZXRBZ2VudFN0YXR1c1JlcXVlc3QSDgoGc2VydmVyGAEgASgJIi0KFkdldEFnZW50U3RhdHVzUmVzcG9uc2USEwoLc3RhdHVzX2pzb24YASABKAkiTwoTQ29udHJvbEFnZW50UmVxdWVzdBIOCgZzZXJ2ZXIYASABKAkSKAoGYWN0aW9uGAIgASgOMhguZmxvdGlsbGEudjEuQWdlbnRBY3Rpb24iKwoUQ29udHJvbEFnZW50UmVzcG9uc2USEwoLcmVzdWx0X2pzb24YASABKAkqdQoLQWdlbnRBY3Rpb24SHAoYQUdFTlRfQUNUSU9OX1VOU1BFQ0lGSUVEEAASFgoSQUdFTlRfQUNUSU9OX0RSQUlOEAESFwoTQUdFTlRfQUNUSU9OX1JFU1VNRRACEhcKE0FHRU5UX0FDVElPTl9SRUxPQUQQAzLrBAoNU2VydmVyU2VydmljZRJcCg9DcmVhdGVKb2luVG9rZW4SIy5mbG90aWxsYS52MS5DcmVhdGVKb2luVG9rZW5SZXF1ZXN0GiQuZmxvdGlsbGEudjEuQ3JlYXRlSm9pblRva2VuUmVzcG9uc2USUAoLTGlzdFNlcnZlcnMSHy5mbG90aWxsYS52MS5MaXN0U2VydmVyc1JlcXVlc3QaIC5mbG90aWxsYS52MS5MaXN0U2VydmVyc1Jlc3BvbnNlEkoKCUdldFNlcnZlchIdLmZsb3RpbGxhLnYxLkdldFNlcnZlclJlcXVlc3QaHi5mbG90aWxsYS52MS5HZXRTZXJ2ZXJSZXNwb25zZRJTCgxEZWxldGVTZXJ2ZXISIC5mbG90aWxsYS52MS5EZWxldGVTZXJ2ZXJSZXF1ZXN0GiEuZmxvdGlsbGEudjEuRGVsZXRlU2VydmVyUmVzcG9uc2USWQoOR2V0QWdlbnRTdGF0dXMSIi5mbG90aWxsYS52MS5HZXRBZ2VudFN0YXR1c1JlcXVlc3QaIy5mbG90aWxsYS52MS5HZXRBZ2VudFN0YXR1c1Jlc3BvbnNlElMKDENvbnRyb2xBZ2VudBIgLmZsb3RpbGxhLnYxLkNvbnRyb2xBZ2VudFJlcXVlc3QaIS5mbG90aWxsYS52MS5Db250cm9sQWdlbnRSZXNwb25zZRJZCg5MaXN0RGlzcGF0Y2hlcxIiLmZsb3RpbGxhLnYxLkxpc3REaXNwYXRjaGVzUmVxdWVzdBojLmZsb3RpbGxhLnYxLkxpc3REaXNwYXRjaGVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message flotilla.v1.Server
@@ -361,6 +361,118 @@ export const ListDispatchesResponseSchema: GenMessage<ListDispatchesResponse> = 
   messageDesc(file_flotilla_v1_servers, 11);
 
 /**
+ * @generated from message flotilla.v1.GetAgentStatusRequest
+ */
+export type GetAgentStatusRequest = Message<"flotilla.v1.GetAgentStatusRequest"> & {
+  /**
+   * @generated from field: string server = 1;
+   */
+  server: string;
+};
+
+/**
+ * Describes the message flotilla.v1.GetAgentStatusRequest.
+ * Use `create(GetAgentStatusRequestSchema)` to create a new message.
+ */
+export const GetAgentStatusRequestSchema: GenMessage<GetAgentStatusRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_servers, 12);
+
+/**
+ * @generated from message flotilla.v1.GetAgentStatusResponse
+ */
+export type GetAgentStatusResponse = Message<"flotilla.v1.GetAgentStatusResponse"> & {
+  /**
+   * JSON: version, server_id, connected, draining, dispatches_in_flight, instances.
+   *
+   * @generated from field: string status_json = 1;
+   */
+  statusJson: string;
+};
+
+/**
+ * Describes the message flotilla.v1.GetAgentStatusResponse.
+ * Use `create(GetAgentStatusResponseSchema)` to create a new message.
+ */
+export const GetAgentStatusResponseSchema: GenMessage<GetAgentStatusResponse> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_servers, 13);
+
+/**
+ * @generated from message flotilla.v1.ControlAgentRequest
+ */
+export type ControlAgentRequest = Message<"flotilla.v1.ControlAgentRequest"> & {
+  /**
+   * @generated from field: string server = 1;
+   */
+  server: string;
+
+  /**
+   * @generated from field: flotilla.v1.AgentAction action = 2;
+   */
+  action: AgentAction;
+};
+
+/**
+ * Describes the message flotilla.v1.ControlAgentRequest.
+ * Use `create(ControlAgentRequestSchema)` to create a new message.
+ */
+export const ControlAgentRequestSchema: GenMessage<ControlAgentRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_servers, 14);
+
+/**
+ * @generated from message flotilla.v1.ControlAgentResponse
+ */
+export type ControlAgentResponse = Message<"flotilla.v1.ControlAgentResponse"> & {
+  /**
+   * JSON: what the agent answered.
+   *
+   * @generated from field: string result_json = 1;
+   */
+  resultJson: string;
+};
+
+/**
+ * Describes the message flotilla.v1.ControlAgentResponse.
+ * Use `create(ControlAgentResponseSchema)` to create a new message.
+ */
+export const ControlAgentResponseSchema: GenMessage<ControlAgentResponse> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_servers, 15);
+
+/**
+ * @generated from enum flotilla.v1.AgentAction
+ */
+export enum AgentAction {
+  /**
+   * @generated from enum value: AGENT_ACTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Stop accepting dispatches (they wait, pending) and return once those in flight finished.
+   *
+   * @generated from enum value: AGENT_ACTION_DRAIN = 1;
+   */
+  DRAIN = 1,
+
+  /**
+   * @generated from enum value: AGENT_ACTION_RESUME = 2;
+   */
+  RESUME = 2,
+
+  /**
+   * Re-read the agent's configuration without touching running instances.
+   *
+   * @generated from enum value: AGENT_ACTION_RELOAD = 3;
+   */
+  RELOAD = 3,
+}
+
+/**
+ * Describes the enum flotilla.v1.AgentAction.
+ */
+export const AgentActionSchema: GenEnum<AgentAction> = /*@__PURE__*/
+  enumDesc(file_flotilla_v1_servers, 0);
+
+/**
  * Servers: machines that run an agent, enrolled with one-time join tokens.
  *
  * @generated from service flotilla.v1.ServerService
@@ -401,6 +513,26 @@ export const ServerService: GenService<{
     methodKind: "unary";
     input: typeof DeleteServerRequestSchema;
     output: typeof DeleteServerResponseSchema;
+  },
+  /**
+   * What the server's agent reports about itself: version, instances, dispatches in flight.
+   *
+   * @generated from rpc flotilla.v1.ServerService.GetAgentStatus
+   */
+  getAgentStatus: {
+    methodKind: "unary";
+    input: typeof GetAgentStatusRequestSchema;
+    output: typeof GetAgentStatusResponseSchema;
+  },
+  /**
+   * Drain (finish what is in flight, accept nothing new), resume, or reload the agent's config.
+   *
+   * @generated from rpc flotilla.v1.ServerService.ControlAgent
+   */
+  controlAgent: {
+    methodKind: "unary";
+    input: typeof ControlAgentRequestSchema;
+    output: typeof ControlAgentResponseSchema;
   },
   /**
    * The server's dispatches (durable intents for its agent), newest first.
