@@ -19,7 +19,9 @@ import {
   runWithContext,
 } from "../shared/index.js";
 import { serveAdmin } from "./admin.js";
-import { ExecDriver, type RunSpec, type StatusReport } from "./exec-driver.js";
+import { DockerDriver, dockerAvailable } from "./docker-driver.js";
+import type { Driver, RunSpec, StatusReport } from "./driver.js";
+import { ExecDriver } from "./exec-driver.js";
 import { checkJobArgs, resolveWorkloadUser, runJob, type WorkloadUser } from "./jobs.js";
 import {
   type Credentials,
@@ -66,7 +68,7 @@ export interface Agent {
   close(): Promise<void>;
 }
 
-function facts(dataDir: string): AgentFacts {
+function facts(dataDir: string, drivers: string[]): AgentFacts {
   let free = 0;
   try {
     const s = statfsSync(dataDir);
@@ -74,7 +76,7 @@ function facts(dataDir: string): AgentFacts {
   } catch {}
   return {
     agent_version: AGENT_VERSION,
-    drivers: ["exec"],
+    drivers,
     cores: availableParallelism(),
     memory_bytes: totalmem(),
     disk_free_bytes: free,
@@ -85,7 +87,7 @@ async function join(hub: string, token: string, dataDir: string): Promise<Creden
   const res = await fetch(new URL(AGENT_JOIN_PATH, hub), {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ token, facts: facts(dataDir) }),
+    body: JSON.stringify({ token, facts: facts(dataDir, ["exec"]) }),
     signal: AbortSignal.timeout(30_000),
   });
   const body = (await res.json().catch(() => ({}))) as Record<string, string>;
@@ -103,25 +105,34 @@ async function join(hub: string, token: string, dataDir: string): Promise<Creden
 
 /** The deploy arguments the hub sends (secrets in env arrive only inside the channel). */
 function runSpecFrom(args: Record<string, unknown>): RunSpec {
-  const service = args.service as { id: string; slug: string; visibility: "PUBLIC" | "PRIVATE" };
+  const service = args.service as {
+    id: string;
+    slug: string;
+    visibility: "PUBLIC" | "PRIVATE";
+    environment_id: string;
+  };
   const deployment = args.deployment as { id: string; spec: Record<string, unknown> };
   const spec = deployment?.spec as {
-    driver: string;
+    driver: RunSpec["driver"];
     exec?: RunSpec["exec"];
+    docker?: RunSpec["docker"];
     healthCheck: RunSpec["healthCheck"];
     restartPolicy: RunSpec["restartPolicy"];
     volumes: RunSpec["volumes"];
   };
   if (!service?.id || !deployment?.id || !spec)
     throw new Error("the dispatch lacks its service or deployment");
-  if (spec.driver !== "exec" || !spec.exec)
-    throw new Error(`this agent runs the exec driver; ${spec.driver} is not available here`);
+  if (spec.driver === "exec" ? !spec.exec : spec.driver === "docker" ? !spec.docker : true)
+    throw new Error(`the deployment's spec has no ${spec.driver} section`);
   return {
     serviceId: service.id,
     serviceSlug: service.slug,
+    environmentId: service.environment_id,
     deploymentId: deployment.id,
     visibility: service.visibility,
-    exec: spec.exec,
+    driver: spec.driver,
+    ...(spec.exec ? { exec: spec.exec } : {}),
+    ...(spec.docker ? { docker: spec.docker } : {}),
     healthCheck: spec.healthCheck,
     restartPolicy: spec.restartPolicy,
     volumes: spec.volumes ?? [],
@@ -171,9 +182,22 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       });
     } else unsent.set(r.serviceId, r);
   };
-  const driver = new ExecDriver(o.dataDir, workloadUser, sendStatus, log);
-  const adopted = driver.adopt();
+  // exec always; docker when an engine answers (DOCKER_HOST or the default socket).
+  const drivers: Driver[] = [new ExecDriver(o.dataDir, workloadUser, sendStatus, log)];
+  if (await dockerAvailable()) drivers.push(await DockerDriver.create(sendStatus, log));
+  const driverNames = drivers.map((d) => d.name);
+  const adopted = (await Promise.all(drivers.map((d) => d.adopt()))).flat();
   if (adopted.length) log.info({ adopted }, "adopted instances that survived the agent restart");
+  const driverFor = (name: string) => {
+    const d = drivers.find((x) => x.name === name);
+    if (!d)
+      throw new Error(
+        `the ${name} driver is not available on this server (it has: ${driverNames.join(", ")})`,
+      );
+    return d;
+  };
+  /** The driver running a service now (exec first), for stop, delete and logs. */
+  const runnerOf = (serviceId: string) => drivers.find((d) => d.has(serviceId)) ?? drivers[0]!;
   let markConnected: () => void = () => {};
   const firstConnection = new Promise<void>((resolve) => {
     markConnected = resolve;
@@ -199,9 +223,14 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   async function lifecycle(frame: Extract<HubFrame, { type: "dispatch" }>) {
     const serviceId = frame.service_id;
     if (!serviceId) throw new Error(`${frame.op} needs a service`);
-    if (frame.op === "stop") return driver.stop(serviceId, true);
-    if (frame.op === "delete") return driver.remove(serviceId, frame.args.purge_data === true);
+    if (frame.op === "stop") return runnerOf(serviceId).stop(serviceId, true);
+    if (frame.op === "delete")
+      return runnerOf(serviceId).remove(serviceId, frame.args.purge_data === true);
     const spec = runSpecFrom(frame.args);
+    const driver = driverFor(spec.driver);
+    // A service moving between drivers: the old instance goes first.
+    const previous = drivers.find((d) => d !== driver && d.has(serviceId));
+    if (previous) await previous.remove(serviceId, false);
     if (frame.op === "start") return driver.start(spec);
     // deploy and restart: whatever runs for the service stops first.
     return driver.deploy(spec);
@@ -211,14 +240,14 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
 
   /** Sends the last lines of a service's log, then (follow) new lines until told to stop. */
   async function streamLogs(ws: WebSocket, frame: Extract<HubFrame, { type: "logs" }>) {
-    const lines = await driver.tail(frame.service_id, frame.lines);
+    const lines = await runnerOf(frame.service_id).tail(frame.service_id, frame.lines);
     for (let i = 0; i < lines.length; i += 500)
       send(ws, { v: 1, type: "log", stream: frame.stream, lines: lines.slice(i, i + 500) });
     if (!frame.follow) {
       send(ws, { v: 1, type: "log_end", stream: frame.stream });
       return;
     }
-    const stop = driver.follow(frame.service_id, (more) => {
+    const stop = runnerOf(frame.service_id).follow(frame.service_id, (more) => {
       for (let i = 0; i < more.length; i += 500)
         send(ws, { v: 1, type: "log", stream: frame.stream, lines: more.slice(i, i + 500) });
     });
@@ -269,7 +298,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const ws = new WebSocket(url, { maxPayload: MAX_FRAME_BYTES, handshakeTimeout: 10_000 });
     socket = ws;
     ws.on("open", () => {
-      send(ws, { v: 1, type: "hello", server_id: serverId, ...facts(o.dataDir) });
+      send(ws, { v: 1, type: "hello", server_id: serverId, ...facts(o.dataDir, driverNames) });
     });
     ws.on("message", (data, isBinary) => {
       let frame: HubFrame;
@@ -292,7 +321,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
           log.info({ session: frame.session_id }, "connected to the hub");
           clearInterval(heartbeat);
           heartbeat = setInterval(() => {
-            const f = facts(o.dataDir);
+            const f = facts(o.dataDir, driverNames);
             send(ws, { v: 1, type: "heartbeat", disk_free_bytes: f.disk_free_bytes });
           }, frame.heartbeat_interval_ms);
           heartbeat.unref();
@@ -350,7 +379,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       connected: authenticated,
       draining,
       dispatches_in_flight: inFlight.size,
-      instances: driver.list(),
+      instances: drivers.flatMap((d) => d.list()),
     };
   }
 
@@ -378,7 +407,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         const changed = fresh.secret !== secret;
         secret = fresh.secret;
         if (changed) socket?.close(1000, "credentials reloaded");
-        return { reloaded: true, reconnecting: changed, instances: driver.list().length };
+        return {
+          reloaded: true,
+          reconnecting: changed,
+          instances: drivers.reduce((n, d) => n + d.list().length, 0),
+        };
       }
     }
   }
@@ -397,7 +430,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       clearTimeout(retry);
       clearInterval(heartbeat);
       await Promise.allSettled(inFlight.values());
-      await driver.close();
+      await Promise.all(drivers.map((d) => d.close()));
       await adminServer?.close();
       if (socket && socket.readyState !== WebSocket.CLOSED) {
         const ws = socket;

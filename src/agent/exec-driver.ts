@@ -17,39 +17,11 @@ import {
   truncateSync,
   writeFileSync,
 } from "node:fs";
-import { createServer, connect as tcpConnect } from "node:net";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "../shared/index.js";
+import { type Driver, probe, type RunSpec, type StatusReport } from "./driver.js";
 import type { WorkloadUser } from "./jobs.js";
-
-export interface ExecSpec {
-  command: string;
-  args: string[];
-  workingDirectory: string;
-  port: number;
-}
-
-export interface RunSpec {
-  serviceId: string;
-  serviceSlug: string;
-  deploymentId: string;
-  visibility: "PUBLIC" | "PRIVATE";
-  exec: ExecSpec;
-  healthCheck: { type: "" | "tcp" | "http"; path: string };
-  restartPolicy: "always" | "on-failure" | "never";
-  volumes: Array<{ name: string; mountPath: string }>;
-  env: Record<string, string>;
-}
-
-export type InstanceStatus = "deploying" | "running" | "stopped" | "failed";
-
-export interface StatusReport {
-  serviceId: string;
-  deploymentId: string;
-  status: InstanceStatus;
-  reason?: string;
-  endpoint?: string;
-}
 
 interface PidFile {
   pid: number;
@@ -97,29 +69,11 @@ async function freePort(host: string): Promise<number> {
   });
 }
 
-async function probe(spec: RunSpec, port: number): Promise<boolean> {
-  if (spec.healthCheck.type === "http") {
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}${spec.healthCheck.path}`, {
-        signal: AbortSignal.timeout(2000),
-      });
-      await res.body?.cancel();
-      return res.status >= 200 && res.status < 400;
-    } catch {
-      return false;
-    }
-  }
-  return new Promise((resolve) => {
-    const socket = tcpConnect({ host: "127.0.0.1", port }, () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once("error", () => resolve(false));
-    socket.setTimeout(2000, () => {
-      socket.destroy();
-      resolve(false);
-    });
-  });
+type ExecRun = RunSpec & { exec: NonNullable<RunSpec["exec"]> };
+
+function execRun(spec: RunSpec): ExecRun {
+  if (spec.driver !== "exec" || !spec.exec) throw new Error("the exec driver runs exec specs only");
+  return spec as ExecRun;
 }
 
 class Instance {
@@ -129,10 +83,11 @@ class Instance {
   stopping = false;
   crashes: number[] = [];
   restartTimer: NodeJS.Timeout | undefined;
-  constructor(public spec: RunSpec) {}
+  constructor(public spec: ExecRun) {}
 }
 
-export class ExecDriver {
+export class ExecDriver implements Driver {
+  readonly name = "exec" as const;
   private readonly instances = new Map<string, Instance>();
 
   constructor(
@@ -155,7 +110,8 @@ export class ExecDriver {
     return this.start(spec);
   }
 
-  async start(spec: RunSpec): Promise<{ endpoint: string }> {
+  async start(run: RunSpec): Promise<{ endpoint: string }> {
+    const spec = execRun(run);
     const existing = this.instances.get(spec.serviceId);
     if (existing?.pid && !existing.stopping && processStartTime(existing.pid))
       return { endpoint: `127.0.0.1:${existing.port}` };
@@ -274,7 +230,7 @@ export class ExecDriver {
         throw new Error(reason);
       }
       const healthy = check
-        ? await probe({ ...spec, healthCheck: check }, port)
+        ? await probe(check as { type: "tcp" | "http"; path: string }, port)
         : Date.now() - startedAt > 300;
       if (healthy && !exited) break;
       if (Date.now() > deadline) {
@@ -375,7 +331,7 @@ export class ExecDriver {
    * start time are adopted (watched by polling: they are no longer our children); stale files
    * are removed. Returns the adopted service ids.
    */
-  adopt(): string[] {
+  async adopt(): Promise<string[]> {
     const dir = join(this.dataDir, "instances");
     const adopted: string[] = [];
     for (const name of existsSync(dir) ? readdirSync(dir) : []) {
@@ -388,7 +344,7 @@ export class ExecDriver {
         continue;
       }
       if (p.startTime && processStartTime(p.pid) === p.startTime) {
-        const instance = new Instance(p.spec);
+        const instance = new Instance(execRun(p.spec));
         instance.pid = p.pid;
         instance.port = p.port;
         this.instances.set(p.spec.serviceId, instance);
@@ -413,6 +369,10 @@ export class ExecDriver {
       }
     }, 500);
     timer.unref();
+  }
+
+  has(serviceId: string): boolean {
+    return this.instances.has(serviceId);
   }
 
   /** Running instances: service id, deployment, pid, port. */
