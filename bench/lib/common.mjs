@@ -1,12 +1,15 @@
 // Shared support for the benchmarks: settings from the environment, child processes that never
-// outlive the benchmark, readiness polling, RSS readings and an autocannon wrapper.
-import { spawn } from "node:child_process";
+// outlive the benchmark, readiness polling, RSS readings, a throw-away database, processes found
+// by a marker in their command line, distributions, and an autocannon wrapper.
+import { execFileSync, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
+import pg from "pg";
 
 /** The repository root (this file lives in bench/lib/). */
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -229,6 +232,89 @@ export async function connectJson(url, body, headers = {}) {
     parsed = { raw: text };
   }
   return { status: res.status, body: parsed, bytes: Buffer.byteLength(text) };
+}
+
+/**
+ * Creates a fresh database `<prefix>_<pid>_<random>` through the maintenance URL and drops it
+ * (WITH FORCE) at cleanup. Returns its name and connection URL.
+ */
+export async function createDatabase(pgAdminUrl, prefix = "flotilla_bench") {
+  const name = `${prefix}_${process.pid}_${randomBytes(4).toString("hex")}`;
+  const admin = new pg.Client({ connectionString: pgAdminUrl });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE "${name}"`);
+  } finally {
+    await admin.end();
+  }
+  onCleanup(async () => {
+    const client = new pg.Client({ connectionString: pgAdminUrl });
+    await client.connect();
+    try {
+      await client.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+      progress(`dropped database ${name}`);
+    } finally {
+      await client.end();
+    }
+  });
+  const url = new URL(pgAdminUrl);
+  url.pathname = `/${name}`;
+  return { name, url: url.toString() };
+}
+
+/** Pids of live processes whose full command line matches `pattern` (pgrep -f). */
+export function pidsMatching(pattern) {
+  try {
+    return execFileSync("pgrep", ["-f", pattern], { encoding: "utf8" })
+      .trim()
+      .split("\n")
+      .filter(Boolean)
+      .map(Number);
+  } catch {
+    return []; // pgrep exits 1 when nothing matches
+  }
+}
+
+/**
+ * SIGKILLs every process whose command line matches `pattern` (pkill -f), whoever runs it, and
+ * waits up to `timeoutMs` until none is left. Returns how many were found at first.
+ */
+export async function killMatching(pattern, timeoutMs = 5_000) {
+  const found = pidsMatching(pattern).length;
+  if (found === 0) return 0;
+  const deadline = Date.now() + timeoutMs;
+  do {
+    try {
+      execFileSync("pkill", ["-KILL", "-f", pattern]);
+    } catch {
+      // exit 1: nothing matched any more
+    }
+    if (pidsMatching(pattern).length === 0) return found;
+    await sleep(50);
+  } while (Date.now() < deadline);
+  progress(`still running after SIGKILL: ${pidsMatching(pattern).join(", ")} (${pattern})`);
+  return found;
+}
+
+/**
+ * Median (mean of the two middle values when the count is even), p90 (nearest rank), min, max
+ * and mean of a list of numbers, rounded to `digits`; null when the list is empty.
+ */
+export function distribution(values, digits = 1) {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  const n = sorted.length;
+  const mid = Math.floor(n / 2);
+  const median = n % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+  const rank = (p) => sorted[Math.min(n - 1, Math.max(0, Math.ceil(p * n) - 1))];
+  return {
+    count: n,
+    median: round(median, digits),
+    p90: round(rank(0.9), digits),
+    min: round(sorted[0], digits),
+    max: round(sorted[n - 1], digits),
+    mean: round(sorted.reduce((sum, v) => sum + v, 0) / n, digits),
+  };
 }
 
 export const round = (n, digits = 2) =>

@@ -1,6 +1,8 @@
 // The agent: joins a hub once, then keeps its control channel open (reconnecting with jittered
 // backoff), proves its secret to each connection, heartbeats, and executes dispatches exactly once.
 import { statfsSync } from "node:fs";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { availableParallelism, totalmem } from "node:os";
 import WebSocket from "ws";
 import {
@@ -83,15 +85,47 @@ function facts(dataDir: string, drivers: string[]): AgentFacts {
   };
 }
 
-async function join(hub: string, token: string, dataDir: string): Promise<Credentials> {
-  const res = await fetch(new URL(AGENT_JOIN_PATH, hub), {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ token, facts: facts(dataDir, ["exec"]) }),
-    signal: AbortSignal.timeout(30_000),
+/** POSTs JSON with node:http(s) (fetch would load undici: ~15 MB the agent cannot spare). */
+function postJson(
+  url: URL,
+  body: unknown,
+): Promise<{ status: number; json: Record<string, string> }> {
+  const payload = Buffer.from(JSON.stringify(body));
+  const request = url.protocol === "https:" ? httpsRequest : httpRequest;
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      {
+        method: "POST",
+        headers: { "content-type": "application/json", "content-length": payload.length },
+        timeout: 30_000,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          let json: Record<string, string> = {};
+          try {
+            json = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+          } catch {}
+          resolve({ status: res.statusCode ?? 0, json });
+        });
+      },
+    );
+    req.once("error", reject);
+    req.once("timeout", () => req.destroy(new Error("the hub did not answer within 30 s")));
+    req.end(payload);
   });
-  const body = (await res.json().catch(() => ({}))) as Record<string, string>;
-  if (!res.ok) throw new Error(`joining ${hub} failed: ${body.message ?? res.statusText}`);
+}
+
+async function join(hub: string, token: string, dataDir: string): Promise<Credentials> {
+  const res = await postJson(new URL(AGENT_JOIN_PATH, hub), {
+    token,
+    facts: facts(dataDir, ["exec"]),
+  });
+  const body = res.json;
+  if (res.status !== 200)
+    throw new Error(`joining ${hub} failed: ${body.message ?? `HTTP ${res.status}`}`);
   const creds: Credentials = {
     hub,
     server_id: body.server_id!,

@@ -2,6 +2,7 @@
 // environment with the service slug as alias, named volumes, config as environment, the port
 // published on loopback (PRIVATE) or all interfaces (PUBLIC), health checks, Docker's own restart
 // policy, and labels so a restarted agent finds its containers again.
+import { existsSync } from "node:fs";
 import type Dockerode from "dockerode";
 import type { Logger } from "../shared/index.js";
 import {
@@ -25,6 +26,8 @@ const volumeName = (serviceId: string, name: string) => `flotilla-${serviceId}-$
 
 /** The Docker socket answers, or DOCKER_HOST names an engine that does. */
 export async function dockerAvailable(): Promise<boolean> {
+  // Without DOCKER_HOST or the default socket there is nothing to ask: do not load the client.
+  if (!process.env.DOCKER_HOST && !existsSync("/var/run/docker.sock")) return false;
   try {
     const docker = await connectDocker();
     await docker.ping();

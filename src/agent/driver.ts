@@ -1,4 +1,6 @@
 // The driver contract: what the agent asks of whatever runs a service (exec processes, Docker).
+import { get as httpGet } from "node:http";
+import { connect } from "node:net";
 export interface ExecSpec {
   command: string;
   args: string[];
@@ -70,17 +72,19 @@ export async function probe(
   check: { type: "tcp" | "http"; path: string },
   port: number,
 ): Promise<boolean> {
-  const { connect } = await import("node:net");
   if (check.type === "http") {
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}${check.path}`, {
-        signal: AbortSignal.timeout(2000),
+    // node:http, not fetch: fetch loads undici, ~15 MB the agent cannot spare.
+    return new Promise((resolve) => {
+      const req = httpGet({ host: "127.0.0.1", port, path: check.path, timeout: 2000 }, (res) => {
+        res.resume();
+        resolve((res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 400);
       });
-      await res.body?.cancel();
-      return res.status >= 200 && res.status < 400;
-    } catch {
-      return false;
-    }
+      req.once("error", () => resolve(false));
+      req.once("timeout", () => {
+        req.destroy();
+        resolve(false);
+      });
+    });
   }
   return new Promise((resolve) => {
     const socket = connect({ host: "127.0.0.1", port }, () => {

@@ -200,6 +200,8 @@ export class ExecDriver implements Driver {
       throw new Error(reason);
     }
     instance.pid = child.pid!;
+    // The instance must not keep the agent alive: it outlives an agent restart by design.
+    child.unref();
     const pidFile: PidFile = {
       pid: child.pid!,
       startTime: processStartTime(child.pid!) ?? "",

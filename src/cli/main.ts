@@ -1,55 +1,73 @@
 #!/usr/bin/env node
 // The flotilla command: dispatches to server commands (up, hub) and API commands (login, whoami, ...).
-import {
-  auditCommand,
-  loginCommand,
-  logoutCommand,
-  membersCommand,
-  orgsCommand,
-  setupCommand,
-  tokensCommand,
-  whoamiCommand,
-} from "./api-commands.js";
-import {
-  configCommand,
-  deployCommand,
-  deploymentsCommand,
-  envsCommand,
-  eventsCommand,
-  logsCommand,
-  projectsCommand,
-  rollbackCommand,
-  serversCommand,
-  servicesCommand,
-} from "./domain-commands.js";
 import { EXIT, reportError } from "./output.js";
-import { agentCommand, hubCommand, upCommand } from "./server-commands.js";
 
-const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; summary: string }> = {
-  up: { run: upCommand, summary: "Run Flotilla in one process on the embedded store" },
-  hub: { run: hubCommand, summary: "Run one hub replica on PostgreSQL" },
-  agent: { run: agentCommand, summary: "Run this server's agent (joins a hub once)" },
-  setup: { run: setupCommand, summary: "Create the first owner with the setup token" },
-  login: { run: loginCommand, summary: "Sign in and store an API token" },
-  logout: { run: logoutCommand, summary: "Revoke and forget the stored token" },
-  whoami: { run: whoamiCommand, summary: "Show who you are signed in as" },
-  tokens: { run: tokensCommand, summary: "Create, list and revoke API tokens" },
-  orgs: { run: orgsCommand, summary: "List, create and rename organizations" },
-  members: { run: membersCommand, summary: "Manage the members of your organization" },
-  audit: { run: auditCommand, summary: "Read your organization's audit log" },
-  projects: { run: projectsCommand, summary: "Create, list, rename and delete projects" },
-  envs: { run: envsCommand, summary: "Manage a project's environments" },
-  services: { run: servicesCommand, summary: "Create, list, inspect, change and delete services" },
+type Command = (argv: string[]) => Promise<number>;
+/** Each command's module is loaded only when it runs: `flotilla agent` must not load the hub. */
+const lazy =
+  <M extends Record<string, unknown>>(load: () => Promise<M>, name: keyof M): Command =>
+  async (argv) =>
+    ((await load())[name] as Command)(argv);
+const api = () => import("./api-commands.js");
+const domain = () => import("./domain-commands.js");
+const server = () => import("./server-commands.js");
+const agent = () => import("./agent-command.js");
+
+const COMMANDS: Record<string, { run: Command; summary: string }> = {
+  up: {
+    run: lazy(server, "upCommand"),
+    summary: "Run Flotilla in one process on the embedded store",
+  },
+  hub: { run: lazy(server, "hubCommand"), summary: "Run one hub replica on PostgreSQL" },
+  agent: {
+    run: lazy(agent, "agentCommand"),
+    summary: "Run this server's agent (joins a hub once)",
+  },
+  setup: { run: lazy(api, "setupCommand"), summary: "Create the first owner with the setup token" },
+  login: { run: lazy(api, "loginCommand"), summary: "Sign in and store an API token" },
+  logout: { run: lazy(api, "logoutCommand"), summary: "Revoke and forget the stored token" },
+  whoami: { run: lazy(api, "whoamiCommand"), summary: "Show who you are signed in as" },
+  tokens: { run: lazy(api, "tokensCommand"), summary: "Create, list and revoke API tokens" },
+  orgs: { run: lazy(api, "orgsCommand"), summary: "List, create and rename organizations" },
+  members: { run: lazy(api, "membersCommand"), summary: "Manage the members of your organization" },
+  audit: { run: lazy(api, "auditCommand"), summary: "Read your organization's audit log" },
+  projects: {
+    run: lazy(domain, "projectsCommand"),
+    summary: "Create, list, rename and delete projects",
+  },
+  envs: { run: lazy(domain, "envsCommand"), summary: "Manage a project's environments" },
+  services: {
+    run: lazy(domain, "servicesCommand"),
+    summary: "Create, list, inspect, change and delete services",
+  },
   config: {
-    run: configCommand,
+    run: lazy(domain, "configCommand"),
     summary: "Variables and sealed secrets of a service or environment",
   },
-  deploy: { run: deployCommand, summary: "Deploy a service with its current spec and config" },
-  deployments: { run: deploymentsCommand, summary: "A service's deployment history" },
-  rollback: { run: rollbackCommand, summary: "Roll a service back to an earlier deployment" },
-  events: { run: eventsCommand, summary: "Domain events, recent or live (--follow)" },
-  logs: { run: logsCommand, summary: "A service's output, from its agent (--follow)" },
-  servers: { run: serversCommand, summary: "Enrol servers, list them and their dispatches" },
+  deploy: {
+    run: lazy(domain, "deployCommand"),
+    summary: "Deploy a service with its current spec and config",
+  },
+  deployments: {
+    run: lazy(domain, "deploymentsCommand"),
+    summary: "A service's deployment history",
+  },
+  rollback: {
+    run: lazy(domain, "rollbackCommand"),
+    summary: "Roll a service back to an earlier deployment",
+  },
+  events: {
+    run: lazy(domain, "eventsCommand"),
+    summary: "Domain events, recent or live (--follow)",
+  },
+  logs: {
+    run: lazy(domain, "logsCommand"),
+    summary: "A service's output, from its agent (--follow)",
+  },
+  servers: {
+    run: lazy(domain, "serversCommand"),
+    summary: "Enrol servers, list them and their dispatches",
+  },
 };
 
 function usage(): string {
@@ -83,6 +101,9 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
+    // A server command has shut down cleanly; should a stray handle (a keep-alive socket, a
+    // timer of a dependency) still hold the event loop, exit anyway rather than hang a restart.
+    setTimeout(() => process.exit(code), 2000).unref();
   },
   (err) => {
     process.stderr.write(`fatal: ${(err as Error).stack ?? err}\n`);

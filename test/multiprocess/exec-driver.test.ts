@@ -260,6 +260,16 @@ describe("the exec driver under flotilla up", () => {
     await rpc("ServicesService/DeleteService", { serviceId });
   }, 60_000);
 
+  it("SIGTERM stops flotilla up promptly while workloads run, and they keep running for the next start", async () => {
+    const running = instances("web");
+    expect(running).toHaveLength(1);
+    const stopped = await up.stop(15_000);
+    expect(stopped).toEqual({ code: 0, signal: null });
+    expect(instances("web")).toEqual(running);
+    await startUp();
+    await up.waitForLog((r) => r.msg === "connected to the hub", 20_000);
+  }, 60_000);
+
   it("a spec whose command does not exist ends failed with that reason", async () => {
     const r = await rpc("ServicesService/CreateService", {
       environmentId,

@@ -1,0 +1,74 @@
+// `flotilla agent`: the agent of this server. Kept apart from the hub's commands so an agent
+// process loads none of the hub (Fastify, pg, PGlite): its memory target is 60 MB idle.
+import { resolve } from "node:path";
+import { startAgent } from "../agent/index.js";
+import { createLogger, FlotillaError } from "../shared/index.js";
+import { helpFor, intOption, type OptionSpecs, parseOptions, stringOption } from "./options.js";
+
+const AGENT: OptionSpecs = {
+  hub: { type: "string", env: "FLOTILLA_HUB", description: "Hub URL (needed to join)" },
+  "join-token": {
+    type: "string",
+    env: "FLOTILLA_JOIN_TOKEN",
+    description: "One-time token from `flotilla servers add` (first start only)",
+  },
+  "data-dir": {
+    type: "string",
+    env: "FLOTILLA_AGENT_DATA_DIR",
+    default: "./.flotilla-agent",
+    description: "Agent state: credentials (0600) and the ledger of executed dispatches",
+  },
+  "workload-user": {
+    type: "string",
+    env: "FLOTILLA_WORKLOAD_USER",
+    default: "nobody",
+    description: "Unprivileged user workloads run as when the agent runs as root",
+  },
+  "admin-port": {
+    type: "string",
+    env: "FLOTILLA_AGENT_ADMIN_PORT",
+    default: "8082",
+    description: "Loopback port of the admin API (/status, /drain, /resume, /reload, probes)",
+  },
+  "log-level": {
+    type: "string",
+    env: "FLOTILLA_LOG_LEVEL",
+    default: "info",
+    description: "trace, debug, info, warn, error",
+  },
+  help: { type: "boolean", short: "h", description: "Show this help" },
+};
+
+export async function agentCommand(argv: string[]): Promise<number> {
+  const { values } = parseOptions(argv, AGENT);
+  if (values.help) {
+    process.stdout.write(
+      `${helpFor("flotilla agent --hub URL --join-token T [--data-dir DIR]\n\nRuns the agent of this server: joins the hub once, then keeps its control channel open.", AGENT)}\n`,
+    );
+    return 0;
+  }
+  const dataDir = resolve(stringOption(values, "data-dir")!);
+  const logger = createLogger({ name: "flotilla-agent", level: String(values["log-level"]) });
+  const hub = stringOption(values, "hub");
+  const joinToken = stringOption(values, "join-token");
+  const agent = await startAgent({
+    dataDir,
+    logger,
+    workloadUser: stringOption(values, "workload-user")!,
+    adminPort: intOption(values, "admin-port", { min: 0, max: 65535 })!,
+    ...(hub ? { hub } : {}),
+    ...(joinToken ? { joinToken } : {}),
+  }).catch((err: Error) => {
+    throw new FlotillaError("config.invalid", err.message);
+  });
+  process.stdout.write(
+    `Flotilla agent for server ${agent.serverId}; state in ${dataDir}; admin API ${agent.adminUrl}\n`,
+  );
+  await new Promise<void>((resolveSignal) => {
+    process.once("SIGTERM", resolveSignal);
+    process.once("SIGINT", resolveSignal);
+  });
+  process.stdout.write("agent stopping: finishing dispatches in flight\n");
+  await agent.close();
+  return 0;
+}
