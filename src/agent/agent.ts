@@ -1,5 +1,6 @@
 // The agent: joins a hub once, then keeps its control channel open (reconnecting with jittered
 // backoff), proves its secret to each connection, heartbeats, and executes dispatches exactly once.
+import { hkdfSync } from "node:crypto";
 import { statfsSync } from "node:fs";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
@@ -201,6 +202,15 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   let retry: NodeJS.Timeout | undefined;
   let backoff = minBackoff;
   const inFlight = new Map<string, Promise<void>>();
+  const serviceQueues = new Map<string, Promise<void>>();
+  // Values the hub sent as config: never repeated in a reason or an error the agent reports
+  // (an app's crash output often prints its database URL). Short values are too common to mask.
+  const secretValues = new Set<string>();
+  const redact = (text: string) => {
+    let out = text;
+    for (const v of secretValues) if (v.length >= 8) out = out.split(v).join("[redacted]");
+    return out;
+  };
   // Status reports wait here while the channel is down; only the latest per service matters.
   const unsent = new Map<string, StatusReport>();
   const sendStatus = (r: StatusReport) => {
@@ -211,13 +221,17 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         service_id: r.serviceId,
         deployment_id: r.deploymentId,
         status: r.status,
-        ...(r.reason !== undefined ? { reason: r.reason.slice(0, 4000) } : {}),
+        ...(r.reason !== undefined ? { reason: redact(r.reason).slice(0, 4000) } : {}),
         ...(r.endpoint !== undefined ? { endpoint: r.endpoint } : {}),
       });
     } else unsent.set(r.serviceId, r);
   };
   // exec always; docker when an engine answers (DOCKER_HOST or the default socket).
-  const drivers: Driver[] = [new ExecDriver(o.dataDir, workloadUser, sendStatus, log)];
+  // Pid files seal their env under a key only this server's secret yields.
+  const sealKey = Buffer.from(
+    hkdfSync("sha256", secret, serverId, "flotilla/agent-pid-env/v1", 32),
+  );
+  const drivers: Driver[] = [new ExecDriver(o.dataDir, workloadUser, sendStatus, log, sealKey)];
   if (await dockerAvailable()) drivers.push(await DockerDriver.create(sendStatus, log));
   const driverNames = drivers.map((d) => d.name);
   const adopted = (await Promise.all(drivers.map((d) => d.adopt()))).flat();
@@ -261,6 +275,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     if (frame.op === "delete")
       return runnerOf(serviceId).remove(serviceId, frame.args.purge_data === true);
     const spec = runSpecFrom(frame.args);
+    for (const v of Object.values(spec.env)) secretValues.add(v);
     const driver = driverFor(spec.driver);
     // A service moving between drivers: the old instance goes first.
     const previous = drivers.find((d) => d !== driver && d.has(serviceId));
@@ -273,24 +288,47 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   const logStreams = new Map<string, () => void>();
 
   /** Sends the last lines of a service's log, then (follow) new lines until told to stop. */
-  async function streamLogs(ws: WebSocket, frame: Extract<HubFrame, { type: "logs" }>) {
-    const lines = await runnerOf(frame.service_id).tail(frame.service_id, frame.lines);
-    for (let i = 0; i < lines.length; i += 500)
-      send(ws, { v: 1, type: "log", stream: frame.stream, lines: lines.slice(i, i + 500) });
-    if (!frame.follow) {
-      send(ws, { v: 1, type: "log_end", stream: frame.stream });
-      return;
+  /** Sends lines in frames of at most ~256 KiB, each line cut to 64 KiB (the frame schema's bound). */
+  function sendLines(ws: WebSocket, stream: string, lines: string[]) {
+    let batch: string[] = [];
+    let bytes = 0;
+    for (const raw of lines) {
+      const line = raw.length > 65_536 ? `${raw.slice(0, 65_520)}[cut]` : raw;
+      if (batch.length && (bytes + line.length > 256 * 1024 || batch.length >= 1000)) {
+        send(ws, { v: 1, type: "log", stream, lines: batch });
+        batch = [];
+        bytes = 0;
+      }
+      batch.push(line);
+      // JSON escaping can double a line's size; count it twice to stay under the frame limit.
+      bytes += line.length * 2;
     }
-    const stop = runnerOf(frame.service_id).follow(frame.service_id, (more) => {
-      for (let i = 0; i < more.length; i += 500)
-        send(ws, { v: 1, type: "log", stream: frame.stream, lines: more.slice(i, i + 500) });
-    });
-    const end = () => {
-      stop();
-      logStreams.delete(frame.stream);
-    };
-    logStreams.set(frame.stream, end);
-    ws.once("close", end);
+    if (batch.length) send(ws, { v: 1, type: "log", stream, lines: batch });
+  }
+
+  async function streamLogs(ws: WebSocket, frame: Extract<HubFrame, { type: "logs" }>) {
+    try {
+      const runner = runnerOf(frame.service_id);
+      sendLines(ws, frame.stream, await runner.tail(frame.service_id, frame.lines));
+      if (!frame.follow) {
+        send(ws, { v: 1, type: "log_end", stream: frame.stream });
+        return;
+      }
+      const stop = runner.follow(frame.service_id, (more) => sendLines(ws, frame.stream, more));
+      const end = () => {
+        stop();
+        logStreams.delete(frame.stream);
+      };
+      logStreams.set(frame.stream, end);
+      ws.once("close", end);
+    } catch (err) {
+      send(ws, {
+        v: 1,
+        type: "log_end",
+        stream: frame.stream,
+        error: (err as Error).message.slice(0, 4000),
+      });
+    }
   }
 
   /** A dispatch runs once: a resend is answered from the ledger; one in flight is not started again. */
@@ -308,20 +346,35 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     }
     send(ws, { v: 1, type: "ack", id: frame.id, duplicate: false });
     const ctx = { ...contextFromFrame(frame.ctx) };
-    const work = runWithContext(ctx, async () => {
-      log.info({ dispatch: frame.id, op: frame.op }, "executing dispatch");
-      ledger.begin(frame.id);
-      let outcome: Outcome;
-      try {
-        outcome = await execute(frame);
-      } catch (err) {
-        outcome = { ok: false, error: (err as Error).message };
-      }
-      ledger.record(frame.id, outcome);
-      log.info({ dispatch: frame.id, ok: outcome.ok }, "dispatch executed");
-      // The socket may have been replaced meanwhile: report on whichever is current.
-      if (socket) send(socket, { v: 1, type: "result", id: frame.id, ...outcome });
-    }).finally(() => inFlight.delete(frame.id));
+    // Lifecycle operations of one service run one after another, in the order they arrive:
+    // a stop never races the start before it, and two deploys never start two instances.
+    const key = frame.service_id ?? frame.id;
+    const previous = serviceQueues.get(key) ?? Promise.resolve();
+    const work = previous
+      .then(() =>
+        runWithContext(ctx, async () => {
+          log.info({ dispatch: frame.id, op: frame.op }, "executing dispatch");
+          ledger.begin(frame.id);
+          let outcome: Outcome;
+          try {
+            outcome = await execute(frame);
+          } catch (err) {
+            outcome = { ok: false, error: (err as Error).message };
+          }
+          // The frame schema bounds an error to 4,096 characters; an app's crash output may not.
+          if (outcome.error) outcome.error = redact(outcome.error).slice(0, 4000);
+          ledger.record(frame.id, outcome);
+          log.info({ dispatch: frame.id, ok: outcome.ok }, "dispatch executed");
+          // The socket may have been replaced meanwhile: report on whichever is current.
+          if (socket) send(socket, { v: 1, type: "result", id: frame.id, ...outcome });
+        }),
+      )
+      .catch((err) => log.error({ err, dispatch: frame.id }, "dispatch bookkeeping failed"))
+      .finally(() => {
+        inFlight.delete(frame.id);
+        if (serviceQueues.get(key) === work) serviceQueues.delete(key);
+      });
+    serviceQueues.set(key, work);
     inFlight.set(frame.id, work);
   }
 

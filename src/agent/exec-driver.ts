@@ -2,6 +2,7 @@
 // its config as environment, an allocated port, a health check, a restart policy with backoff,
 // its output in a log file, and pid files so a restarted agent adopts what still runs instead of doubling it.
 import { type ChildProcess, spawn } from "node:child_process";
+import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import {
   chownSync,
   closeSync,
@@ -29,7 +30,9 @@ interface PidFile {
   startTime: string;
   deploymentId: string;
   port: number;
+  /** The spec without its env, which is in sealedEnv. */
   spec: RunSpec;
+  sealedEnv: string;
 }
 
 // Restart backoff: 1 s doubling to 60 s; 5 crashes inside 5 minutes is a crash loop.
@@ -42,14 +45,49 @@ const STOP_GRACE_MS = 10_000;
 // Logs: one file per service, rotated at 10 MiB when an instance starts (one previous file kept).
 const LOG_ROTATE_BYTES = 10 * 1024 * 1024;
 
-function processStartTime(pid: number): string | null {
+/** State and start time of a live process (fields 3 and 22 of /proc/<pid>/stat), or null. */
+function processStat(pid: number): { state: string; startTime: string } | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // Field 22, counted after the parenthesised command name (which may hold spaces).
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;
+    // Counted after the parenthesised command name, which may hold spaces.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return { state: fields[0] ?? "", startTime: fields[19] ?? "" };
   } catch {
     return null;
   }
+}
+
+function processStartTime(pid: number): string | null {
+  return processStat(pid)?.startTime ?? null;
+}
+
+/** The process is ours and still running: same start time (pids are recycled), not a zombie. */
+function isAlive(pid: number, startTime: string): boolean {
+  if (!pid) return false;
+  const s = processStat(pid);
+  return s !== null && s.state !== "Z" && s.startTime === startTime;
+}
+
+/**
+ * Pid files hold the spec to restart an adopted instance, and its env holds decrypted secrets:
+ * they are sealed (AES-256-GCM) under a key the agent derives from its server secret.
+ */
+function sealEnv(key: Buffer, env: Record<string, string>): string {
+  const nonce = randomBytes(12);
+  const cipher = createCipheriv("aes-256-gcm", key, nonce);
+  const body = Buffer.concat([cipher.update(JSON.stringify(env), "utf8"), cipher.final()]);
+  return Buffer.concat([nonce, body, cipher.getAuthTag()]).toString("base64");
+}
+
+function openEnv(key: Buffer, sealed: string): Record<string, string> {
+  const buf = Buffer.from(sealed, "base64");
+  const decipher = createDecipheriv("aes-256-gcm", key, buf.subarray(0, 12));
+  decipher.setAuthTag(buf.subarray(buf.length - 16));
+  const plain = Buffer.concat([
+    decipher.update(buf.subarray(12, buf.length - 16)),
+    decipher.final(),
+  ]);
+  return JSON.parse(plain.toString("utf8")) as Record<string, string>;
 }
 
 function killGroup(pid: number, signal: NodeJS.Signals): void {
@@ -83,6 +121,7 @@ class Instance {
   stopping = false;
   crashes: number[] = [];
   restartTimer: NodeJS.Timeout | undefined;
+  startTime = "";
   constructor(public spec: ExecRun) {}
 }
 
@@ -95,6 +134,8 @@ export class ExecDriver implements Driver {
     private readonly user: WorkloadUser,
     private readonly report: (r: StatusReport) => void,
     private readonly logger: Logger,
+    /** 32 bytes that seal the env in pid files; the agent derives it from its server secret. */
+    private readonly sealKey: Buffer,
   ) {
     for (const d of ["instances", "volumes", "logs"])
       mkdirSync(join(dataDir, d), { recursive: true, mode: 0o755 });
@@ -113,8 +154,9 @@ export class ExecDriver implements Driver {
   async start(run: RunSpec): Promise<{ endpoint: string }> {
     const spec = execRun(run);
     const existing = this.instances.get(spec.serviceId);
-    if (existing?.pid && !existing.stopping && processStartTime(existing.pid))
+    if (existing && !existing.stopping && isAlive(existing.pid, existing.startTime))
       return { endpoint: `127.0.0.1:${existing.port}` };
+    if (existing) clearTimeout(existing.restartTimer);
     const instance = existing ?? new Instance(spec);
     instance.spec = spec;
     instance.stopping = false;
@@ -200,14 +242,21 @@ export class ExecDriver implements Driver {
       throw new Error(reason);
     }
     instance.pid = child.pid!;
+    instance.startTime = processStartTime(child.pid!) ?? "";
     // The instance must not keep the agent alive: it outlives an agent restart by design.
     child.unref();
+    if (instance.stopping) {
+      // A stop arrived while this start was on its way: it wins.
+      killGroup(instance.pid, "SIGKILL");
+      throw new Error("stopped before it was running");
+    }
     const pidFile: PidFile = {
       pid: child.pid!,
-      startTime: processStartTime(child.pid!) ?? "",
+      startTime: instance.startTime,
       deploymentId: spec.deploymentId,
       port,
-      spec,
+      spec: { ...spec, env: {} },
+      sealedEnv: sealEnv(this.sealKey, spec.env),
     };
     writeFileSync(this.pidFile(spec.serviceId), JSON.stringify(pidFile), { mode: 0o600 });
     let exited: string | null = null;
@@ -263,6 +312,8 @@ export class ExecDriver implements Driver {
 
   private onExit(instance: Instance, child: ChildProcess, code: number | null, how: string) {
     if (instance.child !== child) return;
+    // The pid is no longer ours: it may be recycled for an unrelated process.
+    instance.pid = 0;
     rmSync(this.pidFile(instance.spec.serviceId), { force: true });
     // The group too: nothing the workload started outlives it.
     killGroup(child.pid!, "SIGKILL");
@@ -303,17 +354,16 @@ export class ExecDriver implements Driver {
     if (!instance) return;
     instance.stopping = true;
     clearTimeout(instance.restartTimer);
-    const pid = instance.pid;
-    if (pid && processStartTime(pid)) {
+    const { pid, startTime } = instance;
+    if (isAlive(pid, startTime)) {
       killGroup(pid, "SIGTERM");
       const deadline = Date.now() + STOP_GRACE_MS;
-      while (processStartTime(pid) && Date.now() < deadline)
+      while (isAlive(pid, startTime) && Date.now() < deadline)
         await new Promise((r) => setTimeout(r, 50));
       killGroup(pid, "SIGKILL");
-      while (
-        processStartTime(pid) &&
-        !/ Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8").slice(-200))
-      )
+      // A killed process is gone or a zombie within milliseconds; 5 s bounds the wait anyway.
+      const killDeadline = Date.now() + 5000;
+      while (isAlive(pid, startTime) && Date.now() < killDeadline)
         await new Promise((r) => setTimeout(r, 20));
     }
     rmSync(this.pidFile(serviceId), { force: true });
@@ -339,18 +389,26 @@ export class ExecDriver implements Driver {
     for (const name of existsSync(dir) ? readdirSync(dir) : []) {
       const file = join(dir, name);
       let p: PidFile;
+      let spec: ExecRun;
       try {
         p = JSON.parse(readFileSync(file, "utf8")) as PidFile;
+        // Pid files written before drivers were named lack "driver": they are exec instances.
+        spec = execRun({
+          ...p.spec,
+          driver: p.spec.driver ?? "exec",
+          env: p.sealedEnv ? openEnv(this.sealKey, p.sealedEnv) : {},
+        });
       } catch {
         rmSync(file, { force: true });
         continue;
       }
-      if (p.startTime && processStartTime(p.pid) === p.startTime) {
-        const instance = new Instance(execRun(p.spec));
+      if (p.startTime && isAlive(p.pid, p.startTime)) {
+        const instance = new Instance(spec);
         instance.pid = p.pid;
+        instance.startTime = p.startTime;
         instance.port = p.port;
-        this.instances.set(p.spec.serviceId, instance);
-        adopted.push(p.spec.serviceId);
+        this.instances.set(spec.serviceId, instance);
+        adopted.push(spec.serviceId);
         this.watchAdopted(instance);
       } else {
         rmSync(file, { force: true });
@@ -362,7 +420,7 @@ export class ExecDriver implements Driver {
   private watchAdopted(instance: Instance) {
     const timer = setInterval(() => {
       if (instance.child || instance.stopping) return clearInterval(timer);
-      if (!processStartTime(instance.pid)) {
+      if (!isAlive(instance.pid, instance.startTime)) {
         clearInterval(timer);
         // An adopted instance died: apply its restart policy as if it had been our child.
         const ghost = { pid: instance.pid } as ChildProcess;
@@ -380,7 +438,7 @@ export class ExecDriver implements Driver {
   /** Running instances: service id, deployment, pid, port. */
   list() {
     return [...this.instances.values()]
-      .filter((i) => i.pid && !i.stopping && processStartTime(i.pid))
+      .filter((i) => !i.stopping && isAlive(i.pid, i.startTime))
       .map((i) => ({
         serviceId: i.spec.serviceId,
         deploymentId: i.spec.deploymentId,

@@ -35,7 +35,8 @@ const SUBJECTS: Subject[] = [
   {
     name: "exec",
     available: true,
-    make: async (dir, report) => new ExecDriver(dir, resolveWorkloadUser("nobody"), report, logger),
+    make: async (dir, report) =>
+      new ExecDriver(dir, resolveWorkloadUser("nobody"), report, logger, randomBytes(32)),
     section: (marker) => ({
       driver: "exec",
       exec: {

@@ -305,6 +305,96 @@ describe("agents on real hub replicas", () => {
     await agent.stop();
   }, 60_000);
 
+  it("an agent's status report about a service placed on another server changes nothing", async () => {
+    const { agent, serverId } = await enrol("box-owner");
+    const project = await rpc(
+      hubA,
+      "ProjectService/CreateProject",
+      { name: `Placed ${Date.now()}` },
+      token,
+    );
+    const created = await rpc(
+      hubA,
+      "ServicesService/CreateService",
+      {
+        environmentId: (project.production as { id: string }).id,
+        name: "placed",
+        visibility: "VISIBILITY_PRIVATE",
+        serverId,
+        spec: { driver: "DRIVER_EXEC", exec: { command: "/no/such/thing" } },
+      },
+      token,
+    );
+    const service = created.service as { id: string };
+    const deployed = await rpc(hubA, "ServicesService/Deploy", { serviceId: service.id }, token);
+    const deploymentId = (deployed.deployment as { id: string }).id;
+    await sleep(1000);
+    const before = (
+      (await rpc(hubA, "ServicesService/GetService", { serviceId: service.id }, token)).service as {
+        observed: unknown;
+      }
+    ).observed;
+
+    // Another server of the same organization, speaking for itself over a raw channel.
+    const join = await rpc(hubA, "ServerService/CreateJoinToken", { name: "box-intruder" }, token);
+    const joined = (await (
+      await fetch(`${hubA.url}/agent/v1/join`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ token: join.token }),
+      })
+    ).json()) as { server_id: string; secret: string };
+    const ws = new WebSocket(`${hubA.url.replace("http", "ws")}${AGENT_CONNECT_PATH}`);
+    const welcomed = new Promise<void>((resolve) =>
+      ws.on("message", (data) => {
+        const frame = JSON.parse(String(data));
+        if (frame.type === "challenge")
+          ws.send(
+            JSON.stringify({
+              v: 1,
+              type: "auth",
+              proof: authProof(joined.secret, joined.server_id, frame.nonce),
+            }),
+          );
+        if (frame.type === "welcome") resolve();
+      }),
+    );
+    ws.once("open", () =>
+      ws.send(
+        JSON.stringify({
+          v: 1,
+          type: "hello",
+          server_id: joined.server_id,
+          agent_version: "x",
+          drivers: ["exec"],
+          cores: 1,
+          memory_bytes: 1,
+          disk_free_bytes: 1,
+        }),
+      ),
+    );
+    await welcomed;
+    ws.send(
+      JSON.stringify({
+        v: 1,
+        type: "status",
+        service_id: service.id,
+        deployment_id: deploymentId,
+        status: "running",
+        endpoint: "203.0.113.7:5432",
+      }),
+    );
+    await sleep(1000);
+    ws.close();
+    const after = (
+      (await rpc(hubA, "ServicesService/GetService", { serviceId: service.id }, token)).service as {
+        observed: unknown;
+      }
+    ).observed;
+    expect(after).toEqual(before);
+    await agent.stop();
+  }, 60_000);
+
   it("malformed and oversized frames at the hub are rejected and logged; the hub keeps serving", async () => {
     const ws = new WebSocket(`${hubA.url.replace("http", "ws")}${AGENT_CONNECT_PATH}`);
     await new Promise((resolve) => ws.once("open", resolve));

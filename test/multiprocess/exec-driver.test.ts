@@ -3,7 +3,7 @@
 // redeploy; crashes restart it; an agent restart adopts it; stop and delete leave no process.
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
@@ -157,6 +157,13 @@ describe("the exec driver under flotilla up", () => {
     ]);
     // The secret reached the workload's environment only; no log line of hub or agent has it.
     expect(up.stdout() + up.stderr()).not.toContain(SECRET);
+    // The agent's pid files keep the env to restart an adopted instance, sealed.
+    const instancesDir = join(dir, "data", "agent", "instances");
+    const pidFiles = readdirSync(instancesDir).map((f) =>
+      readFileSync(join(instancesDir, f), "utf8"),
+    );
+    expect(pidFiles.length).toBeGreaterThan(0);
+    for (const text of pidFiles) expect(text).not.toContain(SECRET);
   }, 60_000);
 
   it("a workload killed with SIGKILL is restarted within its backoff, on the same endpoint", async () => {

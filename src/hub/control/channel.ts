@@ -34,6 +34,8 @@ export interface StatusSink {
   observe(
     organizationId: string,
     o: {
+      /** The reporting agent's server: it may speak only of services placed on it. */
+      serverId: string;
       serviceId: string;
       deploymentId: string;
       status: string;
@@ -78,6 +80,7 @@ const CLOSE = { authFailed: 4001, replaced: 4002, authTimeout: 4003, shutdown: 1
 
 interface LogStream {
   serverId: string;
+  sessionId: string;
   push(lines: string[]): void;
   end(error?: string): void;
 }
@@ -87,7 +90,7 @@ export class ControlChannel {
   private readonly logStreams = new Map<string, LogStream>();
   private readonly adminCalls = new Map<
     string,
-    { serverId: string; settle(ok: boolean, value: unknown): void }
+    { serverId: string; sessionId: string; settle(ok: boolean, value: unknown): void }
   >();
   private readonly drains = new Map<string, { running: Promise<void>; again: boolean }>();
   private unlisten: (() => Promise<void>) | undefined;
@@ -148,6 +151,7 @@ export class ControlChannel {
     let wake: (() => void) | undefined;
     this.logStreams.set(stream, {
       serverId,
+      sessionId: session.sessionId,
       push: (l) => {
         queue.push(l);
         wake?.();
@@ -208,6 +212,7 @@ export class ControlChannel {
       timer.unref();
       this.adminCalls.set(id, {
         serverId,
+        sessionId: session.sessionId,
         settle: (ok, value) => {
           clearTimeout(timer);
           this.adminCalls.delete(id);
@@ -262,20 +267,33 @@ export class ControlChannel {
         if (!session || session.draining) return;
         const claimed = await this.o.dispatches.claim(d.id, this.o.hubId);
         if (!claimed) continue; // another drain won it: it is theirs to deliver
-        let args: Record<string, unknown>;
-        try {
-          args = this.o.resolveArgs ? await this.o.resolveArgs(claimed) : claimed.args;
-        } catch (err) {
-          await this.o.dispatches.fail(
-            claimed.id,
-            `could not prepare the dispatch: ${(err as Error).message}`,
-          );
-          continue;
-        }
-        this.sendDispatch(session, claimed, args);
+        await this.deliver(session, claimed);
       }
       if (pending.length < 100) return;
     }
+  }
+
+  /** Completes the arguments and sends the frame; a dispatch that cannot go out goes back to pending. */
+  private async deliver(session: Session, d: Dispatch): Promise<void> {
+    let args: Record<string, unknown>;
+    try {
+      args = this.o.resolveArgs ? await this.o.resolveArgs(d) : d.args;
+    } catch (err) {
+      await this.o.dispatches.fail(
+        d.id,
+        `could not prepare the dispatch: ${(err as Error).message}`,
+      );
+      return;
+    }
+    // The socket may have gone while the arguments were prepared.
+    if (
+      this.sessions.get(session.serverId) !== session ||
+      session.socket.readyState !== session.socket.OPEN
+    ) {
+      await this.o.dispatches.release(d.id);
+      return;
+    }
+    this.sendDispatch(session, d, args);
   }
 
   private sendDispatch(session: Session, d: Dispatch, args: Record<string, unknown>): void {
@@ -355,8 +373,8 @@ export class ControlChannel {
               socket.close(CLOSE.authFailed, "authentication failed");
               return;
             }
-            clearTimeout(authTimer);
             session = await this.open(socket, server.id, server.organizationId, hello!);
+            clearTimeout(authTimer);
             phase = "open";
           } else {
             await this.handle(session!, frame);
@@ -364,6 +382,12 @@ export class ControlChannel {
         } catch (err) {
           const code = err instanceof FrameError ? err.code : "internal";
           log.warn({ err, server: hello?.server_id }, "agent frame refused");
+          // Before the channel is open, a failure (a database blip during the claim) must not
+          // leave the agent connected but never welcomed: close, and it reconnects.
+          if (phase !== "open" && !(err instanceof FrameError)) {
+            socket.close(1011, "the hub could not open the channel; reconnect");
+            return;
+          }
           this.send(socket, {
             v: 1,
             type: "error",
@@ -408,7 +432,14 @@ export class ControlChannel {
       session_id: sessionId,
       heartbeat_interval_ms: this.o.heartbeatIntervalMs ?? 15_000,
     });
-    // Reconcile on connect: whatever was intended while the agent was away is delivered now.
+    // Reconcile on connect. In-progress dispatches may have lost their frame or their result
+    // (a dropped connection, a hub restart): send them again; the agent answers a dispatch it
+    // already ran from its ledger, and does not start one it is running a second time.
+    for (const d of await this.o.dispatches.inProgressFor(serverId)) {
+      const taken = await this.o.dispatches.retake(d.id, this.o.hubId);
+      if (taken) await this.deliver(session, taken);
+    }
+    // Then whatever was intended while the agent was away.
     this.wake(serverId);
     return session;
   }
@@ -487,6 +518,7 @@ export class ControlChannel {
           },
           () =>
             this.o.status.observe(session.organizationId, {
+              serverId: session.serverId,
               serviceId: frame.service_id,
               deploymentId: frame.deployment_id,
               status: frame.status,
@@ -506,9 +538,9 @@ export class ControlChannel {
   private async closed(session: Session | undefined): Promise<void> {
     if (!session) return;
     for (const s of this.logStreams.values())
-      if (s.serverId === session.serverId) s.end("the agent disconnected");
+      if (s.sessionId === session.sessionId) s.end("the agent disconnected");
     for (const call of this.adminCalls.values())
-      if (call.serverId === session.serverId) call.settle(false, "the agent disconnected");
+      if (call.sessionId === session.sessionId) call.settle(false, "the agent disconnected");
     if (this.sessions.get(session.serverId) === session) this.sessions.delete(session.serverId);
     const released = await this.o.servers
       .release(session.serverId, this.o.hubId, session.sessionId)

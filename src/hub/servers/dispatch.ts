@@ -155,6 +155,27 @@ export class DispatchStore {
     return rows.length > 0;
   }
 
+  /** A server's dispatches handed out but not finished, oldest first. */
+  async inProgressFor(serverId: string): Promise<Dispatch[]> {
+    const { rows } = await this.db.query<DispatchRow>(
+      `SELECT ${COLUMNS} FROM dispatches WHERE server_id = $1 AND state = 'in_progress'
+       ORDER BY created_at, id`,
+      [serverId],
+    );
+    return rows.map(toDispatch);
+  }
+
+  /** An in-progress dispatch taken over by the replica that now holds its agent. */
+  async retake(id: string, hubId: string, deadlineSeconds = DEFAULT_DEADLINE_SECONDS) {
+    const { rows } = await this.db.query<DispatchRow>(
+      `UPDATE dispatches SET claimed_by = $2, deadline_at = now() + make_interval(secs => $3),
+              updated_at = now()
+       WHERE id = $1 AND state = 'in_progress' RETURNING ${COLUMNS}`,
+      [id, hubId, deadlineSeconds],
+    );
+    return rows[0] ? toDispatch(rows[0]) : null;
+  }
+
   /** A server's pending dispatches, oldest first: the order they were intended in. */
   async pendingFor(serverId: string, limit = 100): Promise<Dispatch[]> {
     const { rows } = await this.db.query<DispatchRow>(

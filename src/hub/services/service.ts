@@ -189,6 +189,8 @@ export interface UpdateServiceInput {
 
 /** What an agent reports about a deployment it runs (written by the agent-report path only). */
 export interface Observation {
+  /** When set (an agent's report), only a service placed on this server is affected. */
+  serverId?: string;
   serviceId: string;
   deploymentId: string;
   status: Exclude<ObservedStatus, "unknown">;
@@ -537,7 +539,9 @@ export class ServicesService {
     return this.db.tx(async (tx) => {
       const d = await tx.query<{ id: string }>(
         `UPDATE deployments SET status = $4, status_reason = $5, endpoint = coalesce($6, endpoint), observed_at = now()
-         WHERE id = $1 AND service_id = $2 AND organization_id = $3 RETURNING id`,
+         WHERE id = $1 AND service_id = $2 AND organization_id = $3
+           AND ($7::uuid IS NULL OR EXISTS (SELECT 1 FROM services s WHERE s.id = $2 AND s.server_id = $7::uuid))
+         RETURNING id`,
         [
           o.deploymentId,
           o.serviceId,
@@ -545,6 +549,7 @@ export class ServicesService {
           o.status,
           o.reason ?? null,
           o.endpoint ?? null,
+          o.serverId ?? null,
         ],
       );
       if (!d.rows[0]) return { applied: false };
