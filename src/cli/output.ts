@@ -1,6 +1,15 @@
 // CLI output: human tables or --json, and errors mapped to exit codes scripts can rely on.
-import { Code, ConnectError } from "@connectrpc/connect";
-import { ERROR_CODE_HEADER, FlotillaError, toConnectError } from "../shared/index.js";
+import { ConnectCode, ERROR_CATALOGUE, ERROR_CODE_HEADER, FlotillaError } from "../shared/index.js";
+
+/** A ConnectError, recognized by shape: the CLI's entry must not load the Connect runtime. */
+interface ConnectLike {
+  code: number;
+  rawMessage: string;
+  metadata: Headers;
+}
+const isConnectError = (err: unknown): err is ConnectLike =>
+  err instanceof Error && err.name === "ConnectError" && "rawMessage" in err && "metadata" in err;
+const CODE_NAMES = new Map<number, string>(Object.entries(ConnectCode).map(([k, v]) => [v, k]));
 
 /** Exit codes: documented in docs/cli.md; scripts may branch on them. */
 export const EXIT = {
@@ -33,13 +42,13 @@ export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
-const EXIT_BY_CODE: Partial<Record<Code, number>> = {
-  [Code.Unauthenticated]: EXIT.unauthenticated,
-  [Code.PermissionDenied]: EXIT.permissionDenied,
-  [Code.NotFound]: EXIT.notFound,
-  [Code.AlreadyExists]: EXIT.conflict,
-  [Code.Unavailable]: EXIT.unavailable,
-  [Code.InvalidArgument]: EXIT.usage,
+const EXIT_BY_CODE: Record<number, number> = {
+  [ConnectCode.Unauthenticated]: EXIT.unauthenticated,
+  [ConnectCode.PermissionDenied]: EXIT.permissionDenied,
+  [ConnectCode.NotFound]: EXIT.notFound,
+  [ConnectCode.AlreadyExists]: EXIT.conflict,
+  [ConnectCode.Unavailable]: EXIT.unavailable,
+  [ConnectCode.InvalidArgument]: EXIT.usage,
 };
 
 export function reportError(err: unknown, json: boolean): number {
@@ -47,16 +56,35 @@ export function reportError(err: unknown, json: boolean): number {
   let message = err instanceof Error ? err.message : String(err);
   let exit: number = EXIT.failure;
   // Errors raised here in the CLI carry the same catalogue codes as the hub's, and exit alike.
-  const connectErr =
-    err instanceof FlotillaError ? toConnectError(err) : err instanceof ConnectError ? err : null;
+  const connectErr: { code: number; rawMessage: string; catalogueCode: string | null } | null =
+    err instanceof FlotillaError
+      ? {
+          code: ERROR_CATALOGUE[err.code].connect,
+          rawMessage: err.message,
+          catalogueCode: err.code,
+        }
+      : isConnectError(err)
+        ? {
+            code: err.code,
+            rawMessage: err.rawMessage,
+            catalogueCode: err.metadata.get(ERROR_CODE_HEADER),
+          }
+        : null;
   if (connectErr) {
-    code = connectErr.metadata.get(ERROR_CODE_HEADER) ?? Code[connectErr.code];
+    code =
+      connectErr.catalogueCode ??
+      CODE_NAMES.get(connectErr.code)?.replace(
+        /[A-Z]/g,
+        (c, i) => (i ? "_" : "") + c.toLowerCase(),
+      ) ??
+      String(connectErr.code);
     message = connectErr.rawMessage;
     exit = EXIT_BY_CODE[connectErr.code] ?? EXIT.failure;
-    if (connectErr.code === Code.Unavailable && /fetch failed|ECONNREFUSED/i.test(message)) {
+    if (connectErr.code === ConnectCode.Unavailable && /fetch failed|ECONNREFUSED/i.test(message)) {
       message = `${message}: is the hub running? (flotilla up, or check --hub)`;
     }
-    if (connectErr.code === Code.Unauthenticated) message = `${message} (run: flotilla login)`;
+    if (connectErr.code === ConnectCode.Unauthenticated)
+      message = `${message} (run: flotilla login)`;
   }
   if (json) process.stderr.write(`${JSON.stringify({ error: { code, message } })}\n`);
   else process.stderr.write(`error: ${message} [${code}]\n`);

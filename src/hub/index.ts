@@ -1,5 +1,5 @@
 // Public entry of the hub: start one hub replica on PostgreSQL or the embedded store.
-export { RPC_RULES, type Rule, SERVICES } from "./api/index.js";
+export { RPC_RULES, type Rule, SERVICES, toConnectError } from "./api/index.js";
 export { Keyring, loadOrCreateKeyFile, type MasterKey, masterKeyFrom } from "./config/index.js";
 export {
   CAPABILITIES,

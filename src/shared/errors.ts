@@ -1,8 +1,25 @@
 // The error catalogue: every error Flotilla returns has a stable code mapped to a Connect code and an HTTP status.
-import { Code, ConnectError } from "@connectrpc/connect";
+
+/**
+ * Connect's status codes, by the numbers of @connectrpc/connect's Code enum. Kept here so the
+ * transport contract does not load the Connect runtime: an agent imports this module, and the
+ * runtime alone costs it 10 MB of its 60 MB budget.
+ */
+export const ConnectCode = {
+  InvalidArgument: 3,
+  NotFound: 5,
+  AlreadyExists: 6,
+  PermissionDenied: 7,
+  ResourceExhausted: 8,
+  FailedPrecondition: 9,
+  Internal: 13,
+  Unavailable: 14,
+  Unauthenticated: 16,
+} as const;
+type ConnectCodeNumber = (typeof ConnectCode)[keyof typeof ConnectCode];
 
 interface CatalogueEntry {
-  connect: Code;
+  connect: ConnectCodeNumber;
   http: number;
   /** What the code means and what the caller can do about it (rendered into docs/errors.md). */
   meaning: string;
@@ -10,122 +27,122 @@ interface CatalogueEntry {
 
 export const ERROR_CATALOGUE = {
   "request.malformed": {
-    connect: Code.InvalidArgument,
+    connect: ConnectCode.InvalidArgument,
     http: 400,
     meaning:
       "The body is not valid JSON or protobuf, a field has the wrong type, or an enum value is unknown. The message names the field.",
   },
   "request.too_large": {
-    connect: Code.InvalidArgument,
+    connect: ConnectCode.InvalidArgument,
     http: 400,
     meaning:
       "The request body exceeds the documented limit (1 MiB by default, `--max-body-bytes`).",
   },
   "validation.failed": {
-    connect: Code.InvalidArgument,
+    connect: ConnectCode.InvalidArgument,
     http: 400,
     meaning: "A field is missing, too long or out of range. `field` names it; fix it and retry.",
   },
   "auth.unauthenticated": {
-    connect: Code.Unauthenticated,
+    connect: ConnectCode.Unauthenticated,
     http: 401,
     meaning:
       "No valid session cookie or bearer token was presented, or it expired or was revoked. Log in again.",
   },
   "auth.invalid_credentials": {
-    connect: Code.Unauthenticated,
+    connect: ConnectCode.Unauthenticated,
     http: 401,
     meaning: "The email or password is wrong. The error does not say which.",
   },
   "auth.rate_limited": {
-    connect: Code.ResourceExhausted,
+    connect: ConnectCode.ResourceExhausted,
     http: 429,
     meaning: "Too many failed logins for this email or address; wait for the window to pass.",
   },
   "auth.permission_denied": {
-    connect: Code.PermissionDenied,
+    connect: ConnectCode.PermissionDenied,
     http: 403,
     meaning: "Your role in this organization lacks the capability the call needs.",
   },
   "auth.tenant_mismatch": {
-    connect: Code.PermissionDenied,
+    connect: ConnectCode.PermissionDenied,
     http: 403,
     meaning:
       "The x-tenant-id header names an organization other than the one you are signed in to. Drop the header or sign in to that organization.",
   },
   "auth.setup_closed": {
-    connect: Code.FailedPrecondition,
+    connect: ConnectCode.FailedPrecondition,
     http: 400,
     meaning: "First-owner setup was already completed; sign in instead.",
   },
   "auth.setup_token_invalid": {
-    connect: Code.PermissionDenied,
+    connect: ConnectCode.PermissionDenied,
     http: 403,
     meaning: "The setup token is wrong. It is printed by the hub at its first start.",
   },
   "resource.not_found": {
-    connect: Code.NotFound,
+    connect: ConnectCode.NotFound,
     http: 404,
     meaning:
       "No such object in your organization (objects of other organizations also answer this).",
   },
   "resource.already_exists": {
-    connect: Code.AlreadyExists,
+    connect: ConnectCode.AlreadyExists,
     http: 409,
     meaning: "An object with this unique name already exists. `field` names the clashing field.",
   },
   "resource.in_use": {
-    connect: Code.FailedPrecondition,
+    connect: ConnectCode.FailedPrecondition,
     http: 400,
     meaning:
       "The object still has running dependents (the message names them). Stop them, or repeat with force.",
   },
   "resource.conflict": {
-    connect: Code.FailedPrecondition,
+    connect: ConnectCode.FailedPrecondition,
     http: 400,
     meaning:
       "The request contradicts the object's state (for example a rollback to a deployment of another service).",
   },
   "membership.last_owner": {
-    connect: Code.FailedPrecondition,
+    connect: ConnectCode.FailedPrecondition,
     http: 400,
     meaning: "The organization must keep at least one owner; promote another member first.",
   },
   "store.locked": {
-    connect: Code.Unavailable,
+    connect: ConnectCode.Unavailable,
     http: 503,
     meaning:
       "Another process holds the embedded data directory. Stop it or pick another --data-dir.",
   },
   "store.migration_changed": {
-    connect: Code.FailedPrecondition,
+    connect: ConnectCode.FailedPrecondition,
     http: 400,
     meaning:
       "An applied migration file was edited. Restore the original file; never edit applied migrations.",
   },
   "agent.unavailable": {
-    connect: Code.Unavailable,
+    connect: ConnectCode.Unavailable,
     http: 503,
     meaning: "The server's agent is not connected (to this hub). Retry when the server is online.",
   },
   "store.unavailable": {
-    connect: Code.Unavailable,
+    connect: ConnectCode.Unavailable,
     http: 503,
     meaning: "The database could not be reached. The call can be retried.",
   },
   "server.draining": {
-    connect: Code.Unavailable,
+    connect: ConnectCode.Unavailable,
     http: 503,
     meaning: "This hub is shutting down; retry against another replica.",
   },
   "config.invalid": {
-    connect: Code.InvalidArgument,
+    connect: ConnectCode.InvalidArgument,
     http: 400,
     meaning:
       "A command-line option or environment variable has an invalid value. The message names it.",
   },
   internal: {
-    connect: Code.Internal,
+    connect: ConnectCode.Internal,
     http: 500,
     meaning: "A bug. The correlation id in the response finds the log lines.",
   },
@@ -144,7 +161,7 @@ export class FlotillaError extends Error {
     this.field = options.field;
   }
 
-  get connectCode(): Code {
+  get connectCode(): ConnectCodeNumber {
     return ERROR_CATALOGUE[this.code].connect;
   }
 
@@ -161,30 +178,3 @@ export const notFound = (what: string) =>
 
 export const ERROR_CODE_HEADER = "flotilla-error-code";
 export const ERROR_FIELD_HEADER = "flotilla-error-field";
-
-/** The Connect error a client sees: the message, plus the stable code and field as metadata. */
-export function toConnectError(err: unknown): ConnectError {
-  if (err instanceof FlotillaError) {
-    const metadata = new Headers({ [ERROR_CODE_HEADER]: err.code });
-    if (err.field) metadata.set(ERROR_FIELD_HEADER, err.field);
-    return new ConnectError(err.message, err.connectCode, metadata);
-  }
-  if (err instanceof ConnectError) {
-    // Connect's own decode and size errors: stamp them with our catalogue code.
-    if (!err.metadata.has(ERROR_CODE_HEADER)) {
-      const code: ErrorCode =
-        err.code === Code.InvalidArgument
-          ? "request.malformed"
-          : err.code === Code.ResourceExhausted
-            ? "request.too_large"
-            : "internal";
-      if (code !== "internal") err.metadata.set(ERROR_CODE_HEADER, code);
-    }
-    return err;
-  }
-  return new ConnectError(
-    "internal error",
-    Code.Internal,
-    new Headers({ [ERROR_CODE_HEADER]: "internal" }),
-  );
-}

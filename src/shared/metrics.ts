@@ -1,5 +1,10 @@
 // Prometheus metrics: one registry per process component, every name prefixed flotilla_.
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { createRequire } from "node:module";
+import type { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+// Loaded on first use: agents import this module's neighbours but serve their few metrics as
+// plain text, and prom-client would cost them ~2 MB of a 60 MB budget.
+const promClient = () => createRequire(import.meta.url)("prom-client") as typeof import("prom-client");
 
 export const METRIC_PREFIX = "flotilla_";
 
@@ -11,6 +16,7 @@ export interface Metrics {
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
+  const { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } = promClient();
   const registry = new Registry();
   if (options.defaultMetrics !== false)
     collectDefaultMetrics({ register: registry, prefix: METRIC_PREFIX });

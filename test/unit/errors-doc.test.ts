@@ -2,7 +2,8 @@
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { describe, expect, it } from "vitest";
-import { ERROR_CATALOGUE, FlotillaError, toConnectError } from "../../src/shared/index.js";
+import { toConnectError } from "../../src/hub/index.js";
+import { ERROR_CATALOGUE, FlotillaError } from "../../src/shared/index.js";
 
 const doc = readFileSync(resolve(import.meta.dirname, "../../docs/errors.md"), "utf8");
 const documented = [...doc.matchAll(/^\| `([a-z_.]+)` \|/gm)].map((m) => m[1]);

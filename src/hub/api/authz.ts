@@ -19,7 +19,6 @@ import {
   type Metrics,
   type RequestContext,
   runWithContext,
-  toConnectError,
 } from "../../shared/index.js";
 import {
   type Capability,
@@ -29,6 +28,7 @@ import {
   requireCapability,
   SESSION_COOKIE,
 } from "../identity/index.js";
+import { toConnectError } from "./connect-errors.js";
 
 export type Rule =
   | { access: "public" }

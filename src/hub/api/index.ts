@@ -10,6 +10,7 @@ export {
   SERVICES,
 } from "./authz.js";
 export { configRoutes } from "./config-routes.js";
+export { toConnectError } from "./connect-errors.js";
 export { type ConnectOnFastifyOptions, connectOnFastify } from "./connect-fastify.js";
 export { type IdentityRouteOptions, identityRoutes } from "./identity-routes.js";
 export { projectRoutes } from "./projects-routes.js";

@@ -8,7 +8,7 @@ import {
   Visibility,
   type WatchEventsRequest,
 } from "../../gen/flotilla/v1/services_pb.js";
-import { checkId, invalid, toConnectError } from "../../shared/index.js";
+import { checkId, invalid } from "../../shared/index.js";
 import type { Queryable } from "../../store/index.js";
 import { type EventBus, eventsAfter, latestEvents, type StoredEvent } from "../outbox/index.js";
 import type {
@@ -19,6 +19,7 @@ import type {
   SpecInput,
   Visibility as VisibilityName,
 } from "../services/index.js";
+import { toConnectError } from "./connect-errors.js";
 import { caller, ts } from "./handler-context.js";
 
 const DRIVER_FROM_PROTO = new Map<Driver, "exec" | "docker">([

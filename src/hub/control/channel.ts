@@ -19,9 +19,9 @@ import {
   MAX_FRAME_BYTES,
   parseAgentFrame,
   runWithContext,
-  toConnectError,
 } from "../../shared/index.js";
 import type { Db } from "../../store/index.js";
+import { toConnectError } from "../api/index.js";
 import {
   DISPATCH_CHANNEL,
   type Dispatch,
