@@ -4,7 +4,8 @@ import type { Counter, Gauge, Histogram, Registry } from "prom-client";
 
 // Loaded on first use: agents import this module's neighbours but serve their few metrics as
 // plain text, and prom-client would cost them ~2 MB of a 60 MB budget.
-const promClient = () => createRequire(import.meta.url)("prom-client") as typeof import("prom-client");
+const promClient = () =>
+  createRequire(import.meta.url)("prom-client") as typeof import("prom-client");
 
 export const METRIC_PREFIX = "flotilla_";
 
