@@ -42,8 +42,10 @@ const CRASH_LOOP_COUNT = 5;
 const CRASH_LOOP_WINDOW_MS = 5 * 60_000;
 const HEALTH_TIMEOUT_MS = 30_000;
 const STOP_GRACE_MS = 10_000;
-// Logs: one file per service, rotated at 10 MiB when an instance starts (one previous file kept).
+// Logs: one file per service, rotated past 10 MiB (checked at each start and every 30 s; one
+// previous file kept).
 const LOG_ROTATE_BYTES = 10 * 1024 * 1024;
+const LOG_ROTATE_CHECK_MS = 30_000;
 
 /** State and start time of a live process (fields 3 and 22 of /proc/<pid>/stat), or null. */
 function processStat(pid: number): { state: string; startTime: string } | null {
@@ -139,7 +141,14 @@ export class ExecDriver implements Driver {
   ) {
     for (const d of ["instances", "volumes", "logs"])
       mkdirSync(join(dataDir, d), { recursive: true, mode: 0o755 });
+    // A chatty long-running instance must not fill the disk between two starts.
+    this.rotation = setInterval(() => {
+      for (const serviceId of this.instances.keys()) this.rotate(serviceId);
+    }, LOG_ROTATE_CHECK_MS);
+    this.rotation.unref();
   }
+
+  private readonly rotation: NodeJS.Timeout;
 
   private pidFile(serviceId: string) {
     return join(this.dataDir, "instances", `${serviceId}.json`);
@@ -179,14 +188,22 @@ export class ExecDriver implements Driver {
    * O_APPEND writers survive.
    */
   private openLogFd(serviceId: string): number {
+    this.rotate(serviceId);
+    return openSync(this.logFile(serviceId), "a", 0o640);
+  }
+
+  /** Copy-and-truncate past 10 MiB (one previous file kept); O_APPEND writers carry on. */
+  private rotate(serviceId: string): void {
     const file = this.logFile(serviceId);
     try {
       if (statSync(file).size > LOG_ROTATE_BYTES) {
         copyFileSync(file, `${file}.1`);
         truncateSync(file, 0);
       }
-    } catch {}
-    return openSync(file, "a", 0o640);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT")
+        this.logger.warn({ err, service: serviceId }, "log rotation failed");
+    }
   }
 
   private async launch(instance: Instance): Promise<{ endpoint: string }> {
@@ -507,6 +524,7 @@ export class ExecDriver implements Driver {
 
   async close(): Promise<void> {
     // Instances keep running across an agent restart; they are adopted at the next start.
+    clearInterval(this.rotation);
     for (const i of this.instances.values()) clearTimeout(i.restartTimer);
   }
 }

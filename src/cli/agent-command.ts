@@ -3,7 +3,14 @@
 import { resolve } from "node:path";
 import { startAgent } from "../agent/index.js";
 import { createLogger, FlotillaError } from "../shared/index.js";
-import { helpFor, intOption, type OptionSpecs, parseOptions, stringOption } from "./options.js";
+import {
+  helpFor,
+  intOption,
+  type OptionSpecs,
+  parseOptions,
+  stringOption,
+  untilStopSignal,
+} from "./options.js";
 
 const AGENT: OptionSpecs = {
   hub: { type: "string", env: "FLOTILLA_HUB", description: "Hub URL (needed to join)" },
@@ -64,10 +71,7 @@ export async function agentCommand(argv: string[]): Promise<number> {
   process.stdout.write(
     `Flotilla agent for server ${agent.serverId}; state in ${dataDir}; admin API ${agent.adminUrl}\n`,
   );
-  await new Promise<void>((resolveSignal) => {
-    process.once("SIGTERM", resolveSignal);
-    process.once("SIGINT", resolveSignal);
-  });
+  await untilStopSignal();
   process.stdout.write("agent stopping: finishing dispatches in flight\n");
   await agent.close();
   return 0;

@@ -23,7 +23,7 @@ import {
 } from "../gen/flotilla/v1/services_pb.js";
 import { FlotillaError } from "../shared/index.js";
 import { type Api, CONNECTION, connect, help, when } from "./client.js";
-import { type OptionSpecs, parseOptions, stringOption } from "./options.js";
+import { type OptionSpecs, parseOptions, stopSignal, stringOption } from "./options.js";
 import { printJson, printTable } from "./output.js";
 import { rotateKeyCommand } from "./server-commands.js";
 
@@ -705,19 +705,16 @@ export async function eventsCommand(argv: string[]): Promise<number> {
   const recent = await api.services.listEvents({ serviceId, limit: Number(values.limit ?? 20) });
   for (const e of recent.events) printEvent(asJson, e);
   if (!values.follow) return 0;
-  const abort = new AbortController();
-  const stop = () => abort.abort();
-  process.once("SIGINT", stop);
-  process.once("SIGTERM", stop);
+  const stopped = stopSignal();
   // Resume after the last event printed (the nil id: from the start), so an event committed
   // between the listing and the stream, or during a reconnect, is neither lost nor shown twice.
   let cursor = recent.events.at(-1)?.id ?? "00000000-0000-0000-0000-000000000000";
   let backoffMs = 250;
-  while (!abort.signal.aborted) {
+  while (!stopped.aborted) {
     try {
       for await (const m of api.services.watchEvents(
         { serviceId, sinceId: cursor },
-        { signal: abort.signal, timeoutMs: 0 },
+        { signal: stopped, timeoutMs: 0 },
       )) {
         backoffMs = 250;
         if (!m.event) continue;
@@ -725,10 +722,10 @@ export async function eventsCommand(argv: string[]): Promise<number> {
         printEvent(asJson, m.event);
       }
     } catch (err) {
-      if (abort.signal.aborted) break;
+      if (stopped.aborted) break;
       process.stderr.write(`event stream interrupted (${(err as Error).message}); reconnecting\n`);
     }
-    if (abort.signal.aborted) break;
+    if (stopped.aborted) break;
     await new Promise((r) => setTimeout(r, backoffMs));
     backoffMs = Math.min(backoffMs * 2, 10_000);
   }
@@ -853,20 +850,17 @@ export async function logsCommand(argv: string[]): Promise<number> {
     );
   const api = connect(values);
   const service = await resolveService(api, positionals[0]);
-  const abort = new AbortController();
-  const stop = () => abort.abort();
-  process.once("SIGINT", stop);
-  process.once("SIGTERM", stop);
+  const stopped = stopSignal();
   try {
     for await (const batch of api.services.streamLogs(
       { serviceId: service.id, lines: Number(values.lines ?? 100), follow: Boolean(values.follow) },
-      { signal: abort.signal, timeoutMs: values.follow ? 0 : 30_000 },
+      { signal: stopped, timeoutMs: values.follow ? 0 : 30_000 },
     )) {
       for (const line of batch.lines)
         process.stdout.write(values.json ? `${JSON.stringify({ line })}\n` : `${line}\n`);
     }
   } catch (err) {
-    if (!abort.signal.aborted) throw err;
+    if (!stopped.aborted) throw err;
   }
   return 0;
 }

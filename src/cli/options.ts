@@ -81,3 +81,18 @@ export function helpFor(usage: string, specs: OptionSpecs): string {
   }
   return lines.join("\n");
 }
+
+/** Resolves at the first SIGTERM or SIGINT: how long-running commands learn it is time to stop. */
+export function untilStopSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    process.once("SIGTERM", () => resolve("SIGTERM"));
+    process.once("SIGINT", () => resolve("SIGINT"));
+  });
+}
+
+/** An AbortSignal that aborts at the first SIGTERM or SIGINT (streaming commands). */
+export function stopSignal(): AbortSignal {
+  const abort = new AbortController();
+  void untilStopSignal().then(() => abort.abort());
+  return abort.signal;
+}

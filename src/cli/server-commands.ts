@@ -13,7 +13,14 @@ import {
   startHub,
 } from "../hub/index.js";
 import { createLogger, FlotillaError, type Logger } from "../shared/index.js";
-import { helpFor, intOption, type OptionSpecs, parseOptions, stringOption } from "./options.js";
+import {
+  helpFor,
+  intOption,
+  type OptionSpecs,
+  parseOptions,
+  stringOption,
+  untilStopSignal,
+} from "./options.js";
 
 const COMMON: OptionSpecs = {
   host: { type: "string", env: "FLOTILLA_HOST", description: "Address to listen on" },
@@ -235,10 +242,7 @@ async function serve(
   beforeClose?: () => Promise<void>,
 ): Promise<number> {
   for (const line of banner) process.stdout.write(`${line}\n`);
-  await new Promise<void>((resolveSignal) => {
-    process.once("SIGTERM", resolveSignal);
-    process.once("SIGINT", resolveSignal);
-  });
+  await untilStopSignal();
   process.stdout.write("shutting down: finishing in-flight requests\n");
   await beforeClose?.();
   await hub.close();

@@ -434,7 +434,9 @@ describe("agents on real hub replicas", () => {
     await new Promise((resolve) => fake.once("listening", resolve));
     const port = (fake.address() as { port: number }).port;
     const received: Array<Record<string, unknown>> = [];
+    let connections = 0;
     fake.on("connection", (ws) => {
+      connections++;
       ws.on("message", (data) => received.push(JSON.parse(String(data))));
       for (const frame of [
         "{",
@@ -465,6 +467,12 @@ describe("agents on real hub replicas", () => {
       expect(received.filter((f) => f.type === "error")).toHaveLength(4);
       expect(agent.exitStatus()).toBeNull();
       expect(agent.logs().filter((r) => r.msg === "malformed hub frame rejected")).toHaveLength(4);
+      // An oversized frame closes the channel (1009, message too big); the agent reconnects.
+      for (const client of fake.clients) client.send("x".repeat(1024 * 1024 + 1));
+      const until = Date.now() + 10_000;
+      while (connections < 2 && Date.now() < until) await sleep(50);
+      expect(connections).toBe(2);
+      expect(agent.exitStatus()).toBeNull();
     } finally {
       await agent.stop();
       fake.close();

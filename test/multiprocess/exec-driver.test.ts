@@ -10,7 +10,7 @@ import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ServicesService } from "../../src/gen/flotilla/v1/services_pb.js";
-import { type FlotillaProcess, killAll, ROOT, sleep, startFlotilla } from "./procs.js";
+import { CLI, type FlotillaProcess, killAll, ROOT, sleep, startFlotilla } from "./procs.js";
 
 const ADMIN = { email: "exec@example.com", password: "exec-password-1" };
 const SECRET = `s3cret-${randomBytes(6).toString("hex")}`;
@@ -287,5 +287,12 @@ describe("the exec driver under flotilla up", () => {
     await rpc("ServicesService/Deploy", { serviceId: r.service.id });
     const o = await observed(r.service.id, (x) => x.status === "failed");
     expect(o.reason).toBe("command not found: /no/such/binary");
+    // ...and the CLI shows it.
+    const shown = execFileSync(process.execPath, [CLI, "services", "get", r.service.id], {
+      cwd: ROOT,
+      env: { ...process.env, FLOTILLA_HUB: up.url, FLOTILLA_TOKEN: token },
+      encoding: "utf8",
+    });
+    expect(shown).toContain("failed (command not found: /no/such/binary)");
   }, 30_000);
 });
