@@ -79,6 +79,12 @@ const COMMON: OptionSpecs = {
     env: "FLOTILLA_MASTER_KEYS_PREVIOUS",
     description: "Comma-separated older master keys that still open secrets until rotate-key",
   },
+  "sweep-interval-ms": {
+    type: "string",
+    env: "FLOTILLA_SWEEP_INTERVAL_MS",
+    default: "15000",
+    description: "How often dispatches past their deadline and stale server affinity are swept",
+  },
   "auth-cache-ms": {
     type: "string",
     env: "FLOTILLA_AUTH_CACHE_MS",
@@ -232,6 +238,7 @@ function listenOptions(values: Record<string, string | boolean | undefined>, def
     grpcPort: intOption(values, "grpc-port")!,
     maxBodyBytes: intOption(values, "max-body-bytes", { min: 1024, max: 64 * 1024 * 1024 })!,
     authCacheMs: intOption(values, "auth-cache-ms", { min: 0, max: 60_000 })!,
+    sweepIntervalMs: intOption(values, "sweep-interval-ms", { min: 100, max: 3_600_000 })!,
   };
 }
 

@@ -87,6 +87,8 @@ export interface HubOptions {
   logger?: Logger;
   /** The URL servers use to reach this hub (printed in join commands). Default: the bound URL. */
   publicUrl?: string;
+  /** How often the dispatch and affinity sweeps run. Default 15 s. */
+  sweepIntervalMs?: number;
   /** How often agents heartbeat. Default 15 s. */
   agentHeartbeatIntervalMs?: number;
   /** How long shutdown waits for in-flight requests before closing the store. Default 10 s. */
@@ -257,6 +259,11 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       dispatches,
       hubId: instanceId,
       logger,
+      ...(options.sweepIntervalMs ? { sweepIntervalMs: options.sweepIntervalMs } : {}),
+      onSweep: (r) => {
+        if (r.requeued) metrics.dispatchesReaped.inc({ outcome: "requeued" }, r.requeued);
+        if (r.failed) metrics.dispatchesReaped.inc({ outcome: "failed" }, r.failed);
+      },
       resolveArgs: async (d) => {
         if (d.op !== "deploy" && d.op !== "start" && d.op !== "restart") return d.args;
         const service = d.args.service as { id: string; environment_id: string; slug: string };
@@ -333,6 +340,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     };
 
     let draining = false;
+    let countedReconnects = 0;
     // Known once the listener is bound; the join command printed for new servers uses it.
     let publicUrl = options.publicUrl ?? "";
     const base = { logger: false, bodyLimit: maxBodyBytes, trustProxy: false } as const;
@@ -381,6 +389,9 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         metrics.dbPoolConnections.set({ state: "total" }, pool.totalCount);
         metrics.dbPoolConnections.set({ state: "idle" }, pool.idleCount);
         metrics.dbPoolConnections.set({ state: "waiting" }, pool.waitingCount);
+        const seen = (db as unknown as { listenerReconnects: number }).listenerReconnects;
+        if (seen > countedReconnects) metrics.dbListenerReconnects.inc(seen - countedReconnects);
+        countedReconnects = seen;
       }
       return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
     });

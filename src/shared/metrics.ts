@@ -14,6 +14,8 @@ export interface Metrics {
   rpcRequests: Counter<"service" | "method" | "code">;
   rpcDuration: Histogram<"service" | "method">;
   dbPoolConnections: Gauge<"state">;
+  dbListenerReconnects: Counter;
+  dispatchesReaped: Counter<"outcome">;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
@@ -35,6 +37,17 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
       labelNames: ["service", "method"],
       // From 1 ms (a cached who-am-I) to 10 s (the longest synchronous call we allow).
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+      registers: [registry],
+    }),
+    dbListenerReconnects: new Counter({
+      name: `${METRIC_PREFIX}db_listener_reconnects_total`,
+      help: "LISTEN connections lost and reopened.",
+      registers: [registry],
+    }),
+    dispatchesReaped: new Counter({
+      name: `${METRIC_PREFIX}dispatches_reaped_total`,
+      help: "In-progress dispatches past their deadline: returned to pending, or failed at the attempt limit.",
+      labelNames: ["outcome"],
       registers: [registry],
     }),
     dbPoolConnections: new Gauge({

@@ -18,13 +18,29 @@ export interface Db extends Queryable {
   readonly engine: Engine;
   /** Runs fn in one transaction: commit when it resolves, roll back when it throws. */
   tx<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
-  /** Calls fn for every NOTIFY on channel; resolves to an unsubscribe function. */
-  listen(channel: string, fn: (payload: string) => void): Promise<() => Promise<void>>;
+  /**
+   * Calls fn for every NOTIFY on channel; resolves to an unsubscribe function. If the listening
+   * connection is lost it is reopened, and onReconnect is called: notifications sent meanwhile
+   * are lost, so the caller re-reads what it may have missed.
+   */
+  listen(
+    channel: string,
+    fn: (payload: string) => void,
+    onReconnect?: () => void,
+  ): Promise<() => Promise<void>>;
   /**
    * Runs fn while holding a session-level advisory lock on a dedicated connection, so replicas
    * doing the same work serialize. On PGlite (one process by the lock file) it just runs fn.
    */
   withExclusiveLock<T>(key: number, fn: (conn: Queryable) => Promise<T>): Promise<T>;
+  /**
+   * Runs fn only if the lock is free right now (recurring singleton work: a replica that cannot
+   * take it skips this tick, another one is doing it).
+   */
+  tryExclusiveLock<T>(
+    key: number,
+    fn: (conn: Queryable) => Promise<T>,
+  ): Promise<{ ran: boolean; value?: T }>;
   ping(): Promise<void>;
   close(): Promise<void>;
 }
@@ -32,4 +48,5 @@ export interface Db extends Queryable {
 /** Advisory lock keys, one place so two features never share one by accident. */
 export const LOCK_KEYS = {
   migrations: 0x666c_0001,
+  dispatchReaper: 0x666c_0002,
 } as const;

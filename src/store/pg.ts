@@ -44,6 +44,8 @@ function wrapClient(client: pg.ClientBase): Queryable {
 
 export interface PgDb extends Db {
   readonly pool: pg.Pool;
+  /** How many times a LISTEN connection was lost and reopened since the store opened. */
+  readonly listenerReconnects: number;
 }
 
 export function openPostgres(url: string, settings: Partial<PoolSettings> = {}): PgDb {
@@ -62,6 +64,7 @@ export function openPostgres(url: string, settings: Partial<PoolSettings> = {}):
   });
   // An idle client losing its server is reported here; the pool drops it and opens another.
   pool.on("error", () => {});
+  let listenerReconnects = 0;
   const dedicated = async () => {
     const client = new pg.Client(clientConfig);
     client.on("error", () => {});
@@ -72,6 +75,9 @@ export function openPostgres(url: string, settings: Partial<PoolSettings> = {}):
   return {
     engine: "postgres",
     pool,
+    get listenerReconnects() {
+      return listenerReconnects;
+    },
     async query<T>(sql: string, params?: unknown[]) {
       return adapt<T>(await pool.query(sql, params as unknown[]));
     },
@@ -99,15 +105,68 @@ export function openPostgres(url: string, settings: Partial<PoolSettings> = {}):
         client.release();
       }
     },
-    async listen(channel, fn) {
-      const client = await dedicated();
-      client.on("notification", (msg) => {
-        if (msg.channel === channel) fn(msg.payload ?? "");
-      });
-      await client.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
-      return async () => {
-        await client.end().catch(() => {});
+    async listen(channel, fn, onReconnect) {
+      // A dedicated connection that comes back: on loss (a restart, pg_terminate_backend) it
+      // reconnects with backoff (250 ms doubling to 10 s) and LISTENs again. Notifications sent
+      // while it was away are lost, so the caller is told, to re-read what it may have missed.
+      let client: pg.Client | undefined;
+      let closed = false;
+      let backoff = 250;
+      let timer: NodeJS.Timeout | undefined;
+      const open = async (): Promise<void> => {
+        const c = new pg.Client(clientConfig);
+        c.on("notification", (msg) => {
+          if (msg.channel === channel) fn(msg.payload ?? "");
+        });
+        c.on("error", () => {});
+        c.once("end", () => {
+          if (closed || client !== c) return;
+          client = undefined;
+          listenerReconnects++;
+          timer = setTimeout(retry, backoff);
+          timer.unref();
+        });
+        client = c;
+        await c.connect();
+        await c.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+        backoff = 250;
       };
+      const retry = () => {
+        if (closed) return;
+        open().then(
+          () => onReconnect?.(),
+          () => {
+            client?.end().catch(() => {});
+            client = undefined;
+            backoff = Math.min(backoff * 2, 10_000);
+            timer = setTimeout(retry, backoff);
+            timer.unref();
+          },
+        );
+      };
+      await open();
+      return async () => {
+        closed = true;
+        clearTimeout(timer);
+        await client?.end().catch(() => {});
+      };
+    },
+    async tryExclusiveLock(key, fn) {
+      const client = await dedicated();
+      try {
+        const { rows } = await client.query<{ ok: boolean }>(
+          "SELECT pg_try_advisory_lock($1) AS ok",
+          [key],
+        );
+        if (!rows[0]?.ok) return { ran: false };
+        try {
+          return { ran: true, value: await fn(wrapClient(client)) };
+        } finally {
+          await client.query("SELECT pg_advisory_unlock($1)", [key]).catch(() => {});
+        }
+      } finally {
+        await client.end().catch(() => {});
+      }
     },
     async withExclusiveLock(key, fn) {
       const client = await dedicated();

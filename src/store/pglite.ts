@@ -72,6 +72,9 @@ export async function openPglite(dataDir: string): Promise<PgliteDb> {
     withExclusiveLock(_key, fn) {
       return fn(root);
     },
+    async tryExclusiveLock(_key, fn) {
+      return { ran: true, value: await fn(root) };
+    },
     async ping() {
       await pglite.query("SELECT 1");
     },

@@ -41,6 +41,8 @@ describe("agents on real hub replicas", () => {
     FLOTILLA_SESSION_SECRET: SECRET_A,
     FLOTILLA_ADMIN_EMAIL: ADMIN.email,
     FLOTILLA_ADMIN_PASSWORD: ADMIN.password,
+    // Sweeps twice a second, so a test sees a dispatch past its deadline handed out again.
+    FLOTILLA_SWEEP_INTERVAL_MS: "500",
   });
 
   async function enrol(name: string, hub: FlotillaProcess = hubA) {
@@ -392,6 +394,53 @@ describe("agents on real hub replicas", () => {
       }
     ).observed;
     expect(after).toEqual(before);
+    await agent.stop();
+  }, 60_000);
+
+  it("the sweep hands out again a dispatch whose result was lost (claimed by a dead hub), and fails one out of attempts", async () => {
+    const { agent, serverId } = await enrol("box-sweep");
+    const out = join(dir, "sweep.log");
+    writeFileSync(out, "");
+    chmodSync(out, 0o666);
+    const again = await dispatchJob(serverId, "sh", ["-c", `echo swept >> ${out}`]);
+    const tired = await dispatchJob(serverId, "true", []);
+    await waitForState(again, ["done"]);
+    await waitForState(tired, ["done"]);
+    // Rewind two finished rows to "in progress, past the deadline, claimed by a dead hub".
+    await db.query(
+      `UPDATE dispatches SET state = 'in_progress', claimed_by = 'dead-hub', attempts = 1,
+              deadline_at = now() - interval '1 second', result = NULL WHERE id = $1`,
+      [again],
+    );
+    await db.query(
+      `UPDATE dispatches SET state = 'in_progress', claimed_by = 'dead-hub', attempts = 5,
+              deadline_at = now() - interval '1 second' WHERE id = $1`,
+      [tired],
+    );
+    const redone = await waitForState(again, ["done"], 10_000);
+    expect(redone.attempts).toBe(2);
+    // Answered from the agent's ledger: the command did not run a second time.
+    expect(readFileSync(out, "utf8")).toBe("swept\n");
+    const failed = await waitForState(tired, ["failed"], 10_000);
+    expect(failed.error).toContain("gave up after 5 attempts");
+    await agent.stop();
+  }, 60_000);
+
+  it("a LISTEN connection cut with pg_terminate_backend comes back, and dispatches keep flowing", async () => {
+    const { agent, serverId } = await enrol("box-listen");
+    const before = await dispatchJob(serverId, "true", []);
+    await waitForState(before, ["done"]);
+    const cut = await db.query(
+      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+       WHERE datname = current_database() AND query ILIKE 'LISTEN%'`,
+    );
+    expect(cut.rowCount).toBeGreaterThan(0);
+    await sleep(1500);
+    const after = await dispatchJob(serverId, "true", []);
+    // Delivered through the reopened listener, well before any sweep or reconnect would.
+    expect((await waitForState(after, ["done"], 5_000)).state).toBe("done");
+    const metrics = await (await fetch(`${hubA.url}/metrics`)).text();
+    expect(metrics).toMatch(/flotilla_db_listener_reconnects_total [1-9]/);
     await agent.stop();
   }, 60_000);
 

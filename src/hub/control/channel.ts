@@ -20,7 +20,7 @@ import {
   parseAgentFrame,
   runWithContext,
 } from "../../shared/index.js";
-import type { Db } from "../../store/index.js";
+import { type Db, LOCK_KEYS } from "../../store/index.js";
 import { toConnectError } from "../api/index.js";
 import {
   DISPATCH_CHANNEL,
@@ -59,6 +59,11 @@ export interface ControlChannelOptions {
    * travel only inside the authenticated channel; the row never holds them).
    */
   resolveArgs?: (d: Dispatch) => Promise<Record<string, unknown>>;
+  /** How often the sweeps run (stale dispatches and affinity). Default 15 s. */
+  sweepIntervalMs?: number;
+  /** Dispatches past their deadline are handed out again this many times, then failed. Default 5. */
+  maxAttempts?: number;
+  onSweep?: (r: { requeued: number; failed: number; offline: number }) => void;
   /** An agent that has not proven its secret by then is disconnected. Default 10 s. */
   authTimeoutMs?: number;
 }
@@ -94,6 +99,7 @@ export class ControlChannel {
   >();
   private readonly drains = new Map<string, { running: Promise<void>; again: boolean }>();
   private unlisten: (() => Promise<void>) | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
   private closing = false;
 
   constructor(private readonly o: ControlChannelOptions) {}
@@ -124,7 +130,16 @@ export class ControlChannel {
       }
     });
     app.get(AGENT_CONNECT_PATH, { websocket: true }, (socket) => this.accept(socket));
-    this.unlisten = await this.o.db.listen(DISPATCH_CHANNEL, (serverId) => this.wake(serverId));
+    this.unlisten = await this.o.db.listen(
+      DISPATCH_CHANNEL,
+      (serverId) => this.wake(serverId),
+      // Wake-ups sent while the listener was reconnecting are lost: drain every agent held here.
+      () => {
+        for (const serverId of this.sessions.keys()) this.wake(serverId);
+      },
+    );
+    this.sweeper = setInterval(() => void this.sweep(), this.o.sweepIntervalMs ?? 15_000);
+    this.sweeper.unref();
   }
 
   /**
@@ -557,8 +572,31 @@ export class ControlChannel {
     );
   }
 
+  /**
+   * One replica at a time (a session advisory lock; the others skip the tick): dispatches past
+   * their deadline back to pending (or failed at the attempt limit), stale affinity cleared.
+   */
+  async sweep(): Promise<void> {
+    if (this.closing) return;
+    try {
+      const outcome = await this.o.db.tryExclusiveLock(LOCK_KEYS.dispatchReaper, async () => {
+        const { requeued, failed } = await this.o.dispatches.reap(this.o.maxAttempts ?? 5);
+        const offline = await this.o.servers.reapStale();
+        return { requeued: requeued.length, failed, offline: offline.length };
+      });
+      if (outcome.ran && outcome.value) {
+        const v = outcome.value;
+        if (v.requeued || v.failed || v.offline) this.o.logger.info(v, "sweep");
+        this.o.onSweep?.(v);
+      }
+    } catch (err) {
+      this.o.logger.warn({ err }, "sweep failed; the next tick retries");
+    }
+  }
+
   async close(): Promise<void> {
     this.closing = true;
+    clearInterval(this.sweeper);
     await this.unlisten?.();
     const closing = [...this.sessions.values()].map(
       (s) =>

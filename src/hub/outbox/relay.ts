@@ -27,7 +27,11 @@ export class OutboxRelay {
 
   async start(): Promise<void> {
     this.running = true;
-    this.unlisten = await this.db.listen(OUTBOX_CHANNEL, () => this.wake());
+    this.unlisten = await this.db.listen(
+      OUTBOX_CHANNEL,
+      () => this.wake(),
+      () => this.wake(),
+    );
     const tick = () => {
       this.timer = setTimeout(() => {
         this.wake();

@@ -155,6 +155,30 @@ export class DispatchStore {
     return rows.length > 0;
   }
 
+  /**
+   * In-progress dispatches past their deadline (a lost frame, a lost result, a dead hub): back to
+   * pending, or failed once they have had maxAttempts. Returns the servers to wake.
+   */
+  async reap(maxAttempts: number): Promise<{ requeued: string[]; failed: number }> {
+    const { rows } = await this.db.query<{ server_id: string; state: DispatchState }>(
+      `UPDATE dispatches SET
+         state = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'pending' END,
+         error = CASE WHEN attempts >= $1
+           THEN 'gave up after ' || attempts || ' attempts: the agent reported no result before the deadline'
+           ELSE error END,
+         claimed_by = NULL, deadline_at = NULL, updated_at = now()
+       WHERE state = 'in_progress' AND deadline_at < now()
+       RETURNING server_id, state`,
+      [maxAttempts],
+    );
+    const requeued = [
+      ...new Set(rows.filter((r) => r.state === "pending").map((r) => r.server_id)),
+    ];
+    for (const serverId of requeued)
+      await this.db.query("SELECT pg_notify($1, $2)", [DISPATCH_CHANNEL, serverId]);
+    return { requeued, failed: rows.filter((r) => r.state === "failed").length };
+  }
+
   /** A server's dispatches handed out but not finished, oldest first. */
   async inProgressFor(serverId: string): Promise<Dispatch[]> {
     const { rows } = await this.db.query<DispatchRow>(

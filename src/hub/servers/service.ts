@@ -297,6 +297,19 @@ export class ServersService {
     return toServer(rows[0]);
   }
 
+  /**
+   * Servers whose owner stopped heartbeating (a replica that died without releasing them) go
+   * offline, so routing stops trusting a dead owner. Returns their ids.
+   */
+  async reapStale(freshnessMs = HEARTBEAT_FRESHNESS_MS): Promise<string[]> {
+    const { rows } = await this.db.query<{ id: string }>(
+      `UPDATE servers SET status = 'offline', connected_hub_id = NULL, session_id = NULL, disconnected_at = now()
+       WHERE status = 'online' AND last_heartbeat < now() - make_interval(secs => $1) RETURNING id`,
+      [freshnessMs / 1000],
+    );
+    return rows.map((r) => r.id);
+  }
+
   /** The organization's server when it has exactly one (a laptop's `flotilla up`), else null. */
   async onlyServer(c: Caller, q: Queryable = this.db): Promise<string | null> {
     const { rows } = await q.query<{ id: string }>(
