@@ -593,35 +593,139 @@ function printDeployment(asJson: boolean, d: Deployment, service: string) {
     );
 }
 
-export async function deployCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseOptions(argv, CONNECTION);
-  if (values.help)
-    return help(
-      "flotilla deploy SERVICE\n\nA new deployment from the service's spec and current config.",
-      CONNECTION,
+const DEPLOY_OPTIONS: OptionSpecs = {
+  ...CONNECTION,
+  "no-wait": {
+    type: "boolean",
+    description: "Return once the deployment is recorded, without waiting for the agent",
+  },
+  timeout: {
+    type: "string",
+    description: "Give up waiting after this many seconds without progress (default 120)",
+  },
+};
+
+/**
+ * Follows the service's status until the deployment runs or fails, printing each step; the
+ * timeout is rolling (each step resets it). The deployment row is the truth: it is read again at
+ * every step and at the end, so a missed event only delays the answer.
+ */
+async function waitForOutcome(
+  api: Api,
+  service: Service,
+  deploymentId: string,
+  afterEventId: string,
+  values: Record<string, string | boolean | undefined>,
+): Promise<number> {
+  const asJson = Boolean(values.json);
+  const timeoutS = values.timeout === undefined ? 120 : Number(values.timeout);
+  if (!Number.isFinite(timeoutS) || timeoutS <= 0) throw usage("--timeout must be seconds > 0");
+  const abort = new AbortController();
+  let timer = setTimeout(() => abort.abort(), timeoutS * 1000);
+  const progress = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => abort.abort(), timeoutS * 1000);
+  };
+  const settled = async () => {
+    const d = (await api.services.getDeployment({ deploymentId })).deployment!;
+    return d.status === "running" || d.status === "failed" || d.status === "stopped" ? d : null;
+  };
+  let last = "";
+  const show = (status: string, detail: string) => {
+    if (status === last) return;
+    last = status;
+    progress();
+    if (!asJson)
+      process.stderr.write(`  ${service.slug}: ${status}${detail ? ` ${detail}` : ""}\n`);
+  };
+  try {
+    let done = await settled();
+    if (!done) {
+      const stream = api.services.watchEvents(
+        { serviceId: service.id, sinceId: afterEventId },
+        { signal: AbortSignal.any([abort.signal, stopSignal()]), timeoutMs: 0 },
+      );
+      for await (const m of stream) {
+        const e = m.event;
+        if (e?.type !== "service.status_changed") continue;
+        const payload = JSON.parse(e.payloadJson || "{}") as Record<string, string | null>;
+        if (payload.deployment_id !== deploymentId) continue;
+        show(String(payload.status), payload.reason ? `(${payload.reason})` : "");
+        done = await settled();
+        if (done) break;
+      }
+    }
+    done ??= await settled();
+    if (!done) throw new Error("stream ended");
+    if (asJson) printJson(json(DeploymentSchema, done));
+    else
+      process.stdout.write(
+        done.status === "running"
+          ? `Deployment #${done.number} of ${service.slug} is running${done.endpoint ? ` at ${done.endpoint}` : ""}.\n`
+          : `Deployment #${done.number} of ${service.slug} ${done.status === "failed" ? "failed" : "is stopped"}: ${done.statusReason || "no reason given"}.\n`,
+      );
+    return done.status === "running" ? 0 : 1;
+  } catch (err) {
+    const d = (await api.services.getDeployment({ deploymentId })).deployment!;
+    if (!abort.signal.aborted) throw err;
+    process.stderr.write(
+      `error: deployment #${d.number} of ${service.slug} is still ${d.status} after ${timeoutS} s without progress; it goes on (flotilla services get ${service.slug}) [deploy.timeout]\n`,
     );
-  const api = connect(values);
-  const service = await resolveService(api, positionals[0]);
-  const r = await api.services.deploy({ serviceId: service.id });
-  printDeployment(Boolean(values.json), r.deployment!, service.slug);
-  return 0;
+    return 1;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
-export async function rollbackCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseOptions(argv, CONNECTION);
-  if (values.help)
-    return help(
-      "flotilla rollback SERVICE [DEPLOYMENT_ID]\n\nA new deployment from an earlier one's spec (default: the one before the desired one), with the current config.",
-      CONNECTION,
-    );
+async function deployAndWait(
+  argv: string[],
+  usageText: string,
+  call: (api: Api, service: Service, positionals: string[]) => Promise<Deployment>,
+): Promise<number> {
+  const { values, positionals } = parseOptions(argv, DEPLOY_OPTIONS);
+  if (values.help) return help(usageText, DEPLOY_OPTIONS);
   const api = connect(values);
   const service = await resolveService(api, positionals[0]);
-  const r = await api.services.rollback({
-    serviceId: service.id,
-    deploymentId: positionals[1] ?? "",
-  });
-  printDeployment(Boolean(values.json), r.deployment!, service.slug);
-  return 0;
+  // The newest event before the intent: status changes are read from there on, none missed.
+  const before = await api.services.listEvents({ serviceId: service.id, limit: 1 });
+  const deployment = await call(api, service, positionals);
+  if (values["no-wait"] || !service.serverId) {
+    printDeployment(Boolean(values.json), deployment, service.slug);
+    if (!service.serverId && !values.json)
+      process.stderr.write(
+        `  ${service.slug} is not placed on a server: nothing will run it yet\n`,
+      );
+    return 0;
+  }
+  if (!values.json)
+    process.stderr.write(
+      `Deployment #${deployment.number} of ${service.slug} (${deployment.reason}): waiting for the agent\n`,
+    );
+  return waitForOutcome(
+    api,
+    service,
+    deployment.id,
+    before.events.at(-1)?.id ?? "00000000-0000-0000-0000-000000000000",
+    values,
+  );
+}
+
+export function deployCommand(argv: string[]): Promise<number> {
+  return deployAndWait(
+    argv,
+    "flotilla deploy SERVICE [--no-wait] [--timeout S]\n\nA new deployment from the service's spec and current config; waits until it runs (exit 0) or fails (exit 1).",
+    async (api, service) => (await api.services.deploy({ serviceId: service.id })).deployment!,
+  );
+}
+
+export function rollbackCommand(argv: string[]): Promise<number> {
+  return deployAndWait(
+    argv,
+    "flotilla rollback SERVICE [DEPLOYMENT_ID] [--no-wait] [--timeout S]\n\nA new deployment from an earlier one's spec (default: the one before the desired one), with the current config.",
+    async (api, service, positionals) =>
+      (await api.services.rollback({ serviceId: service.id, deploymentId: positionals[1] ?? "" }))
+        .deployment!,
+  );
 }
 
 export async function deploymentsCommand(argv: string[]): Promise<number> {

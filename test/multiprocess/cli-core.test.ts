@@ -52,7 +52,8 @@ describe("core domain from the CLI and from the API", () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "flotilla-cli-core-"));
     up = await startFlotilla("up", {
-      args: ["--data-dir", join(dir, "data")],
+      // No local agent: this file is about the core domain's records, not about running them.
+      args: ["--data-dir", join(dir, "data"), "--no-agent"],
       env: { FLOTILLA_ADMIN_EMAIL: EMAIL, FLOTILLA_ADMIN_PASSWORD: PASSWORD },
     });
     await up.waitReady(60_000);

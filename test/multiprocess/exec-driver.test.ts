@@ -1,7 +1,7 @@
 // Deployments that really run: `flotilla up` (hub and local agent in one process) runs the example
 // HTTP service with the exec driver, as the unprivileged workload user; config reaches it on
 // redeploy; crashes restart it; an agent restart adopts it; stop and delete leave no process.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -105,7 +105,7 @@ describe("the exec driver under flotilla up", () => {
 
   afterAll(async () => {
     await killAll();
-    for (const tag of ["web", "crash", "gone"])
+    for (const tag of ["web", "crash", "gone", "waited"])
       for (const pid of instances(tag)) process.kill(pid, "SIGKILL");
     rmSync(dir, { recursive: true, force: true });
   });
@@ -294,5 +294,32 @@ describe("the exec driver under flotilla up", () => {
       encoding: "utf8",
     });
     expect(shown).toContain("failed (command not found: /no/such/binary)");
-  }, 30_000);
+    // flotilla deploy waits for the agent and exits 1 with the reason.
+    const cli = (args: string[]) =>
+      spawnSync(process.execPath, [CLI, ...args], {
+        cwd: ROOT,
+        env: { ...process.env, FLOTILLA_HUB: up.url, FLOTILLA_TOKEN: token },
+        encoding: "utf8",
+        timeout: 60_000,
+      });
+    const failed = cli(["deploy", r.service.id]);
+    expect(failed.status).toBe(1);
+    expect(failed.stdout).toContain("failed: command not found: /no/such/binary");
+  }, 60_000);
+
+  it("flotilla deploy waits until the deployment runs and prints where, exit 0", async () => {
+    const serviceId = await createHello("waited");
+    const r = spawnSync(process.execPath, [CLI, "deploy", serviceId], {
+      cwd: ROOT,
+      env: { ...process.env, FLOTILLA_HUB: up.url, FLOTILLA_TOKEN: token },
+      encoding: "utf8",
+      timeout: 60_000,
+    });
+    expect(r.status, r.stderr).toBe(0);
+    const endpoint = /is running at (\S+)\./.exec(r.stdout)?.[1];
+    expect(endpoint).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect((await fetch(`http://${endpoint}/`)).status).toBe(200);
+    expect(r.stderr).toContain("waited: running");
+    await rpc("ServicesService/DeleteService", { serviceId });
+  }, 60_000);
 });
