@@ -23,6 +23,10 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
     run: lazy(agent, "agentCommand"),
     summary: "Run this server's agent (joins a hub once)",
   },
+  migrate: {
+    run: lazy(server, "migrateCommand"),
+    summary: "Copy an embedded installation into PostgreSQL",
+  },
   setup: { run: lazy(api, "setupCommand"), summary: "Create the first owner with the setup token" },
   login: { run: lazy(api, "loginCommand"), summary: "Sign in and store an API token" },
   logout: { run: lazy(api, "logoutCommand"), summary: "Revoke and forget the stored token" },

@@ -1,6 +1,6 @@
 // `flotilla up` (everything in one process, embedded store) and `flotilla hub` (one replica on PostgreSQL).
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { type Agent, startAgent } from "../agent/index.js";
 import {
@@ -13,6 +13,14 @@ import {
   startHub,
 } from "../hub/index.js";
 import { createLogger, FlotillaError, type Logger } from "../shared/index.js";
+import {
+  copyInstallation,
+  migrate,
+  openPglite,
+  openPostgres,
+  parseEmbeddedSource,
+  type TableCopy,
+} from "../store/index.js";
 import {
   helpFor,
   intOption,
@@ -464,4 +472,121 @@ export async function rotateKeyCommand(argv: string[]): Promise<number> {
   renameSync(pendingKeyFile(keyFile), keyFile);
   process.stdout.write(`Re-sealed ${n} secret(s); ${keyFile} now holds key ${next.id}.\n`);
   return 0;
+}
+
+const MIGRATE: OptionSpecs = {
+  from: {
+    type: "string",
+    description:
+      "The embedded installation: its data directory (pglite:///abs, pglite://rel, file:/abs, or a path)",
+  },
+  to: {
+    type: "string",
+    env: "FLOTILLA_DATABASE_URL",
+    description: "The PostgreSQL database to copy into: postgres://user@host:5432/db",
+  },
+  "drop-source": {
+    type: "boolean",
+    description: "Remove the embedded data directory once the copy is verified",
+  },
+  "batch-size": {
+    type: "string",
+    default: "1000",
+    description: "Rows read and written per statement",
+  },
+  json: { type: "boolean", description: "Print the summary as JSON" },
+  help: { type: "boolean", short: "h", description: "Show this help" },
+};
+
+/** `flotilla migrate`: an embedded installation copied into PostgreSQL, counts verified. */
+export async function migrateCommand(argv: string[]): Promise<number> {
+  const { values } = parseOptions(argv, MIGRATE);
+  if (values.help) {
+    process.stdout.write(
+      `${helpFor(
+        [
+          "flotilla migrate --from ./.flotilla --to postgres://... [--drop-source]",
+          "",
+          "Copies an embedded installation (stop `flotilla up` first) into PostgreSQL: every table in",
+          "foreign-key order, in batches, in one transaction, counts verified per table. A rerun copies",
+          "nothing twice. The source is opened read-only and removed only after success, and only with",
+          "--drop-source. Then run hubs on the database with the embedded master key (printed below).",
+        ].join("\n"),
+        MIGRATE,
+      )}\n`,
+    );
+    return 0;
+  }
+  const dataDir = parseEmbeddedSource(stringOption(values, "from") ?? "");
+  const url = stringOption(values, "to");
+  if (!url) throw new FlotillaError("config.invalid", "--to (FLOTILLA_DATABASE_URL) is required");
+  if (!existsSync(join(dataDir, "pgdata")))
+    throw new FlotillaError(
+      "config.invalid",
+      `${dataDir} is not a Flotilla data directory (no pgdata/ in it)`,
+    );
+  const batchSize = intOption(values, "batch-size", { min: 1, max: 10_000 })!;
+  const tty = process.stderr.isTTY;
+  const source = await openPglite(dataDir);
+  let report: TableCopy[];
+  try {
+    // Read-only: nothing in this session may write to the source.
+    await source.query("SET default_transaction_read_only = on");
+    const target = openPostgres(url, { max: 2 });
+    try {
+      await migrate(target);
+      report = await copyInstallation(source, target, {
+        batchSize,
+        progress: {
+          table: (table, total) => {
+            if (!tty) process.stderr.write(`  ${table.padEnd(20)} ${total} rows\n`);
+          },
+          rows: (table, done, total) => {
+            if (!tty) return;
+            const width = 30;
+            const filled = Math.round((done / Math.max(total, 1)) * width);
+            process.stderr.write(
+              `\r  ${table.padEnd(20)} [${"#".repeat(filled)}${"-".repeat(width - filled)}] ${done}/${total}${done === total ? "\n" : ""}`,
+            );
+          },
+        },
+      });
+    } finally {
+      await target.close();
+    }
+  } finally {
+    await source.close();
+  }
+  const keyFile = embeddedKeyFile(dataDir);
+  if (values["drop-source"]) rmSync(dataDir, { recursive: true, force: true });
+  const rows = report.reduce((n, r) => n + r.source, 0);
+  const copied = report.reduce((n, r) => n + r.inserted, 0);
+  if (values.json) {
+    printJsonLine({
+      tables: report,
+      rows,
+      copied,
+      droppedSource: Boolean(values["drop-source"]),
+      masterKeyFile: keyFile,
+    });
+  } else {
+    for (const r of report)
+      process.stdout.write(
+        `  ${r.table.padEnd(20)} ${String(r.source).padStart(7)} rows, ${r.inserted} copied, verified\n`,
+      );
+    process.stdout.write(
+      [
+        `Copied ${copied} of ${rows} rows in ${report.length} tables; every table's count matches.`,
+        values["drop-source"] ? `Removed ${dataDir}.` : `The source is untouched: ${dataDir}.`,
+        `Secrets are sealed with the embedded master key: run the hubs with`,
+        `  FLOTILLA_MASTER_KEY="$(cat ${keyFile})"`,
+        "",
+      ].join("\n"),
+    );
+  }
+  return 0;
+}
+
+function printJsonLine(value: unknown) {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }

@@ -1,4 +1,12 @@
 // Public entry of the store: the Db port, its PostgreSQL and PGlite adapters, and migrations.
+
+export {
+  type CopyProgress,
+  copyInstallation,
+  parseEmbeddedSource,
+  type TableCopy,
+  tablesInForeignKeyOrder,
+} from "./copy.js";
 export type { Db, Engine, Queryable, QueryResult } from "./db.js";
 export { LOCK_KEYS } from "./db.js";
 export { acquireLockFile, type LockFile } from "./lockfile.js";
