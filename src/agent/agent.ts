@@ -258,7 +258,10 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   async function execute(frame: Extract<HubFrame, { type: "dispatch" }>): Promise<Outcome> {
     if (frame.op !== "job") return { ok: true, result: await lifecycle(frame) };
     const job = checkJobArgs(frame.args);
-    const result = await runJob(job, workloadUser);
+    for (const v of Object.values(job.env ?? {})) secretValues.add(v);
+    const raw = await runJob(job, workloadUser);
+    // The result goes into the dispatch row: never with a config value the job printed.
+    const result = { ...raw, stdout: redact(raw.stdout), stderr: redact(raw.stderr) };
     return result.exit_code === 0
       ? { ok: true, result }
       : {

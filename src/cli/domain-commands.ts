@@ -968,3 +968,54 @@ export async function logsCommand(argv: string[]): Promise<number> {
   }
   return 0;
 }
+
+export async function runCommand(argv: string[]): Promise<number> {
+  const specs: OptionSpecs = {
+    ...CONNECTION,
+    timeout: { type: "string", description: "Kill the job after this many seconds (default 600)" },
+  };
+  const [own, command] = splitCommand(argv);
+  const { values, positionals } = parseOptions(own, specs);
+  if (values.help)
+    return help(
+      "flotilla run SERVICE [--timeout S] -- COMMAND [ARGS...]\n\nRuns a one-off command in the service's context (its config, on its server) and prints its output; exits with its exit code.",
+      specs,
+    );
+  if (command.length === 0)
+    throw usage("give the command after --, e.g. -- sh -c 'echo $GREETING'");
+  const api = connect(values);
+  const service = await resolveService(api, positionals[0]);
+  const started = await api.services.runJob({
+    serviceId: service.id,
+    command: command[0]!,
+    args: command.slice(1),
+    timeoutSeconds: values.timeout === undefined ? 0 : Number(values.timeout),
+  });
+  let job = started.job!;
+  const stopped = stopSignal();
+  // The job's row is the truth; a short poll is enough for a one-off command.
+  while ((job.state === "pending" || job.state === "in_progress") && !stopped.aborted) {
+    await new Promise((r) => setTimeout(r, 200));
+    job = (await api.services.getJob({ jobId: job.id })).job!;
+  }
+  if (values.json) {
+    printJson({
+      id: job.id,
+      state: job.state,
+      exitCode: job.exitCode,
+      stdout: job.stdout,
+      stderr: job.stderr,
+      error: job.error,
+    });
+  } else {
+    process.stdout.write(job.stdout);
+    process.stderr.write(job.stderr);
+    if (job.state === "failed" && job.error)
+      process.stderr.write(`error: ${job.error} [job.failed]\n`);
+  }
+  if (stopped.aborted) return EXIT_INTERRUPTED;
+  return job.state === "done" ? 0 : job.exitCode > 0 ? job.exitCode : 1;
+}
+
+/** A job left running when the user pressed Ctrl-C: it goes on, on the server. */
+const EXIT_INTERRUPTED = 130;

@@ -64,6 +64,10 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
     run: lazy(domain, "eventsCommand"),
     summary: "Domain events, recent or live (--follow)",
   },
+  run: {
+    run: lazy(domain, "runCommand"),
+    summary: "Run a one-off command in a service's context (a job)",
+  },
   logs: {
     run: lazy(domain, "logsCommand"),
     summary: "A service's output, from its agent (--follow)",

@@ -10,6 +10,7 @@ import { type ConnectRouter, createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import Fastify, { type FastifyInstance } from "fastify";
 import {
+  checkId,
   contextFromHttpHeaders,
   createLogger,
   createMetrics,
@@ -244,7 +245,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         check: async (c, id, q) => (await servers.get(c, id, q, "server_id")).id,
         defaultServer: (c, q) => servers.onlyServer(c, q),
       },
-      { intend: async (tx, d) => void (await dispatches.insert(tx, d)) },
+      { intend: async (tx, d) => (await dispatches.insert(tx, d)).id },
     );
     projects.setDependents({
       running: (q, org, scope) => services.runningIn(q, org, scope),
@@ -265,7 +266,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         if (r.failed) metrics.dispatchesReaped.inc({ outcome: "failed" }, r.failed);
       },
       resolveArgs: async (d) => {
-        if (d.op !== "deploy" && d.op !== "start" && d.op !== "restart") return d.args;
+        // Deployments and jobs run with the service's config, decrypted now, sent only here.
+        if (!["deploy", "start", "restart", "job"].includes(d.op) || !d.args.service) return d.args;
         const service = d.args.service as { id: string; environment_id: string; slug: string };
         const env = await config.resolveForRuntime(
           d.organizationId,
@@ -310,6 +312,14 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         events: bus,
         db,
         shutdown: shutdown.signal,
+        jobs: {
+          get: async (c, id) => {
+            const d = await dispatches.get(checkId("job_id", id)).catch(() => undefined);
+            if (!d || d.organizationId !== c.organizationId || d.op !== "job")
+              throw new FlotillaError("resource.not_found", `job ${id} not found`);
+            return d;
+          },
+        },
         logs: async function* (c, serviceId, lines, follow, signal) {
           const service = await services.getService(c, serviceId);
           if (!service.serverId)

@@ -166,6 +166,39 @@ describe("the exec driver under flotilla up", () => {
     for (const text of pidFiles) expect(text).not.toContain(SECRET);
   }, 60_000);
 
+  it("a job runs in the service's context: its config, as the workload user; output comes back, secrets masked", async () => {
+    const services = (await rpc("ServicesService/ListServices", {})).services as Array<{
+      id: string;
+      slug: string;
+    }>;
+    const web = services.find((x) => x.slug === "web")!;
+    const cli = spawnSync(
+      process.execPath,
+      [
+        CLI,
+        "run",
+        web.id,
+        "--",
+        "sh",
+        "-c",
+        'echo "$GREETING"; echo "key=$API_KEY"; id -u; exit 3',
+      ],
+      {
+        cwd: ROOT,
+        env: { ...process.env, FLOTILLA_HUB: up.url, FLOTILLA_TOKEN: token },
+        encoding: "utf8",
+        timeout: 60_000,
+      },
+    );
+    expect(cli.status).toBe(3);
+    const [greeting, key, uid] = cli.stdout.trim().split("\n");
+    expect(greeting).toBe("bonjour");
+    // The job had the secret; what it printed is masked before it reaches the dispatch row.
+    expect(key).toBe("key=[redacted]");
+    expect(uid).not.toBe("0");
+    expect(cli.stdout + cli.stderr).not.toContain(SECRET);
+  }, 60_000);
+
   it("a workload killed with SIGKILL is restarted within its backoff, on the same endpoint", async () => {
     const serviceId = await createHello("crash");
     await rpc("ServicesService/Deploy", { serviceId });

@@ -70,6 +70,8 @@ export interface TenantIds {
   secretKey: string;
   /** An enrolled server (joined through the agent endpoint, never connected). */
   serverId: string;
+  /** A job of the service (pending: the server has no agent). */
+  jobId: string;
 }
 
 export interface RpcCase {
@@ -281,6 +283,14 @@ export const RPC_CASES: Record<string, RpcCase> = {
     objectScoped: true,
     request: (ids) => ({ serviceId: ids.serviceId }),
   }),
+  "flotilla.v1.ServicesService/RunJob": rpc(S.runJob, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId, command: "true" }),
+  }),
+  "flotilla.v1.ServicesService/GetJob": rpc(S.getJob, {
+    objectScoped: true,
+    request: (ids) => ({ jobId: ids.jobId }),
+  }),
   "flotilla.v1.ServicesService/StreamLogs": rpc(S.streamLogs, {
     objectScoped: true,
     // The seeded server never connects an agent, and logs live on the agent.
@@ -437,6 +447,7 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
     { headers },
   );
   const first = await services.deploy({ serviceId }, { headers });
+  const job = await services.runJob({ serviceId, command: "true" }, { headers });
   await services.deploy({ serviceId }, { headers });
   const audit = await orgs.listAuditEvents({ limit: 1 }, { headers });
   return {
@@ -447,6 +458,7 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
     variableKey,
     secretKey,
     serverId,
+    jobId: job.job!.id,
     organizationId: me.organization!.id,
     organizationSlug: me.organization!.slug,
     ownerUserId: me.user!.id,
@@ -473,6 +485,7 @@ export function absentIds(): TenantIds {
     variableKey: "ABSENT_VARIABLE",
     secretKey: "ABSENT_SECRET",
     serverId: uuid(),
+    jobId: uuid(),
   };
 }
 

@@ -11,6 +11,7 @@ import {
 import { checkId, invalid } from "../../shared/index.js";
 import type { Queryable } from "../../store/index.js";
 import { type EventBus, eventsAfter, latestEvents, type StoredEvent } from "../outbox/index.js";
+import type { Dispatch } from "../servers/index.js";
 import type {
   Deployment,
   Service,
@@ -107,6 +108,21 @@ const deployment = (d: Deployment) => ({
   desired: d.desired,
 });
 
+const job = (d: Dispatch) => {
+  const r = (d.result ?? {}) as { exit_code?: number | null; stdout?: string; stderr?: string };
+  return {
+    id: d.id,
+    serviceId: d.serviceId ?? "",
+    state: d.state,
+    exitCode: r.exit_code ?? (d.state === "done" || d.state === "failed" ? -1 : 0),
+    stdout: r.stdout ?? "",
+    stderr: r.stderr ?? "",
+    error: d.error ?? "",
+    createdAt: ts(d.createdAt),
+    updatedAt: ts(d.updatedAt),
+  };
+};
+
 const event = (e: StoredEvent) => ({
   event: {
     id: e.id,
@@ -129,6 +145,8 @@ export type LogSource = (
 
 export interface ServicesRouteOptions {
   logs: LogSource;
+  /** Jobs are dispatches: read through the servers module. */
+  jobs: { get(c: ReturnType<typeof caller>, id: string): Promise<Dispatch> };
   services: ServicesService;
   events: EventBus;
   db: Queryable;
@@ -198,6 +216,18 @@ export function servicesRoutes(router: ConnectRouter, o: ServicesRouteOptions): 
     },
     async deploy(req, ctx) {
       return { deployment: deployment(await services.deploy(caller(ctx), req.serviceId)) };
+    },
+    async runJob(req, ctx) {
+      const c = caller(ctx);
+      const id = await services.runJob(c, req.serviceId, {
+        command: req.command,
+        args: req.args,
+        timeoutSeconds: req.timeoutSeconds,
+      });
+      return { job: job(await o.jobs.get(c, id)) };
+    },
+    async getJob(req, ctx) {
+      return { job: job(await o.jobs.get(caller(ctx), req.jobId)) };
     },
     async *streamLogs(req, ctx) {
       try {

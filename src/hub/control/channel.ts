@@ -483,7 +483,11 @@ export class ControlChannel {
           );
         const recorded = frame.ok
           ? await this.o.dispatches.complete(d.id, frame.result ?? null)
-          : await this.o.dispatches.fail(d.id, frame.error ?? "the agent reported a failure");
+          : await this.o.dispatches.fail(
+              d.id,
+              frame.error ?? "the agent reported a failure",
+              frame.result,
+            );
         this.o.logger.info({ dispatch: d.id, ok: frame.ok, recorded }, "dispatch result");
         return;
       }

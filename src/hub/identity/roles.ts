@@ -20,6 +20,7 @@ export const CAPABILITIES = {
   "config.reveal": "Reveal a secret config value (audited).",
   "servers.read": "See servers and their dispatches.",
   "logs.read": "Read services' output (it may hold what an application prints).",
+  "jobs.run": "Run one-off commands in a service's context, with its config.",
   "servers.manage": "Enrol servers (join tokens) and remove them.",
 } as const;
 export type Capability = keyof typeof CAPABILITIES;
@@ -39,6 +40,7 @@ const DEVELOPER: Capability[] = [
   "deployments.create",
   "config.write",
   "logs.read",
+  "jobs.run",
 ];
 const ADMIN: Capability[] = [
   ...DEVELOPER,

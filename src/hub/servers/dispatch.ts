@@ -146,11 +146,12 @@ export class DispatchStore {
     return rows.length > 0;
   }
 
-  async fail(id: string, error: string): Promise<boolean> {
+  /** in_progress -> failed, with what the agent returned (a job's exit code and output). */
+  async fail(id: string, error: string, result?: unknown): Promise<boolean> {
     const { rows } = await this.db.query(
-      `UPDATE dispatches SET state = 'failed', error = $2, updated_at = now()
+      `UPDATE dispatches SET state = 'failed', error = $2, result = coalesce($3, result), updated_at = now()
        WHERE id = $1 AND state = 'in_progress' RETURNING id`,
-      [id, error.slice(0, 4000)],
+      [id, error.slice(0, 4000), result === undefined ? null : JSON.stringify(result)],
     );
     return rows.length > 0;
   }

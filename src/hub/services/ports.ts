@@ -33,7 +33,7 @@ export interface PlacementPort {
   defaultServer(c: Caller, q: Queryable): Promise<string | null>;
 }
 
-export type LifecycleOp = "deploy" | "start" | "stop" | "restart" | "delete";
+export type LifecycleOp = "deploy" | "start" | "stop" | "restart" | "delete" | "job";
 
 /** Durable intents for a server's agent, written in the caller's transaction. */
 export interface DispatchPort {
@@ -47,5 +47,5 @@ export interface DispatchPort {
       op: LifecycleOp;
       args: Record<string, unknown>;
     },
-  ): Promise<void>;
+  ): Promise<string>;
 }

@@ -206,7 +206,7 @@ export const NO_PLACEMENT: PlacementPort = {
   check: async (_c, id) => id,
   defaultServer: async () => null,
 };
-export const NO_DISPATCH: DispatchPort = { intend: async () => {} };
+export const NO_DISPATCH: DispatchPort = { intend: async () => "" };
 
 /** What the agent needs to run a deployment; secrets are added by the hub when it sends it. */
 function runArgs(service: Service, deployment: { id: string; spec: ServiceSpec }) {
@@ -461,6 +461,61 @@ export class ServicesService {
         source = toDeployment(rows[0]);
       }
       return this.insertDeployment(tx, c, service, source.spec, "rollback", source.id);
+    });
+  }
+
+  /** A one-off command in the service's context, on its server; returns the job's dispatch id. */
+  async runJob(
+    c: Caller,
+    serviceIdText: string,
+    input: { command: string; args: string[]; timeoutSeconds: number },
+  ): Promise<string> {
+    if (!input.command) throw invalid("command", "is required");
+    if (input.command.length > 4096 || input.command.includes("\0"))
+      throw invalid("command", "must be at most 4096 characters, without NUL bytes");
+    if (input.args.length > 256) throw invalid("args", "must have at most 256 items");
+    input.args.forEach((a, i) => {
+      if (a.length > 4096 || a.includes("\0"))
+        throw invalid(`args[${i}]`, "must be at most 4096 characters, without NUL bytes");
+    });
+    const timeout = input.timeoutSeconds || 600;
+    if (!Number.isInteger(timeout) || timeout < 1 || timeout > 3600)
+      throw invalid("timeout_seconds", "must be from 1 to 3600");
+    return this.db.tx(async (tx) => {
+      const service = await this.getService(c, serviceIdText, tx);
+      if (!service.serverId)
+        throw new FlotillaError(
+          "resource.conflict",
+          `${service.slug} is not placed on a server, so there is nowhere to run a job`,
+          { field: "service_id" },
+        );
+      const id = await this.dispatch.intend(tx, {
+        organizationId: c.organizationId,
+        serverId: service.serverId,
+        serviceId: service.id,
+        deploymentId: service.desiredDeploymentId,
+        op: "job",
+        args: {
+          service: {
+            id: service.id,
+            slug: service.slug,
+            visibility: service.visibility,
+            environment_id: service.environmentId,
+          },
+          command: input.command,
+          args: input.args,
+          cwd: service.spec.exec?.workingDirectory ?? "",
+          timeout_ms: timeout * 1000,
+        },
+      });
+      await recordAudit(tx, {
+        organizationId: c.organizationId,
+        actor: c.actor,
+        action: "service.run_job",
+        target: { type: "service", id: service.id },
+        details: { job_id: id, command: input.command, args: input.args.length },
+      });
+      return id;
     });
   }
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1/services.proto.
  */
 export const file_flotilla_v1_services: GenFile = /*@__PURE__*/
-  fileDesc("ChpmbG90aWxsYS92MS9zZXJ2aWNlcy5wcm90bxILZmxvdGlsbGEudjEiUgoIRXhlY1NwZWMSDwoHY29tbWFuZBgBIAEoCRIMCgRhcmdzGAIgAygJEhkKEXdvcmtpbmdfZGlyZWN0b3J5GAMgASgJEgwKBHBvcnQYBCABKAUiOgoKRG9ja2VyU3BlYxINCgVpbWFnZRgBIAEoCRIPCgdjb21tYW5kGAIgAygJEgwKBHBvcnQYAyABKAUiKQoLSGVhbHRoQ2hlY2sSDAoEdHlwZRgBIAEoCRIMCgRwYXRoGAIgASgJIioKBlZvbHVtZRIMCgRuYW1lGAEgASgJEhIKCm1vdW50X3BhdGgYAiABKAkiigIKC1NlcnZpY2VTcGVjEiMKBmRyaXZlchgBIAEoDjITLmZsb3RpbGxhLnYxLkRyaXZlchIjCgRleGVjGAIgASgLMhUuZmxvdGlsbGEudjEuRXhlY1NwZWMSJwoGZG9ja2VyGAMgASgLMhcuZmxvdGlsbGEudjEuRG9ja2VyU3BlYxIuCgxoZWFsdGhfY2hlY2sYBCABKAsyGC5mbG90aWxsYS52MS5IZWFsdGhDaGVjaxIyCg5yZXN0YXJ0X3BvbGljeRgFIAEoDjIaLmZsb3RpbGxhLnYxLlJlc3RhcnRQb2xpY3kSJAoHdm9sdW1lcxgGIAMoCzITLmZsb3RpbGxhLnYxLlZvbHVtZSKVAwoHU2VydmljZRIKCgJpZBgBIAEoCRISCgpwcm9qZWN0X2lkGAIgASgJEhYKDmVudmlyb25tZW50X2lkGAMgASgJEgwKBHNsdWcYBCABKAkSDAoEbmFtZRgFIAEoCRIMCgRraW5kGAYgASgJEhMKC3RlbXBsYXRlX2lkGAcgASgJEisKCnZpc2liaWxpdHkYCCABKA4yFy5mbG90aWxsYS52MS5WaXNpYmlsaXR5EhEKCXNlcnZlcl9pZBgJIAEoCRImCgRzcGVjGAogASgLMhguZmxvdGlsbGEudjEuU2VydmljZVNwZWMSHQoVZGVzaXJlZF9kZXBsb3ltZW50X2lkGAsgASgJEiwKCG9ic2VydmVkGAwgASgLMhouZmxvdGlsbGEudjEuT2JzZXJ2ZWRTdGF0ZRIuCgpjcmVhdGVkX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAQoNT2JzZXJ2ZWRTdGF0ZRIOCgZzdGF0dXMYASABKAkSDgoGcmVhc29uGAIgASgJEhUKDWRlcGxveW1lbnRfaWQYAyABKAkSEAoIZW5kcG9pbnQYBCABKAkSLwoLb2JzZXJ2ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIukCCgpEZXBsb3ltZW50EgoKAmlkGAEgASgJEhIKCnNlcnZpY2VfaWQYAiABKAkSDgoGbnVtYmVyGAMgASgFEiYKBHNwZWMYBCABKAsyGC5mbG90aWxsYS52MS5TZXJ2aWNlU3BlYxIWCg5jb25maWdfdmVyc2lvbhgFIAEoCRIOCgZyZWFzb24YBiABKAkSHAoUc291cmNlX2RlcGxveW1lbnRfaWQYByABKAkSEgoKY3JlYXRlZF9ieRgIIAEoCRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzdGF0dXMYCiABKAkSFQoNc3RhdHVzX3JlYXNvbhgLIAEoCRIQCghlbmRwb2ludBgMIAEoCRIvCgtvYnNlcnZlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZGVzaXJlZBgOIAEoCCLGAQoUQ3JlYXRlU2VydmljZVJlcXVlc3QSFgoOZW52aXJvbm1lbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRzbHVnGAMgASgJEisKCnZpc2liaWxpdHkYBCABKA4yFy5mbG90aWxsYS52MS5WaXNpYmlsaXR5EhEKCXNlcnZlcl9pZBgFIAEoCRImCgRzcGVjGAYgASgLMhguZmxvdGlsbGEudjEuU2VydmljZVNwZWMSEgoKZGVwbG95X25vdxgHIAEoCCJrChVDcmVhdGVTZXJ2aWNlUmVzcG9uc2USJQoHc2VydmljZRgBIAEoCzIULmZsb3RpbGxhLnYxLlNlcnZpY2USKwoKZGVwbG95bWVudBgCIAEoCzIXLmZsb3RpbGxhLnYxLkRlcGxveW1lbnQiPgoTTGlzdFNlcnZpY2VzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhYKDmVudmlyb25tZW50X2lkGAIgASgJIj4KFExpc3RTZXJ2aWNlc1Jlc3BvbnNlEiYKCHNlcnZpY2VzGAEgAygLMhQuZmxvdGlsbGEudjEuU2VydmljZSInChFHZXRTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJInUKEkdldFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZRIWCg5jb25maWdfY2hhbmdlZBgCIAEoCBIgChhlZmZlY3RpdmVfY29uZmlnX3ZlcnNpb24YAyABKAkioAEKFFVwZGF0ZVNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIrCgp2aXNpYmlsaXR5GAMgASgOMhcuZmxvdGlsbGEudjEuVmlzaWJpbGl0eRIRCglzZXJ2ZXJfaWQYBCABKAkSJgoEc3BlYxgFIAEoCzIYLmZsb3RpbGxhLnYxLlNlcnZpY2VTcGVjIj4KFVVwZGF0ZVNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZSIqChREZWxldGVTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJIhcKFURlbGV0ZVNlcnZpY2VSZXNwb25zZSIpChNTdGFydFNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkiPQoUU3RhcnRTZXJ2aWNlUmVzcG9uc2USJQoHc2VydmljZRgBIAEoCzIULmZsb3RpbGxhLnYxLlNlcnZpY2UiKAoSU3RvcFNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkiPAoTU3RvcFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZSIrChVSZXN0YXJ0U2VydmljZVJlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCSI/ChZSZXN0YXJ0U2VydmljZVJlc3BvbnNlEiUKB3NlcnZpY2UYASABKAsyFC5mbG90aWxsYS52MS5TZXJ2aWNlIiMKDURlcGxveVJlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCSI9Cg5EZXBsb3lSZXNwb25zZRIrCgpkZXBsb3ltZW50GAEgASgLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCJGChFTdHJlYW1Mb2dzUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEg0KBWxpbmVzGAIgASgFEg4KBmZvbGxvdxgDIAEoCCIjChJTdHJlYW1Mb2dzUmVzcG9uc2USDQoFbGluZXMYASADKAkiOwoWTGlzdERlcGxveW1lbnRzUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEg0KBWxpbWl0GAIgASgFIkcKF0xpc3REZXBsb3ltZW50c1Jlc3BvbnNlEiwKC2RlcGxveW1lbnRzGAEgAygLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCItChRHZXREZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJIkQKFUdldERlcGxveW1lbnRSZXNwb25zZRIrCgpkZXBsb3ltZW50GAEgASgLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCI8Cg9Sb2xsYmFja1JlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJIj8KEFJvbGxiYWNrUmVzcG9uc2USKwoKZGVwbG95bWVudBgBIAEoCzIXLmZsb3RpbGxhLnYxLkRlcGxveW1lbnQiSAoRTGlzdEV2ZW50c1JlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIQCghhZnRlcl9pZBgCIAEoCRINCgVsaW1pdBgDIAEoBSI4ChJMaXN0RXZlbnRzUmVzcG9uc2USIgoGZXZlbnRzGAEgAygLMhIuZmxvdGlsbGEudjEuRXZlbnQiOgoSV2F0Y2hFdmVudHNSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSEAoIc2luY2VfaWQYAiABKAkiOAoTV2F0Y2hFdmVudHNSZXNwb25zZRIhCgVldmVudBgBIAEoCzISLmZsb3RpbGxhLnYxLkV2ZW50IpQBCgVFdmVudBIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEhIKCnN1YmplY3RfaWQYAyABKAkSFAoMcGF5bG9hZF9qc29uGAQgASgJEhYKDmNvcnJlbGF0aW9uX2lkGAUgASgJEi8KC29jY3VycmVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpXCgpWaXNpYmlsaXR5EhoKFlZJU0lCSUxJVFlfVU5TUEVDSUZJRUQQABIWChJWSVNJQklMSVRZX1BSSVZBVEUQARIVChFWSVNJQklMSVRZX1BVQkxJQxACKkQKBkRyaXZlchIWChJEUklWRVJfVU5TUEVDSUZJRUQQABIPCgtEUklWRVJfRVhFQxABEhEKDURSSVZFUl9ET0NLRVIQAiqDAQoNUmVzdGFydFBvbGljeRIeChpSRVNUQVJUX1BPTElDWV9VTlNQRUNJRklFRBAAEhkKFVJFU1RBUlRfUE9MSUNZX0FMV0FZUxABEh0KGVJFU1RBUlRfUE9MSUNZX09OX0ZBSUxVUkUQAhIYChRSRVNUQVJUX1BPTElDWV9ORVZFUhADMvUJCg9TZXJ2aWNlc1NlcnZpY2USVgoNQ3JlYXRlU2VydmljZRIhLmZsb3RpbGxhLnYxLkNyZWF0ZVNlcnZpY2VSZXF1ZXN0GiIuZmxvdGlsbGEudjEuQ3JlYXRlU2VydmljZVJlc3BvbnNlElMKDExpc3RTZXJ2aWNlcxIgLmZsb3RpbGxhLnYxLkxpc3RTZXJ2aWNlc1JlcXVlc3QaIS5mbG90aWxsYS52MS5MaXN0U2VydmljZXNSZXNwb25zZRJNCgpHZXRTZXJ2aWNlEh4uZmxvdGlsbGEudjEuR2V0U2VydmljZVJlcXVlc3QaHy5mbG90aWxsYS52MS5HZXRTZXJ2aWNlUmVzcG9uc2USVgoNVXBkYXRlU2VydmljZRIhLmZsb3RpbGxhLnYxLlVwZGF0ZVNlcnZpY2VSZXF1ZXN0GiIuZmxvdGlsbGEudjEuVXBkYXRlU2VydmljZVJlc3BvbnNlElYKDURlbGV0ZVNlcnZpY2USIS5mbG90aWxsYS52MS5EZWxldGVTZXJ2aWNlUmVxdWVzdBoiLmZsb3RpbGxhLnYxLkRlbGV0ZVNlcnZpY2VSZXNwb25zZRJTCgxTdGFydFNlcnZpY2USIC5mbG90aWxsYS52MS5TdGFydFNlcnZpY2VSZXF1ZXN0GiEuZmxvdGlsbGEudjEuU3RhcnRTZXJ2aWNlUmVzcG9uc2USUAoLU3RvcFNlcnZpY2USHy5mbG90aWxsYS52MS5TdG9wU2VydmljZVJlcXVlc3QaIC5mbG90aWxsYS52MS5TdG9wU2VydmljZVJlc3BvbnNlElkKDlJlc3RhcnRTZXJ2aWNlEiIuZmxvdGlsbGEudjEuUmVzdGFydFNlcnZpY2VSZXF1ZXN0GiMuZmxvdGlsbGEudjEuUmVzdGFydFNlcnZpY2VSZXNwb25zZRJBCgZEZXBsb3kSGi5mbG90aWxsYS52MS5EZXBsb3lSZXF1ZXN0GhsuZmxvdGlsbGEudjEuRGVwbG95UmVzcG9uc2USXAoPTGlzdERlcGxveW1lbnRzEiMuZmxvdGlsbGEudjEuTGlzdERlcGxveW1lbnRzUmVxdWVzdBokLmZsb3RpbGxhLnYxLkxpc3REZXBsb3ltZW50c1Jlc3BvbnNlEk8KClN0cmVhbUxvZ3MSHi5mbG90aWxsYS52MS5TdHJlYW1Mb2dzUmVxdWVzdBofLmZsb3RpbGxhLnYxLlN0cmVhbUxvZ3NSZXNwb25zZTABElYKDUdldERlcGxveW1lbnQSIS5mbG90aWxsYS52MS5HZXREZXBsb3ltZW50UmVxdWVzdBoiLmZsb3RpbGxhLnYxLkdldERlcGxveW1lbnRSZXNwb25zZRJHCghSb2xsYmFjaxIcLmZsb3RpbGxhLnYxLlJvbGxiYWNrUmVxdWVzdBodLmZsb3RpbGxhLnYxLlJvbGxiYWNrUmVzcG9uc2USTQoKTGlzdEV2ZW50cxIeLmZsb3RpbGxhLnYxLkxpc3RFdmVudHNSZXF1ZXN0Gh8uZmxvdGlsbGEudjEuTGlzdEV2ZW50c1Jlc3BvbnNlElIKC1dhdGNoRXZlbnRzEh8uZmxvdGlsbGEudjEuV2F0Y2hFdmVudHNSZXF1ZXN0GiAuZmxvdGlsbGEudjEuV2F0Y2hFdmVudHNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChpmbG90aWxsYS92MS9zZXJ2aWNlcy5wcm90bxILZmxvdGlsbGEudjEiUgoIRXhlY1NwZWMSDwoHY29tbWFuZBgBIAEoCRIMCgRhcmdzGAIgAygJEhkKEXdvcmtpbmdfZGlyZWN0b3J5GAMgASgJEgwKBHBvcnQYBCABKAUiOgoKRG9ja2VyU3BlYxINCgVpbWFnZRgBIAEoCRIPCgdjb21tYW5kGAIgAygJEgwKBHBvcnQYAyABKAUiKQoLSGVhbHRoQ2hlY2sSDAoEdHlwZRgBIAEoCRIMCgRwYXRoGAIgASgJIioKBlZvbHVtZRIMCgRuYW1lGAEgASgJEhIKCm1vdW50X3BhdGgYAiABKAkiigIKC1NlcnZpY2VTcGVjEiMKBmRyaXZlchgBIAEoDjITLmZsb3RpbGxhLnYxLkRyaXZlchIjCgRleGVjGAIgASgLMhUuZmxvdGlsbGEudjEuRXhlY1NwZWMSJwoGZG9ja2VyGAMgASgLMhcuZmxvdGlsbGEudjEuRG9ja2VyU3BlYxIuCgxoZWFsdGhfY2hlY2sYBCABKAsyGC5mbG90aWxsYS52MS5IZWFsdGhDaGVjaxIyCg5yZXN0YXJ0X3BvbGljeRgFIAEoDjIaLmZsb3RpbGxhLnYxLlJlc3RhcnRQb2xpY3kSJAoHdm9sdW1lcxgGIAMoCzITLmZsb3RpbGxhLnYxLlZvbHVtZSKVAwoHU2VydmljZRIKCgJpZBgBIAEoCRISCgpwcm9qZWN0X2lkGAIgASgJEhYKDmVudmlyb25tZW50X2lkGAMgASgJEgwKBHNsdWcYBCABKAkSDAoEbmFtZRgFIAEoCRIMCgRraW5kGAYgASgJEhMKC3RlbXBsYXRlX2lkGAcgASgJEisKCnZpc2liaWxpdHkYCCABKA4yFy5mbG90aWxsYS52MS5WaXNpYmlsaXR5EhEKCXNlcnZlcl9pZBgJIAEoCRImCgRzcGVjGAogASgLMhguZmxvdGlsbGEudjEuU2VydmljZVNwZWMSHQoVZGVzaXJlZF9kZXBsb3ltZW50X2lkGAsgASgJEiwKCG9ic2VydmVkGAwgASgLMhouZmxvdGlsbGEudjEuT2JzZXJ2ZWRTdGF0ZRIuCgpjcmVhdGVkX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAQoNT2JzZXJ2ZWRTdGF0ZRIOCgZzdGF0dXMYASABKAkSDgoGcmVhc29uGAIgASgJEhUKDWRlcGxveW1lbnRfaWQYAyABKAkSEAoIZW5kcG9pbnQYBCABKAkSLwoLb2JzZXJ2ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIukCCgpEZXBsb3ltZW50EgoKAmlkGAEgASgJEhIKCnNlcnZpY2VfaWQYAiABKAkSDgoGbnVtYmVyGAMgASgFEiYKBHNwZWMYBCABKAsyGC5mbG90aWxsYS52MS5TZXJ2aWNlU3BlYxIWCg5jb25maWdfdmVyc2lvbhgFIAEoCRIOCgZyZWFzb24YBiABKAkSHAoUc291cmNlX2RlcGxveW1lbnRfaWQYByABKAkSEgoKY3JlYXRlZF9ieRgIIAEoCRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzdGF0dXMYCiABKAkSFQoNc3RhdHVzX3JlYXNvbhgLIAEoCRIQCghlbmRwb2ludBgMIAEoCRIvCgtvYnNlcnZlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZGVzaXJlZBgOIAEoCCLGAQoUQ3JlYXRlU2VydmljZVJlcXVlc3QSFgoOZW52aXJvbm1lbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRzbHVnGAMgASgJEisKCnZpc2liaWxpdHkYBCABKA4yFy5mbG90aWxsYS52MS5WaXNpYmlsaXR5EhEKCXNlcnZlcl9pZBgFIAEoCRImCgRzcGVjGAYgASgLMhguZmxvdGlsbGEudjEuU2VydmljZVNwZWMSEgoKZGVwbG95X25vdxgHIAEoCCJrChVDcmVhdGVTZXJ2aWNlUmVzcG9uc2USJQoHc2VydmljZRgBIAEoCzIULmZsb3RpbGxhLnYxLlNlcnZpY2USKwoKZGVwbG95bWVudBgCIAEoCzIXLmZsb3RpbGxhLnYxLkRlcGxveW1lbnQiPgoTTGlzdFNlcnZpY2VzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhYKDmVudmlyb25tZW50X2lkGAIgASgJIj4KFExpc3RTZXJ2aWNlc1Jlc3BvbnNlEiYKCHNlcnZpY2VzGAEgAygLMhQuZmxvdGlsbGEudjEuU2VydmljZSInChFHZXRTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJInUKEkdldFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZRIWCg5jb25maWdfY2hhbmdlZBgCIAEoCBIgChhlZmZlY3RpdmVfY29uZmlnX3ZlcnNpb24YAyABKAkioAEKFFVwZGF0ZVNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIrCgp2aXNpYmlsaXR5GAMgASgOMhcuZmxvdGlsbGEudjEuVmlzaWJpbGl0eRIRCglzZXJ2ZXJfaWQYBCABKAkSJgoEc3BlYxgFIAEoCzIYLmZsb3RpbGxhLnYxLlNlcnZpY2VTcGVjIj4KFVVwZGF0ZVNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZSIqChREZWxldGVTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJIhcKFURlbGV0ZVNlcnZpY2VSZXNwb25zZSIpChNTdGFydFNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkiPQoUU3RhcnRTZXJ2aWNlUmVzcG9uc2USJQoHc2VydmljZRgBIAEoCzIULmZsb3RpbGxhLnYxLlNlcnZpY2UiKAoSU3RvcFNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkiPAoTU3RvcFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZSIrChVSZXN0YXJ0U2VydmljZVJlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCSI/ChZSZXN0YXJ0U2VydmljZVJlc3BvbnNlEiUKB3NlcnZpY2UYASABKAsyFC5mbG90aWxsYS52MS5TZXJ2aWNlIiMKDURlcGxveVJlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCSI9Cg5EZXBsb3lSZXNwb25zZRIrCgpkZXBsb3ltZW50GAEgASgLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCJbCg1SdW5Kb2JSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSDwoHY29tbWFuZBgCIAEoCRIMCgRhcmdzGAMgAygJEhcKD3RpbWVvdXRfc2Vjb25kcxgEIAEoBSIvCg5SdW5Kb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5mbG90aWxsYS52MS5Kb2IiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiLwoOR2V0Sm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuZmxvdGlsbGEudjEuSm9iItYBCgNKb2ISCgoCaWQYASABKAkSEgoKc2VydmljZV9pZBgCIAEoCRINCgVzdGF0ZRgDIAEoCRIRCglleGl0X2NvZGUYBCABKAUSDgoGc3Rkb3V0GAUgASgJEg4KBnN0ZGVychgGIAEoCRINCgVlcnJvchgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGChFTdHJlYW1Mb2dzUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEg0KBWxpbmVzGAIgASgFEg4KBmZvbGxvdxgDIAEoCCIjChJTdHJlYW1Mb2dzUmVzcG9uc2USDQoFbGluZXMYASADKAkiOwoWTGlzdERlcGxveW1lbnRzUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEg0KBWxpbWl0GAIgASgFIkcKF0xpc3REZXBsb3ltZW50c1Jlc3BvbnNlEiwKC2RlcGxveW1lbnRzGAEgAygLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCItChRHZXREZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJIkQKFUdldERlcGxveW1lbnRSZXNwb25zZRIrCgpkZXBsb3ltZW50GAEgASgLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCI8Cg9Sb2xsYmFja1JlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJIj8KEFJvbGxiYWNrUmVzcG9uc2USKwoKZGVwbG95bWVudBgBIAEoCzIXLmZsb3RpbGxhLnYxLkRlcGxveW1lbnQiSAoRTGlzdEV2ZW50c1JlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIQCghhZnRlcl9pZBgCIAEoCRINCgVsaW1pdBgDIAEoBSI4ChJMaXN0RXZlbnRzUmVzcG9uc2USIgoGZXZlbnRzGAEgAygLMhIuZmxvdGlsbGEudjEuRXZlbnQiOgoSV2F0Y2hFdmVudHNSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSEAoIc2luY2VfaWQYAiABKAkiOAoTV2F0Y2hFdmVudHNSZXNwb25zZRIhCgVldmVudBgBIAEoCzISLmZsb3RpbGxhLnYxLkV2ZW50IpQBCgVFdmVudBIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEhIKCnN1YmplY3RfaWQYAyABKAkSFAoMcGF5bG9hZF9qc29uGAQgASgJEhYKDmNvcnJlbGF0aW9uX2lkGAUgASgJEi8KC29jY3VycmVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpXCgpWaXNpYmlsaXR5EhoKFlZJU0lCSUxJVFlfVU5TUEVDSUZJRUQQABIWChJWSVNJQklMSVRZX1BSSVZBVEUQARIVChFWSVNJQklMSVRZX1BVQkxJQxACKkQKBkRyaXZlchIWChJEUklWRVJfVU5TUEVDSUZJRUQQABIPCgtEUklWRVJfRVhFQxABEhEKDURSSVZFUl9ET0NLRVIQAiqDAQoNUmVzdGFydFBvbGljeRIeChpSRVNUQVJUX1BPTElDWV9VTlNQRUNJRklFRBAAEhkKFVJFU1RBUlRfUE9MSUNZX0FMV0FZUxABEh0KGVJFU1RBUlRfUE9MSUNZX09OX0ZBSUxVUkUQAhIYChRSRVNUQVJUX1BPTElDWV9ORVZFUhADMvsKCg9TZXJ2aWNlc1NlcnZpY2USVgoNQ3JlYXRlU2VydmljZRIhLmZsb3RpbGxhLnYxLkNyZWF0ZVNlcnZpY2VSZXF1ZXN0GiIuZmxvdGlsbGEudjEuQ3JlYXRlU2VydmljZVJlc3BvbnNlElMKDExpc3RTZXJ2aWNlcxIgLmZsb3RpbGxhLnYxLkxpc3RTZXJ2aWNlc1JlcXVlc3QaIS5mbG90aWxsYS52MS5MaXN0U2VydmljZXNSZXNwb25zZRJNCgpHZXRTZXJ2aWNlEh4uZmxvdGlsbGEudjEuR2V0U2VydmljZVJlcXVlc3QaHy5mbG90aWxsYS52MS5HZXRTZXJ2aWNlUmVzcG9uc2USVgoNVXBkYXRlU2VydmljZRIhLmZsb3RpbGxhLnYxLlVwZGF0ZVNlcnZpY2VSZXF1ZXN0GiIuZmxvdGlsbGEudjEuVXBkYXRlU2VydmljZVJlc3BvbnNlElYKDURlbGV0ZVNlcnZpY2USIS5mbG90aWxsYS52MS5EZWxldGVTZXJ2aWNlUmVxdWVzdBoiLmZsb3RpbGxhLnYxLkRlbGV0ZVNlcnZpY2VSZXNwb25zZRJTCgxTdGFydFNlcnZpY2USIC5mbG90aWxsYS52MS5TdGFydFNlcnZpY2VSZXF1ZXN0GiEuZmxvdGlsbGEudjEuU3RhcnRTZXJ2aWNlUmVzcG9uc2USUAoLU3RvcFNlcnZpY2USHy5mbG90aWxsYS52MS5TdG9wU2VydmljZVJlcXVlc3QaIC5mbG90aWxsYS52MS5TdG9wU2VydmljZVJlc3BvbnNlElkKDlJlc3RhcnRTZXJ2aWNlEiIuZmxvdGlsbGEudjEuUmVzdGFydFNlcnZpY2VSZXF1ZXN0GiMuZmxvdGlsbGEudjEuUmVzdGFydFNlcnZpY2VSZXNwb25zZRJBCgZEZXBsb3kSGi5mbG90aWxsYS52MS5EZXBsb3lSZXF1ZXN0GhsuZmxvdGlsbGEudjEuRGVwbG95UmVzcG9uc2USXAoPTGlzdERlcGxveW1lbnRzEiMuZmxvdGlsbGEudjEuTGlzdERlcGxveW1lbnRzUmVxdWVzdBokLmZsb3RpbGxhLnYxLkxpc3REZXBsb3ltZW50c1Jlc3BvbnNlEk8KClN0cmVhbUxvZ3MSHi5mbG90aWxsYS52MS5TdHJlYW1Mb2dzUmVxdWVzdBofLmZsb3RpbGxhLnYxLlN0cmVhbUxvZ3NSZXNwb25zZTABElYKDUdldERlcGxveW1lbnQSIS5mbG90aWxsYS52MS5HZXREZXBsb3ltZW50UmVxdWVzdBoiLmZsb3RpbGxhLnYxLkdldERlcGxveW1lbnRSZXNwb25zZRJHCghSb2xsYmFjaxIcLmZsb3RpbGxhLnYxLlJvbGxiYWNrUmVxdWVzdBodLmZsb3RpbGxhLnYxLlJvbGxiYWNrUmVzcG9uc2USQQoGUnVuSm9iEhouZmxvdGlsbGEudjEuUnVuSm9iUmVxdWVzdBobLmZsb3RpbGxhLnYxLlJ1bkpvYlJlc3BvbnNlEkEKBkdldEpvYhIaLmZsb3RpbGxhLnYxLkdldEpvYlJlcXVlc3QaGy5mbG90aWxsYS52MS5HZXRKb2JSZXNwb25zZRJNCgpMaXN0RXZlbnRzEh4uZmxvdGlsbGEudjEuTGlzdEV2ZW50c1JlcXVlc3QaHy5mbG90aWxsYS52MS5MaXN0RXZlbnRzUmVzcG9uc2USUgoLV2F0Y2hFdmVudHMSHy5mbG90aWxsYS52MS5XYXRjaEV2ZW50c1JlcXVlc3QaIC5mbG90aWxsYS52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message flotilla.v1.ExecSpec
@@ -753,6 +753,154 @@ export const DeployResponseSchema: GenMessage<DeployResponse> = /*@__PURE__*/
   messageDesc(file_flotilla_v1_services, 25);
 
 /**
+ * @generated from message flotilla.v1.RunJobRequest
+ */
+export type RunJobRequest = Message<"flotilla.v1.RunJobRequest"> & {
+  /**
+   * @generated from field: string service_id = 1;
+   */
+  serviceId: string;
+
+  /**
+   * @generated from field: string command = 2;
+   */
+  command: string;
+
+  /**
+   * @generated from field: repeated string args = 3;
+   */
+  args: string[];
+
+  /**
+   * Killed (its whole process group) after this long; default 600, at most 3600.
+   *
+   * @generated from field: int32 timeout_seconds = 4;
+   */
+  timeoutSeconds: number;
+};
+
+/**
+ * Describes the message flotilla.v1.RunJobRequest.
+ * Use `create(RunJobRequestSchema)` to create a new message.
+ */
+export const RunJobRequestSchema: GenMessage<RunJobRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_services, 26);
+
+/**
+ * @generated from message flotilla.v1.RunJobResponse
+ */
+export type RunJobResponse = Message<"flotilla.v1.RunJobResponse"> & {
+  /**
+   * @generated from field: flotilla.v1.Job job = 1;
+   */
+  job?: Job | undefined;
+};
+
+/**
+ * Describes the message flotilla.v1.RunJobResponse.
+ * Use `create(RunJobResponseSchema)` to create a new message.
+ */
+export const RunJobResponseSchema: GenMessage<RunJobResponse> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_services, 27);
+
+/**
+ * @generated from message flotilla.v1.GetJobRequest
+ */
+export type GetJobRequest = Message<"flotilla.v1.GetJobRequest"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+};
+
+/**
+ * Describes the message flotilla.v1.GetJobRequest.
+ * Use `create(GetJobRequestSchema)` to create a new message.
+ */
+export const GetJobRequestSchema: GenMessage<GetJobRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_services, 28);
+
+/**
+ * @generated from message flotilla.v1.GetJobResponse
+ */
+export type GetJobResponse = Message<"flotilla.v1.GetJobResponse"> & {
+  /**
+   * @generated from field: flotilla.v1.Job job = 1;
+   */
+  job?: Job | undefined;
+};
+
+/**
+ * Describes the message flotilla.v1.GetJobResponse.
+ * Use `create(GetJobResponseSchema)` to create a new message.
+ */
+export const GetJobResponseSchema: GenMessage<GetJobResponse> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_services, 29);
+
+/**
+ * @generated from message flotilla.v1.Job
+ */
+export type Job = Message<"flotilla.v1.Job"> & {
+  /**
+   * The dispatch id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string service_id = 2;
+   */
+  serviceId: string;
+
+  /**
+   * "pending", "in_progress", "done" or "failed".
+   *
+   * @generated from field: string state = 3;
+   */
+  state: string;
+
+  /**
+   * Set once finished: the exit code (-1 when killed by a signal), the last 64 KiB of each stream.
+   *
+   * @generated from field: int32 exit_code = 4;
+   */
+  exitCode: number;
+
+  /**
+   * @generated from field: string stdout = 5;
+   */
+  stdout: string;
+
+  /**
+   * @generated from field: string stderr = 6;
+   */
+  stderr: string;
+
+  /**
+   * @generated from field: string error = 7;
+   */
+  error: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 8;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp updated_at = 9;
+   */
+  updatedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message flotilla.v1.Job.
+ * Use `create(JobSchema)` to create a new message.
+ */
+export const JobSchema: GenMessage<Job> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_services, 30);
+
+/**
  * @generated from message flotilla.v1.StreamLogsRequest
  */
 export type StreamLogsRequest = Message<"flotilla.v1.StreamLogsRequest"> & {
@@ -779,7 +927,7 @@ export type StreamLogsRequest = Message<"flotilla.v1.StreamLogsRequest"> & {
  * Use `create(StreamLogsRequestSchema)` to create a new message.
  */
 export const StreamLogsRequestSchema: GenMessage<StreamLogsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 26);
+  messageDesc(file_flotilla_v1_services, 31);
 
 /**
  * @generated from message flotilla.v1.StreamLogsResponse
@@ -796,7 +944,7 @@ export type StreamLogsResponse = Message<"flotilla.v1.StreamLogsResponse"> & {
  * Use `create(StreamLogsResponseSchema)` to create a new message.
  */
 export const StreamLogsResponseSchema: GenMessage<StreamLogsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 27);
+  messageDesc(file_flotilla_v1_services, 32);
 
 /**
  * @generated from message flotilla.v1.ListDeploymentsRequest
@@ -820,7 +968,7 @@ export type ListDeploymentsRequest = Message<"flotilla.v1.ListDeploymentsRequest
  * Use `create(ListDeploymentsRequestSchema)` to create a new message.
  */
 export const ListDeploymentsRequestSchema: GenMessage<ListDeploymentsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 28);
+  messageDesc(file_flotilla_v1_services, 33);
 
 /**
  * @generated from message flotilla.v1.ListDeploymentsResponse
@@ -837,7 +985,7 @@ export type ListDeploymentsResponse = Message<"flotilla.v1.ListDeploymentsRespon
  * Use `create(ListDeploymentsResponseSchema)` to create a new message.
  */
 export const ListDeploymentsResponseSchema: GenMessage<ListDeploymentsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 29);
+  messageDesc(file_flotilla_v1_services, 34);
 
 /**
  * @generated from message flotilla.v1.GetDeploymentRequest
@@ -854,7 +1002,7 @@ export type GetDeploymentRequest = Message<"flotilla.v1.GetDeploymentRequest"> &
  * Use `create(GetDeploymentRequestSchema)` to create a new message.
  */
 export const GetDeploymentRequestSchema: GenMessage<GetDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 30);
+  messageDesc(file_flotilla_v1_services, 35);
 
 /**
  * @generated from message flotilla.v1.GetDeploymentResponse
@@ -871,7 +1019,7 @@ export type GetDeploymentResponse = Message<"flotilla.v1.GetDeploymentResponse">
  * Use `create(GetDeploymentResponseSchema)` to create a new message.
  */
 export const GetDeploymentResponseSchema: GenMessage<GetDeploymentResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 31);
+  messageDesc(file_flotilla_v1_services, 36);
 
 /**
  * @generated from message flotilla.v1.RollbackRequest
@@ -895,7 +1043,7 @@ export type RollbackRequest = Message<"flotilla.v1.RollbackRequest"> & {
  * Use `create(RollbackRequestSchema)` to create a new message.
  */
 export const RollbackRequestSchema: GenMessage<RollbackRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 32);
+  messageDesc(file_flotilla_v1_services, 37);
 
 /**
  * @generated from message flotilla.v1.RollbackResponse
@@ -912,7 +1060,7 @@ export type RollbackResponse = Message<"flotilla.v1.RollbackResponse"> & {
  * Use `create(RollbackResponseSchema)` to create a new message.
  */
 export const RollbackResponseSchema: GenMessage<RollbackResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 33);
+  messageDesc(file_flotilla_v1_services, 38);
 
 /**
  * @generated from message flotilla.v1.ListEventsRequest
@@ -945,7 +1093,7 @@ export type ListEventsRequest = Message<"flotilla.v1.ListEventsRequest"> & {
  * Use `create(ListEventsRequestSchema)` to create a new message.
  */
 export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 34);
+  messageDesc(file_flotilla_v1_services, 39);
 
 /**
  * @generated from message flotilla.v1.ListEventsResponse
@@ -962,7 +1110,7 @@ export type ListEventsResponse = Message<"flotilla.v1.ListEventsResponse"> & {
  * Use `create(ListEventsResponseSchema)` to create a new message.
  */
 export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 35);
+  messageDesc(file_flotilla_v1_services, 40);
 
 /**
  * @generated from message flotilla.v1.WatchEventsRequest
@@ -988,7 +1136,7 @@ export type WatchEventsRequest = Message<"flotilla.v1.WatchEventsRequest"> & {
  * Use `create(WatchEventsRequestSchema)` to create a new message.
  */
 export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 36);
+  messageDesc(file_flotilla_v1_services, 41);
 
 /**
  * @generated from message flotilla.v1.WatchEventsResponse
@@ -1005,7 +1153,7 @@ export type WatchEventsResponse = Message<"flotilla.v1.WatchEventsResponse"> & {
  * Use `create(WatchEventsResponseSchema)` to create a new message.
  */
 export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 37);
+  messageDesc(file_flotilla_v1_services, 42);
 
 /**
  * @generated from message flotilla.v1.Event
@@ -1049,7 +1197,7 @@ export type Event = Message<"flotilla.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_services, 38);
+  messageDesc(file_flotilla_v1_services, 43);
 
 /**
  * @generated from enum flotilla.v1.Visibility
@@ -1255,6 +1403,26 @@ export const ServicesService: GenService<{
     methodKind: "unary";
     input: typeof RollbackRequestSchema;
     output: typeof RollbackResponseSchema;
+  },
+  /**
+   * Runs a one-off command in the service's context (its config, on its server) as a job.
+   *
+   * @generated from rpc flotilla.v1.ServicesService.RunJob
+   */
+  runJob: {
+    methodKind: "unary";
+    input: typeof RunJobRequestSchema;
+    output: typeof RunJobResponseSchema;
+  },
+  /**
+   * A job's state and, once finished, its exit code and output.
+   *
+   * @generated from rpc flotilla.v1.ServicesService.GetJob
+   */
+  getJob: {
+    methodKind: "unary";
+    input: typeof GetJobRequestSchema;
+    output: typeof GetJobResponseSchema;
   },
   /**
    * Recorded domain events of the organization (optionally one service), oldest first, after after_id.
