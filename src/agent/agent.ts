@@ -37,7 +37,10 @@ import {
 export const AGENT_VERSION = "0.1.0";
 
 export interface AgentOptions {
-  /** The hub URL (http or https); required to join, else taken from the saved credentials. */
+  /**
+   * The hub URL (http or https), or several replicas' URLs comma-separated; required to join
+   * (the first is used), else taken from the saved credentials.
+   */
   hub?: string;
   dataDir: string;
   /** A one-time join token, used when the data directory holds no credentials yet. */
@@ -182,10 +185,16 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       throw new Error(
         `${o.dataDir} holds no credentials: pass --hub and --join-token (from flotilla servers add)`,
       );
-    creds = await join(o.hub, o.joinToken, o.dataDir);
+    creds = await join(o.hub.split(",")[0]!.trim(), o.joinToken, o.dataDir);
     o.logger.info({ server: creds.server_id, serverName: creds.name }, "joined the hub");
   }
-  const hub = o.hub ?? creds.hub;
+  // Several replicas, comma-separated: each reconnect tries the next, so an agent whose hub died
+  // comes back through another one (as behind a load balancer).
+  const hubs = (o.hub ?? creds.hub)
+    .split(",")
+    .map((h) => h.trim())
+    .filter(Boolean);
+  let hubIndex = 0;
   let { secret } = creds;
   const serverId = creds.server_id;
   const workloadUser: WorkloadUser = resolveWorkloadUser(o.workloadUser ?? "nobody");
@@ -383,7 +392,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
 
   function connect() {
     if (closing) return;
-    const url = new URL(AGENT_CONNECT_PATH, hub);
+    const url = new URL(AGENT_CONNECT_PATH, hubs[hubIndex % hubs.length]);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(url, { maxPayload: MAX_FRAME_BYTES, handshakeTimeout: 10_000 });
     socket = ws;
@@ -458,6 +467,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         { code, reason: reason.toString(), retryInMs: delay },
         "control channel closed; reconnecting",
       );
+      hubIndex++;
       retry = setTimeout(connect, delay);
     });
   }

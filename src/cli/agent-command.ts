@@ -13,7 +13,11 @@ import {
 } from "./options.js";
 
 const AGENT: OptionSpecs = {
-  hub: { type: "string", env: "FLOTILLA_HUB", description: "Hub URL (needed to join)" },
+  hub: {
+    type: "string",
+    env: "FLOTILLA_HUB",
+    description: "Hub URL, or several replicas' URLs comma-separated (tried in turn on reconnect)",
+  },
   "join-token": {
     type: "string",
     env: "FLOTILLA_JOIN_TOKEN",
