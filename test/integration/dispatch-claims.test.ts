@@ -1,0 +1,89 @@
+// Dispatch claims are compare-and-sets: six drains of one server at once hand each dispatch out
+// exactly once; a rolled-back intent sends no wake-up; complete and fail hold only while the
+// dispatch is in progress.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DispatchStore } from "../../src/hub/servers/index.js";
+import { migrate, openPostgres, type PgDb } from "../../src/store/index.js";
+import { createTestDatabase, type TestDatabase } from "../support/pg.js";
+
+describe("dispatch claims on PostgreSQL", () => {
+  let database: TestDatabase;
+  let db: PgDb;
+  let store: DispatchStore;
+  const org = "00000000-0000-7000-8000-000000000001";
+  const server = "00000000-0000-7000-8000-000000000002";
+
+  beforeAll(async () => {
+    database = await createTestDatabase("dispatch_claims");
+    db = openPostgres(database.url, { max: 10 });
+    await migrate(db);
+    store = new DispatchStore(db);
+    await db.query("INSERT INTO organizations (id, slug, name) VALUES ($1, 'org', 'Org')", [org]);
+    await db.query(
+      `INSERT INTO servers (id, organization_id, name, secret_sealed, secret_key_id)
+       VALUES ($1, $2, 'box', '\\x00', 'k')`,
+      [server, org],
+    );
+  });
+  afterAll(async () => {
+    await db?.close();
+    await database?.drop();
+  });
+
+  it("six concurrent drains of one server claim each of 300 dispatches exactly once", async () => {
+    for (let i = 0; i < 300; i++)
+      await db.tx((tx) => store.insert(tx, { organizationId: org, serverId: server, op: "job" }));
+    const claimedBy = new Map<string, string[]>();
+    const drain = async (hub: string) => {
+      for (;;) {
+        const pending = await store.pendingFor(server);
+        if (pending.length === 0) return;
+        for (const d of pending) {
+          const won = await store.claim(d.id, hub);
+          if (won) claimedBy.set(d.id, [...(claimedBy.get(d.id) ?? []), hub]);
+        }
+      }
+    };
+    await Promise.all(["a", "b", "c", "d", "e", "f"].map(drain));
+    expect(claimedBy.size).toBe(300);
+    expect([...claimedBy.values()].filter((hubs) => hubs.length !== 1)).toEqual([]);
+    // The work was shared, not done by one drain alone (else the test proves nothing).
+    expect(new Set([...claimedBy.values()].flat()).size).toBeGreaterThan(1);
+  });
+
+  it("a rolled-back intent leaves no row and sends no wake-up; a committed one wakes once", async () => {
+    const heard: string[] = [];
+    const unlisten = await db.listen("flotilla_dispatch", (p) => heard.push(p));
+    try {
+      await db
+        .tx(async (tx) => {
+          await store.insert(tx, { organizationId: org, serverId: server, op: "job" });
+          throw new Error("the business write failed");
+        })
+        .catch(() => {});
+      await db.tx((tx) => store.insert(tx, { organizationId: org, serverId: server, op: "stop" }));
+      await new Promise((r) => setTimeout(r, 300));
+      expect(heard).toEqual([server]);
+      const { rows } = await db.query<{ op: string; n: number }>(
+        "SELECT op, count(*)::int AS n FROM dispatches WHERE state = 'pending' GROUP BY op",
+      );
+      expect(rows).toEqual([{ op: "stop", n: 1 }]);
+    } finally {
+      await unlisten();
+    }
+  });
+
+  it("complete and fail apply only to a dispatch in progress: a late or repeated result changes nothing", async () => {
+    const d = await db.tx((tx) =>
+      store.insert(tx, { organizationId: org, serverId: server, op: "job" }),
+    );
+    expect(await store.complete(d.id, { ok: 1 })).toBe(false); // not claimed yet
+    expect(await store.claim(d.id, "a")).not.toBeNull();
+    expect(await store.claim(d.id, "b")).toBeNull();
+    expect(await store.complete(d.id, { ok: 1 })).toBe(true);
+    expect(await store.fail(d.id, "late failure")).toBe(false);
+    expect(await store.complete(d.id, { ok: 2 })).toBe(false);
+    const row = await store.get(d.id);
+    expect(row).toMatchObject({ state: "done", result: { ok: 1 }, error: null, attempts: 1 });
+  });
+});
