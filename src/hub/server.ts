@@ -245,7 +245,13 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         check: async (c, id, q) => (await servers.get(c, id, q, "server_id")).id,
         defaultServer: (c, q) => servers.onlyServer(c, q),
       },
-      { intend: async (tx, d) => (await dispatches.insert(tx, d)).id },
+      {
+        intend: async (tx, d) => {
+          const id = (await dispatches.insert(tx, d)).id;
+          metrics.dispatches.inc({ op: d.op, event: "written" });
+          return id;
+        },
+      },
     );
     projects.setDependents({
       running: (q, org, scope) => services.runningIn(q, org, scope),
@@ -264,6 +270,15 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       onSweep: (r) => {
         if (r.requeued) metrics.dispatchesReaped.inc({ outcome: "requeued" }, r.requeued);
         if (r.failed) metrics.dispatchesReaped.inc({ outcome: "failed" }, r.failed);
+        metrics.dispatchesPendingTooLong.set(r.pendingTooLong);
+      },
+      observe: {
+        claimed: (op) => metrics.dispatches.inc({ op, event: "claimed" }),
+        finished: (op, ok, seconds) => {
+          metrics.dispatches.inc({ op, event: ok ? "done" : "failed" });
+          metrics.dispatchLatency.observe({ op, outcome: ok ? "done" : "failed" }, seconds);
+        },
+        drained: (seconds) => metrics.drainDuration.observe(seconds),
       },
       resolveArgs: async (d) => {
         // Deployments and jobs run with the service's config, decrypted now, sent only here.

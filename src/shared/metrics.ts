@@ -16,6 +16,10 @@ export interface Metrics {
   dbPoolConnections: Gauge<"state">;
   dbListenerReconnects: Counter;
   dispatchesReaped: Counter<"outcome">;
+  dispatches: Counter<"op" | "event">;
+  dispatchLatency: Histogram<"op" | "outcome">;
+  drainDuration: Histogram;
+  dispatchesPendingTooLong: Gauge;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
@@ -48,6 +52,31 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
       name: `${METRIC_PREFIX}dispatches_reaped_total`,
       help: "In-progress dispatches past their deadline: returned to pending, or failed at the attempt limit.",
       labelNames: ["outcome"],
+      registers: [registry],
+    }),
+    dispatches: new Counter({
+      name: `${METRIC_PREFIX}dispatches_total`,
+      help: "Dispatches by op and event: written (in a transaction that may still roll back), claimed, done, failed.",
+      labelNames: ["op", "event"],
+      registers: [registry],
+    }),
+    dispatchLatency: new Histogram({
+      name: `${METRIC_PREFIX}dispatch_intent_to_done_seconds`,
+      help: "From the intent's row to the agent's result.",
+      labelNames: ["op", "outcome"],
+      // From a local job (~10 ms) to a deploy waiting out a slow health check (minutes).
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers: [registry],
+    }),
+    drainDuration: new Histogram({
+      name: `${METRIC_PREFIX}dispatch_drain_seconds`,
+      help: "One drain of a server's pending dispatches by the replica holding its agent.",
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+      registers: [registry],
+    }),
+    dispatchesPendingTooLong: new Gauge({
+      name: `${METRIC_PREFIX}dispatches_pending_too_long`,
+      help: "Dispatches pending for more than 60 s (an agent away, or nothing delivering), at the last sweep.",
       registers: [registry],
     }),
     dbPoolConnections: new Gauge({

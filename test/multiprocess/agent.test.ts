@@ -441,6 +441,13 @@ describe("agents on real hub replicas", () => {
     expect((await waitForState(after, ["done"], 5_000)).state).toBe("done");
     const metrics = await (await fetch(`${hubA.url}/metrics`)).text();
     expect(metrics).toMatch(/flotilla_db_listener_reconnects_total [1-9]/);
+    // Dispatch counters and timings of the replica that delivered them.
+    expect(metrics).toMatch(/flotilla_dispatches_total\{op="job",event="claimed"\} [1-9]/);
+    expect(metrics).toMatch(/flotilla_dispatches_total\{op="job",event="done"\} [1-9]/);
+    expect(metrics).toMatch(
+      /flotilla_dispatch_intent_to_done_seconds_count\{op="job",outcome="done"\} [1-9]/,
+    );
+    expect(metrics).toMatch(/flotilla_dispatch_drain_seconds_count [1-9]/);
     await agent.stop();
   }, 60_000);
 

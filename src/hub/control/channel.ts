@@ -63,7 +63,18 @@ export interface ControlChannelOptions {
   sweepIntervalMs?: number;
   /** Dispatches past their deadline are handed out again this many times, then failed. Default 5. */
   maxAttempts?: number;
-  onSweep?: (r: { requeued: number; failed: number; offline: number }) => void;
+  onSweep?: (r: {
+    requeued: number;
+    failed: number;
+    offline: number;
+    pendingTooLong: number;
+  }) => void;
+  /** Dispatch counters and timings (metrics live with the process, not the module). */
+  observe?: {
+    claimed(op: string): void;
+    finished(op: string, ok: boolean, seconds: number): void;
+    drained(seconds: number): void;
+  };
   /** An agent that has not proven its secret by then is disconnected. Default 10 s. */
   authTimeoutMs?: number;
 }
@@ -262,12 +273,15 @@ export class ControlChannel {
     entry.running = (async () => {
       do {
         entry.again = false;
-        await this.drain(serverId).catch((err) =>
-          this.o.logger.warn(
-            { err, server: serverId },
-            "dispatch drain failed; the next wake-up retries",
-          ),
-        );
+        const started = performance.now();
+        await this.drain(serverId)
+          .then(() => this.o.observe?.drained((performance.now() - started) / 1000))
+          .catch((err) =>
+            this.o.logger.warn(
+              { err, server: serverId },
+              "dispatch drain failed; the next wake-up retries",
+            ),
+          );
       } while (entry.again && !this.closing);
       this.drains.delete(serverId);
     })();
@@ -282,6 +296,7 @@ export class ControlChannel {
         if (!session || session.draining) return;
         const claimed = await this.o.dispatches.claim(d.id, this.o.hubId);
         if (!claimed) continue; // another drain won it: it is theirs to deliver
+        this.o.observe?.claimed(claimed.op);
         await this.deliver(session, claimed);
       }
       if (pending.length < 100) return;
@@ -489,6 +504,8 @@ export class ControlChannel {
               frame.result,
             );
         this.o.logger.info({ dispatch: d.id, ok: frame.ok, recorded }, "dispatch result");
+        if (recorded)
+          this.o.observe?.finished(d.op, frame.ok, (Date.now() - d.createdAt.getTime()) / 1000);
         return;
       }
       case "defer": {
@@ -586,11 +603,12 @@ export class ControlChannel {
       const outcome = await this.o.db.tryExclusiveLock(LOCK_KEYS.dispatchReaper, async () => {
         const { requeued, failed } = await this.o.dispatches.reap(this.o.maxAttempts ?? 5);
         const offline = await this.o.servers.reapStale();
-        return { requeued: requeued.length, failed, offline: offline.length };
+        const pendingTooLong = await this.o.dispatches.countPendingOlderThan(60);
+        return { requeued: requeued.length, failed, offline: offline.length, pendingTooLong };
       });
       if (outcome.ran && outcome.value) {
         const v = outcome.value;
-        if (v.requeued || v.failed || v.offline) this.o.logger.info(v, "sweep");
+        if (v.requeued || v.failed || v.offline || v.pendingTooLong) this.o.logger.info(v, "sweep");
         this.o.onSweep?.(v);
       }
     } catch (err) {

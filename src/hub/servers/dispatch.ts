@@ -180,6 +180,15 @@ export class DispatchStore {
     return { requeued, failed: rows.filter((r) => r.state === "failed").length };
   }
 
+  /** How many dispatches have waited, pending, longer than this many seconds. */
+  async countPendingOlderThan(seconds: number): Promise<number> {
+    const { rows } = await this.db.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM dispatches WHERE state = 'pending' AND created_at < now() - make_interval(secs => $1)",
+      [seconds],
+    );
+    return rows[0]!.n;
+  }
+
   /** A server's dispatches handed out but not finished, oldest first. */
   async inProgressFor(serverId: string): Promise<Dispatch[]> {
     const { rows } = await this.db.query<DispatchRow>(
