@@ -8,13 +8,12 @@
 import { randomBytes } from "node:crypto";
 import { availableParallelism, loadavg } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
 import {
   CLI,
   connectJson,
+  createDatabase,
   freePorts,
   loadSlice,
-  onCleanup,
   procStatusMb,
   progress,
   ROOT,
@@ -70,30 +69,6 @@ const REFERENCE_BODY = JSON.stringify({
 });
 
 const cfg = settings();
-
-async function createDatabase() {
-  const name = `flotilla_bench_${process.pid}_${randomBytes(4).toString("hex")}`;
-  const admin = new pg.Client({ connectionString: cfg.pgAdminUrl });
-  await admin.connect();
-  try {
-    await admin.query(`CREATE DATABASE "${name}"`);
-  } finally {
-    await admin.end();
-  }
-  onCleanup(async () => {
-    const client = new pg.Client({ connectionString: cfg.pgAdminUrl });
-    await client.connect();
-    try {
-      await client.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
-      progress(`dropped database ${name}`);
-    } finally {
-      await client.end();
-    }
-  });
-  const url = new URL(cfg.pgAdminUrl);
-  url.pathname = `/${name}`;
-  return { name, url: url.toString() };
-}
 
 async function login(base) {
   const res = await connectJson(`${base}/flotilla.v1.IdentityService/Login`, {
@@ -214,7 +189,7 @@ async function main() {
   await prepare(
     pgHub,
     async () => {
-      const db = await createDatabase();
+      const db = await createDatabase(cfg.pgAdminUrl);
       progress(`created database ${db.name}`);
       return startFlotilla("hub", logDir, {
         FLOTILLA_DATABASE_URL: db.url,
