@@ -23,6 +23,10 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
     run: lazy(agent, "agentCommand"),
     summary: "Run this server's agent (joins a hub once)",
   },
+  "prepare-store": {
+    run: lazy(server, "prepareStoreCommand"),
+    summary: "Create and migrate an embedded data directory (up does it on a first start)",
+  },
   migrate: {
     run: lazy(server, "migrateCommand"),
     summary: "Copy an embedded installation into PostgreSQL",
