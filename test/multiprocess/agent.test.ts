@@ -70,7 +70,12 @@ describe("agents on real hub replicas", () => {
   }
 
   /** Writes a job intent the way the hub does: the row and its wake-up in one transaction. */
-  async function dispatchJob(serverId: string, command: string, args: string[]) {
+  async function dispatchJob(
+    serverId: string,
+    command: string,
+    args: string[],
+    extra: Record<string, unknown> = {},
+  ) {
     const client = await db.connect();
     try {
       await client.query("BEGIN");
@@ -78,7 +83,7 @@ describe("agents on real hub replicas", () => {
         `INSERT INTO dispatches (id, organization_id, server_id, op, args, correlation_id, traceparent)
          VALUES (gen_random_uuid(), $1, $2, 'job', $3, 'test-correlation', '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01')
          RETURNING id`,
-        [organizationId, serverId, JSON.stringify({ command, args })],
+        [organizationId, serverId, JSON.stringify({ command, args, ...extra })],
       );
       await client.query("SELECT pg_notify('flotilla_dispatch', $1)", [serverId]);
       await client.query("COMMIT");
@@ -251,6 +256,23 @@ describe("agents on real hub replicas", () => {
     expect(readFileSync(out, "utf8")).toBe("once\n");
     await agent.stop();
   }, 60_000);
+
+  it("a job's claim deadline covers its own timeout, so a long job is not handed out again while it runs", async () => {
+    const { agent, serverId } = await enrol("box-long");
+    const long = await dispatchJob(serverId, "true", [], { timeout_ms: 1_800_000 });
+    const short = await dispatchJob(serverId, "true", []);
+    await waitForState(long, ["done"]);
+    await waitForState(short, ["done"]);
+    const { rows } = await db.query<{ id: string; seconds: number }>(
+      "SELECT id, extract(epoch FROM deadline_at - created_at)::int AS seconds FROM dispatches WHERE id = ANY($1)",
+      [[long, short]],
+    );
+    const seconds = Object.fromEntries(rows.map((r) => [r.id, r.seconds]));
+    // 30 minutes of timeout plus a minute; anything else gets 5 minutes.
+    expect(seconds[long]).toBeGreaterThanOrEqual(1860 - 5);
+    expect(seconds[short]).toBeLessThanOrEqual(300 + 5);
+    await agent.stop();
+  }, 30_000);
 
   it("a failing command ends the dispatch failed with the reason", async () => {
     const { agent, serverId } = await enrol("box-fail");

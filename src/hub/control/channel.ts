@@ -101,6 +101,19 @@ interface LogStream {
   end(error?: string): void;
 }
 
+/**
+ * How long the agent has before the sweep hands a dispatch out again: a job its own timeout plus
+ * a minute (a job may run up to an hour; re-sending one still running would only be answered
+ * "in flight", but would spend its attempts); anything else 5 minutes (a deploy waits at most
+ * 30 s for health, 60 s under Docker, plus a 10 s stop).
+ */
+function deadlineSeconds(d: Dispatch): number {
+  const timeoutMs = Number(d.args.timeout_ms);
+  return d.op === "job" && Number.isFinite(timeoutMs) && timeoutMs > 0
+    ? Math.ceil(timeoutMs / 1000) + 60
+    : 300;
+}
+
 export class ControlChannel {
   private readonly sessions = new Map<string, Session>();
   private readonly logStreams = new Map<string, LogStream>();
@@ -294,7 +307,7 @@ export class ControlChannel {
       for (const d of pending) {
         const session = this.sessions.get(serverId);
         if (!session || session.draining) return;
-        const claimed = await this.o.dispatches.claim(d.id, this.o.hubId);
+        const claimed = await this.o.dispatches.claim(d.id, this.o.hubId, deadlineSeconds(d));
         if (!claimed) continue; // another drain won it: it is theirs to deliver
         this.o.observe?.claimed(claimed.op);
         await this.deliver(session, claimed);
@@ -466,7 +479,7 @@ export class ControlChannel {
     // (a dropped connection, a hub restart): send them again; the agent answers a dispatch it
     // already ran from its ledger, and does not start one it is running a second time.
     for (const d of await this.o.dispatches.inProgressFor(serverId)) {
-      const taken = await this.o.dispatches.retake(d.id, this.o.hubId);
+      const taken = await this.o.dispatches.retake(d.id, this.o.hubId, deadlineSeconds(d));
       if (taken) await this.deliver(session, taken);
     }
     // Then whatever was intended while the agent was away.
