@@ -88,7 +88,7 @@ function usage(): string {
     "",
     "Commands:",
   ];
-  for (const [name, c] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(12)} ${c.summary}`);
+  for (const [name, c] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(14)} ${c.summary}`);
   return lines.join("\n");
 }
 
