@@ -270,7 +270,9 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     for (const v of Object.values(job.env ?? {})) secretValues.add(v);
     const raw = await runJob(job, workloadUser);
     // The result goes into the dispatch row: never with a config value the job printed.
-    const result = { ...raw, stdout: redact(raw.stdout), stderr: redact(raw.stderr) };
+    // PostgreSQL's jsonb refuses NUL: binary output would never be recorded.
+    const clean = (text: string) => redact(text).replaceAll("\0", "\uFFFD");
+    const result = { ...raw, stdout: clean(raw.stdout), stderr: clean(raw.stderr) };
     return result.exit_code === 0
       ? { ok: true, result }
       : {
@@ -360,7 +362,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const ctx = { ...contextFromFrame(frame.ctx) };
     // Lifecycle operations of one service run one after another, in the order they arrive:
     // a stop never races the start before it, and two deploys never start two instances.
-    const key = frame.service_id ?? frame.id;
+    // Jobs run on their own: an hour-long job must not hold up the service's deploys and stops.
+    const key = frame.op === "job" ? frame.id : (frame.service_id ?? frame.id);
     const previous = serviceQueues.get(key) ?? Promise.resolve();
     const work = previous
       .then(() =>
@@ -374,7 +377,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
             outcome = { ok: false, error: (err as Error).message };
           }
           // The frame schema bounds an error to 4,096 characters; an app's crash output may not.
-          if (outcome.error) outcome.error = redact(outcome.error).slice(0, 4000);
+          if (outcome.error)
+            outcome.error = redact(outcome.error).replaceAll("\0", "\uFFFD").slice(0, 4000);
           ledger.record(frame.id, outcome);
           log.info({ dispatch: frame.id, ok: outcome.ok }, "dispatch executed");
           // The socket may have been replaced meanwhile: report on whichever is current.

@@ -92,8 +92,17 @@ export function runJob(job: JobArgs, user: WorkloadUser): Promise<JobResult> {
       clearTimeout(timer);
       reject(new Error(`cannot start ${job.command}: ${e.message}`));
     });
-    child.once("close", (code, signal) => {
+    let settled = false;
+    const finish = (code: number | null, signal: NodeJS.Signals | null) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
+      // Whatever the job left behind in its group goes with it.
+      try {
+        process.kill(-child.pid!, "SIGKILL");
+      } catch {}
+      child.stdout.destroy();
+      child.stderr.destroy();
       resolve({
         exit_code: code,
         signal,
@@ -101,6 +110,12 @@ export function runJob(job: JobArgs, user: WorkloadUser): Promise<JobResult> {
         stderr: tail(err),
         duration_ms: Math.round(performance.now() - started),
       });
+    };
+    child.once("close", finish);
+    // A descendant that left the group (setsid) may hold stdout open forever: once the job
+    // itself has exited, its output gets one second to drain, no more.
+    child.once("exit", (code, signal) => {
+      setTimeout(() => finish(code, signal), 1000).unref();
     });
   });
 }

@@ -993,8 +993,16 @@ export async function runCommand(argv: string[]): Promise<number> {
   });
   let job = started.job!;
   const stopped = stopSignal();
+  // The job's own timeout, plus two minutes for an agent that is away or busy.
+  const waitUntil = Date.now() + ((Number(values.timeout ?? 600) || 600) + 120) * 1000;
   // The job's row is the truth; a short poll is enough for a one-off command.
   while ((job.state === "pending" || job.state === "in_progress") && !stopped.aborted) {
+    if (Date.now() > waitUntil) {
+      process.stderr.write(
+        `error: job ${job.id} is still ${job.state}; it goes on (flotilla servers dispatches) [job.timeout]\n`,
+      );
+      return 1;
+    }
     await new Promise((r) => setTimeout(r, 200));
     job = (await api.services.getJob({ jobId: job.id })).job!;
   }

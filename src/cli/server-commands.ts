@@ -604,7 +604,12 @@ export async function migrateCommand(argv: string[]): Promise<number> {
     await source.close();
   }
   const keyFile = embeddedKeyFile(dataDir);
-  if (values["drop-source"]) rmSync(dataDir, { recursive: true, force: true });
+  // Only the store: the data directory also holds the local agent's state and its services'
+  // volumes (a managed database's files), which outlive the move to PostgreSQL.
+  if (values["drop-source"]) {
+    rmSync(join(dataDir, "pgdata"), { recursive: true, force: true });
+    rmSync(join(dataDir, "flotilla.lock"), { force: true });
+  }
   const rows = report.reduce((n, r) => n + r.source, 0);
   const copied = report.reduce((n, r) => n + r.inserted, 0);
   if (values.json) {
@@ -623,7 +628,9 @@ export async function migrateCommand(argv: string[]): Promise<number> {
     process.stdout.write(
       [
         `Copied ${copied} of ${rows} rows in ${report.length} tables; every table's count matches.`,
-        values["drop-source"] ? `Removed ${dataDir}.` : `The source is untouched: ${dataDir}.`,
+        values["drop-source"]
+          ? `Removed the embedded store (${join(dataDir, "pgdata")}); the rest of ${dataDir} (the local agent's state and volumes) is kept.`
+          : `The source is untouched: ${dataDir}.`,
         `Secrets are sealed with the embedded master key: run the hubs with`,
         `  FLOTILLA_MASTER_KEY="$(cat ${keyFile})"`,
         "",

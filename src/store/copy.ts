@@ -33,6 +33,7 @@ export function parseEmbeddedSource(raw: string, cwd = process.cwd()): string {
 interface Column {
   name: string;
   identity: boolean;
+  jsonb: boolean;
 }
 
 /** Application tables in an order where every non-deferrable foreign key's parent comes first. */
@@ -70,13 +71,17 @@ export async function tablesInForeignKeyOrder(q: Queryable): Promise<string[]> {
 }
 
 async function columnsOf(q: Queryable, table: string): Promise<Column[]> {
-  const { rows } = await q.query<{ name: string; identity: string }>(
-    `SELECT column_name AS name, is_identity AS identity FROM information_schema.columns
+  const { rows } = await q.query<{ name: string; identity: string; type: string }>(
+    `SELECT column_name AS name, is_identity AS identity, data_type AS type FROM information_schema.columns
      WHERE table_schema = 'public' AND table_name = $1 AND is_generated = 'NEVER'
      ORDER BY ordinal_position`,
     [table],
   );
-  return rows.map((r) => ({ name: r.name, identity: r.identity === "YES" }));
+  return rows.map((r) => ({
+    name: r.name,
+    identity: r.identity === "YES",
+    jsonb: r.type === "jsonb",
+  }));
 }
 
 async function primaryKeyOf(q: Queryable, table: string): Promise<string[]> {
@@ -92,10 +97,11 @@ async function primaryKeyOf(q: Queryable, table: string): Promise<string[]> {
 const ident = (name: string) => `"${name.replaceAll('"', '""')}"`;
 
 /** A value read from one engine as a parameter for the other. */
-function toParam(v: unknown): unknown {
+function toParam(v: unknown, column: Column): unknown {
   if (v instanceof Uint8Array) return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
-  // jsonb comes back parsed: send it as JSON text, which both drivers pass through unchanged.
-  if (v !== null && typeof v === "object" && !(v instanceof Date)) return JSON.stringify(v);
+  // jsonb comes back parsed, whatever its JSON type (a string, a number): send it as JSON text.
+  // (SQL NULL and a JSON null both read as null; SQL NULL is what every column here means.)
+  if (column.jsonb && v !== null) return JSON.stringify(v);
   return v;
 }
 
@@ -168,14 +174,23 @@ export async function copyInstallation(
           const placeholders = columns.map((c) => {
             const v = row[c.name];
             // jsonb values come back parsed; send them as JSON text so both drivers agree.
-            params.push(toParam(v));
+            params.push(toParam(v, c));
             return `$${params.length}`;
           });
           return `(${placeholders.join(", ")})`;
         });
+        // A rerun brings changed rows up to date (a revoked token, a rotated secret) and counts
+        // only what it changed; rows the source no longer has make the counts differ below.
+        const rest = columns.filter((c) => !key.includes(c.name)).map((c) => ident(c.name));
+        const onConflict =
+          key.length === 0
+            ? "ON CONFLICT DO NOTHING"
+            : rest.length === 0
+              ? `ON CONFLICT (${key.map(ident).join(", ")}) DO NOTHING`
+              : `ON CONFLICT (${key.map(ident).join(", ")}) DO UPDATE SET ${rest.map((c) => `${c} = EXCLUDED.${c}`).join(", ")}
+                 WHERE (${rest.map((c) => `${ident(table)}.${c}`).join(", ")}) IS DISTINCT FROM (${rest.map((c) => `EXCLUDED.${c}`).join(", ")})`;
         const result = await tx.query(
-          `INSERT INTO ${ident(table)} (${list}) ${overriding} VALUES ${tuples.join(", ")}
-           ON CONFLICT DO NOTHING`,
+          `INSERT INTO ${ident(table)} (${list}) ${overriding} VALUES ${tuples.join(", ")} ${onConflict}`,
           params,
         );
         inserted += result.rowCount;

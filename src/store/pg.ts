@@ -109,46 +109,69 @@ export function openPostgres(url: string, settings: Partial<PoolSettings> = {}):
       // A dedicated connection that comes back: on loss (a restart, pg_terminate_backend) it
       // reconnects with backoff (250 ms doubling to 10 s) and LISTENs again. Notifications sent
       // while it was away are lost, so the caller is told, to re-read what it may have missed.
-      let client: pg.Client | undefined;
+      // One connection at a time: a loss is acted on once, and every client opened is ended.
+      const clients = new Set<pg.Client>();
       let closed = false;
       let backoff = 250;
       let timer: NodeJS.Timeout | undefined;
+      const schedule = () => {
+        if (closed || timer) return;
+        timer = setTimeout(() => {
+          timer = undefined;
+          reopen();
+        }, backoff);
+        timer.unref();
+        backoff = Math.min(backoff * 2, 10_000);
+      };
       const open = async (): Promise<void> => {
         const c = new pg.Client(clientConfig);
+        clients.add(c);
+        let ready = false;
         c.on("notification", (msg) => {
           if (msg.channel === channel) fn(msg.payload ?? "");
         });
         c.on("error", () => {});
         c.once("end", () => {
-          if (closed || client !== c) return;
-          client = undefined;
-          listenerReconnects++;
-          timer = setTimeout(retry, backoff);
-          timer.unref();
+          clients.delete(c);
+          // Before LISTEN succeeded, the failing open() reports the loss itself.
+          if (ready && !closed) {
+            listenerReconnects++;
+            schedule();
+          }
         });
-        client = c;
-        await c.connect();
-        await c.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+        try {
+          await c.connect();
+          await c.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+        } catch (err) {
+          await c.end().catch(() => {});
+          throw err;
+        }
+        if (closed) {
+          await c.end().catch(() => {});
+          return;
+        }
+        ready = true;
         backoff = 250;
       };
-      const retry = () => {
+      const reopen = () => {
         if (closed) return;
         open().then(
-          () => onReconnect?.(),
           () => {
-            client?.end().catch(() => {});
-            client = undefined;
-            backoff = Math.min(backoff * 2, 10_000);
-            timer = setTimeout(retry, backoff);
-            timer.unref();
+            if (!closed) onReconnect?.();
           },
+          () => schedule(),
         );
       };
-      await open();
+      try {
+        await open();
+      } catch (err) {
+        closed = true;
+        throw err;
+      }
       return async () => {
         closed = true;
         clearTimeout(timer);
-        await client?.end().catch(() => {});
+        await Promise.all([...clients].map((c) => c.end().catch(() => {})));
       };
     },
     async tryExclusiveLock(key, fn) {

@@ -199,6 +199,29 @@ describe("the exec driver under flotilla up", () => {
     expect(cli.stdout + cli.stderr).not.toContain(SECRET);
   }, 60_000);
 
+  it("a job's binary output is recorded, and a job whose child escapes its group still ends on time", async () => {
+    const services = (await rpc("ServicesService/ListServices", {})).services as Array<{
+      id: string;
+      slug: string;
+    }>;
+    const web = services.find((x) => x.slug === "web")!;
+    const run = (args: string[]) =>
+      spawnSync(process.execPath, [CLI, "run", web.id, ...args], {
+        cwd: ROOT,
+        env: { ...process.env, FLOTILLA_HUB: up.url, FLOTILLA_TOKEN: token },
+        encoding: "utf8",
+        timeout: 60_000,
+      });
+    const binary = run(["--", "printf", "a\\000b"]);
+    expect(binary.status, binary.stderr).toBe(0);
+    expect(binary.stdout).toBe("a\uFFFDb");
+    const started = Date.now();
+    const escaped = run(["--", "sh", "-c", "setsid sleep 30 & echo started"]);
+    expect(escaped.status, escaped.stderr).toBe(0);
+    expect(escaped.stdout.trim()).toBe("started");
+    expect(Date.now() - started).toBeLessThan(15_000);
+  }, 60_000);
+
   it("a workload killed with SIGKILL is restarted within its backoff, on the same endpoint", async () => {
     const serviceId = await createHello("crash");
     await rpc("ServicesService/Deploy", { serviceId });

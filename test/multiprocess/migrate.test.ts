@@ -3,9 +3,9 @@
 // nothing twice, every accepted --from form works, and --drop-source removes the source only
 // after a verified copy.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { basename, dirname, join } from "node:path";
+import { basename, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { migrate, openPglite, openPostgres, parseEmbeddedSource } from "../../src/store/index.js";
 import {
@@ -84,6 +84,26 @@ describe("flotilla migrate from an embedded installation to PostgreSQL", () => {
     expect(summary.rows).toBe(Object.values(seeded).reduce((a, b) => a + b, 0));
   }, 120_000);
 
+  it("a rerun brings a row that changed since the first copy up to date", async () => {
+    const db = openPostgres(target.url, { max: 1 });
+    try {
+      const { rows } = await db.query<{ id: string; name: string }>(
+        "SELECT id, name FROM organizations ORDER BY id LIMIT 1",
+      );
+      await db.query("UPDATE organizations SET name = 'stale copy' WHERE id = $1", [rows[0]!.id]);
+      const r = flotillaMigrate(["--from", dataDir, "--to", target.url, "--json"]);
+      expect(r.status, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).copied).toBe(1);
+      const after = await db.query<{ name: string }>(
+        "SELECT name FROM organizations WHERE id = $1",
+        [rows[0]!.id],
+      );
+      expect(after.rows[0]!.name).toBe(rows[0]!.name);
+    } finally {
+      await db.close();
+    }
+  }, 120_000);
+
   it.each([
     ["pglite:///abs/path", () => `pglite://${dataDir}`, ROOT],
     ["pglite://rel/path", () => `pglite://${basename(dataDir)}`, undefined],
@@ -108,7 +128,7 @@ describe("flotilla migrate from an embedded installation to PostgreSQL", () => {
     expect(() => parseEmbeddedSource("postgres://x/y")).toThrow(/expected a data directory/);
   });
 
-  it("--drop-source keeps the source when the copy fails, and removes it only after a verified copy", async () => {
+  it("--drop-source keeps the source when the copy fails, and removes only the store after a verified copy", async () => {
     // A target that already holds another installation's rows: counts cannot match.
     const other = await createTestDatabase("mp_migrate_other");
     try {
@@ -125,10 +145,13 @@ describe("flotilla migrate from an embedded installation to PostgreSQL", () => {
     } finally {
       await other.drop();
     }
+    // The local agent's state and its services' volumes live beside the store: they stay.
+    mkdirSync(join(dataDir, "agent", "volumes", "db", "data"), { recursive: true });
+    writeFileSync(join(dataDir, "agent", "volumes", "db", "data", "PG_VERSION"), "16\n");
     const done = flotillaMigrate(["--from", dataDir, "--to", target.url, "--drop-source"]);
     expect(done.status, done.stderr).toBe(0);
-    expect(done.stdout).toContain(`Removed ${dataDir}`);
-    expect(existsSync(dataDir)).toBe(false);
-    expect(existsSync(dirname(dataDir))).toBe(true);
+    expect(done.stdout).toContain("Removed the embedded store");
+    expect(existsSync(join(dataDir, "pgdata"))).toBe(false);
+    expect(existsSync(join(dataDir, "agent", "volumes", "db", "data", "PG_VERSION"))).toBe(true);
   }, 120_000);
 });

@@ -50,8 +50,13 @@ describe("postgres adapter: resilient LISTEN and try-lock", () => {
   it("tryExclusiveLock skips (ran: false) while another connection holds the lock, and runs once it is free", async () => {
     const key = 0x7e57_0001;
     let release: () => void = () => {};
-    const held = db.withExclusiveLock(key, () => new Promise<void>((r) => (release = r)));
-    await sleep(100);
+    let acquired: () => void = () => {};
+    const holding = new Promise<void>((r) => (acquired = r));
+    const held = db.withExclusiveLock(key, () => {
+      acquired();
+      return new Promise<void>((r) => (release = r));
+    });
+    await holding;
     const skipped = await db.tryExclusiveLock(key, async () => "ran");
     expect(skipped).toEqual({ ran: false });
     release();

@@ -89,7 +89,8 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.ServicesService/ListDeployments": can("projects.read"),
   "flotilla.v1.ServicesService/StreamLogs": can("logs.read"),
   "flotilla.v1.ServicesService/RunJob": can("jobs.run"),
-  "flotilla.v1.ServicesService/GetJob": can("projects.read"),
+  // A job's output may hold what a logs reader sees, and more (a dump).
+  "flotilla.v1.ServicesService/GetJob": can("logs.read"),
   "flotilla.v1.ServicesService/GetDeployment": can("projects.read"),
   "flotilla.v1.ServicesService/Rollback": can("deployments.create"),
   "flotilla.v1.ServicesService/ListEvents": can("projects.read"),

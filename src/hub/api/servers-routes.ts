@@ -2,8 +2,9 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import { AgentAction, ServerService as ServerRpc } from "../../gen/flotilla/v1/servers_pb.js";
 import { type Caller, invalid } from "../../shared/index.js";
+import { hasCapability } from "../identity/index.js";
 import type { Dispatch, DispatchStore, Server, ServersService } from "../servers/index.js";
-import { caller, ts } from "./handler-context.js";
+import { caller, principal, ts } from "./handler-context.js";
 
 const server = (s: Server) => ({
   id: s.id,
@@ -88,8 +89,14 @@ export function serversRoutes(router: ConnectRouter, o: ServersRouteOptions): vo
     async listDispatches(req, ctx) {
       const c = caller(ctx);
       const s = await o.servers.get(c, req.server);
+      // Results (a job's output) only for callers who may read logs.
+      const withResults = hasCapability(principal(ctx).role, "logs.read");
+      const list = await o.dispatches.listFor(c.organizationId, s.id, req.limit);
       return {
-        dispatches: (await o.dispatches.listFor(c.organizationId, s.id, req.limit)).map(dispatch),
+        dispatches: list.map((d) => ({
+          ...dispatch(d),
+          resultJson: withResults ? dispatch(d).resultJson : "",
+        })),
       };
     },
   });

@@ -509,13 +509,17 @@ export class ControlChannel {
             "frame.malformed",
             `dispatch ${frame.id} is not addressed to this server`,
           );
-        const recorded = frame.ok
-          ? await this.o.dispatches.complete(d.id, frame.result ?? null)
-          : await this.o.dispatches.fail(
+        const recorded = await (frame.ok
+          ? this.o.dispatches.complete(d.id, frame.result ?? null)
+          : this.o.dispatches.fail(
               d.id,
               frame.error ?? "the agent reported a failure",
               frame.result,
-            );
+            )
+        ).catch(async (err: Error) =>
+          // A result the database refuses must still end the dispatch, with the reason.
+          this.o.dispatches.fail(d.id, `the agent's result could not be recorded: ${err.message}`),
+        );
         this.o.logger.info({ dispatch: d.id, ok: frame.ok, recorded }, "dispatch result");
         if (recorded)
           this.o.observe?.finished(d.op, frame.ok, (Date.now() - d.createdAt.getTime()) / 1000);
@@ -612,6 +616,9 @@ export class ControlChannel {
    */
   async sweep(): Promise<void> {
     if (this.closing) return;
+    // Every replica, lock or not: pending dispatches of the agents it holds are delivered even if
+    // a wake-up was lost or a drain failed.
+    for (const serverId of this.sessions.keys()) this.wake(serverId);
     try {
       const outcome = await this.o.db.tryExclusiveLock(LOCK_KEYS.dispatchReaper, async () => {
         const { requeued, failed } = await this.o.dispatches.reap(this.o.maxAttempts ?? 5);
