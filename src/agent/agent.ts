@@ -418,14 +418,27 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         case "challenge":
           send(ws, { v: 1, type: "auth", proof: authProof(secret, serverId, frame.nonce) });
           return;
-        case "welcome":
+        case "welcome": {
           authenticated = true;
           backoff = minBackoff;
           log.info({ session: frame.session_id }, "connected to the hub");
           clearInterval(heartbeat);
+          // A hub that vanished without closing the TCP connection (power loss, a partition)
+          // answers no ping: after two silent intervals the socket is dropped and the next
+          // replica is tried, instead of waiting minutes for TCP to notice.
+          let lastPong = Date.now();
+          ws.on("pong", () => {
+            lastPong = Date.now();
+          });
           heartbeat = setInterval(() => {
+            if (Date.now() - lastPong > 2 * frame.heartbeat_interval_ms + 5000) {
+              log.warn("the hub answers no ping; reconnecting");
+              ws.terminate();
+              return;
+            }
             const f = facts(o.dataDir, driverNames);
             send(ws, { v: 1, type: "heartbeat", disk_free_bytes: f.disk_free_bytes });
+            if (ws.readyState === WebSocket.OPEN) ws.ping();
           }, frame.heartbeat_interval_ms);
           heartbeat.unref();
           for (const r of unsent.values()) sendStatus(r);
@@ -433,6 +446,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
           if (draining) send(ws, { v: 1, type: "drain_state", draining: true });
           markConnected();
           return;
+        }
         case "dispatch":
           if (!authenticated) return;
           onDispatch(ws, frame);

@@ -505,6 +505,48 @@ describe("agents on real hub replicas", () => {
     await hubA.waitForLog((r) => r.msg === "malformed agent frame rejected");
   });
 
+  it("a hub that stops answering pings (a vanished host) is dropped after two silent heartbeats, and the agent reconnects", async () => {
+    // A fake hub that welcomes the agent and then never answers a ping, as a dead host would.
+    const fake = new WebSocketServer({ host: "127.0.0.1", port: 0, autoPong: false });
+    await new Promise((resolve) => fake.once("listening", resolve));
+    const port = (fake.address() as { port: number }).port;
+    let connections = 0;
+    fake.on("connection", (ws) => {
+      connections++;
+      ws.on("message", (data) => {
+        const frame = JSON.parse(String(data));
+        if (frame.type === "hello")
+          ws.send(JSON.stringify({ v: 1, type: "challenge", nonce: "a".repeat(64) }));
+        if (frame.type === "auth")
+          ws.send(
+            JSON.stringify({ v: 1, type: "welcome", session_id: "s", heartbeat_interval_ms: 500 }),
+          );
+      });
+    });
+    const dataDir = join(dir, "silent-hub-agent");
+    mkdirSync(dataDir, { recursive: true });
+    writeFileSync(
+      join(dataDir, "agent.json"),
+      JSON.stringify({
+        hub: `http://127.0.0.1:${port}`,
+        server_id: "00000000-0000-4000-8000-000000000001",
+        organization_id: "00000000-0000-4000-8000-000000000001",
+        name: "silent",
+        secret: "s",
+      }),
+    );
+    const agent = await startFlotilla("agent", { args: ["--data-dir", dataDir] });
+    try {
+      await agent.waitForLog((r) => r.msg === "the hub answers no ping; reconnecting", 20_000);
+      const until = Date.now() + 10_000;
+      while (connections < 2 && Date.now() < until) await sleep(50);
+      expect(connections).toBeGreaterThanOrEqual(2);
+    } finally {
+      await agent.stop();
+      fake.close();
+    }
+  }, 60_000);
+
   it("malformed frames from a hub are rejected and logged by the agent, which stays up", async () => {
     // A fake hub: the one thing here that is not the real one, because the real hub never
     // sends malformed frames.

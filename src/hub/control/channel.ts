@@ -86,6 +86,8 @@ interface Session {
   socket: WebSocket;
   /** Set by the agent: while draining it is sent no dispatch (they wait, pending). */
   draining: boolean;
+  /** When the agent last spoke: a silent socket (a vanished agent host) is dropped. */
+  lastSeen: number;
 }
 
 /** How long an admin request through the channel may take (a drain waits for work in flight). */
@@ -463,7 +465,14 @@ export class ControlChannel {
       disk_free_bytes: hello.disk_free_bytes,
     });
     const previous = this.sessions.get(serverId);
-    const session: Session = { serverId, organizationId, sessionId, socket, draining: false };
+    const session: Session = {
+      serverId,
+      organizationId,
+      sessionId,
+      socket,
+      draining: false,
+      lastSeen: Date.now(),
+    };
     this.sessions.set(serverId, session);
     // Newest connection wins; the old socket's close finds the row no longer names it.
     if (previous)
@@ -489,6 +498,7 @@ export class ControlChannel {
 
   private async handle(session: Session, frame: AgentFrame): Promise<void> {
     const { serverId, sessionId } = session;
+    session.lastSeen = Date.now();
     switch (frame.type) {
       case "heartbeat": {
         const owned = await this.o.servers.heartbeat(serverId, this.o.hubId, sessionId, frame);
@@ -617,8 +627,17 @@ export class ControlChannel {
   async sweep(): Promise<void> {
     if (this.closing) return;
     // Every replica, lock or not: pending dispatches of the agents it holds are delivered even if
-    // a wake-up was lost or a drain failed.
-    for (const serverId of this.sessions.keys()) this.wake(serverId);
+    // a wake-up was lost or a drain failed; an agent silent for three heartbeats is dropped (its
+    // host vanished without closing the connection), so its affinity is released.
+    const silentMs = 3 * (this.o.heartbeatIntervalMs ?? 15_000) + 5000;
+    for (const [serverId, session] of this.sessions) {
+      if (Date.now() - session.lastSeen > silentMs) {
+        this.o.logger.warn({ server: serverId }, "agent silent; dropping its connection");
+        session.socket.terminate();
+        continue;
+      }
+      this.wake(serverId);
+    }
     try {
       const outcome = await this.o.db.tryExclusiveLock(LOCK_KEYS.dispatchReaper, async () => {
         const { requeued, failed } = await this.o.dispatches.reap(this.o.maxAttempts ?? 5);
