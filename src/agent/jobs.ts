@@ -80,8 +80,15 @@ export function runJob(job: JobArgs, user: WorkloadUser): Promise<JobResult> {
     });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    child.stdout.on("data", (c: Buffer) => out.push(c));
-    child.stderr.on("data", (c: Buffer) => err.push(c));
+    // Only the tail is kept: a job that prints gigabytes must not fill the agent's memory.
+    const keep = (chunks: Buffer[], c: Buffer) => {
+      chunks.push(c);
+      let size = chunks.reduce((n, b) => n + b.length, 0);
+      while (chunks.length > 1 && size - chunks[0]!.length >= MAX_OUTPUT_BYTES)
+        size -= chunks.shift()!.length;
+    };
+    child.stdout.on("data", (c: Buffer) => keep(out, c));
+    child.stderr.on("data", (c: Buffer) => keep(err, c));
     const timer = setTimeout(() => {
       // The whole process group: a job's children do not outlive its deadline.
       try {

@@ -212,6 +212,16 @@ describe("the exec driver under flotilla up", () => {
         encoding: "utf8",
         timeout: 60_000,
       });
+    // 20 MB of output: the agent keeps the last 64 KiB, the rest streams past.
+    const chatty = run([
+      "--",
+      "sh",
+      "-c",
+      "head -c 20000000 /dev/zero | tr '\\0' x; echo; echo last",
+    ]);
+    expect(chatty.status, chatty.stderr).toBe(0);
+    expect(chatty.stdout.endsWith("\nlast\n")).toBe(true);
+    expect(chatty.stdout.length).toBeLessThanOrEqual(64 * 1024);
     const binary = run(["--", "printf", "a\\000b"]);
     expect(binary.status, binary.stderr).toBe(0);
     expect(binary.stdout).toBe("a\uFFFDb");
