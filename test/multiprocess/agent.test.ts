@@ -57,6 +57,23 @@ describe("agents on real hub replicas", () => {
   }
   const join_ = join;
 
+  /** An agent whose saved credentials point at a fake hub on this port (no join needed). */
+  async function agentOfFakeHub(name: string, port: number) {
+    const dataDir = join(dir, `${name}-hub-agent`);
+    mkdirSync(dataDir, { recursive: true });
+    writeFileSync(
+      join(dataDir, "agent.json"),
+      JSON.stringify({
+        hub: `http://127.0.0.1:${port}`,
+        server_id: "00000000-0000-4000-8000-000000000000",
+        organization_id: "00000000-0000-4000-8000-000000000000",
+        name,
+        secret: "s",
+      }),
+    );
+    return startFlotilla("agent", { args: ["--data-dir", dataDir] });
+  }
+
   async function serverRow(id: string) {
     const { rows } = await db.query(
       "SELECT status, connected_hub_id, session_id FROM servers WHERE id = $1",
@@ -523,19 +540,7 @@ describe("agents on real hub replicas", () => {
           );
       });
     });
-    const dataDir = join(dir, "silent-hub-agent");
-    mkdirSync(dataDir, { recursive: true });
-    writeFileSync(
-      join(dataDir, "agent.json"),
-      JSON.stringify({
-        hub: `http://127.0.0.1:${port}`,
-        server_id: "00000000-0000-4000-8000-000000000001",
-        organization_id: "00000000-0000-4000-8000-000000000001",
-        name: "silent",
-        secret: "s",
-      }),
-    );
-    const agent = await startFlotilla("agent", { args: ["--data-dir", dataDir] });
+    const agent = await agentOfFakeHub("silent", port);
     try {
       await agent.waitForLog((r) => r.msg === "the hub answers no ping; reconnecting", 20_000);
       const until = Date.now() + 10_000;
@@ -566,19 +571,7 @@ describe("agents on real hub replicas", () => {
       ])
         ws.send(frame);
     });
-    const dataDir = join(dir, "fake-hub-agent");
-    mkdirSync(dataDir, { recursive: true });
-    writeFileSync(
-      join(dataDir, "agent.json"),
-      JSON.stringify({
-        hub: `http://127.0.0.1:${port}`,
-        server_id: "00000000-0000-4000-8000-000000000000",
-        organization_id: "00000000-0000-4000-8000-000000000000",
-        name: "fake",
-        secret: "s",
-      }),
-    );
-    const agent = await startFlotilla("agent", { args: ["--data-dir", dataDir] });
+    const agent = await agentOfFakeHub("fake", port);
     try {
       const deadline = Date.now() + 5_000;
       while (received.filter((f) => f.type === "error").length < 4 && Date.now() < deadline)
