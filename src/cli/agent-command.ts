@@ -4,7 +4,7 @@ import { resolve } from "node:path";
 import { startAgent } from "../agent/index.js";
 import { createLogger, FlotillaError } from "../shared/index.js";
 import {
-  helpFor,
+  help,
   intOption,
   type OptionSpecs,
   parseOptions,
@@ -52,12 +52,11 @@ const AGENT: OptionSpecs = {
 
 export async function agentCommand(argv: string[]): Promise<number> {
   const { values } = parseOptions(argv, AGENT);
-  if (values.help) {
-    process.stdout.write(
-      `${helpFor("flotilla agent --hub URL --join-token T [--data-dir DIR]\n\nRuns the agent of this server: joins the hub once, then keeps its control channel open.", AGENT)}\n`,
+  if (values.help)
+    return help(
+      "flotilla agent --hub URL --join-token T [--data-dir DIR]\n\nRuns the agent of this server: joins the hub once, then keeps its control channel open.",
+      AGENT,
     );
-    return 0;
-  }
   const dataDir = resolve(stringOption(values, "data-dir")!);
   const logger = createLogger({ name: "flotilla-agent", level: String(values["log-level"]) });
   const hub = stringOption(values, "hub");

@@ -3,14 +3,14 @@ import { hostname } from "node:os";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { AuthMethod, Role } from "../gen/flotilla/v1/identity_pb.js";
 import { FlotillaError } from "../shared/index.js";
-import { type Api, CONNECTION, connect, help, when } from "./client.js";
+import { type Api, CONNECTION, connect, when } from "./client.js";
 import {
   type Credentials,
   loadCredentials,
   removeCredentials,
   saveCredentials,
 } from "./credentials.js";
-import { type OptionSpecs, type Parsed, parseOptions, stringOption } from "./options.js";
+import { help, type OptionSpecs, type Parsed, parseOptions, stringOption } from "./options.js";
 import { printJson, printTable } from "./output.js";
 import { readSecret } from "./prompt.js";
 

@@ -9,7 +9,7 @@ import { ProjectService } from "../gen/flotilla/v1/projects_pb.js";
 import { ServerService } from "../gen/flotilla/v1/servers_pb.js";
 import { ServicesService } from "../gen/flotilla/v1/services_pb.js";
 import { loadCredentials } from "./credentials.js";
-import { helpFor, type OptionSpecs, type Parsed, stringOption } from "./options.js";
+import { type OptionSpecs, type Parsed, stringOption } from "./options.js";
 
 export const CONNECTION: OptionSpecs = {
   hub: {
@@ -70,8 +70,3 @@ export function connect(values: Parsed["values"], token?: string): Api {
 }
 
 export const when = (t: Timestamp | undefined) => (t ? timestampDate(t).toISOString() : "");
-
-export function help(usage: string, specs: OptionSpecs): number {
-  process.stdout.write(`${helpFor(usage, specs)}\n`);
-  return 0;
-}

@@ -22,8 +22,8 @@ import {
   Visibility,
 } from "../gen/flotilla/v1/services_pb.js";
 import { FlotillaError } from "../shared/index.js";
-import { type Api, CONNECTION, connect, help, when } from "./client.js";
-import { type OptionSpecs, parseOptions, stopSignal, stringOption } from "./options.js";
+import { type Api, CONNECTION, connect, when } from "./client.js";
+import { help, type OptionSpecs, parseOptions, stopSignal, stringOption } from "./options.js";
 import { printJson, printTable } from "./output.js";
 import { rotateKeyCommand } from "./server-commands.js";
 

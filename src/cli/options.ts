@@ -96,3 +96,9 @@ export function stopSignal(): AbortSignal {
   void untilStopSignal().then(() => abort.abort());
   return abort.signal;
 }
+
+/** Prints a command's usage and options; the value a command returns for --help. */
+export function help(usage: string, specs: OptionSpecs): number {
+  process.stdout.write(`${helpFor(usage, specs)}\n`);
+  return 0;
+}

@@ -24,7 +24,7 @@ import {
   type TableCopy,
 } from "../store/index.js";
 import {
-  helpFor,
+  help,
   intOption,
   type OptionSpecs,
   parseOptions,
@@ -309,12 +309,11 @@ export async function prepareStoreCommand(argv: string[]): Promise<number> {
     help: { type: "boolean", short: "h", description: "Show this help" },
   };
   const { values } = parseOptions(argv, specs);
-  if (values.help) {
-    process.stdout.write(
-      `${helpFor("flotilla prepare-store [--data-dir DIR]\n\nCreates and migrates an embedded data directory (flotilla up runs it on a first start).", specs)}\n`,
+  if (values.help)
+    return help(
+      "flotilla prepare-store [--data-dir DIR]\n\nCreates and migrates an embedded data directory (flotilla up runs it on a first start).",
+      specs,
     );
-    return 0;
-  }
   const dataDir = resolve(stringOption(values, "data-dir")!);
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const db = await openPglite(dataDir);
@@ -329,12 +328,8 @@ export async function prepareStoreCommand(argv: string[]): Promise<number> {
 
 export async function upCommand(argv: string[]): Promise<number> {
   const { values } = parseOptions(argv, UP);
-  if (values.help) {
-    process.stdout.write(
-      `${helpFor("flotilla up [options]\n\nRuns Flotilla in one process on the embedded store.", UP)}\n`,
-    );
-    return 0;
-  }
+  if (values.help)
+    return help("flotilla up [options]\n\nRuns Flotilla in one process on the embedded store.", UP);
   const dataDir = resolve(stringOption(values, "data-dir")!);
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const logger = createLogger({ name: "flotilla", level: String(values["log-level"]) });
@@ -414,12 +409,11 @@ function localAgent(hub: Hub, agentDir: string, workloadUser: string, logger: Lo
 
 export async function hubCommand(argv: string[]): Promise<number> {
   const { values } = parseOptions(argv, HUB);
-  if (values.help) {
-    process.stdout.write(
-      `${helpFor("flotilla hub --database-url postgres://... [options]\n\nRuns one hub replica on PostgreSQL.", HUB)}\n`,
+  if (values.help)
+    return help(
+      "flotilla hub --database-url postgres://... [options]\n\nRuns one hub replica on PostgreSQL.",
+      HUB,
     );
-    return 0;
-  }
   const url = stringOption(values, "database-url");
   if (!url)
     throw new FlotillaError(
@@ -469,22 +463,18 @@ const ROTATE: OptionSpecs = {
 /** `flotilla config rotate-key`: re-seals every secret under a new master key. */
 export async function rotateKeyCommand(argv: string[]): Promise<number> {
   const { values } = parseOptions(argv, ROTATE);
-  if (values.help) {
-    process.stdout.write(
-      `${helpFor(
-        [
-          "flotilla config rotate-key --data-dir DIR",
-          "flotilla config rotate-key --database-url URL --master-key NEW --previous-master-keys OLD[,OLDER]",
-          "",
-          "Re-seals every config secret under a new master key. Embedded: stop `flotilla up` first; a new",
-          "key is generated and replaces the key file when done. PostgreSQL: replicas may keep running with",
-          "NEW as FLOTILLA_MASTER_KEY and OLD in FLOTILLA_MASTER_KEYS_PREVIOUS; drop OLD after this finishes.",
-        ].join("\n"),
-        ROTATE,
-      )}\n`,
+  if (values.help)
+    return help(
+      [
+        "flotilla config rotate-key --data-dir DIR",
+        "flotilla config rotate-key --database-url URL --master-key NEW --previous-master-keys OLD[,OLDER]",
+        "",
+        "Re-seals every config secret under a new master key. Embedded: stop `flotilla up` first; a new",
+        "key is generated and replaces the key file when done. PostgreSQL: replicas may keep running with",
+        "NEW as FLOTILLA_MASTER_KEY and OLD in FLOTILLA_MASTER_KEYS_PREVIOUS; drop OLD after this finishes.",
+      ].join("\n"),
+      ROTATE,
     );
-    return 0;
-  }
   const url = stringOption(values, "database-url");
   const dir = stringOption(values, "data-dir");
   if (Boolean(url) === Boolean(dir))
@@ -547,22 +537,18 @@ const MIGRATE: OptionSpecs = {
 /** `flotilla migrate`: an embedded installation copied into PostgreSQL, counts verified. */
 export async function migrateCommand(argv: string[]): Promise<number> {
   const { values } = parseOptions(argv, MIGRATE);
-  if (values.help) {
-    process.stdout.write(
-      `${helpFor(
-        [
-          "flotilla migrate --from ./.flotilla --to postgres://... [--drop-source]",
-          "",
-          "Copies an embedded installation (stop `flotilla up` first) into PostgreSQL: every table in",
-          "foreign-key order, in batches, in one transaction, counts verified per table. A rerun copies",
-          "nothing twice. The source is opened read-only and removed only after success, and only with",
-          "--drop-source. Then run hubs on the database with the embedded master key (printed below).",
-        ].join("\n"),
-        MIGRATE,
-      )}\n`,
+  if (values.help)
+    return help(
+      [
+        "flotilla migrate --from ./.flotilla --to postgres://... [--drop-source]",
+        "",
+        "Copies an embedded installation (stop `flotilla up` first) into PostgreSQL: every table in",
+        "foreign-key order, in batches, in one transaction, counts verified per table. A rerun copies",
+        "nothing twice. The source is opened read-only and removed only after success, and only with",
+        "--drop-source. Then run hubs on the database with the embedded master key (printed below).",
+      ].join("\n"),
+      MIGRATE,
     );
-    return 0;
-  }
   const dataDir = parseEmbeddedSource(stringOption(values, "from") ?? "");
   const url = stringOption(values, "to");
   if (!url) throw new FlotillaError("config.invalid", "--to (FLOTILLA_DATABASE_URL) is required");
