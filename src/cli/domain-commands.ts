@@ -114,12 +114,15 @@ function printList<T>(
   else printTable(items.map(toRow), columns);
 }
 
+/** Options of the commands that create (with a slug) and delete (with force) named things. */
+const NAMED_OPTIONS: OptionSpecs = {
+  ...CONNECTION,
+  slug: { type: "string", description: "Slug for create (default: from the name)" },
+  force: { type: "boolean", description: "delete: also delete running services" },
+};
+
 export async function projectsCommand(argv: string[]): Promise<number> {
-  const specs: OptionSpecs = {
-    ...CONNECTION,
-    slug: { type: "string", description: "Slug for create (default: from the name)" },
-    force: { type: "boolean", description: "delete: also delete running services" },
-  };
+  const specs = NAMED_OPTIONS;
   const { values, positionals } = parseOptions(argv, specs);
   const [sub = "list", arg, arg2] = positionals;
   if (values.help)
@@ -183,11 +186,7 @@ export async function projectsCommand(argv: string[]): Promise<number> {
 }
 
 export async function envsCommand(argv: string[]): Promise<number> {
-  const specs: OptionSpecs = {
-    ...CONNECTION,
-    slug: { type: "string", description: "Slug for create (default: from the name)" },
-    force: { type: "boolean", description: "delete: also delete running services" },
-  };
+  const specs = NAMED_OPTIONS;
   const { values, positionals } = parseOptions(argv, specs);
   const [sub = "list", arg, arg2] = positionals;
   if (values.help)

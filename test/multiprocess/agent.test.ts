@@ -57,6 +57,14 @@ describe("agents on real hub replicas", () => {
   }
   const join_ = join;
 
+  /** An empty file the workload user (not root) may append to: a job's visible effect. */
+  function workloadFile(name: string): string {
+    const path = join(dir, name);
+    writeFileSync(path, "");
+    chmodSync(path, 0o666);
+    return path;
+  }
+
   /** An agent whose saved credentials point at a fake hub on this port (no join needed). */
   async function agentOfFakeHub(name: string, port: number) {
     const dataDir = join(dir, `${name}-hub-agent`);
@@ -238,9 +246,7 @@ describe("agents on real hub replicas", () => {
   it("a dispatch written while the agent is away is delivered when it connects, and runs once", async () => {
     const { agent, serverId, dataDir } = await enrol("box-jobs");
     await agent.stop();
-    const out = join(dir, "jobs.log");
-    writeFileSync(out, "");
-    chmodSync(out, 0o666);
+    const out = workloadFile("jobs.log");
     const ids = [];
     for (let i = 0; i < 3; i++)
       ids.push(await dispatchJob(serverId, "sh", ["-c", `echo run-${i} >> ${out}`]));
@@ -256,9 +262,7 @@ describe("agents on real hub replicas", () => {
 
   it("a dispatch the hub sends again is acknowledged as a duplicate and not run twice", async () => {
     const { agent, serverId } = await enrol("box-resend");
-    const out = join(dir, "resend.log");
-    writeFileSync(out, "");
-    chmodSync(out, 0o666);
+    const out = workloadFile("resend.log");
     const id = await dispatchJob(serverId, "sh", ["-c", `echo once >> ${out}`]);
     await waitForState(id, ["done"]);
     // As if the result had been lost and the reaper handed the dispatch out again.
@@ -438,9 +442,7 @@ describe("agents on real hub replicas", () => {
 
   it("the sweep hands out again a dispatch whose result was lost (claimed by a dead hub), and fails one out of attempts", async () => {
     const { agent, serverId } = await enrol("box-sweep");
-    const out = join(dir, "sweep.log");
-    writeFileSync(out, "");
-    chmodSync(out, 0o666);
+    const out = workloadFile("sweep.log");
     const again = await dispatchJob(serverId, "sh", ["-c", `echo swept >> ${out}`]);
     const tired = await dispatchJob(serverId, "true", []);
     await waitForState(again, ["done"]);
