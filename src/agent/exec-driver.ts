@@ -2,7 +2,6 @@
 // its config as environment, an allocated port, a health check, a restart policy with backoff,
 // its output in a log file, and pid files so a restarted agent adopts what still runs instead of doubling it.
 import { type ChildProcess, spawn } from "node:child_process";
-import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import {
   chownSync,
   closeSync,
@@ -20,7 +19,7 @@ import {
 } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
-import type { Logger } from "../shared/index.js";
+import { type Logger, openBox, sealBox } from "../shared/index.js";
 import { type Driver, probe, type RunSpec, type StatusReport } from "./driver.js";
 import type { WorkloadUser } from "./jobs.js";
 
@@ -75,21 +74,14 @@ function isAlive(pid: number, startTime: string): boolean {
  * they are sealed (AES-256-GCM) under a key the agent derives from its server secret.
  */
 function sealEnv(key: Buffer, env: Record<string, string>): string {
-  const nonce = randomBytes(12);
-  const cipher = createCipheriv("aes-256-gcm", key, nonce);
-  const body = Buffer.concat([cipher.update(JSON.stringify(env), "utf8"), cipher.final()]);
-  return Buffer.concat([nonce, body, cipher.getAuthTag()]).toString("base64");
+  return sealBox(key, JSON.stringify(env), "flotilla/pid-env").toString("base64");
 }
 
 function openEnv(key: Buffer, sealed: string): Record<string, string> {
-  const buf = Buffer.from(sealed, "base64");
-  const decipher = createDecipheriv("aes-256-gcm", key, buf.subarray(0, 12));
-  decipher.setAuthTag(buf.subarray(buf.length - 16));
-  const plain = Buffer.concat([
-    decipher.update(buf.subarray(12, buf.length - 16)),
-    decipher.final(),
-  ]);
-  return JSON.parse(plain.toString("utf8")) as Record<string, string>;
+  return JSON.parse(openBox(key, Buffer.from(sealed, "base64"), "flotilla/pid-env")) as Record<
+    string,
+    string
+  >;
 }
 
 function killGroup(pid: number, signal: NodeJS.Signals): void {

@@ -1,5 +1,6 @@
 // Public entry of the shared transport contract: context, trace, errors, logs, metrics, ids.
 
+export * from "./aead.js";
 export * from "./caller.js";
 export * from "./context.js";
 export * from "./errors.js";

@@ -1,10 +1,7 @@
 // Sealing secrets at rest: AES-256-GCM under a master key, with the key id stored beside each value.
-import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
-import { FlotillaError } from "../../shared/index.js";
-
-const NONCE_BYTES = 12;
-const TAG_BYTES = 16;
+import { FlotillaError, openBox, sealBox } from "../../shared/index.js";
 
 export interface MasterKey {
   id: string;
@@ -46,11 +43,7 @@ export class Keyring {
   }
 
   seal(plaintext: string, aad: string): { sealed: Buffer; keyId: string } {
-    const nonce = randomBytes(NONCE_BYTES);
-    const cipher = createCipheriv("aes-256-gcm", this.current.key, nonce);
-    cipher.setAAD(Buffer.from(aad));
-    const body = Buffer.concat([cipher.update(plaintext, "utf8"), cipher.final()]);
-    return { sealed: Buffer.concat([nonce, body, cipher.getAuthTag()]), keyId: this.current.id };
+    return { sealed: sealBox(this.current.key, plaintext, aad), keyId: this.current.id };
   }
 
   open(sealed: Buffer | Uint8Array, keyId: string, aad: string): string {
@@ -61,13 +54,6 @@ export class Keyring {
         `a secret was sealed with master key ${keyId}, which is not configured; add it to FLOTILLA_MASTER_KEYS_PREVIOUS`,
       );
     }
-    const buf = Buffer.from(sealed);
-    const decipher = createDecipheriv("aes-256-gcm", key.key, buf.subarray(0, NONCE_BYTES));
-    decipher.setAAD(Buffer.from(aad));
-    decipher.setAuthTag(buf.subarray(buf.length - TAG_BYTES));
-    return Buffer.concat([
-      decipher.update(buf.subarray(NONCE_BYTES, buf.length - TAG_BYTES)),
-      decipher.final(),
-    ]).toString("utf8");
+    return openBox(key.key, sealed, aad);
   }
 }
