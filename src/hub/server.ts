@@ -38,6 +38,7 @@ import {
 import { recordAudit } from "./audit/index.js";
 import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
 import { ControlChannel } from "./control/index.js";
+import { DataPlanesService } from "./dataplanes/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
@@ -107,6 +108,7 @@ export interface Hub {
   config: ConfigService;
   servers: ServersService;
   dispatches: DispatchStore;
+  dataPlanes: DataPlanesService;
   control: ControlChannel;
   events: EventBus;
   relay: OutboxRelay;
@@ -231,6 +233,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     });
     const servers = new ServersService(db, keyring);
     const dispatches = new DispatchStore(db);
+    const dataPlanes = new DataPlanesService(db);
     const services: ServicesService = new ServicesService(
       db,
       {
@@ -480,6 +483,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       config,
       servers,
       dispatches,
+      dataPlanes,
       control,
       events: bus,
       relay: outboxRelay,
