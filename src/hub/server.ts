@@ -23,11 +23,13 @@ import {
 } from "../shared/index.js";
 import { type Db, migrate, openPglite, openPostgres, type PoolSettings } from "../store/index.js";
 import {
+  apisRoutes,
   type ConnectOnFastifyOptions,
   configRoutes,
   connectOnFastify,
   contextResponseHeaders,
   createAuthInterceptor,
+  GatewaySync,
   identityRoutes,
   kIncoming,
   kRemoteAddr,
@@ -35,10 +37,12 @@ import {
   serversRoutes,
   servicesRoutes,
 } from "./api/index.js";
+import { ApisService } from "./apis/index.js";
 import { recordAudit } from "./audit/index.js";
 import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
 import { ControlChannel } from "./control/index.js";
 import { DataPlanesService } from "./dataplanes/index.js";
+import { GatewaysService } from "./gateways/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
@@ -109,6 +113,9 @@ export interface Hub {
   servers: ServersService;
   dispatches: DispatchStore;
   dataPlanes: DataPlanesService;
+  apis: ApisService;
+  gateways: GatewaysService;
+  gatewaySync: GatewaySync;
   control: ControlChannel;
   events: EventBus;
   relay: OutboxRelay;
@@ -256,6 +263,25 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       },
     );
+    const gateways = new GatewaysService(db, {
+      get: (c, ref, q) => dataPlanes.get(c, ref, q, "data_plane"),
+    });
+    const apis = new ApisService(
+      db,
+      {
+        seal: (text, aad) => keyring.seal(text, aad),
+        open: (b, k, aad) => keyring.open(b, k, aad),
+      },
+      { get: (c, ref, q, field) => gateways.get(c, ref, q, field) },
+      {
+        check: async (c, id, q, field) => ({ id: (await services.getService(c, id, q, field)).id }),
+        endpoint: async (organizationId, serviceId) => {
+          const reader = { organizationId, actor: { type: "token" as const, id: "gateway-sync" } };
+          const s = await services.getService(reader, serviceId).catch(() => undefined);
+          return s?.observed.endpoint ?? null;
+        },
+      },
+    );
     projects.setDependents({
       running: (q, org, scope) => services.runningIn(q, org, scope),
       removeEnvironment: async (tx, org, environmentId) => {
@@ -350,6 +376,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       });
       configRoutes(router, config);
+      apisRoutes(router, { apis, gateways, hubUrl: () => publicUrl });
       serversRoutes(router, {
         servers,
         dispatches,
@@ -399,6 +426,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       }
     });
     await control.register(app);
+    const gatewaySync = new GatewaySync({ apis, gateways, events: bus, logger });
+    await gatewaySync.register(app);
     app.get("/health", async () => ({ status: "ok", instance: instanceId }));
     app.get("/ready", async (_request, reply) => {
       if (draining) return reply.code(503).send({ status: "draining" });
@@ -484,6 +513,9 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       servers,
       dispatches,
       dataPlanes,
+      apis,
+      gateways,
+      gatewaySync,
       control,
       events: bus,
       relay: outboxRelay,
@@ -497,6 +529,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
           shutdown.abort();
           // Agents are told to go elsewhere; their affinity is released by the close handlers.
           await control.close();
+          await gatewaySync.close();
           const grace = options.shutdownGraceMs ?? 10_000;
           const timer = setTimeout(() => {
             const http1 = fastify.server as { closeAllConnections?: () => void };

@@ -570,6 +570,115 @@ export const FIXTURES: FixtureTable[] = [
       },
     ],
   },
+  // 0014_apis_gateways
+  {
+    table: "apis",
+    orderBy: "id",
+    rows: [
+      {
+        id: fixtureId(0xe01),
+        organization_id: org.a,
+        name: maxSlug("api"),
+        kind: "RestApi",
+        definition: {
+          contextPath: "/orders",
+          upstream: { url: "http://127.0.0.1:9" },
+          note: UNICODE.cjk,
+        },
+        created_at: T0,
+      },
+      {
+        id: fixtureId(0xe02),
+        organization_id: org.a,
+        name: "llm",
+        kind: "LlmProvider",
+        definition: { contextPath: "/llm", upstreamUrl: "http://127.0.0.1:9/v1", models: ["m"] },
+        credential_sealed: bytes(44, 13),
+        credential_key_id: "k1",
+      },
+      {
+        id: fixtureId(0xe03),
+        organization_id: org.a,
+        name: "proxy",
+        kind: "LlmProxy",
+        definition: { contextPath: "/ai", rateLimit: { requestsPerMinute: 60 } },
+        provider_api_id: fixtureId(0xe02),
+      },
+    ],
+  },
+  {
+    table: "api_consumer_keys",
+    orderBy: "id",
+    rows: [
+      {
+        id: fixtureId(0xe11),
+        organization_id: org.a,
+        api_id: fixtureId(0xe03),
+        name: maxSlug("key"),
+        key_hash: bytes(32, 29),
+      },
+    ],
+  },
+  {
+    table: "gateways",
+    orderBy: "id",
+    rows: [
+      {
+        id: fixtureId(0xe21),
+        organization_id: org.a,
+        data_plane_id: dataPlane.eu,
+        name: maxSlug("gateway"),
+        token_hash: bytes(32, 31),
+        last_seen_at: null,
+      },
+    ],
+  },
+  {
+    table: "api_deployments",
+    orderBy: "deployment_id",
+    rows: [
+      {
+        deployment_id: fixtureId(0xe31),
+        organization_id: org.a,
+        api_id: fixtureId(0xe01),
+        gateway_id: fixtureId(0xe21),
+        state: "DEPLOYED",
+        deployed_at: T0,
+        content: { name: "x", kind: "RestApi", definition: NESTED, provider_api_id: null },
+        created_by: `user:${user.max}`,
+      },
+      {
+        deployment_id: fixtureId(0xe32),
+        organization_id: org.a,
+        api_id: fixtureId(0xe03),
+        gateway_id: fixtureId(0xe21),
+        state: "UNDEPLOYED",
+        deployed_at: at(3),
+        content: {
+          name: "proxy",
+          kind: "LlmProxy",
+          definition: {},
+          provider_api_id: fixtureId(0xe02),
+        },
+        created_by: "token:t",
+      },
+    ],
+  },
+  {
+    table: "api_deployment_status",
+    orderBy: "gateway_id, api_id",
+    rows: [
+      {
+        gateway_id: fixtureId(0xe21),
+        api_id: fixtureId(0xe01),
+        organization_id: org.a,
+        deployment_id: fixtureId(0xe31),
+        observed_deployed_at: T0,
+        status: "failed",
+        reason: `bad definition ${UNICODE.rtl}`,
+      },
+    ],
+  },
 ];
 
 /** The tables the generator fills, in foreign-key order (a copy must insert them in this order). */

@@ -35,6 +35,7 @@ import {
 } from "@bufbuild/protobuf";
 import { type CallOptions, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import { ApiKind, ApiService, GatewayService } from "../../src/gen/flotilla/v1/apis_pb.js";
 import { ConfigKind, ConfigScope, ConfigService } from "../../src/gen/flotilla/v1/config_pb.js";
 import {
   IdentityService,
@@ -72,6 +73,15 @@ export interface TenantIds {
   serverId: string;
   /** A job of the service (pending: the server has no agent). */
   jobId: string;
+  /** A gateway in the default data plane. */
+  gatewayId: string;
+  /** A RestApi deployed on the gateway. */
+  restApiId: string;
+  /** A RestApi deployed nowhere (deletable). */
+  spareApiId: string;
+  /** An LlmProxy (on an LlmProvider) with one consumer key. */
+  proxyApiId: string;
+  consumerKeyId: string;
 }
 
 export interface RpcCase {
@@ -114,6 +124,12 @@ const P = ProjectService.method;
 const S = ServicesService.method;
 const C = ConfigService.method;
 const V = ServerService.method;
+const A = ApiService.method;
+const G = GatewayService.method;
+const REST_DEFINITION = JSON.stringify({
+  contextPath: "/orders",
+  upstream: { url: "http://127.0.0.1:9" },
+});
 const SPEC = {
   driver: Driver.EXEC,
   exec: { command: "node", args: ["server.js"], workingDirectory: "", port: 3000 },
@@ -377,6 +393,59 @@ export const RPC_CASES: Record<string, RpcCase> = {
     objectScoped: true,
     request: (ids) => ({ server: ids.serverId }),
   }),
+  "flotilla.v1.ApiService/CreateApi": rpc(A.createApi, {
+    objectScoped: false,
+    request: () => ({
+      name: `api-${unique()}`,
+      kind: ApiKind.REST_API,
+      definitionJson: REST_DEFINITION,
+    }),
+  }),
+  "flotilla.v1.ApiService/ListApis": rpc(A.listApis, { objectScoped: false, request: () => ({}) }),
+  "flotilla.v1.ApiService/GetApi": rpc(A.getApi, {
+    objectScoped: true,
+    request: (ids) => ({ api: ids.restApiId }),
+  }),
+  "flotilla.v1.ApiService/DeleteApi": rpc(A.deleteApi, {
+    objectScoped: true,
+    request: (ids) => ({ api: ids.spareApiId }),
+  }),
+  "flotilla.v1.ApiService/CreateConsumerKey": rpc(A.createConsumerKey, {
+    objectScoped: true,
+    request: (ids) => ({ api: ids.proxyApiId, name: `key-${unique()}` }),
+  }),
+  "flotilla.v1.ApiService/DeleteConsumerKey": rpc(A.deleteConsumerKey, {
+    objectScoped: true,
+    request: (ids) => ({ api: ids.proxyApiId, consumerKeyId: ids.consumerKeyId }),
+  }),
+  "flotilla.v1.ApiService/DeployApi": rpc(A.deployApi, {
+    objectScoped: true,
+    request: (ids) => ({ api: ids.restApiId, gateway: ids.gatewayId }),
+  }),
+  "flotilla.v1.ApiService/UndeployApi": rpc(A.undeployApi, {
+    objectScoped: true,
+    request: (ids) => ({ api: ids.restApiId, gateway: ids.gatewayId }),
+  }),
+  "flotilla.v1.ApiService/ListApiDeployments": rpc(A.listApiDeployments, {
+    objectScoped: true,
+    request: (ids) => ({ api: ids.restApiId, gateway: ids.gatewayId }),
+  }),
+  "flotilla.v1.GatewayService/CreateGateway": rpc(G.createGateway, {
+    objectScoped: false,
+    request: () => ({ name: `gw-${unique()}` }),
+  }),
+  "flotilla.v1.GatewayService/ListGateways": rpc(G.listGateways, {
+    objectScoped: false,
+    request: () => ({}),
+  }),
+  "flotilla.v1.GatewayService/GetGateway": rpc(G.getGateway, {
+    objectScoped: true,
+    request: (ids) => ({ gateway: ids.gatewayId }),
+  }),
+  "flotilla.v1.GatewayService/DeleteGateway": rpc(G.deleteGateway, {
+    objectScoped: true,
+    request: (ids) => ({ gateway: ids.gatewayId }),
+  }),
 };
 
 /** Every RPC the hub serves, keyed like RPC_RULES and RPC_CASES. */
@@ -449,6 +518,44 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
   const first = await services.deploy({ serviceId }, { headers });
   const job = await services.runJob({ serviceId, command: "true" }, { headers });
   await services.deploy({ serviceId }, { headers });
+  const apisApi = createClient(ApiService, transport);
+  const gatewaysApi = createClient(GatewayService, transport);
+  const gateway = await gatewaysApi.createGateway({ name: `seeded-${unique()}` }, { headers });
+  const restApi = await apisApi.createApi(
+    { name: `seeded-${unique()}`, kind: ApiKind.REST_API, definitionJson: REST_DEFINITION },
+    { headers },
+  );
+  const spareApi = await apisApi.createApi(
+    { name: `spare-${unique()}`, kind: ApiKind.REST_API, definitionJson: REST_DEFINITION },
+    { headers },
+  );
+  const provider = await apisApi.createApi(
+    {
+      name: `llm-${unique()}`,
+      kind: ApiKind.LLM_PROVIDER,
+      definitionJson: JSON.stringify({
+        contextPath: "/llm",
+        upstreamUrl: "http://127.0.0.1:9/v1",
+        models: ["fake-model"],
+      }),
+      credential: "sk-seeded",
+    },
+    { headers },
+  );
+  const proxy = await apisApi.createApi(
+    {
+      name: `proxy-${unique()}`,
+      kind: ApiKind.LLM_PROXY,
+      definitionJson: JSON.stringify({ contextPath: "/ai", rateLimit: { requestsPerMinute: 60 } }),
+      provider: provider.api!.id,
+    },
+    { headers },
+  );
+  const consumerKey = await apisApi.createConsumerKey(
+    { api: proxy.api!.id, name: "seeded" },
+    { headers },
+  );
+  await apisApi.deployApi({ api: restApi.api!.id, gateway: gateway.gateway!.id }, { headers });
   const audit = await orgs.listAuditEvents({ limit: 1 }, { headers });
   return {
     projectId: project.project!.id,
@@ -465,6 +572,11 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
     memberUserId: member.member!.user!.id,
     apiTokenId: token.token!.id,
     auditEventId: audit.events[0]!.id,
+    gatewayId: gateway.gateway!.id,
+    restApiId: restApi.api!.id,
+    spareApiId: spareApi.api!.id,
+    proxyApiId: proxy.api!.id,
+    consumerKeyId: consumerKey.consumerKey!.id,
   };
 }
 
@@ -486,6 +598,11 @@ export function absentIds(): TenantIds {
     secretKey: "ABSENT_SECRET",
     serverId: uuid(),
     jobId: uuid(),
+    gatewayId: uuid(),
+    restApiId: uuid(),
+    spareApiId: uuid(),
+    proxyApiId: uuid(),
+    consumerKeyId: uuid(),
   };
 }
 

@@ -1,6 +1,10 @@
 // Deny-by-default authorization: every RPC declares a rule; the interceptor authenticates and enforces it.
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextKey, type Interceptor } from "@connectrpc/connect";
+import {
+  ApiService as ApiRpc,
+  GatewayService as GatewayRpc,
+} from "../../gen/flotilla/v1/apis_pb.js";
 import { ConfigService as ConfigRpc } from "../../gen/flotilla/v1/config_pb.js";
 import {
   IdentityService as IdentityRpc,
@@ -47,6 +51,8 @@ export const SERVICES: DescService[] = [
   ServicesRpc,
   ConfigRpc,
   ServerRpc,
+  ApiRpc,
+  GatewayRpc,
 ];
 
 /** Keyed by "package.Service/Method". A method missing here is refused (and fails a test). */
@@ -108,6 +114,20 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.ServerService/ListDispatches": can("servers.read"),
   "flotilla.v1.ServerService/GetAgentStatus": can("servers.read"),
   "flotilla.v1.ServerService/ControlAgent": can("servers.manage"),
+  "flotilla.v1.ApiService/CreateApi": can("services.write"),
+  "flotilla.v1.ApiService/ListApis": can("projects.read"),
+  "flotilla.v1.ApiService/GetApi": can("projects.read"),
+  "flotilla.v1.ApiService/DeleteApi": can("services.write"),
+  // A consumer key grants use of the LLM credential behind the proxy: as strong as config writes.
+  "flotilla.v1.ApiService/CreateConsumerKey": can("config.write"),
+  "flotilla.v1.ApiService/DeleteConsumerKey": can("config.write"),
+  "flotilla.v1.ApiService/DeployApi": can("deployments.create"),
+  "flotilla.v1.ApiService/UndeployApi": can("deployments.create"),
+  "flotilla.v1.ApiService/ListApiDeployments": can("projects.read"),
+  "flotilla.v1.GatewayService/CreateGateway": can("servers.manage"),
+  "flotilla.v1.GatewayService/ListGateways": can("servers.read"),
+  "flotilla.v1.GatewayService/GetGateway": can("servers.read"),
+  "flotilla.v1.GatewayService/DeleteGateway": can("servers.manage"),
 };
 
 /** Set by the HTTP layer: the context read from the request headers, and the peer address. */

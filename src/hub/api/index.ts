@@ -1,4 +1,6 @@
 // Public entry of the hub's API layer: routes, the authorization interceptor and the rule table.
+
+export { type ApisRouteOptions, apisRoutes } from "./apis-routes.js";
 export {
   contextResponseHeaders,
   createAuthInterceptor,
@@ -12,6 +14,7 @@ export {
 export { configRoutes } from "./config-routes.js";
 export { toConnectError } from "./connect-errors.js";
 export { type ConnectOnFastifyOptions, connectOnFastify } from "./connect-fastify.js";
+export { GatewaySync, type GatewaySyncOptions } from "./gateway-sync-routes.js";
 export { type IdentityRouteOptions, identityRoutes } from "./identity-routes.js";
 export { projectRoutes } from "./projects-routes.js";
 export { type ServersRouteOptions, serversRoutes } from "./servers-routes.js";

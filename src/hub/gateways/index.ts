@@ -1,0 +1,3 @@
+// Public entry of the gateways module: gateways, their data plane, and token authentication.
+export type { DataPlanePort } from "./ports.js";
+export { GATEWAY_TOKEN_PREFIX, type Gateway, GatewaysService } from "./service.js";
