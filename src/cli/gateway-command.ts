@@ -1,0 +1,105 @@
+// `flotilla gateway`: an edge proxy for one registered gateway. Loads no hub code (no Fastify,
+// PGlite or Connect runtime): its store is better-sqlite3.
+import { resolve } from "node:path";
+import { startGateway } from "../gateway/index.js";
+import { FlotillaError } from "../shared/errors.js";
+import {
+  help,
+  intOption,
+  type OptionSpecs,
+  parseOptions,
+  stringOption,
+  untilStopSignal,
+} from "./options.js";
+
+const GATEWAY: OptionSpecs = {
+  hub: { type: "string", env: "FLOTILLA_HUB", description: "Hub URL" },
+  token: {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_TOKEN",
+    description: "The gateway's token (from `flotilla gateways create`)",
+  },
+  port: {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_PORT",
+    default: "8000",
+    description: "Data port: API traffic",
+  },
+  host: {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_HOST",
+    default: "0.0.0.0",
+    description: "Address the data port binds",
+  },
+  "admin-port": {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_ADMIN_PORT",
+    default: "8001",
+    description: "Loopback port of /health, /ready, /metrics and /status",
+  },
+  "data-dir": {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_DATA_DIR",
+    default: "./.flotilla-gateway",
+    description: "Local store (SQLite): the gateway serves from it at once after a restart",
+  },
+  "batch-size": {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_BATCH_SIZE",
+    default: "50",
+    description: "Deployments per content request during a sync (1-500)",
+  },
+  "hash-check-seconds": {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_HASH_CHECK_SECONDS",
+    default: "30",
+    description: "How often the config hash is compared with the hub's",
+  },
+  "access-log": {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_ACCESS_LOG",
+    default: "on",
+    description: "on or off: one JSON line per request on stdout",
+  },
+  "log-level": {
+    type: "string",
+    env: "FLOTILLA_LOG_LEVEL",
+    default: "info",
+    description: "trace, debug, info, warn, error",
+  },
+  help: { type: "boolean", short: "h", description: "Show this help" },
+};
+
+export async function gatewayCommand(argv: string[]): Promise<number> {
+  const { values } = parseOptions(argv, GATEWAY);
+  if (values.help)
+    return help(
+      "flotilla gateway --hub URL --token T [--port P] [--data-dir DIR]\n\nRuns an edge proxy: serves the stored config at once, then keeps in sync with the hub.",
+      GATEWAY,
+    );
+  const hubUrl = stringOption(values, "hub");
+  const token = stringOption(values, "token");
+  if (!hubUrl) throw new FlotillaError("validation.failed", "--hub is required", { field: "hub" });
+  if (!token)
+    throw new FlotillaError("validation.failed", "--token is required", { field: "token" });
+  const accessLog = stringOption(values, "access-log");
+  if (accessLog !== "on" && accessLog !== "off")
+    throw new FlotillaError("validation.failed", "--access-log must be on or off", {
+      field: "access-log",
+    });
+  const gateway = await startGateway({
+    hubUrl,
+    token,
+    port: intOption(values, "port", { min: 0, max: 65535 })!,
+    host: stringOption(values, "host")!,
+    adminPort: intOption(values, "admin-port", { min: 0, max: 65535 })!,
+    dataDir: resolve(stringOption(values, "data-dir")!),
+    batchSize: intOption(values, "batch-size", { min: 1, max: 500 })!,
+    hashCheckIntervalMs: intOption(values, "hash-check-seconds", { min: 1, max: 86_400 })! * 1000,
+    accessLog: accessLog === "on",
+    logLevel: stringOption(values, "log-level")!,
+  });
+  await untilStopSignal();
+  await gateway.close();
+  return 0;
+}

@@ -1,0 +1,258 @@
+// The gateway process: local store first (serves at once), then sync with the hub in the
+// background; the data port proxies, the admin port serves /health, /ready and /metrics.
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { pino } from "pino";
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { type AccessLogRecord, ReverseProxy } from "./proxy.js";
+import { ConfigStore, type Route } from "./routes.js";
+import { LocalStore } from "./store.js";
+import { HubSync } from "./sync.js";
+
+export interface GatewayOptions {
+  hubUrl: string;
+  token: string;
+  /** The data port (API traffic). 0 picks a free port. */
+  port: number;
+  /** The admin port (/health, /ready, /metrics). Default 0 (a free port, logged). */
+  adminPort?: number;
+  /** Default 0.0.0.0 for the data port; the admin port binds 127.0.0.1. */
+  host?: string;
+  adminHost?: string;
+  dataDir: string;
+  batchSize?: number;
+  hashCheckIntervalMs?: number;
+  /** One JSON line per request on stdout. Default true. */
+  accessLog?: boolean;
+  logLevel?: string;
+  connectionsPerOrigin?: number;
+}
+
+export interface Gateway {
+  url: string;
+  adminUrl: string;
+  store: LocalStore;
+  config: ConfigStore;
+  sync: HubSync;
+  /** Milliseconds from the start of startGateway until the data port served the stored config. */
+  startupMs: number;
+  close(): Promise<void>;
+}
+
+const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+export async function startGateway(o: GatewayOptions): Promise<Gateway> {
+  const started = performance.now();
+  const logger = pino({
+    level: o.logLevel ?? process.env.FLOTILLA_LOG_LEVEL ?? "info",
+    base: { name: "gateway", pid: process.pid },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    redact: {
+      paths: ["token", "*.token", "credential", "*.credential", "authorization"],
+      censor: "[redacted]",
+    },
+  });
+  // Access logs go through an asynchronous destination: a log line never waits on stdout.
+  const access =
+    o.accessLog === false
+      ? null
+      : pino(
+          { base: null, timestamp: pino.stdTimeFunctions.isoTime },
+          pino.destination({ sync: false }),
+        );
+
+  const registry = new Registry();
+  const requests = new Counter({
+    name: "flotilla_gateway_requests_total",
+    help: "Requests through the gateway, by API and status class.",
+    labelNames: ["api", "status"] as const,
+    registers: [registry],
+  });
+  const duration = new Histogram({
+    name: "flotilla_gateway_request_duration_seconds",
+    help: "Time from request to response end, by API.",
+    labelNames: ["api"] as const,
+    buckets: DURATION_BUCKETS,
+    registers: [registry],
+  });
+  const routesGauge = new Gauge({
+    name: "flotilla_gateway_routes",
+    help: "Routes in the active table.",
+    registers: [registry],
+  });
+  const failedGauge = new Gauge({
+    name: "flotilla_gateway_failed_deployments",
+    help: "API deployments whose definition failed to apply.",
+    registers: [registry],
+  });
+  const swapsCounter = new Counter({
+    name: "flotilla_gateway_route_table_swaps_total",
+    help: "Route table rebuilds swapped in.",
+    registers: [registry],
+  });
+  const syncGauge = new Gauge({
+    name: "flotilla_gateway_sync",
+    help: "Sync facts: connected (0/1), converged (0/1), reconciles, reconcile_failures, events_applied, events_ignored, archives_rejected.",
+    labelNames: ["fact"] as const,
+    registers: [registry],
+  });
+  // Label children cached per route: the hot path does no label hashing.
+  const children = new WeakMap<
+    Route,
+    { d: ReturnType<typeof duration.labels>; c: Map<string, ReturnType<typeof requests.labels>> }
+  >();
+  const noRoute = {
+    d: duration.labels("(none)"),
+    c: new Map<string, ReturnType<typeof requests.labels>>(),
+  };
+
+  const store = new LocalStore(o.dataDir, o.token);
+  let sync: HubSync | undefined;
+  const config = new ConfigStore({
+    report: (r) => sync?.reporter(r),
+    onSwap: (size) => {
+      routesGauge.set(size);
+      swapsCounter.inc();
+    },
+  });
+  // Serve from the local store at once: compile what is stored before the hub is asked anything.
+  config.apply(store.all());
+  config.rebuildNow();
+  routesGauge.set(config.table.size);
+
+  const proxy = new ReverseProxy({
+    table: () => config.table,
+    ...(o.connectionsPerOrigin ? { connectionsPerOrigin: o.connectionsPerOrigin } : {}),
+    observer: {
+      done(route: Route | undefined, rec: AccessLogRecord) {
+        let ch = route ? children.get(route) : noRoute;
+        if (!ch && route) {
+          ch = { d: duration.labels(route.name), c: new Map() };
+          children.set(route, ch);
+        }
+        const cls = `${Math.floor(rec.status / 100)}xx`;
+        let counter = ch!.c.get(cls);
+        if (!counter) {
+          counter = requests.labels(route?.name ?? "(none)", cls);
+          ch!.c.set(cls, counter);
+        }
+        counter.inc();
+        ch!.d.observe(rec.ms / 1000);
+        access?.info(rec);
+      },
+    },
+  });
+  const data: Server = createServer({ keepAliveTimeout: 65_000 }, proxy.handle);
+  await new Promise<void>((resolve, reject) => {
+    data.once("error", reject);
+    data.listen(o.port, o.host ?? "0.0.0.0", () => resolve());
+  });
+  const startupMs = performance.now() - started;
+
+  sync = new HubSync({
+    hubUrl: o.hubUrl,
+    token: o.token,
+    store,
+    config,
+    logger,
+    ...(o.batchSize ? { batchSize: o.batchSize } : {}),
+    ...(o.hashCheckIntervalMs ? { hashCheckIntervalMs: o.hashCheckIntervalMs } : {}),
+  });
+  const hubSync = sync;
+
+  const admin = createServer(async (req, res) => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (path === "/health") {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ status: "ok" }));
+      return;
+    }
+    if (path === "/ready") {
+      // Ready as soon as the stored config serves; the hub's reachability is reported, not required.
+      const body = {
+        status: "ready",
+        routes: config.table.size,
+        failed: config.failures.size,
+        hubConnected: hubSync.stats.connected,
+        converged: hubSync.stats.converged,
+        localHash: store.configHash(),
+        hubHash: hubSync.hubHash,
+        lastReconcileAt: hubSync.stats.lastReconcileAt
+          ? new Date(hubSync.stats.lastReconcileAt).toISOString()
+          : null,
+      };
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify(body));
+      return;
+    }
+    if (path === "/metrics") {
+      const s = hubSync.stats;
+      syncGauge.set({ fact: "connected" }, s.connected ? 1 : 0);
+      syncGauge.set({ fact: "converged" }, s.converged ? 1 : 0);
+      syncGauge.set({ fact: "reconciles" }, s.reconciles);
+      syncGauge.set({ fact: "reconcile_failures" }, s.reconcileFailures);
+      syncGauge.set({ fact: "events_applied" }, s.eventsApplied);
+      syncGauge.set({ fact: "events_ignored" }, s.eventsIgnored);
+      syncGauge.set({ fact: "archives_rejected" }, s.archivesRejected);
+      failedGauge.set(config.failures.size);
+      res.writeHead(200, { "content-type": registry.contentType });
+      res.end(await registry.metrics());
+      return;
+    }
+    if (path === "/status") {
+      // What this gateway holds, per API: tests compare it with the hub's expected set.
+      const rows = store
+        .index()
+        .map((r) => ({ ...r, failure: config.failures.get(r.apiId)?.reason ?? null }));
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ deployments: rows, routes: config.table.size }));
+      return;
+    }
+    if (path === "/drop-stream" && req.method === "POST") {
+      hubSync.dropStream();
+      res.writeHead(204);
+      res.end();
+      return;
+    }
+    res.writeHead(404);
+    res.end();
+  });
+  await new Promise<void>((resolve, reject) => {
+    admin.once("error", reject);
+    admin.listen(o.adminPort ?? 0, o.adminHost ?? "127.0.0.1", () => resolve());
+  });
+  const dataPort = (data.address() as AddressInfo).port;
+  const adminPort = (admin.address() as AddressInfo).port;
+  const url = `http://127.0.0.1:${dataPort}`;
+  const adminUrl = `http://127.0.0.1:${adminPort}`;
+  logger.info(
+    { url, adminUrl, routes: config.table.size, startupMs: Math.round(startupMs * 10) / 10 },
+    "gateway serving from its local store",
+  );
+  hubSync.start();
+
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    adminUrl,
+    store,
+    config,
+    sync: hubSync,
+    startupMs,
+    close() {
+      closing ??= (async () => {
+        await hubSync.stop();
+        data.closeIdleConnections?.();
+        await Promise.all([
+          new Promise<void>((r) => data.close(() => r())),
+          new Promise<void>((r) => admin.close(() => r())),
+        ]);
+        await proxy.close();
+        store.close();
+        access?.flush();
+        logger.info("gateway stopped");
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,418 @@
+// The gateway's data path: an HTTP reverse proxy on undici pools, streaming both ways, with
+// timeouts, hop-by-hop headers stripped, correlation and trace context carried or generated,
+// access logs and per-route metrics; LLM routes inject credentials, enforce the model
+// allowlist, authenticate consumer keys and rate-limit them with a token bucket.
+import { createHash, randomBytes } from "node:crypto";
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
+import { Pool } from "undici";
+import type { LlmProxyRoute, Route, RouteTable } from "./routes.js";
+
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "host",
+]);
+const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
+const CORRELATION = /^[A-Za-z0-9._:@\-/]{1,128}$/;
+/** LLM request bodies are buffered to read the model; larger bodies are refused (413). */
+const MAX_LLM_BODY_BYTES = 10 * 1024 * 1024;
+
+export interface AccessLogRecord {
+  method: string;
+  host: string;
+  path: string;
+  status: number;
+  ms: number;
+  api: string | null;
+  correlation: string;
+  traceparent: string;
+  error?: string;
+}
+
+export interface ProxyObserver {
+  /** Called once per request when the response has finished. */
+  done(route: Route | undefined, record: AccessLogRecord): void;
+}
+
+const hex = (bytes: number) => randomBytes(bytes).toString("hex");
+
+/** A child span of the incoming trace, or a new trace when the header is absent or invalid. */
+export function nextTraceparent(incoming: string | undefined): string {
+  const m = incoming ? TRACEPARENT.exec(incoming) : null;
+  if (m && m[1] !== "ff" && !/^0+$/.test(m[2]!) && !/^0+$/.test(m[3]!))
+    return `00-${m[2]}-${hex(8)}-${m[4]}`;
+  return `00-${hex(16)}-${hex(8)}-01`;
+}
+
+function headerValue(h: string | string[] | undefined): string | undefined {
+  return Array.isArray(h) ? h[0] : h;
+}
+
+/** Request headers for the upstream: hop-by-hop (and those Connection names) removed. */
+function forwardHeaders(
+  req: IncomingMessage,
+  extra: Record<string, string>,
+  drop?: Set<string>,
+): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  const connection = headerValue(req.headers.connection);
+  const named = connection ? new Set(connection.toLowerCase().split(/\s*,\s*/)) : null;
+  const raw = req.headers as IncomingHttpHeaders;
+  for (const name in raw) {
+    if (HOP_BY_HOP.has(name) || named?.has(name) || drop?.has(name)) continue;
+    const v = raw[name];
+    if (v !== undefined) out[name] = v;
+  }
+  const forwardedFor = headerValue(req.headers["x-forwarded-for"]);
+  const peer = req.socket.remoteAddress ?? "";
+  out["x-forwarded-for"] = forwardedFor ? `${forwardedFor}, ${peer}` : peer;
+  out["x-forwarded-host"] = headerValue(req.headers.host) ?? "";
+  out["x-forwarded-proto"] = "http";
+  for (const k in extra) out[k] = extra[k]!;
+  return out;
+}
+
+/** Response headers for the client: hop-by-hop removed. */
+function responseHeaders(headers: Record<string, string | string[] | undefined>) {
+  const out: Record<string, string | string[]> = {};
+  const connection = headerValue(headers.connection);
+  const named = connection ? new Set(connection.toLowerCase().split(/\s*,\s*/)) : null;
+  for (const name in headers) {
+    if (HOP_BY_HOP.has(name) || named?.has(name)) continue;
+    const v = headers[name];
+    if (v !== undefined) out[name] = v;
+  }
+  return out;
+}
+
+function openAiError(
+  res: ServerResponse,
+  status: number,
+  type: string,
+  message: string,
+  extra: Record<string, string> = {},
+) {
+  const body = JSON.stringify({ error: { message, type, code: type } });
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(body),
+    ...extra,
+  });
+  res.end(body);
+}
+
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer | null> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (c: Buffer) => {
+      size += c.length;
+      if (size > limit) {
+        resolve(null);
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on("end", () => resolve(Buffer.concat(chunks)));
+    req.on("error", reject);
+  });
+}
+
+export interface ProxyOptions {
+  table(): RouteTable;
+  observer: ProxyObserver;
+  /** Upstream connections per origin. Default 128. */
+  connectionsPerOrigin?: number;
+}
+
+export class ReverseProxy {
+  private readonly pools = new Map<string, Pool>();
+  /** Token buckets per (proxy api, consumer key hash). */
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+
+  constructor(private readonly o: ProxyOptions) {}
+
+  private pool(origin: string): Pool {
+    let p = this.pools.get(origin);
+    if (!p) {
+      p = new Pool(origin, {
+        connections: this.o.connectionsPerOrigin ?? 128,
+        pipelining: 1,
+        keepAliveTimeout: 30_000,
+      });
+      this.pools.set(origin, p);
+    }
+    return p;
+  }
+
+  readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const started = performance.now();
+    const url = req.url ?? "/";
+    const q = url.indexOf("?");
+    const path = q === -1 ? url : url.slice(0, q);
+    const hostHeader = headerValue(req.headers.host) ?? "";
+    const colon = hostHeader.lastIndexOf(":");
+    const host = (
+      colon > 0 && !hostHeader.endsWith("]") ? hostHeader.slice(0, colon) : hostHeader
+    ).toLowerCase();
+    const incomingCorrelation = headerValue(req.headers["x-correlation-id"]);
+    const correlation =
+      incomingCorrelation && CORRELATION.test(incomingCorrelation) ? incomingCorrelation : hex(16);
+    const traceparent = nextTraceparent(headerValue(req.headers.traceparent));
+    const route = this.o.table().match(host, path);
+    let errorText: string | undefined;
+    res.on("finish", () => {
+      this.o.observer.done(route, {
+        method: req.method ?? "GET",
+        host,
+        path,
+        status: res.statusCode,
+        ms: Math.round((performance.now() - started) * 100) / 100,
+        api: route?.name ?? null,
+        correlation,
+        traceparent,
+        ...(errorText ? { error: errorText } : {}),
+      });
+    });
+    const context = { "x-correlation-id": correlation, traceparent };
+    if (!route) {
+      const body = JSON.stringify({
+        code: "route.not_found",
+        message: `no API is deployed at ${path.slice(0, 200)}`,
+      });
+      res.writeHead(404, {
+        "content-type": "application/json",
+        "content-length": Buffer.byteLength(body),
+        ...context,
+      });
+      res.end(body);
+      return;
+    }
+    const rest = path.slice(route.prefix.length) || "/";
+    const suffix = q === -1 ? "" : url.slice(q);
+    if (route.kind === "RestApi") {
+      const method = req.method ?? "GET";
+      if (
+        route.operations &&
+        !route.operations.some((op) => op.method === method && op.pattern.test(rest))
+      ) {
+        const body = JSON.stringify({
+          code: "route.operation_not_allowed",
+          message: `${method} ${rest.slice(0, 200)} is not an operation of ${route.name}`,
+        });
+        res.writeHead(405, {
+          "content-type": "application/json",
+          "content-length": Buffer.byteLength(body),
+          ...context,
+        });
+        res.end(body);
+        return;
+      }
+      this.forward(
+        req,
+        res,
+        route,
+        `${route.upstream.basePath}${rest}${suffix}`,
+        forwardHeaders(req, context),
+        undefined,
+        context,
+        (e) => {
+          errorText = e;
+        },
+      );
+      return;
+    }
+    void this.llm(req, res, route, `${route.upstream.basePath}${rest}${suffix}`, context, (e) => {
+      errorText = e;
+    });
+  };
+
+  private takeToken(route: LlmProxyRoute, keyHash: string): number {
+    const id = `${route.apiId}:${keyHash}`;
+    const now = Date.now();
+    const b = this.buckets.get(id) ?? { tokens: route.bucket.capacity, at: now };
+    b.tokens = Math.min(route.bucket.capacity, b.tokens + (now - b.at) * route.bucket.perMs);
+    b.at = now;
+    this.buckets.set(id, b);
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return 0;
+    }
+    // Seconds until one token is back.
+    return Math.max(1, Math.ceil((1 - b.tokens) / route.bucket.perMs / 1000));
+  }
+
+  private async llm(
+    req: IncomingMessage,
+    res: ServerResponse,
+    route: Exclude<Route, { kind: "RestApi" }>,
+    upstreamPath: string,
+    context: Record<string, string>,
+    onError: (e: string) => void,
+  ): Promise<void> {
+    if (route.kind === "LlmProxy") {
+      const auth = headerValue(req.headers.authorization);
+      const key =
+        (auth && /^Bearer\s+(\S+)$/i.exec(auth)?.[1]) || headerValue(req.headers["x-api-key"]);
+      const hash = key ? createHash("sha256").update(key).digest("hex") : "";
+      if (!key || !route.keyHashes.has(hash)) {
+        req.resume();
+        openAiError(
+          res,
+          401,
+          "invalid_api_key",
+          "a valid consumer key is required (Authorization: Bearer <key>)",
+          context,
+        );
+        return;
+      }
+      const retryAfter = this.takeToken(route, hash);
+      if (retryAfter) {
+        req.resume();
+        openAiError(
+          res,
+          429,
+          "rate_limit_exceeded",
+          `this consumer key's rate limit is exhausted; retry in ${retryAfter} s`,
+          {
+            ...context,
+            "retry-after": String(retryAfter),
+          },
+        );
+        return;
+      }
+    }
+    let body: Buffer | undefined;
+    const method = req.method ?? "GET";
+    if (method !== "GET" && method !== "HEAD") {
+      const read = await readBody(req, MAX_LLM_BODY_BYTES).catch(() => null);
+      if (!read) {
+        openAiError(
+          res,
+          413,
+          "request_too_large",
+          `the request body must be at most ${MAX_LLM_BODY_BYTES} bytes`,
+          context,
+        );
+        return;
+      }
+      body = read;
+      if ((headerValue(req.headers["content-type"]) ?? "").includes("json") && body.length > 0) {
+        let parsed: { model?: unknown };
+        try {
+          parsed = JSON.parse(body.toString("utf8"));
+        } catch {
+          openAiError(
+            res,
+            400,
+            "invalid_request_error",
+            "the request body is not valid JSON",
+            context,
+          );
+          return;
+        }
+        if (
+          parsed &&
+          typeof parsed === "object" &&
+          "model" in parsed &&
+          !route.models.has(String(parsed.model))
+        ) {
+          openAiError(
+            res,
+            403,
+            "model_not_allowed",
+            `model ${String(parsed.model).slice(0, 100)} is not allowed here; allowed: ${[...route.models].join(", ")}`,
+            context,
+          );
+          return;
+        }
+      }
+    }
+    const drop = new Set(["authorization", "x-api-key", "content-length"]);
+    const headers = forwardHeaders(
+      req,
+      { ...context, authorization: `Bearer ${route.credential}` },
+      drop,
+    );
+    if (body) headers["content-length"] = String(body.length);
+    this.forward(req, res, route, upstreamPath, headers, body ?? null, context, onError);
+  }
+
+  private forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    route: Route,
+    path: string,
+    headers: Record<string, string | string[]>,
+    body: Buffer | null | undefined,
+    context: Record<string, string>,
+    onError: (e: string) => void,
+  ): void {
+    const method = (req.method ?? "GET") as "GET";
+    const hasBody = body !== undefined ? body !== null : method !== "GET" && method !== "HEAD";
+    const abort = new AbortController();
+    req.on("close", () => {
+      // The client went away before the response finished: stop the upstream exchange too.
+      if (!res.writableFinished) abort.abort();
+    });
+    this.pool(route.upstream.origin)
+      .request({
+        method,
+        path,
+        headers,
+        body: hasBody ? (body ?? req) : null,
+        headersTimeout: route.upstream.timeoutMs,
+        bodyTimeout: route.upstream.timeoutMs,
+        signal: abort.signal,
+      })
+      .then(
+        (up) => {
+          res.writeHead(up.statusCode, { ...responseHeaders(up.headers), ...context });
+          // Flush headers now: a server-sent-events stream must reach the client chunk by chunk.
+          res.flushHeaders();
+          up.body.on("data", (chunk: Buffer) => {
+            if (!res.write(chunk)) {
+              up.body.pause();
+              res.once("drain", () => up.body.resume());
+            }
+          });
+          up.body.on("end", () => res.end());
+          up.body.on("error", (err) => {
+            onError(err.message);
+            res.destroy(err);
+          });
+        },
+        (err: Error & { code?: string }) => {
+          onError(err.code ?? err.message);
+          if (res.headersSent) return void res.destroy();
+          const timeout =
+            err.code === "UND_ERR_HEADERS_TIMEOUT" || err.code === "UND_ERR_CONNECT_TIMEOUT";
+          const status = timeout ? 504 : 502;
+          const msg = JSON.stringify({
+            code: timeout ? "upstream.timeout" : "upstream.unavailable",
+            message: timeout
+              ? `the upstream of ${route.name} did not answer in ${route.upstream.timeoutMs} ms`
+              : `the upstream of ${route.name} is unreachable (${err.code ?? "error"})`,
+          });
+          res.writeHead(status, {
+            "content-type": "application/json",
+            "content-length": Buffer.byteLength(msg),
+            ...context,
+          });
+          res.end(msg);
+        },
+      );
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.pools.values()].map((p) => p.close().catch(() => {})));
+  }
+}

@@ -1,0 +1,278 @@
+// The gateway's in-memory config: API deployments compiled into routes one at a time (an invalid
+// one fails alone), and the route table rebuilt off the hot path, coalesced, swapped atomically.
+import {
+  type ApiKindName,
+  checkDefinition,
+  type DeploymentContent,
+  type LlmProviderDefinition,
+  type LlmProxyDefinition,
+  type Operation,
+  type RestApiDefinition,
+} from "../shared/api-definitions.js";
+import type { StatusReport } from "../shared/gateway-protocol.js";
+import type { StoredRow } from "./store.js";
+
+export interface Upstream {
+  /** scheme://host:port, the key of its connection pool. */
+  origin: string;
+  /** The upstream's base path ("" or /v1). */
+  basePath: string;
+  timeoutMs: number;
+}
+
+interface RouteBase {
+  apiId: string;
+  deploymentId: string;
+  deployedAt: number;
+  name: string;
+  /** The path prefix: context path (and version). */
+  prefix: string;
+  hosts: string[] | null;
+}
+
+export interface RestRoute extends RouteBase {
+  kind: "RestApi";
+  upstream: Upstream;
+  operations: Array<{ method: string; pattern: RegExp }> | null;
+}
+
+export interface LlmProviderRoute extends RouteBase {
+  kind: "LlmProvider";
+  upstream: Upstream;
+  credential: string;
+  models: Set<string>;
+}
+
+export interface LlmProxyRoute extends RouteBase {
+  kind: "LlmProxy";
+  upstream: Upstream;
+  credential: string;
+  models: Set<string>;
+  keyHashes: Set<string>;
+  /** Token bucket per consumer key: capacity and refill per millisecond. */
+  bucket: { capacity: number; perMs: number };
+}
+
+export type Route = RestRoute | LlmProviderRoute | LlmProxyRoute;
+
+const DEFAULT_TIMEOUT_MS = 30_000;
+
+function upstreamOf(url: string, timeoutMs: number | undefined): Upstream {
+  const u = new URL(url);
+  return {
+    origin: u.origin,
+    basePath: u.pathname === "/" ? "" : u.pathname.replace(/\/+$/, ""),
+    timeoutMs: timeoutMs ?? DEFAULT_TIMEOUT_MS,
+  };
+}
+
+function operationPattern(op: Operation): { method: string; pattern: RegExp } {
+  const escaped = op.path
+    .split("/")
+    .map((seg) => {
+      if (seg === "*") return ".*";
+      if (/^\{[^/]+\}$/.test(seg)) return "[^/]+";
+      return seg.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    })
+    .join("/");
+  return { method: op.method, pattern: new RegExp(`^${escaped === "" ? "/?" : escaped}$`) };
+}
+
+/** Compiles one deployment's content into a route; throws with a reason a person can act on. */
+export function compileRoute(row: StoredRow): Route {
+  if (!row.content) throw new Error("content has not been fetched yet");
+  let c: DeploymentContent;
+  try {
+    c = JSON.parse(row.content) as DeploymentContent;
+  } catch {
+    throw new Error("content is not valid JSON");
+  }
+  if (c.deploymentId !== row.deploymentId || c.apiId !== row.apiId)
+    throw new Error("content belongs to another deployment");
+  const kind = c.kind as ApiKindName;
+  const def = checkDefinition(kind, c.definition);
+  const base = {
+    apiId: row.apiId,
+    deploymentId: row.deploymentId,
+    deployedAt: row.deployedAt,
+    name: c.name,
+    hosts: (def as { hosts?: string[] }).hosts ?? null,
+  };
+  if (kind === "RestApi") {
+    const d = def as RestApiDefinition;
+    const url = "url" in d.upstream ? d.upstream.url : c.resolvedUpstreamUrl;
+    if (!url) throw new Error("the upstream service has no reported endpoint yet");
+    return {
+      ...base,
+      kind,
+      prefix: d.version ? `${d.contextPath}/${d.version}` : d.contextPath,
+      upstream: upstreamOf(url, d.timeoutMs),
+      operations: d.operations?.length ? d.operations.map(operationPattern) : null,
+    };
+  }
+  if (kind === "LlmProvider") {
+    const d = def as LlmProviderDefinition;
+    if (!c.credential) throw new Error("the provider's credential is missing");
+    return {
+      ...base,
+      kind,
+      prefix: d.contextPath,
+      upstream: upstreamOf(d.upstreamUrl, d.timeoutMs),
+      credential: c.credential,
+      models: new Set(d.models),
+    };
+  }
+  const d = def as LlmProxyDefinition;
+  if (!c.provider) throw new Error("the proxy's provider is missing or has no credential");
+  const capacity = d.rateLimit.burst ?? d.rateLimit.requestsPerMinute;
+  return {
+    ...base,
+    kind: "LlmProxy",
+    prefix: d.contextPath,
+    upstream: upstreamOf(c.provider.upstreamUrl, c.provider.timeoutMs),
+    credential: c.provider.credential,
+    models: new Set(c.provider.models),
+    keyHashes: new Set(c.consumerKeyHashes ?? []),
+    bucket: { capacity, perMs: d.rateLimit.requestsPerMinute / 60_000 },
+  };
+}
+
+/** Routes by path prefix (whole segments), then host: exact hosts before any-host routes. */
+export class RouteTable {
+  private readonly byPrefix = new Map<string, Route[]>();
+  readonly size: number;
+
+  constructor(routes: Iterable<Route>) {
+    let n = 0;
+    for (const r of routes) {
+      const list = this.byPrefix.get(r.prefix) ?? [];
+      list.push(r);
+      n++;
+      this.byPrefix.set(r.prefix, list);
+    }
+    // Deterministic on every gateway: routes naming hosts first, then by deployment id.
+    for (const list of this.byPrefix.values())
+      list.sort(
+        (a, b) =>
+          Number(b.hosts !== null) - Number(a.hosts !== null) ||
+          (a.deploymentId < b.deploymentId ? -1 : 1),
+      );
+    this.size = n;
+  }
+
+  /** Longest matching prefix first; each probe is one map lookup (O(path segments)). */
+  match(host: string, path: string): Route | undefined {
+    let candidate = path;
+    for (;;) {
+      const list = this.byPrefix.get(candidate);
+      if (list) {
+        for (const r of list) if (r.hosts === null || r.hosts.includes(host)) return r;
+      }
+      const cut = candidate.lastIndexOf("/");
+      if (cut <= 0) return undefined;
+      candidate = candidate.slice(0, cut);
+    }
+  }
+}
+
+export interface ConfigStoreOptions {
+  /** Told about each deployment's outcome (deployed, undeployed, failed with a reason). */
+  report(r: StatusReport): void;
+  /** Called after each swap, with the table's size. */
+  onSwap?(size: number): void;
+}
+
+/**
+ * Holds the compiled routes. Told only about rows that changed; each is compiled alone, so an
+ * invalid definition fails alone. The table is rebuilt on setImmediate (off the request path),
+ * once for any number of changes in the same turn, and swapped by one assignment.
+ */
+export class ConfigStore {
+  private readonly routes = new Map<string, Route>();
+  readonly failures = new Map<string, { deploymentId: string; reason: string }>();
+  private current = new RouteTable([]);
+  private scheduled = false;
+  private waiters: Array<() => void> = [];
+  swaps = 0;
+
+  constructor(private readonly o: ConfigStoreOptions) {}
+
+  get table(): RouteTable {
+    return this.current;
+  }
+
+  /** Applies changed rows (and removals by api id); the table follows on the next turn. */
+  apply(changed: StoredRow[], removed: string[] = []): void {
+    for (const row of changed) {
+      if (row.state !== "DEPLOYED") {
+        this.routes.delete(row.apiId);
+        this.failures.delete(row.apiId);
+        this.o.report({
+          apiId: row.apiId,
+          deploymentId: row.deploymentId,
+          deployedAt: row.deployedAt,
+          status: "undeployed",
+        });
+        continue;
+      }
+      if (!row.content) continue; // Content follows; the row changes again when it arrives.
+      try {
+        this.routes.set(row.apiId, compileRoute(row));
+        this.failures.delete(row.apiId);
+        this.o.report({
+          apiId: row.apiId,
+          deploymentId: row.deploymentId,
+          deployedAt: row.deployedAt,
+          status: "deployed",
+        });
+      } catch (err) {
+        // The previous version of this API stops too: serving stale config for it would hide the failure.
+        this.routes.delete(row.apiId);
+        const reason = (err as Error).message.slice(0, 500);
+        this.failures.set(row.apiId, { deploymentId: row.deploymentId, reason });
+        this.o.report({
+          apiId: row.apiId,
+          deploymentId: row.deploymentId,
+          deployedAt: row.deployedAt,
+          status: "failed",
+          reason,
+        });
+      }
+    }
+    for (const apiId of removed) {
+      this.routes.delete(apiId);
+      this.failures.delete(apiId);
+    }
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.current = new RouteTable(this.routes.values());
+      this.swaps++;
+      this.o.onSwap?.(this.current.size);
+      const w = this.waiters;
+      this.waiters = [];
+      for (const fn of w) fn();
+    });
+  }
+
+  /** Resolves after the next swap (tests and the benchmark measure change-to-effect with it). */
+  settled(): Promise<void> {
+    if (!this.scheduled) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Builds the table now (startup: serve the stored config before anything else). */
+  rebuildNow(): void {
+    this.current = new RouteTable(this.routes.values());
+    this.swaps++;
+  }
+
+  get routeCount(): number {
+    return this.routes.size;
+  }
+}

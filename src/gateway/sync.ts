@@ -1,0 +1,430 @@
+// The gateway's sync with its hub: reconcile at startup, on every (re)connect of the event stream
+// and when the config hash differs; apply deploy/undeploy events as they come, acknowledged after
+// the local write; report observed status per deployment. Retries with backoff, forever.
+import { request } from "undici";
+import WebSocket from "ws";
+import type { DeploymentContent } from "../shared/api-definitions.js";
+import {
+  DEFAULT_CONTENT_BATCH,
+  type DeploymentsResponse,
+  type ExpectedRow,
+  GATEWAY_SYNC,
+  type HubToGatewayFrame,
+  type StatusReport,
+} from "../shared/gateway-protocol.js";
+import { readTar, UnsafeArchiveError } from "../shared/tar.js";
+import type { ConfigStore } from "./routes.js";
+import type { LocalStore, StoredRow } from "./store.js";
+
+export interface SyncLogger {
+  info(o: object, msg: string): void;
+  warn(o: object, msg: string): void;
+  error(o: object, msg: string): void;
+}
+
+export interface HubSyncOptions {
+  hubUrl: string;
+  token: string;
+  store: LocalStore;
+  config: ConfigStore;
+  logger: SyncLogger;
+  /** Deployments per content request. Default 50. */
+  batchSize?: number;
+  /** How often the config hash is compared with the hub's. Default 30 s. */
+  hashCheckIntervalMs?: number;
+  /** Backoff bounds for failed syncs and reconnects. Defaults 200 ms .. 15 s. */
+  backoffMinMs?: number;
+  backoffMaxMs?: number;
+  /** Per hub request. Default 30 s. */
+  requestTimeoutMs?: number;
+}
+
+export interface ReconcileResult {
+  deleted: number;
+  fetched: number;
+  stateOnly: number;
+  converged: boolean;
+}
+
+export class HubError extends Error {
+  constructor(
+    message: string,
+    readonly status?: number,
+  ) {
+    super(message);
+    this.name = "HubError";
+  }
+}
+
+export class HubSync {
+  private stopped = false;
+  private socket: WebSocket | undefined;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private hashTimer: NodeJS.Timeout | undefined;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private reconnectAttempts = 0;
+  private readonly reports = new Map<string, StatusReport>();
+  private reportTimer: NodeJS.Timeout | undefined;
+  private lastHubHash: string | null = null;
+  /** Facts for /ready and /metrics. */
+  readonly stats = {
+    connected: false,
+    reconciles: 0,
+    reconcileFailures: 0,
+    lastReconcileAt: 0,
+    lastReconcileMs: 0,
+    eventsApplied: 0,
+    eventsIgnored: 0,
+    archivesRejected: 0,
+    converged: false,
+  };
+
+  constructor(private readonly o: HubSyncOptions) {}
+
+  private get base(): string {
+    return this.o.hubUrl.replace(/\/+$/, "");
+  }
+
+  private async call(method: "GET" | "POST", path: string, body?: unknown): Promise<Buffer> {
+    const res = await request(`${this.base}${path}`, {
+      method,
+      headers: {
+        authorization: `Bearer ${this.o.token}`,
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+      },
+      body: body === undefined ? null : JSON.stringify(body),
+      headersTimeout: this.o.requestTimeoutMs ?? 30_000,
+      bodyTimeout: this.o.requestTimeoutMs ?? 30_000,
+    });
+    const buf = Buffer.from(await res.body.arrayBuffer());
+    if (res.statusCode !== 200)
+      throw new HubError(
+        `${method} ${path} answered ${res.statusCode}: ${buf.toString("utf8").slice(0, 200)}`,
+        res.statusCode,
+      );
+    return buf;
+  }
+
+  private async json<T>(method: "GET" | "POST", path: string, body?: unknown): Promise<T> {
+    return JSON.parse((await this.call(method, path, body)).toString("utf8")) as T;
+  }
+
+  /** Fetches the content of these deployments; rejects the whole archive on an unsafe entry. */
+  async fetchContent(ids: string[]): Promise<Map<string, DeploymentContent>> {
+    const out = new Map<string, DeploymentContent>();
+    const wanted = new Set(ids);
+    const batch = this.o.batchSize ?? DEFAULT_CONTENT_BATCH;
+    for (let i = 0; i < ids.length; i += batch) {
+      const archive = await this.call("POST", GATEWAY_SYNC.content, {
+        deploymentIds: ids.slice(i, i + batch),
+      });
+      let entries: ReturnType<typeof readTar>;
+      try {
+        entries = readTar(archive);
+      } catch (err) {
+        if (err instanceof UnsafeArchiveError) this.stats.archivesRejected++;
+        throw err;
+      }
+      for (const e of entries) {
+        const [dir, file] = e.path.split("/");
+        if (file !== "api.json" || !dir || !wanted.has(dir)) continue;
+        const content = JSON.parse(e.body.toString("utf8")) as DeploymentContent;
+        if (content.deploymentId !== dir) throw new UnsafeArchiveError(e.path);
+        out.set(dir, content);
+      }
+    }
+    return out;
+  }
+
+  private report(r: StatusReport): void {
+    this.reports.set(r.apiId, r);
+    if (!this.reportTimer) {
+      this.reportTimer = setTimeout(() => void this.flushReports(), 100);
+      this.reportTimer.unref();
+    }
+  }
+
+  /** The config store's reporter: observed status goes to the hub in batches. */
+  readonly reporter = (r: StatusReport) => this.report(r);
+
+  private async flushReports(): Promise<void> {
+    this.reportTimer = undefined;
+    if (this.stopped || this.reports.size === 0) return;
+    const batch = [...this.reports.values()].slice(0, 500);
+    try {
+      await this.call("POST", GATEWAY_SYNC.status, { reports: batch });
+      for (const r of batch) if (this.reports.get(r.apiId) === r) this.reports.delete(r.apiId);
+    } catch (err) {
+      this.o.logger.warn({ err: (err as Error).message }, "status report failed; will retry");
+    }
+    if (this.reports.size > 0 && !this.reportTimer) {
+      this.reportTimer = setTimeout(() => void this.flushReports(), 1000);
+      this.reportTimer.unref();
+    }
+  }
+
+  /**
+   * One reconcile pass: deletes first (only for rows the hub confirms are gone), then fetches,
+   * then state-only updates. Every write goes through the store's guard.
+   */
+  async reconcileOnce(): Promise<ReconcileResult> {
+    const started = performance.now();
+    const hub = await this.json<DeploymentsResponse>("GET", GATEWAY_SYNC.deployments);
+    const expected = new Map(hub.deployments.map((d) => [d.apiId, d]));
+    const local = this.o.store.index();
+    const localByApi = new Map(local.map((r) => [r.apiId, r]));
+    const result: ReconcileResult = { deleted: 0, fetched: 0, stateOnly: 0, converged: false };
+
+    // 1. Deletes: rows the hub no longer lists, confirmed absent by the existence check. If the
+    // check fails, this pass throws and deletes nothing.
+    const gone = local.filter((r) => !expected.has(r.apiId));
+    const removed: string[] = [];
+    for (let i = 0; i < gone.length; i += 500) {
+      const slice = gone.slice(i, i + 500);
+      const { existing } = await this.json<{ existing: string[] }>("POST", GATEWAY_SYNC.exists, {
+        deploymentIds: slice.map((r) => r.deploymentId),
+      });
+      const still = new Set(existing);
+      for (const r of slice) {
+        if (still.has(r.deploymentId)) continue;
+        if (this.o.store.delete(r.apiId, r.deploymentId)) {
+          removed.push(r.apiId);
+          result.deleted++;
+        }
+      }
+    }
+    if (removed.length) this.o.config.apply([], removed);
+
+    // 2. Fetches: deployments whose content this gateway lacks.
+    const newer = (d: ExpectedRow, l: ExpectedRow | undefined) =>
+      !l ||
+      l.deployedAt < d.deployedAt ||
+      (l.deployedAt === d.deployedAt && l.deploymentId <= d.deploymentId);
+    const toFetch = hub.deployments.filter((d) => {
+      const l = localByApi.get(d.apiId);
+      return (
+        d.state === "DEPLOYED" &&
+        newer(d, l) &&
+        (!l || l.deploymentId !== d.deploymentId || l.missingContent === true)
+      );
+    });
+    if (toFetch.length) {
+      const contents = await this.fetchContent(toFetch.map((d) => d.deploymentId));
+      const rows: StoredRow[] = [];
+      for (const d of toFetch) {
+        const c = contents.get(d.deploymentId);
+        // Undeployed between the list and the fetch: the next pass sees the new state.
+        if (c) rows.push({ ...d, content: JSON.stringify(c) });
+      }
+      const changed = this.o.store.upsertMany(rows);
+      result.fetched = changed.length;
+      this.o.config.apply(changed);
+    }
+
+    // 3. State-only updates: same deployment, new state or timestamp (undeploys), or rows this
+    // gateway never had content for and does not need (UNDEPLOYED).
+    const fetched = new Set(toFetch.map((d) => d.apiId));
+    const stateRows: StoredRow[] = hub.deployments
+      .filter((d) => {
+        if (fetched.has(d.apiId)) return false;
+        const l = localByApi.get(d.apiId);
+        if (!l) return d.state === "UNDEPLOYED";
+        return (l.state !== d.state || l.deployedAt !== d.deployedAt) && newer(d, l);
+      })
+      .map((d) => ({ ...d, content: null }));
+    if (stateRows.length) {
+      const changed = this.o.store.upsertMany(stateRows);
+      result.stateOnly = changed.length;
+      // A state-only change keeps the stored content; the config store needs the whole row.
+      this.o.config.apply(changed.map((r) => this.o.store.get(r.apiId) ?? r));
+    }
+
+    this.lastHubHash = hub.configHash;
+    result.converged = this.o.store.configHash() === hub.configHash;
+    this.stats.reconciles++;
+    this.stats.lastReconcileAt = Date.now();
+    this.stats.lastReconcileMs = performance.now() - started;
+    this.stats.converged = result.converged;
+    this.o.logger.info(
+      { ...result, ms: Math.round(this.stats.lastReconcileMs) },
+      "reconciled with the hub",
+    );
+    return result;
+  }
+
+  /** Runs reconcile until it succeeds (backoff with jitter); concurrent requests coalesce. */
+  requestReconcile(reason: string): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      let attempt = 0;
+      do {
+        this.again = false;
+        for (;;) {
+          if (this.stopped) return;
+          try {
+            const r = await this.reconcileOnce();
+            // Not converged (the hub moved during the pass): one more pass, after a short pause.
+            if (!r.converged) {
+              this.again = true;
+              await this.sleep(this.backoff(0));
+            }
+            break;
+          } catch (err) {
+            this.stats.reconcileFailures++;
+            this.o.logger.warn(
+              { err: (err as Error).message, reason, attempt },
+              "reconcile failed; retrying",
+            );
+            await this.sleep(this.backoff(attempt++));
+          }
+        }
+      } while (this.again && !this.stopped);
+    })().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  private backoff(attempt: number): number {
+    const min = this.o.backoffMinMs ?? 200;
+    const max = this.o.backoffMaxMs ?? 15_000;
+    const ceiling = Math.min(max, min * 2 ** attempt);
+    return ceiling / 2 + Math.random() * (ceiling / 2);
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => setTimeout(resolve, ms).unref());
+  }
+
+  private async applyEvent(frame: Extract<HubToGatewayFrame, { type: "event" }>): Promise<void> {
+    const row = frame.row;
+    const local = this.o.store.get(row.apiId);
+    const stale =
+      local &&
+      (local.deployedAt > row.deployedAt ||
+        (local.deployedAt === row.deployedAt &&
+          local.deploymentId >= row.deploymentId &&
+          local.content !== null));
+    if (stale) {
+      this.stats.eventsIgnored++;
+      return;
+    }
+    let stored: StoredRow = { ...row, content: null };
+    if (
+      row.state === "DEPLOYED" &&
+      (!local || local.deploymentId !== row.deploymentId || local.content === null)
+    ) {
+      const c = (await this.fetchContent([row.deploymentId])).get(row.deploymentId);
+      // Gone already (undeployed or redeployed since): the later event or a reconcile covers it.
+      if (!c) return;
+      stored = { ...row, content: JSON.stringify(c) };
+    }
+    if (this.o.store.upsert(stored)) {
+      this.stats.eventsApplied++;
+      this.o.config.apply([this.o.store.get(row.apiId) ?? stored]);
+    } else this.stats.eventsIgnored++;
+  }
+
+  private connect(): void {
+    if (this.stopped) return;
+    const wsUrl = `${this.base.replace(/^http/, "ws")}${GATEWAY_SYNC.events}`;
+    const socket = new WebSocket(wsUrl, {
+      headers: { authorization: `Bearer ${this.o.token}` },
+      handshakeTimeout: 10_000,
+    });
+    this.socket = socket;
+    let chain = Promise.resolve();
+    socket.on("open", () => {
+      this.reconnectAttempts = 0;
+      this.stats.connected = true;
+      this.o.logger.info({ hub: this.base }, "event stream connected");
+      // Events missed while disconnected are recovered by a full reconcile on every connect.
+      void this.requestReconcile("connect");
+    });
+    socket.on("message", (data) => {
+      let frame: HubToGatewayFrame;
+      try {
+        frame = JSON.parse(String(data));
+      } catch {
+        return;
+      }
+      if (frame.type !== "event") return;
+      // One event at a time, in arrival order; acknowledged only after the local write.
+      chain = chain
+        .then(() => this.applyEvent(frame as Extract<HubToGatewayFrame, { type: "event" }>))
+        .then(
+          () => {
+            if (socket.readyState === WebSocket.OPEN)
+              socket.send(
+                JSON.stringify({ type: "ack", id: frame.type === "event" ? frame.id : "" }),
+              );
+          },
+          (err) => {
+            // Not acknowledged: the hub resends it, and the next reconcile covers it anyway.
+            this.o.logger.warn({ err: (err as Error).message }, "event not applied");
+            void this.requestReconcile("event failed");
+          },
+        );
+    });
+    const retry = () => {
+      if (this.socket !== socket) return;
+      this.socket = undefined;
+      this.stats.connected = false;
+      if (this.stopped) return;
+      const delay = this.backoff(this.reconnectAttempts++);
+      this.reconnectTimer = setTimeout(() => this.connect(), delay);
+      this.reconnectTimer.unref();
+    };
+    socket.on("close", retry);
+    socket.on("error", () => {
+      // "close" follows and schedules the reconnect.
+    });
+  }
+
+  /** Starts the stream (whose connect triggers the first reconcile) and the periodic hash check. */
+  start(): void {
+    void this.requestReconcile("startup");
+    this.connect();
+    const every = this.o.hashCheckIntervalMs ?? 30_000;
+    this.hashTimer = setInterval(() => void this.checkHash(), every);
+    this.hashTimer.unref();
+  }
+
+  private async checkHash(): Promise<void> {
+    if (this.running) return;
+    try {
+      const { configHash } = await this.json<{ configHash: string }>(
+        "GET",
+        GATEWAY_SYNC.configHash,
+      );
+      this.lastHubHash = configHash;
+      if (configHash !== this.o.store.configHash())
+        void this.requestReconcile("config hash differs");
+    } catch {
+      // The hub is unreachable: the next check or reconnect tries again.
+    }
+  }
+
+  get hubHash(): string | null {
+    return this.lastHubHash;
+  }
+
+  /** Drops the event stream (tests use this to cut it mid-stream). */
+  dropStream(): void {
+    this.socket?.terminate();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.hashTimer);
+    clearTimeout(this.reconnectTimer);
+    clearTimeout(this.reportTimer);
+    this.socket?.close();
+    await this.running?.catch(() => {});
+    await this.flushReports().catch(() => {});
+  }
+}
