@@ -300,7 +300,8 @@ export class HubSync {
     return new Promise((resolve) => setTimeout(resolve, ms).unref());
   }
 
-  private async applyEvent(frame: Extract<HubToGatewayFrame, { type: "event" }>): Promise<void> {
+  /** Applies one deploy/undeploy event through the guard; stale or equal-and-losing events change nothing. */
+  async applyEvent(frame: Extract<HubToGatewayFrame, { type: "event" }>): Promise<void> {
     const row = frame.row;
     const local = this.o.store.get(row.apiId);
     const stale =

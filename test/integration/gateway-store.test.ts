@@ -1,0 +1,274 @@
+// The gateway's guards, in process with the real better-sqlite3 store: stale rows and events
+// change nothing, equal timestamps resolve by deploymentId the same way in any order, one bad
+// definition fails alone, and an archive with entries outside their directory is rejected whole
+// (served by a hostile stand-in for the hub: the real hub never writes such an archive).
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { ConfigStore, HubSync, LocalStore, type StoredRow } from "../../src/gateway/index.js";
+import {
+  type DeploymentContent,
+  GATEWAY_SYNC,
+  readTar,
+  type StatusReport,
+  UnsafeArchiveError,
+  writeTar,
+} from "../../src/shared/index.js";
+
+const dirs: string[] = [];
+const newStore = () => {
+  const dir = mkdtempSync(join(tmpdir(), "flotilla-gw-store-"));
+  dirs.push(dir);
+  return new LocalStore(dir, "fgw_test-token");
+};
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+const API = "0190a000-0000-7000-8000-000000000001";
+const DEP_A = "0190a000-0000-7000-8000-00000000000a";
+const DEP_B = "0190a000-0000-7000-8000-00000000000b";
+
+function content(apiId: string, deploymentId: string, contextPath: string): string {
+  const c: DeploymentContent = {
+    apiId,
+    deploymentId,
+    name: `api-${contextPath.slice(1)}`,
+    kind: "RestApi",
+    definition: { contextPath, upstream: { url: "http://127.0.0.1:9" } },
+  };
+  return JSON.stringify(c);
+}
+
+const row = (
+  deploymentId: string,
+  deployedAt: number,
+  state: "DEPLOYED" | "UNDEPLOYED" = "DEPLOYED",
+  path = "/x",
+): StoredRow => ({
+  apiId: API,
+  deploymentId,
+  kind: "RestApi",
+  state,
+  deployedAt,
+  content: state === "DEPLOYED" ? content(API, deploymentId, path) : null,
+});
+
+describe("the gateway's local store guard", () => {
+  it("a write older than the stored row is ignored and reports no change", () => {
+    const store = newStore();
+    expect(store.upsert(row(DEP_B, 2000))).toBe(true);
+    expect(store.upsert(row(DEP_A, 1000))).toBe(false);
+    expect(store.get(API)).toMatchObject({ deploymentId: DEP_B, deployedAt: 2000 });
+    // The same row again is no change either: the config store hears nothing.
+    expect(store.upsert(row(DEP_B, 2000))).toBe(false);
+  });
+
+  it("an equal-timestamp tie resolves to the larger deploymentId in either arrival order", () => {
+    const one = newStore();
+    const two = newStore();
+    one.upsert(row(DEP_A, 5000));
+    one.upsert(row(DEP_B, 5000));
+    two.upsert(row(DEP_B, 5000));
+    two.upsert(row(DEP_A, 5000));
+    expect(one.get(API)?.deploymentId).toBe(DEP_B);
+    expect(two.get(API)?.deploymentId).toBe(DEP_B);
+    expect(one.configHash()).toBe(two.configHash());
+  });
+
+  it("a state-only update keeps the content; a missing content fills in for the same deployment", () => {
+    const store = newStore();
+    expect(store.upsert({ ...row(DEP_A, 1000), content: null })).toBe(true);
+    expect(store.upsert(row(DEP_A, 1000))).toBe(true);
+    expect(store.upsert({ ...row(DEP_A, 1500, "UNDEPLOYED") })).toBe(true);
+    expect(store.get(API)).toMatchObject({ state: "UNDEPLOYED", deployedAt: 1500 });
+    expect(store.get(API)?.content).toContain(DEP_A);
+  });
+
+  it("content is sealed at rest: another token cannot read it and it is fetched again", () => {
+    const dir = mkdtempSync(join(tmpdir(), "flotilla-gw-seal-"));
+    dirs.push(dir);
+    const a = new LocalStore(dir, "fgw_first");
+    a.upsert(row(DEP_A, 1000));
+    a.close();
+    const b = new LocalStore(dir, "fgw_second");
+    expect(b.get(API)).toMatchObject({ deploymentId: DEP_A, content: null });
+    b.close();
+  });
+});
+
+describe("the gateway's config store", () => {
+  it("one invalid definition fails alone and is reported; the others get routes", async () => {
+    const reports: StatusReport[] = [];
+    const config = new ConfigStore({ report: (r) => reports.push(r) });
+    const ids = [1, 2, 3].map((n) => `0190a000-0000-7000-8000-00000000010${n}`);
+    const rows: StoredRow[] = ids.map((id, i) => ({
+      apiId: id,
+      deploymentId: id,
+      kind: "RestApi",
+      state: "DEPLOYED",
+      deployedAt: 1000,
+      content: content(id, id, i === 1 ? "relative-path" : `/api${i}`),
+    }));
+    config.apply(rows);
+    await config.settled();
+    expect(config.table.size).toBe(2);
+    expect(config.table.match("any", "/api0/x")?.apiId).toBe(ids[0]);
+    expect(config.table.match("any", "/api2")?.apiId).toBe(ids[2]);
+    expect(reports.find((r) => r.apiId === ids[1])).toMatchObject({ status: "failed" });
+    expect(reports.find((r) => r.apiId === ids[1])?.reason).toContain("contextPath");
+    expect(reports.filter((r) => r.status === "deployed")).toHaveLength(2);
+  });
+
+  it("many changes in one turn rebuild the table once, swapped whole", async () => {
+    const config = new ConfigStore({ report: () => {} });
+    const before = config.swaps;
+    for (let i = 0; i < 50; i++) {
+      const id = `0190a000-0000-7000-8000-${String(i).padStart(12, "0")}`;
+      config.apply([
+        {
+          apiId: id,
+          deploymentId: id,
+          kind: "RestApi",
+          state: "DEPLOYED",
+          deployedAt: 1,
+          content: content(id, id, `/r${i}`),
+        },
+      ]);
+    }
+    expect(config.table.size).toBe(0);
+    await config.settled();
+    expect(config.swaps - before).toBe(1);
+    expect(config.table.size).toBe(50);
+  });
+});
+
+describe("archives and events from the hub", () => {
+  let hostile: Server | undefined;
+  afterAll(() => hostile?.close());
+
+  /** A raw ustar entry, so a test can write names writeTar refuses to produce. */
+  function rawEntry(name: string, body: string): Buffer {
+    const h = Buffer.alloc(512);
+    h.write(name, 0, 100, "utf8");
+    h.write("0000644\0", 100);
+    h.write(`${Buffer.byteLength(body).toString(8).padStart(11, "0")}\0`, 124);
+    h.write("0", 156);
+    h.write("ustar\0", 257);
+    const data = Buffer.alloc(Math.ceil(Buffer.byteLength(body) / 512) * 512);
+    data.write(body);
+    return Buffer.concat([h, data]);
+  }
+
+  it("readTar rejects ../, absolute and top-level entries, and reads a good archive back", () => {
+    for (const name of [`${DEP_A}/../../etc/passwd`, "/etc/passwd", "api.json", `${DEP_A}/./x`]) {
+      expect(() => readTar(Buffer.concat([rawEntry(name, "{}"), Buffer.alloc(1024)]))).toThrow(
+        UnsafeArchiveError,
+      );
+    }
+    const good = writeTar([{ path: `${DEP_A}/api.json`, body: Buffer.from("{}") }]);
+    expect(readTar(good)).toEqual([{ path: `${DEP_A}/api.json`, body: Buffer.from("{}") }]);
+  });
+
+  it("a sync whose archive has a ../ entry writes nothing and counts the rejection", async () => {
+    hostile = createServer((req, res) => {
+      if (req.url?.startsWith(GATEWAY_SYNC.deployments)) {
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(
+          JSON.stringify({
+            gatewayId: "g",
+            configHash: "h",
+            deployments: [
+              {
+                apiId: API,
+                deploymentId: DEP_A,
+                kind: "RestApi",
+                state: "DEPLOYED",
+                deployedAt: 1000,
+              },
+            ],
+          }),
+        );
+        return;
+      }
+      res.writeHead(200, { "content-type": "application/x-tar" });
+      res.end(
+        Buffer.concat([
+          rawEntry(`${DEP_A}/api.json`, content(API, DEP_A, "/x")),
+          rawEntry(`${DEP_A}/../${DEP_B}/api.json`, content(API, DEP_B, "/y")),
+          Buffer.alloc(1024),
+        ]),
+      );
+    });
+    await new Promise<void>((r) => hostile!.listen(0, "127.0.0.1", () => r()));
+    const store = newStore();
+    const config = new ConfigStore({ report: () => {} });
+    const logger = { info() {}, warn() {}, error() {} };
+    const sync = new HubSync({
+      hubUrl: `http://127.0.0.1:${(hostile.address() as AddressInfo).port}`,
+      token: "fgw_x",
+      store,
+      config,
+      logger,
+    });
+    await expect(sync.reconcileOnce()).rejects.toThrow(UnsafeArchiveError);
+    expect(store.all()).toEqual([]);
+    expect(sync.stats.archivesRejected).toBe(1);
+  });
+
+  it("an event older than the stored row is ignored; a newer one applies", async () => {
+    const store = newStore();
+    const config = new ConfigStore({ report: () => {} });
+    const sync = new HubSync({
+      hubUrl: "http://127.0.0.1:9",
+      token: "fgw_x",
+      store,
+      config,
+      logger: { info() {}, warn() {}, error() {} },
+    });
+    store.upsert(row(DEP_B, 2000));
+    const ctx = {
+      correlation: "c",
+      traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    };
+    // Stale: an undeploy of the older deployment arriving late.
+    await sync.applyEvent({
+      type: "event",
+      id: "e1",
+      event: "api.undeployed",
+      row: {
+        apiId: API,
+        deploymentId: DEP_A,
+        kind: "RestApi",
+        state: "UNDEPLOYED",
+        deployedAt: 1500,
+      },
+      ctx,
+    });
+    expect(store.get(API)).toMatchObject({ deploymentId: DEP_B, state: "DEPLOYED" });
+    expect(sync.stats.eventsIgnored).toBe(1);
+    // Newer: the undeploy of the current deployment (state-only, no fetch needed).
+    await sync.applyEvent({
+      type: "event",
+      id: "e2",
+      event: "api.undeployed",
+      row: {
+        apiId: API,
+        deploymentId: DEP_B,
+        kind: "RestApi",
+        state: "UNDEPLOYED",
+        deployedAt: 2500,
+      },
+      ctx,
+    });
+    expect(store.get(API)).toMatchObject({
+      deploymentId: DEP_B,
+      state: "UNDEPLOYED",
+      deployedAt: 2500,
+    });
+    expect(sync.stats.eventsApplied).toBe(1);
+  });
+});
