@@ -2,7 +2,7 @@
 // PGlite or Connect runtime): its store is better-sqlite3.
 import { resolve } from "node:path";
 import { startGateway } from "../gateway/index.js";
-import { FlotillaError } from "../shared/errors.js";
+import { FlotillaError } from "../shared/index.js";
 import {
   help,
   intOption,

@@ -1,5 +1,7 @@
 // The gateway's in-memory config: API deployments compiled into routes one at a time (an invalid
 // one fails alone), and the route table rebuilt off the hot path, coalesced, swapped atomically.
+
+import type { StatusReport } from "../shared/index.js";
 import {
   type ApiKindName,
   checkDefinition,
@@ -8,8 +10,7 @@ import {
   type LlmProxyDefinition,
   type Operation,
   type RestApiDefinition,
-} from "../shared/api-definitions.js";
-import type { StatusReport } from "../shared/gateway-protocol.js";
+} from "../shared/index.js";
 import type { StoredRow } from "./store.js";
 
 export interface Upstream {

@@ -4,8 +4,13 @@ import { createHash, hkdfSync } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { openBox, sealBox } from "../shared/aead.js";
-import { type ApiState, type ExpectedRow, expectedRowLine } from "../shared/gateway-protocol.js";
+import {
+  type ApiState,
+  type ExpectedRow,
+  expectedRowLine,
+  openBox,
+  sealBox,
+} from "../shared/index.js";
 
 /** A row's key facts; missingContent when a DEPLOYED row still waits for its content. */
 export type IndexRow = ExpectedRow & { missingContent?: boolean };

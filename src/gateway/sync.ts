@@ -3,16 +3,17 @@
 // the local write; report observed status per deployment. Retries with backoff, forever.
 import { request } from "undici";
 import WebSocket from "ws";
-import type { DeploymentContent } from "../shared/api-definitions.js";
+import type { DeploymentContent } from "../shared/index.js";
 import {
   DEFAULT_CONTENT_BATCH,
   type DeploymentsResponse,
   type ExpectedRow,
   GATEWAY_SYNC,
   type HubToGatewayFrame,
+  readTar,
   type StatusReport,
-} from "../shared/gateway-protocol.js";
-import { readTar, UnsafeArchiveError } from "../shared/tar.js";
+  UnsafeArchiveError,
+} from "../shared/index.js";
 import type { ConfigStore } from "./routes.js";
 import type { LocalStore, StoredRow } from "./store.js";
 
