@@ -424,7 +424,7 @@ export class ApisService {
         [api.id, gateway.id],
       );
       if (!rows[0]) {
-        const current = await this.listDeployments(c, { api: api.id, gateway: gateway.id });
+        const current = await this.listDeployments(c, { api: api.id, gateway: gateway.id }, tx);
         if (current[0]) return current[0]; // Already undeployed: idempotent, no event.
         throw notFound(`a deployment of ${api.name} on gateway ${gateway.name}`);
       }
@@ -449,12 +449,13 @@ export class ApisService {
   async listDeployments(
     c: Caller,
     filter: { api?: string; gateway?: string },
+    q: Queryable = this.db,
   ): Promise<ApiDeployment[]> {
-    const apiId = filter.api ? (await this.rowFor(c, filter.api, this.db)).id : null;
+    const apiId = filter.api ? (await this.rowFor(c, filter.api, q)).id : null;
     const gatewayId = filter.gateway
-      ? (await this.gateways.get(c, filter.gateway, this.db, "gateway")).id
+      ? (await this.gateways.get(c, filter.gateway, q, "gateway")).id
       : null;
-    const { rows } = await this.db.query<DeploymentRow & StatusColumns>(
+    const { rows } = await q.query<DeploymentRow & StatusColumns>(
       `SELECT ${D_COLUMNS},
               s.status AS observed_status, s.reason AS observed_reason,
               s.deployment_id AS observed_deployment_id, s.observed_at
