@@ -13,6 +13,7 @@ const domain = () => import("./domain-commands.js");
 const server = () => import("./server-commands.js");
 const agent = () => import("./agent-command.js");
 const gateway = () => import("./gateway-command.js");
+const gatewayApi = () => import("./gateway-api-commands.js");
 
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   up: {
@@ -84,6 +85,14 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   gateway: {
     run: lazy(gateway, "gatewayCommand"),
     summary: "Run an edge proxy for a registered gateway",
+  },
+  apis: {
+    run: lazy(gatewayApi, "apisCommand"),
+    summary: "APIs (REST, LLM provider, LLM proxy), consumer keys, deployments",
+  },
+  gateways: {
+    run: lazy(gatewayApi, "gatewaysCommand"),
+    summary: "Register gateways (token shown once), list and remove them",
   },
 };
 

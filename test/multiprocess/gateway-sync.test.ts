@@ -1,7 +1,8 @@
 // Gateways as real processes against a real hub: traffic through deployed APIs, a gateway killed
 // while the hub moves on (serves its old set at once, then converges exactly), a hub unreachable
 // at gateway start, the event stream cut mid-stream, and an invalid definition failing alone.
-import { mkdtempSync, rmSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import type { Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,7 +18,30 @@ import {
   startGatewayProcess,
   startUpstream,
 } from "./gateway-procs.js";
-import { type FlotillaProcess, killAll, SECRET_A, startFlotilla } from "./procs.js";
+import { CLI, type FlotillaProcess, killAll, ROOT, SECRET_A, startFlotilla } from "./procs.js";
+
+/** Runs the CLI with --json; resolves with its exit code and parsed output. */
+function cliJson(hubUrl: string, token: string, ...args: string[]) {
+  return new Promise<{ code: number; out: unknown; stderr: string }>((resolve) => {
+    const env: NodeJS.ProcessEnv = {};
+    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("FLOTILLA_")) env[k] = v;
+    Object.assign(env, { FLOTILLA_HUB: hubUrl, FLOTILLA_TOKEN: token });
+    execFile(
+      process.execPath,
+      [CLI, ...args, "--json"],
+      { cwd: ROOT, env, timeout: 30_000 },
+      (err, stdout, stderr) => {
+        let out: unknown = null;
+        try {
+          out = JSON.parse(stdout);
+        } catch {
+          out = stdout;
+        }
+        resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, out, stderr });
+      },
+    );
+  });
+}
 
 describe("gateway processes syncing with a real hub", () => {
   let database: TestDatabase;
@@ -242,6 +266,69 @@ describe("gateway processes syncing with a real hub", () => {
     expect(byApi[good]).toMatchObject({ observedStatus: "deployed" });
     expect(byApi[bad]).toMatchObject({ observedStatus: "failed" });
     expect(byApi[bad]!.observedReason).toContain("contextPath");
+    await g.kill("SIGTERM");
+  }, 90_000);
+
+  it("the CLI registers a gateway, creates and deploys an API, and lists its observed status", async () => {
+    const created = await cliJson(hub.url, token, "gateways", "create", "edge-cli");
+    expect(created.code, created.stderr).toBe(0);
+    const gw = created.out as { id: string; token: string; command: string };
+    expect(gw.token).toMatch(/^fgw_/);
+    expect(gw.command).toContain("flotilla gateway --hub");
+    const defFile = join(dir, "cli-def.json");
+    writeFileSync(
+      defFile,
+      JSON.stringify({ contextPath: "/cli", upstream: { url: upstreamUrl.c } }),
+    );
+    const api = await cliJson(
+      hub.url,
+      token,
+      "apis",
+      "create",
+      "cli-api",
+      "--kind",
+      "rest",
+      "--definition",
+      `@${defFile}`,
+    );
+    expect(api.code, api.stderr).toBe(0);
+    const deployed = await cliJson(
+      hub.url,
+      token,
+      "apis",
+      "deploy",
+      "cli-api",
+      "--gateway",
+      "edge-cli",
+    );
+    expect(deployed.code, deployed.stderr).toBe(0);
+    expect(deployed.out).toMatchObject({ state: "DEPLOYED" });
+    const g = await startGatewayProcess({
+      hub: hub.url,
+      token: gw.token,
+      dataDir: join(dir, "edge-cli"),
+    });
+    await converged(g, gw.id);
+    expect((await get(g, "/cli/x")).body).toContain('"upstream":"c"');
+    const listed = await eventually(async () => {
+      const r = await cliJson(hub.url, token, "apis", "deployments", "--gateway", "edge-cli");
+      const rows = r.out as Array<{ observedStatus?: string }>;
+      return rows[0]?.observedStatus === "deployed" ? rows : null;
+    }, "observed status listed");
+    expect(listed).toHaveLength(1);
+    const bad = await cliJson(
+      hub.url,
+      token,
+      "apis",
+      "create",
+      "x",
+      "--kind",
+      "soap",
+      "--definition",
+      "{}",
+    );
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain("--kind");
     await g.kill("SIGTERM");
   }, 90_000);
 });
