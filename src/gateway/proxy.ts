@@ -198,9 +198,10 @@ export class ReverseProxy {
     }
     const rest = path.slice(route.prefix.length) || "/";
     const suffix = q === -1 ? "" : url.slice(q);
-    if (route.kind === "RestApi") {
+    if (route.kind === "RestApi" || route.kind === "ServiceRoute") {
       const method = req.method ?? "GET";
       if (
+        route.kind === "RestApi" &&
         route.operations &&
         !route.operations.some((op) => op.method === method && op.pattern.test(rest))
       ) {
@@ -253,7 +254,7 @@ export class ReverseProxy {
   private async llm(
     req: IncomingMessage,
     res: ServerResponse,
-    route: Exclude<Route, { kind: "RestApi" }>,
+    route: Exclude<Route, { kind: "RestApi" | "ServiceRoute" }>,
     upstreamPath: string,
     context: Record<string, string>,
     onError: (e: string) => void,

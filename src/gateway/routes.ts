@@ -5,6 +5,7 @@ import type { StatusReport } from "../shared/index.js";
 import {
   type ApiKindName,
   checkDefinition,
+  checkHttpUrl,
   type DeploymentContent,
   type LlmProviderDefinition,
   type LlmProxyDefinition,
@@ -54,7 +55,13 @@ export interface LlmProxyRoute extends RouteBase {
   bucket: { capacity: number; perMs: number };
 }
 
-export type Route = RestRoute | LlmProviderRoute | LlmProxyRoute;
+/** A PUBLIC service's route: any path on its hostnames, to the endpoint its agent reports. */
+export interface ServiceRoute extends RouteBase {
+  kind: "ServiceRoute";
+  upstream: Upstream;
+}
+
+export type Route = RestRoute | LlmProviderRoute | LlmProxyRoute | ServiceRoute;
 
 const DEFAULT_TIMEOUT_MS = 30_000;
 
@@ -90,6 +97,23 @@ export function compileRoute(row: StoredRow): Route {
   }
   if (c.deploymentId !== row.deploymentId || c.apiId !== row.apiId)
     throw new Error("content belongs to another deployment");
+  if (c.kind === "ServiceRoute") {
+    const d = c.definition as { hosts?: unknown; upstreamUrl?: unknown };
+    const hosts = Array.isArray(d.hosts)
+      ? d.hosts.filter((h): h is string => typeof h === "string")
+      : [];
+    if (hosts.length === 0) throw new Error("a service route needs at least one hostname");
+    return {
+      apiId: row.apiId,
+      deploymentId: row.deploymentId,
+      deployedAt: row.deployedAt,
+      name: c.name,
+      hosts: hosts.map((h) => h.toLowerCase()),
+      kind: "ServiceRoute",
+      prefix: "",
+      upstream: upstreamOf(checkHttpUrl("upstreamUrl", d.upstreamUrl), undefined),
+    };
+  }
   const kind = c.kind as ApiKindName;
   const def = checkDefinition(kind, c.definition);
   const base = {
@@ -169,9 +193,10 @@ export class RouteTable {
       if (list) {
         for (const r of list) if (r.hosts === null || r.hosts.includes(host)) return r;
       }
+      if (candidate === "") return undefined;
       const cut = candidate.lastIndexOf("/");
-      if (cut <= 0) return undefined;
-      candidate = candidate.slice(0, cut);
+      // After "/x" comes "": host-only routes (public service routes) match any path.
+      candidate = cut <= 0 ? "" : candidate.slice(0, cut);
     }
   }
 }

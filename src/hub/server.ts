@@ -42,7 +42,7 @@ import { recordAudit } from "./audit/index.js";
 import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
 import { ControlChannel } from "./control/index.js";
 import { DataPlanesService } from "./dataplanes/index.js";
-import { GatewaysService } from "./gateways/index.js";
+import { GatewaysService, ServiceRoutes } from "./gateways/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
@@ -51,8 +51,13 @@ import {
 } from "./identity/index.js";
 import { type EventBus, memoryBus, OutboxRelay, postgresBus } from "./outbox/index.js";
 import { ProjectsService } from "./projects/index.js";
-import { DispatchStore, ServersService } from "./servers/index.js";
-import { type ObservedStatus, ServicesService } from "./services/index.js";
+import { DispatchStore, dataPlaneOfServer, ServersService } from "./servers/index.js";
+import {
+  type ObservedStatus,
+  publicFacts,
+  publicServiceIds,
+  ServicesService,
+} from "./services/index.js";
 
 export type StoreOptions =
   | { kind: "postgres"; url: string; pool?: Partial<PoolSettings> }
@@ -99,6 +104,10 @@ export interface HubOptions {
   agentHeartbeatIntervalMs?: number;
   /** How long shutdown waits for in-flight requests before closing the store. Default 10 s. */
   shutdownGraceMs?: number;
+  /** PUBLIC services are routed at <service>-<env>.<this> on their data plane's gateways. Default "localhost". */
+  gatewayBaseDomain?: string;
+  /** How often every public service route is re-converged. Default 60 s. */
+  routeSweepIntervalMs?: number;
 }
 
 export interface Hub {
@@ -116,6 +125,7 @@ export interface Hub {
   apis: ApisService;
   gateways: GatewaysService;
   gatewaySync: GatewaySync;
+  serviceRoutes: ServiceRoutes;
   control: ControlChannel;
   events: EventBus;
   relay: OutboxRelay;
@@ -282,6 +292,28 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       },
     );
+    const serviceRoutes = new ServiceRoutes(
+      db,
+      {
+        facts: async (q, organizationId, serviceId) => {
+          const f = await publicFacts(q, organizationId, serviceId);
+          if (!f) return null;
+          const reader = {
+            organizationId,
+            actor: { type: "token" as const, id: "route-controller" },
+          };
+          const env = await projects.getEnvironment(reader, f.environmentId, q);
+          return { ...f, environmentSlug: env.slug };
+        },
+        publicServices: (q, organizationId) => publicServiceIds(q, organizationId),
+        dataPlane: async (q, organizationId, serverId) => {
+          const plane = await dataPlaneOfServer(q, organizationId, serverId);
+          if (plane === undefined) return null;
+          return plane ?? (await dataPlanes.defaultFor(q, organizationId)).id;
+        },
+      },
+      options.gatewayBaseDomain ?? "localhost",
+    );
     projects.setDependents({
       running: (q, org, scope) => services.runningIn(q, org, scope),
       removeEnvironment: async (tx, org, environmentId) => {
@@ -376,7 +408,12 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       });
       configRoutes(router, config);
-      apisRoutes(router, { apis, gateways, hubUrl: () => publicUrl });
+      apisRoutes(router, {
+        apis,
+        gateways,
+        hubUrl: () => publicUrl,
+        onGatewayCreated: (organizationId) => void routeSweep(organizationId),
+      });
       serversRoutes(router, {
         servers,
         dispatches,
@@ -426,8 +463,38 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       }
     });
     await control.register(app);
-    const gatewaySync = new GatewaySync({ apis, gateways, events: bus, logger });
+    const gatewaySync = new GatewaySync({
+      apis,
+      gateways,
+      routes: serviceRoutes,
+      events: bus,
+      logger,
+    });
     await gatewaySync.register(app);
+    // Public service routes follow their services: every service event re-converges that
+    // service's routes (the rows are the truth; a lost event waits for the periodic sweep).
+    const routeSweep = (organizationId?: string) =>
+      serviceRoutes
+        .sweep(organizationId)
+        .catch((err) => logger.warn({ err }, "route sweep failed"));
+    const ROUTE_EVENTS = new Set([
+      "service.created",
+      "service.updated",
+      "service.status_changed",
+      "service.deleted",
+    ]);
+    const unsubscribeRoutes = bus.subscribe((e) => {
+      if (!ROUTE_EVENTS.has(e.type)) return;
+      serviceRoutes
+        .reconcileService(e.organizationId, e.subjectId)
+        .catch((err) => logger.warn({ err, serviceId: e.subjectId }, "route reconcile failed"));
+    });
+    void routeSweep();
+    const routeSweepTimer = setInterval(
+      () => void routeSweep(),
+      options.routeSweepIntervalMs ?? 60_000,
+    );
+    routeSweepTimer.unref();
     app.get("/health", async () => ({ status: "ok", instance: instanceId }));
     app.get("/ready", async (_request, reply) => {
       if (draining) return reply.code(503).send({ status: "draining" });
@@ -516,6 +583,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       apis,
       gateways,
       gatewaySync,
+      serviceRoutes,
       control,
       events: bus,
       relay: outboxRelay,
@@ -530,6 +598,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
           // Agents are told to go elsewhere; their affinity is released by the close handlers.
           await control.close();
           await gatewaySync.close();
+          clearInterval(routeSweepTimer);
+          unsubscribeRoutes();
           const grace = options.shutdownGraceMs ?? 10_000;
           const timer = setTimeout(() => {
             const http1 = fastify.server as { closeAllConnections?: () => void };

@@ -213,7 +213,8 @@ export interface DeploymentContent {
   apiId: string;
   deploymentId: string;
   name: string;
-  kind: ApiKindName;
+  /** An API kind, or ServiceRoute for a PUBLIC service's route (hosts and upstreamUrl). */
+  kind: ApiKindName | "ServiceRoute";
   definition: unknown;
   /** RestApi with a service upstream: the endpoint the agent reports, resolved at fetch time. */
   resolvedUpstreamUrl?: string;

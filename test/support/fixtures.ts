@@ -679,6 +679,23 @@ export const FIXTURES: FixtureTable[] = [
       },
     ],
   },
+  // 0015_service_routes
+  {
+    table: "service_routes",
+    orderBy: "route_id",
+    rows: [
+      {
+        route_id: fixtureId(0xe41),
+        organization_id: org.a,
+        service_id: service.app,
+        gateway_id: fixtureId(0xe21),
+        hostnames: ["app-production.localhost", "www.example.com"],
+        endpoint: "127.0.0.1:40123",
+        state: "DEPLOYED",
+        deployed_at: T0,
+      },
+    ],
+  },
 ];
 
 /** The tables the generator fills, in foreign-key order (a copy must insert them in this order). */

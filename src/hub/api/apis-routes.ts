@@ -56,6 +56,8 @@ export interface ApisRouteOptions {
   gateways: GatewaysService;
   /** How a gateway reaches this hub, for the printed command. */
   hubUrl: () => string;
+  /** A new gateway gets the public routes of its data plane's services. */
+  onGatewayCreated?: (organizationId: string) => void;
 }
 
 export function apisRoutes(router: ConnectRouter, o: ApisRouteOptions): void {
@@ -113,7 +115,9 @@ export function apisRoutes(router: ConnectRouter, o: ApisRouteOptions): void {
   });
   router.service(GatewayRpc, {
     async createGateway(req, ctx) {
-      const r = await o.gateways.create(caller(ctx), { name: req.name, dataPlane: req.dataPlane });
+      const c = caller(ctx);
+      const r = await o.gateways.create(c, { name: req.name, dataPlane: req.dataPlane });
+      o.onGatewayCreated?.(c.organizationId);
       return {
         gateway: gateway(r.gateway),
         token: r.token,

@@ -15,12 +15,14 @@ import {
   writeTar,
 } from "../../shared/index.js";
 import { type ApisService, configHash } from "../apis/index.js";
-import type { Gateway, GatewaysService } from "../gateways/index.js";
+import type { Gateway, GatewaysService, ServiceRoutes } from "../gateways/index.js";
 import type { EventBus, StoredEvent } from "../outbox/index.js";
 
 export interface GatewaySyncOptions {
   apis: ApisService;
   gateways: GatewaysService;
+  /** Public service routes: part of each gateway's expected set. */
+  routes: ServiceRoutes;
   events: EventBus;
   logger: Logger;
   /** An unacknowledged event is sent again after this long. Default 5 s. */
@@ -65,6 +67,13 @@ function idsFrom(body: unknown): string[] | string {
   return ids.map((i) => (i as string).toLowerCase());
 }
 
+const EVENT_TYPES = new Set([
+  "api.deployed",
+  "api.undeployed",
+  "service_route.deployed",
+  "service_route.undeployed",
+]);
+
 export class GatewaySync {
   private readonly connections = new Set<Connection>();
   private unsubscribe: (() => void) | undefined;
@@ -86,6 +95,15 @@ export class GatewaySync {
     return gateway;
   }
 
+  /** The gateway's whole expected set: API deployments and public service routes. */
+  private async expected(gatewayId: string): Promise<ExpectedRow[]> {
+    const [apis, routes] = await Promise.all([
+      this.o.apis.expectedFor(gatewayId, null),
+      this.o.routes.expectedFor(gatewayId),
+    ]);
+    return [...apis, ...routes];
+  }
+
   async register(app: FastifyInstance): Promise<void> {
     app.get(GATEWAY_SYNC.deployments, async (request, reply) => {
       const gateway = await this.authenticate(request, reply);
@@ -97,7 +115,7 @@ export class GatewaySync {
         if (!Number.isSafeInteger(since) || since < 0)
           return badRequest(reply, "since", "must be milliseconds since the epoch");
       }
-      const full = await this.o.apis.expectedFor(gateway.id, null);
+      const full = await this.expected(gateway.id);
       const rows = since === null ? full : full.filter((d) => d.deployedAt > since);
       const body: DeploymentsResponse = {
         gatewayId: gateway.id,
@@ -109,7 +127,7 @@ export class GatewaySync {
     app.get(GATEWAY_SYNC.configHash, async (request, reply) => {
       const gateway = await this.authenticate(request, reply);
       if (!gateway) return reply;
-      const full = await this.o.apis.expectedFor(gateway.id, null);
+      const full = await this.expected(gateway.id);
       return { configHash: configHash(full), count: full.length };
     });
     app.post(GATEWAY_SYNC.exists, async (request, reply) => {
@@ -117,14 +135,21 @@ export class GatewaySync {
       if (!gateway) return reply;
       const ids = idsFrom(request.body);
       if (typeof ids === "string") return badRequest(reply, "deploymentIds", ids);
-      return { existing: await this.o.apis.existing(gateway.id, ids) };
+      const [apis, routes] = await Promise.all([
+        this.o.apis.existing(gateway.id, ids),
+        this.o.routes.existing(gateway.id, ids),
+      ]);
+      return { existing: [...apis, ...routes] };
     });
     app.post(GATEWAY_SYNC.content, async (request, reply) => {
       const gateway = await this.authenticate(request, reply);
       if (!gateway) return reply;
       const ids = idsFrom(request.body);
       if (typeof ids === "string") return badRequest(reply, "deploymentIds", ids);
-      const contents = await this.o.apis.contentFor(gateway.id, ids);
+      const contents = [
+        ...(await this.o.apis.contentFor(gateway.id, ids)),
+        ...(await this.o.routes.contentFor(gateway.id, ids)),
+      ];
       const archive = writeTar(
         contents.map((c) => ({
           path: `${c.deploymentId}/api.json`,
@@ -219,7 +244,7 @@ export class GatewaySync {
   }
 
   private deliver(e: StoredEvent): void {
-    if (e.type !== "api.deployed" && e.type !== "api.undeployed") return;
+    if (!EVENT_TYPES.has(e.type)) return;
     const p = e.payload as {
       gateway_id: string;
       api_id: string;
@@ -233,7 +258,7 @@ export class GatewaySync {
       const frame: HubToGatewayFrame = {
         type: "event",
         id: e.id,
-        event: e.type,
+        event: e.type.endsWith(".deployed") ? "api.deployed" : "api.undeployed",
         row: {
           apiId: p.api_id,
           deploymentId: p.deployment_id,

@@ -10,6 +10,7 @@ import {
   checkId,
   checkSlug,
   type DeploymentContent,
+  type ExpectedRow,
   expectedRowLine,
   FlotillaError,
   invalid,
@@ -102,7 +103,7 @@ const MAX_CONSUMER_KEYS = 1000;
 const credentialAad = (apiId: string) => `api:${apiId}:credential`;
 
 /** SHA-256 over the expected set's canonical lines sorted by api id: the gateway computes the same. */
-export function configHash(set: ExpectedDeployment[]): string {
+export function configHash(set: ExpectedRow[]): string {
   const lines = set.map(expectedRowLine).sort();
   return createHash("sha256").update(lines.join("\n")).digest("hex");
 }

@@ -1,3 +1,9 @@
 // Public entry of the gateways module: gateways, their data plane, and token authentication.
 export type { DataPlanePort } from "./ports.js";
 export { GATEWAY_TOKEN_PREFIX, type Gateway, GatewaysService } from "./service.js";
+export {
+  type RouteFacts,
+  routeHostname,
+  ServiceRoutes,
+  type ServiceRoutesPorts,
+} from "./service-routes.js";

@@ -6,6 +6,7 @@ export {
   DispatchStore,
   type NewDispatch,
 } from "./dispatch.js";
+export { dataPlaneOfServer } from "./placement.js";
 export type { SecretSealer } from "./ports.js";
 export {
   HEARTBEAT_FRESHNESS_MS,

@@ -6,6 +6,7 @@ export type {
   LifecycleOp,
   PlacementPort,
 } from "./ports.js";
+export { type PublicFacts, publicFacts, publicServiceIds } from "./public.js";
 export {
   type CreateServiceInput,
   type Deployment,
