@@ -31,6 +31,7 @@ import {
   stringOption,
   untilStopSignal,
 } from "./options.js";
+import { localGateway } from "./up-gateway.js";
 
 const COMMON: OptionSpecs = {
   host: { type: "string", env: "FLOTILLA_HOST", description: "Address to listen on" },
@@ -119,6 +120,19 @@ const UP: OptionSpecs = {
     description: "Embedded store directory",
   },
   "no-agent": { type: "boolean", description: "Do not run a local agent in this process" },
+  "no-gateway": { type: "boolean", description: "Do not run a local gateway in this process" },
+  "gateway-base-domain": {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_BASE_DOMAIN",
+    default: "localhost",
+    description: "PUBLIC services are routed at <service>-<env>.<this> on their gateways",
+  },
+  "gateway-port": {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_PORT",
+    default: "8000",
+    description: "Port of the local gateway (PUBLIC services at <service>-<env>.<base domain>)",
+  },
   "workload-user": {
     type: "string",
     env: "FLOTILLA_WORKLOAD_USER",
@@ -129,6 +143,12 @@ const UP: OptionSpecs = {
 };
 
 const HUB: OptionSpecs = {
+  "gateway-base-domain": {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_BASE_DOMAIN",
+    default: "localhost",
+    description: "PUBLIC services are routed at <service>-<env>.<this> on their gateways",
+  },
   "database-url": {
     type: "string",
     env: "FLOTILLA_DATABASE_URL",
@@ -341,7 +361,19 @@ export async function upCommand(argv: string[]): Promise<number> {
     ...masterKeys(values, embeddedKeyFile(dataDir)),
     admin: admin(values),
     logger,
+    gatewayBaseDomain: stringOption(values, "gateway-base-domain")!,
   });
+  const gateway = values["no-gateway"]
+    ? undefined
+    : localGateway(
+        hub,
+        {
+          dataDir: join(dataDir, "gateway"),
+          port: intOption(values, "gateway-port", { min: 0, max: 65535 })!,
+          host: stringOption(values, "host") ?? "127.0.0.1",
+        },
+        logger,
+      );
   const local = values["no-agent"]
     ? undefined
     : localAgent(hub, join(dataDir, "agent"), stringOption(values, "workload-user")!, logger);
@@ -354,8 +386,12 @@ export async function upCommand(argv: string[]): Promise<number> {
       values["no-agent"]
         ? ""
         : "  A local agent (server `local`) joins the first organization and runs what you deploy.",
+      values["no-gateway"]
+        ? ""
+        : `  A local gateway (\`local\`) on port ${stringOption(values, "gateway-port")} serves PUBLIC services at <service>-<env>.${stringOption(values, "gateway-base-domain")}.`,
     ].filter(Boolean),
     async () => {
+      await gateway?.stop();
       await local?.stop();
     },
   );
@@ -436,6 +472,7 @@ export async function hubCommand(argv: string[]): Promise<number> {
     ...masterKeys(values),
     admin: admin(values),
     logger,
+    gatewayBaseDomain: stringOption(values, "gateway-base-domain")!,
   });
   return serve(hub, [
     `Flotilla hub ${hub.instanceId} at ${hub.url} (gRPC ${hub.grpcUrl}) on PostgreSQL`,
