@@ -175,6 +175,8 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
         failed: config.failures.size,
         hubConnected: hubSync.stats.connected,
         converged: hubSync.stats.converged,
+        lastEventToSwapMs: Math.round(hubSync.stats.lastEventToSwapMs * 10) / 10,
+        startupMs: Math.round(startupMs * 10) / 10,
         localHash: store.configHash(),
         hubHash: hubSync.hubHash,
         lastReconcileAt: hubSync.stats.lastReconcileAt

@@ -4,7 +4,7 @@
 // allowlist, authenticate consumer keys and rate-limit them with a token bucket.
 import { createHash, randomBytes } from "node:crypto";
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
-import { Pool } from "undici";
+import { type Dispatcher, Pool } from "undici";
 import type { LlmProxyRoute, Route, RouteTable } from "./routes.js";
 
 const HOP_BY_HOP = new Set([
@@ -41,7 +41,20 @@ export interface ProxyObserver {
   done(route: Route | undefined, record: AccessLogRecord): void;
 }
 
-const hex = (bytes: number) => randomBytes(bytes).toString("hex");
+// Ids for every request (correlation, span) come from a pooled random buffer: one CSPRNG call per
+// 4,096 requests instead of two per request.
+const POOL_BYTES = 96 * 1024;
+let pool = randomBytes(POOL_BYTES);
+let poolAt = 0;
+function hex(bytes: number): string {
+  if (poolAt + bytes > POOL_BYTES) {
+    pool = randomBytes(POOL_BYTES);
+    poolAt = 0;
+  }
+  const out = pool.toString("hex", poolAt, poolAt + bytes);
+  poolAt += bytes;
+  return out;
+}
 
 /** A child span of the incoming trace, or a new trace when the header is absent or invalid. */
 export function nextTraceparent(incoming: string | undefined): string {
@@ -359,58 +372,64 @@ export class ReverseProxy {
   ): void {
     const method = (req.method ?? "GET") as "GET";
     const hasBody = body !== undefined ? body !== null : method !== "GET" && method !== "HEAD";
-    const abort = new AbortController();
-    req.on("close", () => {
+    let controller: Dispatcher.DispatchController | undefined;
+    res.once("close", () => {
       // The client went away before the response finished: stop the upstream exchange too.
-      if (!res.writableFinished) abort.abort();
+      if (!res.writableFinished) controller?.abort(new Error("the client closed the connection"));
     });
-    this.pool(route.upstream.origin)
-      .request({
+    const fail = (err: Error & { code?: string }) => {
+      onError(err.code ?? err.message);
+      if (res.headersSent) return void res.destroy();
+      const timeout =
+        err.code === "UND_ERR_HEADERS_TIMEOUT" || err.code === "UND_ERR_CONNECT_TIMEOUT";
+      const msg = JSON.stringify({
+        code: timeout ? "upstream.timeout" : "upstream.unavailable",
+        message: timeout
+          ? `the upstream of ${route.name} did not answer in ${route.upstream.timeoutMs} ms`
+          : `the upstream of ${route.name} is unreachable (${err.code ?? "error"})`,
+      });
+      res.writeHead(timeout ? 504 : 502, {
+        "content-type": "application/json",
+        "content-length": Buffer.byteLength(msg),
+        ...context,
+      });
+      res.end(msg);
+    };
+    // The dispatch API writes upstream chunks straight to the client response: no intermediate
+    // stream objects per request (measurably faster than request() at 64 connections).
+    this.pool(route.upstream.origin).dispatch(
+      {
         method,
         path,
         headers,
         body: hasBody ? (body ?? req) : null,
         headersTimeout: route.upstream.timeoutMs,
         bodyTimeout: route.upstream.timeoutMs,
-        signal: abort.signal,
-      })
-      .then(
-        (up) => {
-          res.writeHead(up.statusCode, { ...responseHeaders(up.headers), ...context });
-          // Flush headers now: a server-sent-events stream must reach the client chunk by chunk.
-          res.flushHeaders();
-          up.body.on("data", (chunk: Buffer) => {
-            if (!res.write(chunk)) {
-              up.body.pause();
-              res.once("drain", () => up.body.resume());
-            }
-          });
-          up.body.on("end", () => res.end());
-          up.body.on("error", (err) => {
-            onError(err.message);
-            res.destroy(err);
-          });
+      },
+      {
+        onRequestStart(c) {
+          controller = c;
         },
-        (err: Error & { code?: string }) => {
-          onError(err.code ?? err.message);
-          if (res.headersSent) return void res.destroy();
-          const timeout =
-            err.code === "UND_ERR_HEADERS_TIMEOUT" || err.code === "UND_ERR_CONNECT_TIMEOUT";
-          const status = timeout ? 504 : 502;
-          const msg = JSON.stringify({
-            code: timeout ? "upstream.timeout" : "upstream.unavailable",
-            message: timeout
-              ? `the upstream of ${route.name} did not answer in ${route.upstream.timeoutMs} ms`
-              : `the upstream of ${route.name} is unreachable (${err.code ?? "error"})`,
-          });
-          res.writeHead(status, {
-            "content-type": "application/json",
-            "content-length": Buffer.byteLength(msg),
-            ...context,
-          });
-          res.end(msg);
+        onResponseStart(_c, statusCode, upstreamHeaders) {
+          res.writeHead(statusCode, { ...responseHeaders(upstreamHeaders), ...context });
+          // A stream without a length (server-sent events, chunked) gets its headers now, so the
+          // client sees the response start before the first chunk arrives.
+          if (upstreamHeaders["content-length"] === undefined) res.flushHeaders();
         },
-      );
+        onResponseData(c, chunk) {
+          if (!res.write(chunk)) {
+            c.pause();
+            res.once("drain", () => c.resume());
+          }
+        },
+        onResponseEnd() {
+          res.end();
+        },
+        onResponseError(_c, err) {
+          fail(err as Error & { code?: string });
+        },
+      },
+    );
   }
 
   async close(): Promise<void> {

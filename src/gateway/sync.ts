@@ -79,6 +79,8 @@ export class HubSync {
     eventsIgnored: 0,
     archivesRejected: 0,
     converged: false,
+    /** From an event's arrival to the route table that includes it being swapped in. */
+    lastEventToSwapMs: 0,
   };
 
   constructor(private readonly o: HubSyncOptions) {}
@@ -116,10 +118,11 @@ export class HubSync {
     const out = new Map<string, DeploymentContent>();
     const wanted = new Set(ids);
     const batch = this.o.batchSize ?? DEFAULT_CONTENT_BATCH;
-    for (let i = 0; i < ids.length; i += batch) {
-      const archive = await this.call("POST", GATEWAY_SYNC.content, {
-        deploymentIds: ids.slice(i, i + batch),
-      });
+    const batches: string[][] = [];
+    for (let i = 0; i < ids.length; i += batch) batches.push(ids.slice(i, i + batch));
+    // Four batches in flight: the hub answers each in a few milliseconds, the round trips overlap.
+    const fetchOne = async (slice: string[]) => {
+      const archive = await this.call("POST", GATEWAY_SYNC.content, { deploymentIds: slice });
       let entries: ReturnType<typeof readTar>;
       try {
         entries = readTar(archive);
@@ -134,7 +137,12 @@ export class HubSync {
         if (content.deploymentId !== dir) throw new UnsafeArchiveError(e.path);
         out.set(dir, content);
       }
-    }
+    };
+    let next = 0;
+    const worker = async () => {
+      while (next < batches.length) await fetchOne(batches[next++]!);
+    };
+    await Promise.all(Array.from({ length: Math.min(4, batches.length) }, worker));
     return out;
   }
 
@@ -210,16 +218,19 @@ export class HubSync {
         (!l || l.deploymentId !== d.deploymentId || l.missingContent === true)
       );
     });
-    if (toFetch.length) {
-      const contents = await this.fetchContent(toFetch.map((d) => d.deploymentId));
+    // In slices of 1,000: each is written as it arrives, so a full sync never holds every
+    // deployment's content in memory at once (peak RSS stays flat as the set grows).
+    for (let i = 0; i < toFetch.length; i += 1000) {
+      const slice = toFetch.slice(i, i + 1000);
+      const contents = await this.fetchContent(slice.map((d) => d.deploymentId));
       const rows: StoredRow[] = [];
-      for (const d of toFetch) {
+      for (const d of slice) {
         const c = contents.get(d.deploymentId);
         // Undeployed between the list and the fetch: the next pass sees the new state.
         if (c) rows.push({ ...d, content: JSON.stringify(c) });
       }
       const changed = this.o.store.upsertMany(rows);
-      result.fetched = changed.length;
+      result.fetched += changed.length;
       this.o.config.apply(changed);
     }
 
@@ -302,7 +313,10 @@ export class HubSync {
   }
 
   /** Applies one deploy/undeploy event through the guard; stale or equal-and-losing events change nothing. */
-  async applyEvent(frame: Extract<HubToGatewayFrame, { type: "event" }>): Promise<void> {
+  async applyEvent(
+    frame: Extract<HubToGatewayFrame, { type: "event" }>,
+    received = performance.now(),
+  ): Promise<void> {
     const row = frame.row;
     const local = this.o.store.get(row.apiId);
     const stale =
@@ -328,6 +342,8 @@ export class HubSync {
     if (this.o.store.upsert(stored)) {
       this.stats.eventsApplied++;
       this.o.config.apply([this.o.store.get(row.apiId) ?? stored]);
+      await this.o.config.settled();
+      this.stats.lastEventToSwapMs = performance.now() - received;
     } else this.stats.eventsIgnored++;
   }
 
@@ -356,8 +372,11 @@ export class HubSync {
       }
       if (frame.type !== "event") return;
       // One event at a time, in arrival order; acknowledged only after the local write.
+      const received = performance.now();
       chain = chain
-        .then(() => this.applyEvent(frame as Extract<HubToGatewayFrame, { type: "event" }>))
+        .then(() =>
+          this.applyEvent(frame as Extract<HubToGatewayFrame, { type: "event" }>, received),
+        )
         .then(
           () => {
             if (socket.readyState === WebSocket.OPEN)

@@ -515,7 +515,10 @@ export class ApisService {
     return rows.map((r) => r.deployment_id);
   }
 
-  /** Content of the gateway's DEPLOYED deployments among these ids, secrets opened for transit. */
+  /**
+   * Content of the gateway's DEPLOYED deployments among these ids, secrets opened for transit.
+   * Two queries per batch whatever its size (a sync of 10,000 is 200 batches of 50).
+   */
   async contentFor(gatewayId: string, deploymentIds: string[]): Promise<DeploymentContent[]> {
     const { rows } = await this.db.query<{
       deployment_id: string;
@@ -527,12 +530,36 @@ export class ApisService {
         definition: unknown;
         provider_api_id: string | null;
       };
+      credential_sealed: Buffer | null;
+      credential_key_id: string | null;
+      provider_id: string | null;
+      provider_definition: { upstreamUrl: string; models: string[]; timeoutMs?: number } | null;
+      provider_sealed: Buffer | null;
+      provider_key_id: string | null;
     }>(
-      `SELECT deployment_id, api_id, organization_id, content FROM api_deployments
-       WHERE gateway_id = $1 AND deployment_id = ANY($2::uuid[]) AND state = 'DEPLOYED'
-       ORDER BY deployment_id`,
+      `SELECT d.deployment_id, d.api_id, d.organization_id, d.content,
+              a.credential_sealed, a.credential_key_id,
+              p.id AS provider_id, p.definition AS provider_definition,
+              p.credential_sealed AS provider_sealed, p.credential_key_id AS provider_key_id
+       FROM api_deployments d JOIN apis a ON a.id = d.api_id
+       LEFT JOIN apis p ON p.id = (d.content->>'provider_api_id')::uuid
+       WHERE d.gateway_id = $1 AND d.deployment_id = ANY($2::uuid[]) AND d.state = 'DEPLOYED'
+       ORDER BY d.deployment_id`,
       [gatewayId, deploymentIds],
     );
+    const proxies = rows.filter((r) => r.content.kind === "LlmProxy").map((r) => r.api_id);
+    const keys = new Map<string, string[]>();
+    if (proxies.length) {
+      const k = await this.db.query<{ api_id: string; key_hash: Buffer }>(
+        "SELECT api_id, key_hash FROM api_consumer_keys WHERE api_id = ANY($1::uuid[]) ORDER BY id",
+        [proxies],
+      );
+      for (const r of k.rows)
+        keys.set(r.api_id, [
+          ...(keys.get(r.api_id) ?? []),
+          Buffer.from(r.key_hash).toString("hex"),
+        ]);
+    }
     const out: DeploymentContent[] = [];
     for (const r of rows) {
       const item: DeploymentContent = {
@@ -542,18 +569,12 @@ export class ApisService {
         kind: r.content.kind,
         definition: r.content.definition,
       };
-      const api = await this.db.query<ApiRow>(`SELECT ${API_COLUMNS} FROM apis WHERE id = $1`, [
-        r.api_id,
-      ]);
-      const row = api.rows[0];
-      if (!row) continue;
-      if (item.kind === "LlmProvider" && row.credential_sealed && row.credential_key_id) {
+      if (item.kind === "LlmProvider" && r.credential_sealed && r.credential_key_id)
         item.credential = this.sealer.open(
-          row.credential_sealed,
-          row.credential_key_id,
-          credentialAad(row.id),
+          r.credential_sealed,
+          r.credential_key_id,
+          credentialAad(r.api_id),
         );
-      }
       if (item.kind === "RestApi") {
         const up = (item.definition as RestApiDefinition).upstream;
         if (up && "service" in up) {
@@ -564,33 +585,20 @@ export class ApisService {
               : `http://${endpoint}`;
         }
       }
-      if (item.kind === "LlmProxy" && r.content.provider_api_id) {
-        const p = await this.db.query<ApiRow>(`SELECT ${API_COLUMNS} FROM apis WHERE id = $1`, [
-          r.content.provider_api_id,
-        ]);
-        const provider = p.rows[0];
-        if (provider?.credential_sealed && provider.credential_key_id) {
-          const def = provider.definition as {
-            upstreamUrl: string;
-            models: string[];
-            timeoutMs?: number;
-          };
+      if (item.kind === "LlmProxy") {
+        const def = r.provider_definition;
+        if (def && r.provider_id && r.provider_sealed && r.provider_key_id)
           item.provider = {
             upstreamUrl: def.upstreamUrl,
             models: def.models,
             credential: this.sealer.open(
-              provider.credential_sealed,
-              provider.credential_key_id,
-              credentialAad(provider.id),
+              r.provider_sealed,
+              r.provider_key_id,
+              credentialAad(r.provider_id),
             ),
             ...(def.timeoutMs ? { timeoutMs: def.timeoutMs } : {}),
           };
-        }
-        const keys = await this.db.query<{ key_hash: Buffer }>(
-          "SELECT key_hash FROM api_consumer_keys WHERE api_id = $1 ORDER BY id",
-          [r.api_id],
-        );
-        item.consumerKeyHashes = keys.rows.map((k) => Buffer.from(k.key_hash).toString("hex"));
+        item.consumerKeyHashes = keys.get(r.api_id) ?? [];
       }
       out.push(item);
     }
