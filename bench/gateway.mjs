@@ -4,7 +4,7 @@
 // deployments: a full sync's time and peak RSS, restart-to-serving with 10,000 stored, and one
 // change taking effect with 10,000 routes loaded. Prints one JSON line on stdout.
 import { spawn, spawnSync } from "node:child_process";
-import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import autocannon from "autocannon";
