@@ -43,3 +43,16 @@ BEGIN
 END $$;
 CREATE TRIGGER services_private_undeploys_routes AFTER UPDATE OF visibility ON services
   FOR EACH ROW EXECUTE FUNCTION services_private_undeploys_routes();
+
+-- Custom domains a PUBLIC service is also routed at (beside <service>-<env>.<base domain>). A
+-- hostname names one service installation-wide: two services cannot both claim it.
+CREATE TABLE service_domains (
+  id uuid PRIMARY KEY,
+  organization_id uuid NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
+  service_id uuid NOT NULL REFERENCES services (id) ON DELETE CASCADE,
+  hostname text NOT NULL UNIQUE
+    CHECK (hostname ~ '^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$' AND length(hostname) <= 253),
+  created_by text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX service_domains_service_idx ON service_domains (service_id);

@@ -10,6 +10,7 @@ import {
   ApiService,
   GatewaySchema,
   GatewayService,
+  ServiceDomainSchema,
 } from "../gen/flotilla/v1/apis_pb.js";
 import { FlotillaError } from "../shared/index.js";
 import { CONNECTION, when } from "./client.js";
@@ -195,7 +196,7 @@ export async function gatewaysCommand(argv: string[]): Promise<number> {
     },
   };
   const { values, positionals } = parseOptions(argv, specs);
-  const [sub = "list", arg] = positionals;
+  const [sub = "list", arg, hostname] = positionals;
   if (values.help)
     return help(
       "flotilla gateways [list] | create NAME [--data-plane P] | get GATEWAY | remove GATEWAY",
@@ -244,6 +245,32 @@ export async function gatewaysCommand(argv: string[]): Promise<number> {
     await api.gateways.deleteGateway({ gateway: arg });
     if (asJson) printJson({ removed: arg });
     else process.stdout.write(`Gateway ${arg} removed; its token no longer works.\n`);
+    return 0;
+  }
+  if (sub === "domains") {
+    const r = await api.gateways.listServiceDomains({ serviceId: arg });
+    if (asJson) printJson(r.domains.map((d) => json(ServiceDomainSchema, d)));
+    else
+      printTable(
+        r.domains.map((d) => ({ hostname: d.hostname, added: when(d.createdAt) })),
+        ["hostname", "added"],
+      );
+    return 0;
+  }
+  if (sub === "add-domain" || sub === "remove-domain") {
+    if (!hostname) throw usage(`gateways ${sub} needs SERVICE_ID and HOSTNAME`);
+    if (sub === "add-domain") {
+      const r = await api.gateways.addServiceDomain({ serviceId: arg, hostname });
+      if (asJson) printJson(json(ServiceDomainSchema, r.domain!));
+      else
+        process.stdout.write(
+          `${r.domain!.hostname} now routes to the service on its data plane's gateways (while it is PUBLIC).\n`,
+        );
+    } else {
+      await api.gateways.removeServiceDomain({ serviceId: arg, hostname });
+      if (asJson) printJson({ removed: hostname });
+      else process.stdout.write(`${hostname} removed.\n`);
+    }
     return 0;
   }
   throw usage(`unknown gateways command ${sub}; see flotilla gateways --help`);

@@ -42,7 +42,7 @@ import { recordAudit } from "./audit/index.js";
 import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
 import { ControlChannel } from "./control/index.js";
 import { DataPlanesService } from "./dataplanes/index.js";
-import { GatewaysService, ServiceRoutes } from "./gateways/index.js";
+import { GatewaysService, ServiceDomains, ServiceRoutes } from "./gateways/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
@@ -314,6 +314,14 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       },
       options.gatewayBaseDomain ?? "localhost",
     );
+    const serviceDomains = new ServiceDomains(
+      db,
+      {
+        check: async (c, id, q, field) => ({ id: (await services.getService(c, id, q, field)).id }),
+      },
+      options.gatewayBaseDomain ?? "localhost",
+      (organizationId, serviceId) => serviceRoutes.reconcileService(organizationId, serviceId),
+    );
     projects.setDependents({
       running: (q, org, scope) => services.runningIn(q, org, scope),
       removeEnvironment: async (tx, org, environmentId) => {
@@ -413,6 +421,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         gateways,
         hubUrl: () => publicUrl,
         onGatewayCreated: (organizationId) => void routeSweep(organizationId),
+        domains: serviceDomains,
       });
       serversRoutes(router, {
         servers,

@@ -115,6 +115,48 @@ describe("public service routes", () => {
     expect(await t.hub.serviceRoutes.reconcileService(org, serviceId)).toBe(0);
   });
 
+  it("custom domains join the route's hostnames; bad, reserved, duplicate and foreign ones are refused", async () => {
+    const transport = createConnectTransport({
+      baseUrl: t.hub.url,
+      httpVersion: "1.1",
+      interceptors: [
+        (next) => async (req) => {
+          req.header.set("authorization", `Bearer ${token}`);
+          return next(req);
+        },
+      ],
+    });
+    const gateways = createClient(GatewayService, transport);
+    const added = await gateways.addServiceDomain({ serviceId, hostname: "Shop.Example.COM." });
+    expect(added.domain!.hostname).toBe("shop.example.com");
+    expect((await routes(serviceId))[0]!.hostnames).toEqual([
+      "web-production.apps.example.test",
+      "shop.example.com",
+    ]);
+    const before = await routes(serviceId);
+    for (const [hostname, code] of [
+      ["not a host", "validation.failed"],
+      ["x".repeat(300), "validation.failed"],
+      ["evil.apps.example.test", "validation.failed"],
+      ["shop.example.com", "resource.already_exists"],
+      ["", "validation.failed"],
+    ] as const) {
+      const err = await gateways.addServiceDomain({ serviceId, hostname }).catch((e) => e);
+      expect(err.metadata?.get("flotilla-error-code"), String(err)).toBe(code);
+    }
+    const foreign = await gateways
+      .addServiceDomain({
+        serviceId: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+        hostname: "other.example.com",
+      })
+      .catch((e) => e);
+    expect(foreign.metadata.get("flotilla-error-code")).toBe("resource.not_found");
+    expect(await routes(serviceId)).toEqual(before);
+    await gateways.removeServiceDomain({ serviceId, hostname: "shop.example.com" });
+    expect((await routes(serviceId))[0]!.hostnames).toEqual(["web-production.apps.example.test"]);
+    expect((await gateways.listServiceDomains({ serviceId })).domains).toEqual([]);
+  });
+
   it("the database refuses a DEPLOYED route for a PRIVATE service", async () => {
     const a = api(t.hub.url, token);
     const svc = (await a.services.getService({ serviceId })).service!;

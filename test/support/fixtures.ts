@@ -665,6 +665,19 @@ export const FIXTURES: FixtureTable[] = [
     ],
   },
   {
+    table: "service_domains",
+    orderBy: "id",
+    rows: [
+      {
+        id: fixtureId(0xe51),
+        organization_id: org.a,
+        service_id: service.app,
+        hostname: `${"a".repeat(63)}.${"b".repeat(63)}.${"c".repeat(63)}.${"d".repeat(57)}.com`,
+        created_by: `user:${user.max}`,
+      },
+    ],
+  },
+  {
     table: "api_deployment_status",
     orderBy: "gateway_id, api_id",
     rows: [

@@ -77,11 +77,11 @@ export interface TenantIds {
   gatewayId: string;
   /** A RestApi deployed on the gateway. */
   restApiId: string;
-  /** A RestApi deployed nowhere (deletable). */
-  spareApiId: string;
-  /** An LlmProxy (on an LlmProvider) with one consumer key. */
+  /** An LlmProxy (on an LlmProvider) with one consumer key, deployed nowhere. */
   proxyApiId: string;
   consumerKeyId: string;
+  /** A custom domain of the service. */
+  domainHostname: string;
 }
 
 export interface RpcCase {
@@ -406,9 +406,10 @@ export const RPC_CASES: Record<string, RpcCase> = {
     objectScoped: true,
     request: (ids) => ({ api: ids.restApiId }),
   }),
+  // The proxy: deployed nowhere and nobody's provider, so it may be deleted.
   "flotilla.v1.ApiService/DeleteApi": rpc(A.deleteApi, {
     objectScoped: true,
-    request: (ids) => ({ api: ids.spareApiId }),
+    request: (ids) => ({ api: ids.proxyApiId }),
   }),
   "flotilla.v1.ApiService/CreateConsumerKey": rpc(A.createConsumerKey, {
     objectScoped: true,
@@ -445,6 +446,18 @@ export const RPC_CASES: Record<string, RpcCase> = {
   "flotilla.v1.GatewayService/DeleteGateway": rpc(G.deleteGateway, {
     objectScoped: true,
     request: (ids) => ({ gateway: ids.gatewayId }),
+  }),
+  "flotilla.v1.GatewayService/AddServiceDomain": rpc(G.addServiceDomain, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId, hostname: `shop-${unique()}.example.com` }),
+  }),
+  "flotilla.v1.GatewayService/ListServiceDomains": rpc(G.listServiceDomains, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId }),
+  }),
+  "flotilla.v1.GatewayService/RemoveServiceDomain": rpc(G.removeServiceDomain, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.serviceId, hostname: ids.domainHostname }),
   }),
 };
 
@@ -525,10 +538,6 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
     { name: `seeded-${unique()}`, kind: ApiKind.REST_API, definitionJson: REST_DEFINITION },
     { headers },
   );
-  const spareApi = await apisApi.createApi(
-    { name: `spare-${unique()}`, kind: ApiKind.REST_API, definitionJson: REST_DEFINITION },
-    { headers },
-  );
   const provider = await apisApi.createApi(
     {
       name: `llm-${unique()}`,
@@ -556,6 +565,8 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
     { headers },
   );
   await apisApi.deployApi({ api: restApi.api!.id, gateway: gateway.gateway!.id }, { headers });
+  const domainHostname = `seeded-${unique()}.example.com`;
+  await gatewaysApi.addServiceDomain({ serviceId, hostname: domainHostname }, { headers });
   const audit = await orgs.listAuditEvents({ limit: 1 }, { headers });
   return {
     projectId: project.project!.id,
@@ -574,9 +585,9 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
     auditEventId: audit.events[0]!.id,
     gatewayId: gateway.gateway!.id,
     restApiId: restApi.api!.id,
-    spareApiId: spareApi.api!.id,
     proxyApiId: proxy.api!.id,
     consumerKeyId: consumerKey.consumerKey!.id,
+    domainHostname,
   };
 }
 
@@ -600,9 +611,9 @@ export function absentIds(): TenantIds {
     jobId: uuid(),
     gatewayId: uuid(),
     restApiId: uuid(),
-    spareApiId: uuid(),
     proxyApiId: uuid(),
     consumerKeyId: uuid(),
+    domainHostname: `absent-${unique()}.example.com`,
   };
 }
 

@@ -7,7 +7,7 @@ import {
 } from "../../gen/flotilla/v1/apis_pb.js";
 import { type ApiKindName, invalid } from "../../shared/index.js";
 import type { Api, ApiDeployment, ApisService } from "../apis/index.js";
-import type { Gateway, GatewaysService } from "../gateways/index.js";
+import type { Gateway, GatewaysService, ServiceDomain, ServiceDomains } from "../gateways/index.js";
 import { caller, ts } from "./handler-context.js";
 
 const KIND_TO_NAME = new Map<ApiKind, ApiKindName>([
@@ -58,7 +58,15 @@ export interface ApisRouteOptions {
   hubUrl: () => string;
   /** A new gateway gets the public routes of its data plane's services. */
   onGatewayCreated?: (organizationId: string) => void;
+  domains: ServiceDomains;
 }
+
+const domain = (d: ServiceDomain) => ({
+  id: d.id,
+  serviceId: d.serviceId,
+  hostname: d.hostname,
+  createdAt: ts(d.createdAt),
+});
 
 export function apisRoutes(router: ConnectRouter, o: ApisRouteOptions): void {
   router.service(ApiRpc, {
@@ -132,6 +140,16 @@ export function apisRoutes(router: ConnectRouter, o: ApisRouteOptions): void {
     },
     async deleteGateway(req, ctx) {
       await o.gateways.remove(caller(ctx), req.gateway);
+      return {};
+    },
+    async addServiceDomain(req, ctx) {
+      return { domain: domain(await o.domains.add(caller(ctx), req.serviceId, req.hostname)) };
+    },
+    async listServiceDomains(req, ctx) {
+      return { domains: (await o.domains.list(caller(ctx), req.serviceId)).map(domain) };
+    },
+    async removeServiceDomain(req, ctx) {
+      await o.domains.remove(caller(ctx), req.serviceId, req.hostname);
       return {};
     },
   });

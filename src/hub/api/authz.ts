@@ -128,6 +128,10 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.GatewayService/ListGateways": can("servers.read"),
   "flotilla.v1.GatewayService/GetGateway": can("servers.read"),
   "flotilla.v1.GatewayService/DeleteGateway": can("servers.manage"),
+  // A custom domain changes where a service answers publicly: like changing the service.
+  "flotilla.v1.GatewayService/AddServiceDomain": can("services.write"),
+  "flotilla.v1.GatewayService/ListServiceDomains": can("projects.read"),
+  "flotilla.v1.GatewayService/RemoveServiceDomain": can("services.write"),
 };
 
 /** Set by the HTTP layer: the context read from the request headers, and the peer address. */

@@ -5,6 +5,7 @@ import { randomUUID } from "node:crypto";
 import type { DeploymentContent, ExpectedRow } from "../../shared/index.js";
 import type { Db, Queryable } from "../../store/index.js";
 import { appendEvent } from "../outbox/index.js";
+import { customHostnames } from "./domains.js";
 
 export interface RouteFacts {
   id: string;
@@ -69,7 +70,10 @@ export class ServiceRoutes {
             "SELECT id FROM gateways WHERE organization_id = $1 AND data_plane_id = $2",
             [organizationId, plane],
           );
-          const hostnames = [routeHostname(f.slug, f.environmentSlug, this.baseDomain)];
+          const hostnames = [
+            routeHostname(f.slug, f.environmentSlug, this.baseDomain),
+            ...(await customHostnames(tx, serviceId)),
+          ];
           for (const g of rows) desired.set(g.id, { hostnames, endpoint: f.endpoint });
         }
       }

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1/apis.proto.
  */
 export const file_flotilla_v1_apis: GenFile = /*@__PURE__*/
-  fileDesc("ChZmbG90aWxsYS92MS9hcGlzLnByb3RvEgtmbG90aWxsYS52MSKeAgoDQXBpEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSIgoEa2luZBgDIAEoDjIULmZsb3RpbGxhLnYxLkFwaUtpbmQSFwoPZGVmaW5pdGlvbl9qc29uGAQgASgJEhYKDmhhc19jcmVkZW50aWFsGAUgASgIEhcKD3Byb3ZpZGVyX2FwaV9pZBgGIAEoCRIvCg1jb25zdW1lcl9rZXlzGAcgAygLMhguZmxvdGlsbGEudjEuQ29uc3VtZXJLZXkSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoLQ29uc3VtZXJLZXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKDAQoQQ3JlYXRlQXBpUmVxdWVzdBIMCgRuYW1lGAEgASgJEiIKBGtpbmQYAiABKA4yFC5mbG90aWxsYS52MS5BcGlLaW5kEhcKD2RlZmluaXRpb25fanNvbhgDIAEoCRISCgpjcmVkZW50aWFsGAQgASgJEhAKCHByb3ZpZGVyGAUgASgJIjIKEUNyZWF0ZUFwaVJlc3BvbnNlEh0KA2FwaRgBIAEoCzIQLmZsb3RpbGxhLnYxLkFwaSIRCg9MaXN0QXBpc1JlcXVlc3QiMgoQTGlzdEFwaXNSZXNwb25zZRIeCgRhcGlzGAEgAygLMhAuZmxvdGlsbGEudjEuQXBpIhwKDUdldEFwaVJlcXVlc3QSCwoDYXBpGAEgASgJIi8KDkdldEFwaVJlc3BvbnNlEh0KA2FwaRgBIAEoCzIQLmZsb3RpbGxhLnYxLkFwaSIfChBEZWxldGVBcGlSZXF1ZXN0EgsKA2FwaRgBIAEoCSITChFEZWxldGVBcGlSZXNwb25zZSI1ChhDcmVhdGVDb25zdW1lcktleVJlcXVlc3QSCwoDYXBpGAEgASgJEgwKBG5hbWUYAiABKAkiWAoZQ3JlYXRlQ29uc3VtZXJLZXlSZXNwb25zZRIuCgxjb25zdW1lcl9rZXkYASABKAsyGC5mbG90aWxsYS52MS5Db25zdW1lcktleRILCgNrZXkYAiABKAkiQAoYRGVsZXRlQ29uc3VtZXJLZXlSZXF1ZXN0EgsKA2FwaRgBIAEoCRIXCg9jb25zdW1lcl9rZXlfaWQYAiABKAkiGwoZRGVsZXRlQ29uc3VtZXJLZXlSZXNwb25zZSLDAgoNQXBpRGVwbG95bWVudBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEg4KBmFwaV9pZBgCIAEoCRISCgpnYXRld2F5X2lkGAMgASgJEg0KBXN0YXRlGAQgASgJEi8KC2RlcGxveWVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9vYnNlcnZlZF9zdGF0dXMYBiABKAkSFwoPb2JzZXJ2ZWRfcmVhc29uGAcgASgJEh4KFm9ic2VydmVkX2RlcGxveW1lbnRfaWQYCCABKAkSLwoLb2JzZXJ2ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiIKBGtpbmQYCiABKA4yFC5mbG90aWxsYS52MS5BcGlLaW5kEhAKCGFwaV9uYW1lGAsgASgJIjAKEERlcGxveUFwaVJlcXVlc3QSCwoDYXBpGAEgASgJEg8KB2dhdGV3YXkYAiABKAkiQwoRRGVwbG95QXBpUmVzcG9uc2USLgoKZGVwbG95bWVudBgBIAEoCzIaLmZsb3RpbGxhLnYxLkFwaURlcGxveW1lbnQiMgoSVW5kZXBsb3lBcGlSZXF1ZXN0EgsKA2FwaRgBIAEoCRIPCgdnYXRld2F5GAIgASgJIkUKE1VuZGVwbG95QXBpUmVzcG9uc2USLgoKZGVwbG95bWVudBgBIAEoCzIaLmZsb3RpbGxhLnYxLkFwaURlcGxveW1lbnQiOQoZTGlzdEFwaURlcGxveW1lbnRzUmVxdWVzdBILCgNhcGkYASABKAkSDwoHZ2F0ZXdheRgCIAEoCSJNChpMaXN0QXBpRGVwbG95bWVudHNSZXNwb25zZRIvCgtkZXBsb3ltZW50cxgBIAMoCzIaLmZsb3RpbGxhLnYxLkFwaURlcGxveW1lbnQinAEKB0dhdGV3YXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIVCg1kYXRhX3BsYW5lX2lkGAMgASgJEjAKDGxhc3Rfc2Vlbl9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOAoUQ3JlYXRlR2F0ZXdheVJlcXVlc3QSDAoEbmFtZRgBIAEoCRISCgpkYXRhX3BsYW5lGAIgASgJIl4KFUNyZWF0ZUdhdGV3YXlSZXNwb25zZRIlCgdnYXRld2F5GAEgASgLMhQuZmxvdGlsbGEudjEuR2F0ZXdheRINCgV0b2tlbhgCIAEoCRIPCgdjb21tYW5kGAMgASgJIhUKE0xpc3RHYXRld2F5c1JlcXVlc3QiPgoUTGlzdEdhdGV3YXlzUmVzcG9uc2USJgoIZ2F0ZXdheXMYASADKAsyFC5mbG90aWxsYS52MS5HYXRld2F5IiQKEUdldEdhdGV3YXlSZXF1ZXN0Eg8KB2dhdGV3YXkYASABKAkiOwoSR2V0R2F0ZXdheVJlc3BvbnNlEiUKB2dhdGV3YXkYASABKAsyFC5mbG90aWxsYS52MS5HYXRld2F5IicKFERlbGV0ZUdhdGV3YXlSZXF1ZXN0Eg8KB2dhdGV3YXkYASABKAkiFwoVRGVsZXRlR2F0ZXdheVJlc3BvbnNlKm0KB0FwaUtpbmQSGAoUQVBJX0tJTkRfVU5TUEVDSUZJRUQQABIVChFBUElfS0lORF9SRVNUX0FQSRABEhkKFUFQSV9LSU5EX0xMTV9QUk9WSURFUhACEhYKEkFQSV9LSU5EX0xMTV9QUk9YWRADMv0FCgpBcGlTZXJ2aWNlEkoKCUNyZWF0ZUFwaRIdLmZsb3RpbGxhLnYxLkNyZWF0ZUFwaVJlcXVlc3QaHi5mbG90aWxsYS52MS5DcmVhdGVBcGlSZXNwb25zZRJHCghMaXN0QXBpcxIcLmZsb3RpbGxhLnYxLkxpc3RBcGlzUmVxdWVzdBodLmZsb3RpbGxhLnYxLkxpc3RBcGlzUmVzcG9uc2USQQoGR2V0QXBpEhouZmxvdGlsbGEudjEuR2V0QXBpUmVxdWVzdBobLmZsb3RpbGxhLnYxLkdldEFwaVJlc3BvbnNlEkoKCURlbGV0ZUFwaRIdLmZsb3RpbGxhLnYxLkRlbGV0ZUFwaVJlcXVlc3QaHi5mbG90aWxsYS52MS5EZWxldGVBcGlSZXNwb25zZRJiChFDcmVhdGVDb25zdW1lcktleRIlLmZsb3RpbGxhLnYxLkNyZWF0ZUNvbnN1bWVyS2V5UmVxdWVzdBomLmZsb3RpbGxhLnYxLkNyZWF0ZUNvbnN1bWVyS2V5UmVzcG9uc2USYgoRRGVsZXRlQ29uc3VtZXJLZXkSJS5mbG90aWxsYS52MS5EZWxldGVDb25zdW1lcktleVJlcXVlc3QaJi5mbG90aWxsYS52MS5EZWxldGVDb25zdW1lcktleVJlc3BvbnNlEkoKCURlcGxveUFwaRIdLmZsb3RpbGxhLnYxLkRlcGxveUFwaVJlcXVlc3QaHi5mbG90aWxsYS52MS5EZXBsb3lBcGlSZXNwb25zZRJQCgtVbmRlcGxveUFwaRIfLmZsb3RpbGxhLnYxLlVuZGVwbG95QXBpUmVxdWVzdBogLmZsb3RpbGxhLnYxLlVuZGVwbG95QXBpUmVzcG9uc2USZQoSTGlzdEFwaURlcGxveW1lbnRzEiYuZmxvdGlsbGEudjEuTGlzdEFwaURlcGxveW1lbnRzUmVxdWVzdBonLmZsb3RpbGxhLnYxLkxpc3RBcGlEZXBsb3ltZW50c1Jlc3BvbnNlMuQCCg5HYXRld2F5U2VydmljZRJWCg1DcmVhdGVHYXRld2F5EiEuZmxvdGlsbGEudjEuQ3JlYXRlR2F0ZXdheVJlcXVlc3QaIi5mbG90aWxsYS52MS5DcmVhdGVHYXRld2F5UmVzcG9uc2USUwoMTGlzdEdhdGV3YXlzEiAuZmxvdGlsbGEudjEuTGlzdEdhdGV3YXlzUmVxdWVzdBohLmZsb3RpbGxhLnYxLkxpc3RHYXRld2F5c1Jlc3BvbnNlEk0KCkdldEdhdGV3YXkSHi5mbG90aWxsYS52MS5HZXRHYXRld2F5UmVxdWVzdBofLmZsb3RpbGxhLnYxLkdldEdhdGV3YXlSZXNwb25zZRJWCg1EZWxldGVHYXRld2F5EiEuZmxvdGlsbGEudjEuRGVsZXRlR2F0ZXdheVJlcXVlc3QaIi5mbG90aWxsYS52MS5EZWxldGVHYXRld2F5UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChZmbG90aWxsYS92MS9hcGlzLnByb3RvEgtmbG90aWxsYS52MSKeAgoDQXBpEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSIgoEa2luZBgDIAEoDjIULmZsb3RpbGxhLnYxLkFwaUtpbmQSFwoPZGVmaW5pdGlvbl9qc29uGAQgASgJEhYKDmhhc19jcmVkZW50aWFsGAUgASgIEhcKD3Byb3ZpZGVyX2FwaV9pZBgGIAEoCRIvCg1jb25zdW1lcl9rZXlzGAcgAygLMhguZmxvdGlsbGEudjEuQ29uc3VtZXJLZXkSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoLQ29uc3VtZXJLZXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKDAQoQQ3JlYXRlQXBpUmVxdWVzdBIMCgRuYW1lGAEgASgJEiIKBGtpbmQYAiABKA4yFC5mbG90aWxsYS52MS5BcGlLaW5kEhcKD2RlZmluaXRpb25fanNvbhgDIAEoCRISCgpjcmVkZW50aWFsGAQgASgJEhAKCHByb3ZpZGVyGAUgASgJIjIKEUNyZWF0ZUFwaVJlc3BvbnNlEh0KA2FwaRgBIAEoCzIQLmZsb3RpbGxhLnYxLkFwaSIRCg9MaXN0QXBpc1JlcXVlc3QiMgoQTGlzdEFwaXNSZXNwb25zZRIeCgRhcGlzGAEgAygLMhAuZmxvdGlsbGEudjEuQXBpIhwKDUdldEFwaVJlcXVlc3QSCwoDYXBpGAEgASgJIi8KDkdldEFwaVJlc3BvbnNlEh0KA2FwaRgBIAEoCzIQLmZsb3RpbGxhLnYxLkFwaSIfChBEZWxldGVBcGlSZXF1ZXN0EgsKA2FwaRgBIAEoCSITChFEZWxldGVBcGlSZXNwb25zZSI1ChhDcmVhdGVDb25zdW1lcktleVJlcXVlc3QSCwoDYXBpGAEgASgJEgwKBG5hbWUYAiABKAkiWAoZQ3JlYXRlQ29uc3VtZXJLZXlSZXNwb25zZRIuCgxjb25zdW1lcl9rZXkYASABKAsyGC5mbG90aWxsYS52MS5Db25zdW1lcktleRILCgNrZXkYAiABKAkiQAoYRGVsZXRlQ29uc3VtZXJLZXlSZXF1ZXN0EgsKA2FwaRgBIAEoCRIXCg9jb25zdW1lcl9rZXlfaWQYAiABKAkiGwoZRGVsZXRlQ29uc3VtZXJLZXlSZXNwb25zZSLDAgoNQXBpRGVwbG95bWVudBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEg4KBmFwaV9pZBgCIAEoCRISCgpnYXRld2F5X2lkGAMgASgJEg0KBXN0YXRlGAQgASgJEi8KC2RlcGxveWVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9vYnNlcnZlZF9zdGF0dXMYBiABKAkSFwoPb2JzZXJ2ZWRfcmVhc29uGAcgASgJEh4KFm9ic2VydmVkX2RlcGxveW1lbnRfaWQYCCABKAkSLwoLb2JzZXJ2ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiIKBGtpbmQYCiABKA4yFC5mbG90aWxsYS52MS5BcGlLaW5kEhAKCGFwaV9uYW1lGAsgASgJIjAKEERlcGxveUFwaVJlcXVlc3QSCwoDYXBpGAEgASgJEg8KB2dhdGV3YXkYAiABKAkiQwoRRGVwbG95QXBpUmVzcG9uc2USLgoKZGVwbG95bWVudBgBIAEoCzIaLmZsb3RpbGxhLnYxLkFwaURlcGxveW1lbnQiMgoSVW5kZXBsb3lBcGlSZXF1ZXN0EgsKA2FwaRgBIAEoCRIPCgdnYXRld2F5GAIgASgJIkUKE1VuZGVwbG95QXBpUmVzcG9uc2USLgoKZGVwbG95bWVudBgBIAEoCzIaLmZsb3RpbGxhLnYxLkFwaURlcGxveW1lbnQiOQoZTGlzdEFwaURlcGxveW1lbnRzUmVxdWVzdBILCgNhcGkYASABKAkSDwoHZ2F0ZXdheRgCIAEoCSJNChpMaXN0QXBpRGVwbG95bWVudHNSZXNwb25zZRIvCgtkZXBsb3ltZW50cxgBIAMoCzIaLmZsb3RpbGxhLnYxLkFwaURlcGxveW1lbnQinAEKB0dhdGV3YXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIVCg1kYXRhX3BsYW5lX2lkGAMgASgJEjAKDGxhc3Rfc2Vlbl9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOAoUQ3JlYXRlR2F0ZXdheVJlcXVlc3QSDAoEbmFtZRgBIAEoCRISCgpkYXRhX3BsYW5lGAIgASgJIl4KFUNyZWF0ZUdhdGV3YXlSZXNwb25zZRIlCgdnYXRld2F5GAEgASgLMhQuZmxvdGlsbGEudjEuR2F0ZXdheRINCgV0b2tlbhgCIAEoCRIPCgdjb21tYW5kGAMgASgJIhUKE0xpc3RHYXRld2F5c1JlcXVlc3QiPgoUTGlzdEdhdGV3YXlzUmVzcG9uc2USJgoIZ2F0ZXdheXMYASADKAsyFC5mbG90aWxsYS52MS5HYXRld2F5IiQKEUdldEdhdGV3YXlSZXF1ZXN0Eg8KB2dhdGV3YXkYASABKAkiOwoSR2V0R2F0ZXdheVJlc3BvbnNlEiUKB2dhdGV3YXkYASABKAsyFC5mbG90aWxsYS52MS5HYXRld2F5IicKFERlbGV0ZUdhdGV3YXlSZXF1ZXN0Eg8KB2dhdGV3YXkYASABKAkiFwoVRGVsZXRlR2F0ZXdheVJlc3BvbnNlInEKDVNlcnZpY2VEb21haW4SCgoCaWQYASABKAkSEgoKc2VydmljZV9pZBgCIAEoCRIQCghob3N0bmFtZRgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI/ChdBZGRTZXJ2aWNlRG9tYWluUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEhAKCGhvc3RuYW1lGAIgASgJIkYKGEFkZFNlcnZpY2VEb21haW5SZXNwb25zZRIqCgZkb21haW4YASABKAsyGi5mbG90aWxsYS52MS5TZXJ2aWNlRG9tYWluIi8KGUxpc3RTZXJ2aWNlRG9tYWluc1JlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCSJJChpMaXN0U2VydmljZURvbWFpbnNSZXNwb25zZRIrCgdkb21haW5zGAEgAygLMhouZmxvdGlsbGEudjEuU2VydmljZURvbWFpbiJCChpSZW1vdmVTZXJ2aWNlRG9tYWluUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEhAKCGhvc3RuYW1lGAIgASgJIh0KG1JlbW92ZVNlcnZpY2VEb21haW5SZXNwb25zZSptCgdBcGlLaW5kEhgKFEFQSV9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRQVBJX0tJTkRfUkVTVF9BUEkQARIZChVBUElfS0lORF9MTE1fUFJPVklERVIQAhIWChJBUElfS0lORF9MTE1fUFJPWFkQAzL9BQoKQXBpU2VydmljZRJKCglDcmVhdGVBcGkSHS5mbG90aWxsYS52MS5DcmVhdGVBcGlSZXF1ZXN0Gh4uZmxvdGlsbGEudjEuQ3JlYXRlQXBpUmVzcG9uc2USRwoITGlzdEFwaXMSHC5mbG90aWxsYS52MS5MaXN0QXBpc1JlcXVlc3QaHS5mbG90aWxsYS52MS5MaXN0QXBpc1Jlc3BvbnNlEkEKBkdldEFwaRIaLmZsb3RpbGxhLnYxLkdldEFwaVJlcXVlc3QaGy5mbG90aWxsYS52MS5HZXRBcGlSZXNwb25zZRJKCglEZWxldGVBcGkSHS5mbG90aWxsYS52MS5EZWxldGVBcGlSZXF1ZXN0Gh4uZmxvdGlsbGEudjEuRGVsZXRlQXBpUmVzcG9uc2USYgoRQ3JlYXRlQ29uc3VtZXJLZXkSJS5mbG90aWxsYS52MS5DcmVhdGVDb25zdW1lcktleVJlcXVlc3QaJi5mbG90aWxsYS52MS5DcmVhdGVDb25zdW1lcktleVJlc3BvbnNlEmIKEURlbGV0ZUNvbnN1bWVyS2V5EiUuZmxvdGlsbGEudjEuRGVsZXRlQ29uc3VtZXJLZXlSZXF1ZXN0GiYuZmxvdGlsbGEudjEuRGVsZXRlQ29uc3VtZXJLZXlSZXNwb25zZRJKCglEZXBsb3lBcGkSHS5mbG90aWxsYS52MS5EZXBsb3lBcGlSZXF1ZXN0Gh4uZmxvdGlsbGEudjEuRGVwbG95QXBpUmVzcG9uc2USUAoLVW5kZXBsb3lBcGkSHy5mbG90aWxsYS52MS5VbmRlcGxveUFwaVJlcXVlc3QaIC5mbG90aWxsYS52MS5VbmRlcGxveUFwaVJlc3BvbnNlEmUKEkxpc3RBcGlEZXBsb3ltZW50cxImLmZsb3RpbGxhLnYxLkxpc3RBcGlEZXBsb3ltZW50c1JlcXVlc3QaJy5mbG90aWxsYS52MS5MaXN0QXBpRGVwbG95bWVudHNSZXNwb25zZTKWBQoOR2F0ZXdheVNlcnZpY2USVgoNQ3JlYXRlR2F0ZXdheRIhLmZsb3RpbGxhLnYxLkNyZWF0ZUdhdGV3YXlSZXF1ZXN0GiIuZmxvdGlsbGEudjEuQ3JlYXRlR2F0ZXdheVJlc3BvbnNlElMKDExpc3RHYXRld2F5cxIgLmZsb3RpbGxhLnYxLkxpc3RHYXRld2F5c1JlcXVlc3QaIS5mbG90aWxsYS52MS5MaXN0R2F0ZXdheXNSZXNwb25zZRJNCgpHZXRHYXRld2F5Eh4uZmxvdGlsbGEudjEuR2V0R2F0ZXdheVJlcXVlc3QaHy5mbG90aWxsYS52MS5HZXRHYXRld2F5UmVzcG9uc2USVgoNRGVsZXRlR2F0ZXdheRIhLmZsb3RpbGxhLnYxLkRlbGV0ZUdhdGV3YXlSZXF1ZXN0GiIuZmxvdGlsbGEudjEuRGVsZXRlR2F0ZXdheVJlc3BvbnNlEl8KEEFkZFNlcnZpY2VEb21haW4SJC5mbG90aWxsYS52MS5BZGRTZXJ2aWNlRG9tYWluUmVxdWVzdBolLmZsb3RpbGxhLnYxLkFkZFNlcnZpY2VEb21haW5SZXNwb25zZRJlChJMaXN0U2VydmljZURvbWFpbnMSJi5mbG90aWxsYS52MS5MaXN0U2VydmljZURvbWFpbnNSZXF1ZXN0GicuZmxvdGlsbGEudjEuTGlzdFNlcnZpY2VEb21haW5zUmVzcG9uc2USaAoTUmVtb3ZlU2VydmljZURvbWFpbhInLmZsb3RpbGxhLnYxLlJlbW92ZVNlcnZpY2VEb21haW5SZXF1ZXN0GiguZmxvdGlsbGEudjEuUmVtb3ZlU2VydmljZURvbWFpblJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message flotilla.v1.Api
@@ -730,6 +730,148 @@ export const DeleteGatewayResponseSchema: GenMessage<DeleteGatewayResponse> = /*
   messageDesc(file_flotilla_v1_apis, 29);
 
 /**
+ * @generated from message flotilla.v1.ServiceDomain
+ */
+export type ServiceDomain = Message<"flotilla.v1.ServiceDomain"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string service_id = 2;
+   */
+  serviceId: string;
+
+  /**
+   * @generated from field: string hostname = 3;
+   */
+  hostname: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 4;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message flotilla.v1.ServiceDomain.
+ * Use `create(ServiceDomainSchema)` to create a new message.
+ */
+export const ServiceDomainSchema: GenMessage<ServiceDomain> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_apis, 30);
+
+/**
+ * @generated from message flotilla.v1.AddServiceDomainRequest
+ */
+export type AddServiceDomainRequest = Message<"flotilla.v1.AddServiceDomainRequest"> & {
+  /**
+   * @generated from field: string service_id = 1;
+   */
+  serviceId: string;
+
+  /**
+   * A lowercase DNS name, e.g. shop.example.com; unique across the installation.
+   *
+   * @generated from field: string hostname = 2;
+   */
+  hostname: string;
+};
+
+/**
+ * Describes the message flotilla.v1.AddServiceDomainRequest.
+ * Use `create(AddServiceDomainRequestSchema)` to create a new message.
+ */
+export const AddServiceDomainRequestSchema: GenMessage<AddServiceDomainRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_apis, 31);
+
+/**
+ * @generated from message flotilla.v1.AddServiceDomainResponse
+ */
+export type AddServiceDomainResponse = Message<"flotilla.v1.AddServiceDomainResponse"> & {
+  /**
+   * @generated from field: flotilla.v1.ServiceDomain domain = 1;
+   */
+  domain?: ServiceDomain | undefined;
+};
+
+/**
+ * Describes the message flotilla.v1.AddServiceDomainResponse.
+ * Use `create(AddServiceDomainResponseSchema)` to create a new message.
+ */
+export const AddServiceDomainResponseSchema: GenMessage<AddServiceDomainResponse> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_apis, 32);
+
+/**
+ * @generated from message flotilla.v1.ListServiceDomainsRequest
+ */
+export type ListServiceDomainsRequest = Message<"flotilla.v1.ListServiceDomainsRequest"> & {
+  /**
+   * @generated from field: string service_id = 1;
+   */
+  serviceId: string;
+};
+
+/**
+ * Describes the message flotilla.v1.ListServiceDomainsRequest.
+ * Use `create(ListServiceDomainsRequestSchema)` to create a new message.
+ */
+export const ListServiceDomainsRequestSchema: GenMessage<ListServiceDomainsRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_apis, 33);
+
+/**
+ * @generated from message flotilla.v1.ListServiceDomainsResponse
+ */
+export type ListServiceDomainsResponse = Message<"flotilla.v1.ListServiceDomainsResponse"> & {
+  /**
+   * @generated from field: repeated flotilla.v1.ServiceDomain domains = 1;
+   */
+  domains: ServiceDomain[];
+};
+
+/**
+ * Describes the message flotilla.v1.ListServiceDomainsResponse.
+ * Use `create(ListServiceDomainsResponseSchema)` to create a new message.
+ */
+export const ListServiceDomainsResponseSchema: GenMessage<ListServiceDomainsResponse> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_apis, 34);
+
+/**
+ * @generated from message flotilla.v1.RemoveServiceDomainRequest
+ */
+export type RemoveServiceDomainRequest = Message<"flotilla.v1.RemoveServiceDomainRequest"> & {
+  /**
+   * @generated from field: string service_id = 1;
+   */
+  serviceId: string;
+
+  /**
+   * @generated from field: string hostname = 2;
+   */
+  hostname: string;
+};
+
+/**
+ * Describes the message flotilla.v1.RemoveServiceDomainRequest.
+ * Use `create(RemoveServiceDomainRequestSchema)` to create a new message.
+ */
+export const RemoveServiceDomainRequestSchema: GenMessage<RemoveServiceDomainRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_apis, 35);
+
+/**
+ * @generated from message flotilla.v1.RemoveServiceDomainResponse
+ */
+export type RemoveServiceDomainResponse = Message<"flotilla.v1.RemoveServiceDomainResponse"> & {
+};
+
+/**
+ * Describes the message flotilla.v1.RemoveServiceDomainResponse.
+ * Use `create(RemoveServiceDomainResponseSchema)` to create a new message.
+ */
+export const RemoveServiceDomainResponseSchema: GenMessage<RemoveServiceDomainResponse> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_apis, 36);
+
+/**
  * @generated from enum flotilla.v1.ApiKind
  */
 export enum ApiKind {
@@ -887,6 +1029,32 @@ export const GatewayService: GenService<{
     methodKind: "unary";
     input: typeof DeleteGatewayRequestSchema;
     output: typeof DeleteGatewayResponseSchema;
+  },
+  /**
+   * Custom domains a PUBLIC service is also routed at (beside <service>-<env>.<base domain>).
+   *
+   * @generated from rpc flotilla.v1.GatewayService.AddServiceDomain
+   */
+  addServiceDomain: {
+    methodKind: "unary";
+    input: typeof AddServiceDomainRequestSchema;
+    output: typeof AddServiceDomainResponseSchema;
+  },
+  /**
+   * @generated from rpc flotilla.v1.GatewayService.ListServiceDomains
+   */
+  listServiceDomains: {
+    methodKind: "unary";
+    input: typeof ListServiceDomainsRequestSchema;
+    output: typeof ListServiceDomainsResponseSchema;
+  },
+  /**
+   * @generated from rpc flotilla.v1.GatewayService.RemoveServiceDomain
+   */
+  removeServiceDomain: {
+    methodKind: "unary";
+    input: typeof RemoveServiceDomainRequestSchema;
+    output: typeof RemoveServiceDomainResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_flotilla_v1_apis, 1);
