@@ -103,10 +103,14 @@ describe("flotilla up with its local gateway", () => {
     // Another hostname is not routed; a custom domain is, once added.
     expect((await viaGateway(gatewayPort, "nobody-production.localhost")).status).toBe(404);
     await rpc("GatewayService/AddServiceDomain", { serviceId, hostname: "shop.example.test" });
-    await eventually(async () => {
-      const r = await viaGateway(gatewayPort, "shop.example.test", "/");
-      return r.status === 200 ? r : null;
-    }, "the custom domain answers through the gateway", 40_000);
+    await eventually(
+      async () => {
+        const r = await viaGateway(gatewayPort, "shop.example.test", "/");
+        return r.status === 200 ? r : null;
+      },
+      "the custom domain answers through the gateway",
+      40_000,
+    );
 
     const current = (await rpc("ServicesService/GetService", { serviceId })).service;
     await rpc("ServicesService/UpdateService", {
