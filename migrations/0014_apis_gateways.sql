@@ -18,7 +18,10 @@ CREATE TABLE apis (
   updated_at timestamptz NOT NULL DEFAULT now(),
   UNIQUE (organization_id, name),
   UNIQUE (organization_id, id),
-  FOREIGN KEY (organization_id, provider_api_id) REFERENCES apis (organization_id, id),
+  -- Deferrable: `flotilla migrate` copies a table's rows in one transaction in key order, and a
+  -- self-reference must not depend on that order.
+  FOREIGN KEY (organization_id, provider_api_id) REFERENCES apis (organization_id, id)
+    DEFERRABLE INITIALLY DEFERRED,
   CONSTRAINT apis_credential_pair CHECK ((credential_sealed IS NULL) = (credential_key_id IS NULL)),
   CONSTRAINT apis_proxy_has_provider CHECK ((kind = 'LlmProxy') = (provider_api_id IS NOT NULL))
 );
