@@ -65,13 +65,22 @@ export type Route = RestRoute | LlmProviderRoute | LlmProxyRoute | ServiceRoute;
 
 const DEFAULT_TIMEOUT_MS = 30_000;
 
+// 10,000 routes often share a handful of upstreams: parse each URL once.
+const upstreamCache = new Map<string, Upstream>();
+
 function upstreamOf(url: string, timeoutMs: number | undefined): Upstream {
+  const key = `${timeoutMs ?? ""} ${url}`;
+  const cached = upstreamCache.get(key);
+  if (cached) return cached;
+  if (upstreamCache.size > 10_000) upstreamCache.clear();
   const u = new URL(url);
-  return {
+  const upstream = {
     origin: u.origin,
     basePath: u.pathname === "/" ? "" : u.pathname.replace(/\/+$/, ""),
     timeoutMs: timeoutMs ?? DEFAULT_TIMEOUT_MS,
   };
+  upstreamCache.set(key, upstream);
+  return upstream;
 }
 
 function operationPattern(op: Operation): { method: string; pattern: RegExp } {

@@ -30,6 +30,10 @@ const NEWER = `(artifacts.deployed_at < excluded.deployed_at
   OR (artifacts.deployed_at = excluded.deployed_at AND artifacts.deployment_id = excluded.deployment_id
       AND artifacts.content IS NULL AND excluded.content IS NOT NULL))`;
 
+const SECRET_KINDS = new Set(["LlmProvider", "LlmProxy"]);
+const PLAIN = Buffer.from([0]);
+const SEALED = Buffer.from([1]);
+
 interface Row {
   api_id: string;
   deployment_id: string;
@@ -47,8 +51,8 @@ export class LocalStore {
   private readonly deleteStmt: Database.Statement;
 
   /**
-   * `secret` (the gateway's token) derives the key that seals content at rest: an LlmProvider's
-   * credential is inside it. A new token cannot open old rows; they are fetched again.
+   * `secret` (the gateway's token) derives the key that seals secret-bearing content at rest (an
+   * LLM API's credential). A new token cannot open old rows; all content is fetched again.
    */
   constructor(dataDir: string, secret: string) {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
@@ -96,18 +100,28 @@ export class LocalStore {
     );
   }
 
-  private seal(apiId: string, content: string | null): Buffer | null {
-    return content === null ? null : sealBox(this.key, content, apiId);
+  /**
+   * Content carrying a secret (the LLM kinds hold the provider's credential) is sealed; the rest
+   * is stored plain, because opening 10,000 boxes costs a restart ~100 ms before it serves. The
+   * first byte says which: 1 sealed, 0 plain.
+   */
+  private seal(apiId: string, kind: string, content: string | null): Buffer | null {
+    if (content === null) return null;
+    if (!SECRET_KINDS.has(kind)) return Buffer.concat([PLAIN, Buffer.from(content, "utf8")]);
+    return Buffer.concat([SEALED, sealBox(this.key, content, apiId)]);
   }
 
   private toRow(r: Row): StoredRow {
     let content: string | null = null;
     if (r.content) {
-      try {
-        content = openBox(this.key, r.content, r.api_id);
-      } catch {
-        content = null; // Sealed under another key: fetched again by the next sync.
-      }
+      const body = r.content.subarray(1);
+      if (r.content[0] === 0) content = body.toString("utf8");
+      else
+        try {
+          content = openBox(this.key, body, r.api_id);
+        } catch {
+          content = null; // Sealed under another key: fetched again by the next sync.
+        }
     }
     return {
       apiId: r.api_id,
@@ -124,7 +138,10 @@ export class LocalStore {
    * config store about that row and no other.
    */
   upsert(row: StoredRow): boolean {
-    const info = this.upsertStmt.run({ ...row, content: this.seal(row.apiId, row.content) });
+    const info = this.upsertStmt.run({
+      ...row,
+      content: this.seal(row.apiId, row.kind, row.content),
+    });
     return info.changes > 0;
   }
 

@@ -2,7 +2,7 @@
 // change nothing, equal timestamps resolve by deploymentId the same way in any order, one bad
 // definition fails alone, and an archive with entries outside their directory is rejected whole
 // (served by a hostile stand-in for the hub: the real hub never writes such an archive).
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -88,12 +88,22 @@ describe("the gateway's local store guard", () => {
     expect(store.get(API)?.content).toContain(DEP_A);
   });
 
-  it("content is sealed at rest: another token cannot read it and it is fetched again", () => {
+  it("an LLM API's content (with its credential) is sealed at rest; another token cannot read it", () => {
     const dir = mkdtempSync(join(tmpdir(), "flotilla-gw-seal-"));
     dirs.push(dir);
     const a = new LocalStore(dir, "fgw_first");
-    a.upsert(row(DEP_A, 1000));
+    const secret = "sk-never-on-disk-in-clear-0123456789";
+    a.upsert({
+      ...row(DEP_A, 1000),
+      kind: "LlmProvider",
+      content: JSON.stringify({ credential: secret }),
+    });
+    expect(a.get(API)?.content).toContain(secret);
     a.close();
+    const onDisk = ["gateway.sqlite", "gateway.sqlite-wal"]
+      .map((f) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f)).toString("latin1") : ""))
+      .join("");
+    expect(onDisk).not.toContain(secret);
     const b = new LocalStore(dir, "fgw_second");
     expect(b.get(API)).toMatchObject({ deploymentId: DEP_A, content: null });
     b.close();
