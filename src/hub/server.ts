@@ -37,16 +37,23 @@ import {
 } from "./api/index.js";
 import { recordAudit } from "./audit/index.js";
 import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
-import { ControlChannel } from "./control/index.js";
+import {
+  ControlChannel,
+  DispatchRouter,
+  DispatchWaiter,
+  noteDispatch,
+  routingInterceptor,
+} from "./control/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
   type LoginLimits,
   SessionCodec,
 } from "./identity/index.js";
+import { InternalHttpClient } from "./internal/index.js";
 import { type EventBus, memoryBus, OutboxRelay, postgresBus } from "./outbox/index.js";
 import { ProjectsService } from "./projects/index.js";
-import { DispatchStore, ServersService } from "./servers/index.js";
+import { type Dispatch, DispatchStore, ServersService } from "./servers/index.js";
 import { type ObservedStatus, ServicesService } from "./services/index.js";
 
 export type StoreOptions =
@@ -108,6 +115,8 @@ export interface Hub {
   servers: ServersService;
   dispatches: DispatchStore;
   control: ControlChannel;
+  /** route() for dispatches, and admin calls to agents this replica does not hold. */
+  router: DispatchRouter;
   events: EventBus;
   relay: OutboxRelay;
   metrics: Metrics;
@@ -194,6 +203,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
   const db = await openStore(options.store);
   let events: EventBus | undefined;
   let relay: OutboxRelay | undefined;
+  let closeWaiter: (() => Promise<void>) | undefined;
   const shutdown = new AbortController();
   let app: FastifyInstance | undefined;
   let h2: Http2Server | undefined;
@@ -249,6 +259,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         intend: async (tx, d) => {
           const id = (await dispatches.insert(tx, d)).id;
           metrics.dispatches.inc({ op: d.op, event: "written" });
+          // Routed once the request's transaction has committed (see routingInterceptor).
+          noteDispatch(id);
           return id;
         },
       },
@@ -260,6 +272,17 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         await config.removeScope(tx, org, "environment", environmentId);
       },
     });
+    const resolveArgs = async (d: Dispatch) => {
+      // Deployments and jobs run with the service's config, decrypted now, sent only here.
+      if (!["deploy", "start", "restart", "job"].includes(d.op) || !d.args.service) return d.args;
+      const service = d.args.service as { id: string; environment_id: string; slug: string };
+      const env = await config.resolveForRuntime(
+        d.organizationId,
+        service.environment_id,
+        service.id,
+      );
+      return { ...d.args, env };
+    };
     const control = new ControlChannel({
       db,
       servers,
@@ -280,20 +303,13 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
         drained: (seconds) => metrics.drainDuration.observe(seconds),
       },
-      resolveArgs: async (d) => {
-        // Deployments and jobs run with the service's config, decrypted now, sent only here.
-        if (!["deploy", "start", "restart", "job"].includes(d.op) || !d.args.service) return d.args;
-        const service = d.args.service as { id: string; environment_id: string; slug: string };
-        const env = await config.resolveForRuntime(
-          d.organizationId,
-          service.environment_id,
-          service.id,
-        );
-        return { ...d.args, env };
-      },
+      resolveArgs,
       ...(options.agentHeartbeatIntervalMs
         ? { heartbeatIntervalMs: options.agentHeartbeatIntervalMs }
         : {}),
+      sweepMore: async () => {
+        await dispatchRouter.sweepDirect();
+      },
       status: {
         // The one path that writes observed state: what agents report.
         observe: async (organizationId, o) => {
@@ -309,12 +325,42 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       },
     });
+    const internalHttp = new InternalHttpClient();
+    const dispatchRouter: DispatchRouter = new DispatchRouter({
+      control,
+      servers,
+      dispatches,
+      http: internalHttp,
+      hubId: instanceId,
+      logger,
+      resolveArgs,
+      onRoute: (route) => metrics.dispatchRoutes.inc({ route }),
+      observe: {
+        claimed: (op) => metrics.dispatches.inc({ op, event: "claimed" }),
+        finished: (op, ok, seconds) => {
+          metrics.dispatches.inc({ op, event: ok ? "done" : "failed" });
+          metrics.dispatchLatency.observe({ op, outcome: ok ? "done" : "failed" }, seconds);
+        },
+      },
+    });
+    const routeLater = (id: string) =>
+      void dispatchRouter
+        .routeById(id)
+        .catch((err) =>
+          logger.warn({ err, dispatch: id }, "routing failed; the sweep delivers it"),
+        );
     const bus = db.engine === "postgres" ? await postgresBus(db) : memoryBus();
     events = bus;
+    const waiter = new DispatchWaiter(db, dispatches, bus, routeLater);
+    await waiter.start();
+    closeWaiter = () => waiter.close();
     relay = new OutboxRelay(db, bus, logger);
     await relay.start();
 
-    const interceptors = [createAuthInterceptor({ identity, logger, metrics })];
+    const interceptors = [
+      createAuthInterceptor({ identity, logger, metrics }),
+      routingInterceptor(routeLater),
+    ];
     const routes = (router: ConnectRouter) => {
       identityRoutes(router, {
         db,
@@ -327,6 +373,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         events: bus,
         db,
         shutdown: shutdown.signal,
+        operations: {
+          around: (o, write) => waiter.around(o, write),
+          check: (waitSeconds) => DispatchWaiter.check(waitSeconds),
+        },
         jobs: {
           get: async (c, id) => {
             const d = await dispatches.get(checkId("job_id", id)).catch(() => undefined);
@@ -351,7 +401,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         servers,
         dispatches,
         hubUrl: () => publicUrl,
-        agentAdmin: (serverId, action) => control.admin(serverId, action),
+        agentAdmin: (serverId, action) => dispatchRouter.admin(serverId, action),
         audit: (c, action, serverId) =>
           db.tx((tx) =>
             recordAudit(tx, {
@@ -481,6 +531,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       servers,
       dispatches,
       control,
+      router: dispatchRouter,
       events: bus,
       relay: outboxRelay,
       metrics,
@@ -509,6 +560,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
           ]);
           clearTimeout(timer);
           await outboxRelay.stop();
+          await waiter.close();
+          await internalHttp.close();
           await bus.close();
           await db.close();
           logger.info("hub stopped");
@@ -517,6 +570,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       },
     };
   } catch (err) {
+    await closeWaiter?.().catch(() => {});
     await relay?.stop().catch(() => {});
     await events?.close().catch(() => {});
     await app?.close().catch(() => {});

@@ -7,6 +7,7 @@
  */
 export const ConnectCode = {
   InvalidArgument: 3,
+  DeadlineExceeded: 4,
   NotFound: 5,
   AlreadyExists: 6,
   PermissionDenied: 7,
@@ -124,6 +125,12 @@ export const ERROR_CATALOGUE = {
     connect: ConnectCode.Unavailable,
     http: 503,
     meaning: "The server's agent is not connected (to this hub). Retry when the server is online.",
+  },
+  "dispatch.timeout": {
+    connect: ConnectCode.DeadlineExceeded,
+    http: 504,
+    meaning:
+      "A request that waits for its operation (`wait_seconds`) saw no progress for that long. The message names the dispatch id: the operation goes on; follow it with `flotilla servers dispatches SERVER`.",
   },
   "store.unavailable": {
     connect: ConnectCode.Unavailable,

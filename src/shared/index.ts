@@ -3,6 +3,7 @@
 export * from "./aead.js";
 export * from "./caller.js";
 export * from "./context.js";
+export * from "./direct.js";
 export * from "./errors.js";
 export * from "./frames.js";
 export * from "./ids.js";

@@ -77,6 +77,8 @@ export interface ControlChannelOptions {
   };
   /** An agent that has not proven its secret by then is disconnected. Default 10 s. */
   authTimeoutMs?: number;
+  /** More singleton sweep work, run under the same lock (route() "direct" for unheld agents). */
+  sweepMore?: () => Promise<void>;
 }
 
 interface Session {
@@ -463,6 +465,7 @@ export class ControlChannel {
       cores: hello.cores,
       memory_bytes: hello.memory_bytes,
       disk_free_bytes: hello.disk_free_bytes,
+      ...(hello.admin_url !== undefined ? { admin_url: hello.admin_url } : {}),
     });
     const previous = this.sessions.get(serverId);
     const session: Session = {
@@ -530,7 +533,14 @@ export class ControlChannel {
           // A result the database refuses must still end the dispatch, with the reason.
           this.o.dispatches.fail(d.id, `the agent's result could not be recorded: ${err.message}`),
         );
-        this.o.logger.info({ dispatch: d.id, ok: frame.ok, recorded }, "dispatch result");
+        // The executing replica's log lines carry the trace and correlation stored with the intent.
+        runWithContext(
+          {
+            ...contextFromRow({ correlation_id: d.correlationId, traceparent: d.traceparent }),
+            tenant: d.organizationId,
+          },
+          () => this.o.logger.info({ dispatch: d.id, ok: frame.ok, recorded }, "dispatch result"),
+        );
         if (recorded)
           this.o.observe?.finished(d.op, frame.ok, (Date.now() - d.createdAt.getTime()) / 1000);
         return;
@@ -643,6 +653,7 @@ export class ControlChannel {
         const { requeued, failed } = await this.o.dispatches.reap(this.o.maxAttempts ?? 5);
         const offline = await this.o.servers.reapStale();
         const pendingTooLong = await this.o.dispatches.countPendingOlderThan(60);
+        await this.o.sweepMore?.();
         return { requeued: requeued.length, failed, offline: offline.length, pendingTooLong };
       });
       if (outcome.ran && outcome.value) {

@@ -12,6 +12,11 @@ import type { Db, Queryable } from "../../store/index.js";
 
 /** Wakes the replica holding a server's agent; the payload is the server id, never a body. */
 export const DISPATCH_CHANNEL = "flotilla_dispatch";
+/**
+ * Sent when a dispatch reaches done or failed (payload: its id), in the statement that writes the
+ * outcome: a replica waiting for it on a caller's behalf wakes and re-reads the row.
+ */
+export const DISPATCH_DONE_CHANNEL = "flotilla_dispatch_done";
 /** How long an executing agent has before the reaper may hand the dispatch out again. */
 const DEFAULT_DEADLINE_SECONDS = 300;
 
@@ -139,8 +144,10 @@ export class DispatchStore {
 
   async complete(id: string, result: unknown): Promise<boolean> {
     const { rows } = await this.db.query(
-      `UPDATE dispatches SET state = 'done', result = $2, error = NULL, updated_at = now()
-       WHERE id = $1 AND state = 'in_progress' RETURNING id`,
+      `WITH done AS (
+         UPDATE dispatches SET state = 'done', result = $2, error = NULL, updated_at = now()
+         WHERE id = $1 AND state = 'in_progress' RETURNING id)
+       SELECT id, pg_notify('${DISPATCH_DONE_CHANNEL}', id::text) FROM done`,
       [id, JSON.stringify(result ?? null)],
     );
     return rows.length > 0;
@@ -149,8 +156,10 @@ export class DispatchStore {
   /** in_progress -> failed, with what the agent returned (a job's exit code and output). */
   async fail(id: string, error: string, result?: unknown): Promise<boolean> {
     const { rows } = await this.db.query(
-      `UPDATE dispatches SET state = 'failed', error = $2, result = coalesce($3, result), updated_at = now()
-       WHERE id = $1 AND state = 'in_progress' RETURNING id`,
+      `WITH failed AS (
+         UPDATE dispatches SET state = 'failed', error = $2, result = coalesce($3, result), updated_at = now()
+         WHERE id = $1 AND state = 'in_progress' RETURNING id)
+       SELECT id, pg_notify('${DISPATCH_DONE_CHANNEL}', id::text) FROM failed`,
       [id, error.slice(0, 4000), result === undefined ? null : JSON.stringify(result)],
     );
     return rows.length > 0;
@@ -161,7 +170,7 @@ export class DispatchStore {
    * pending, or failed once they have had maxAttempts. Returns the servers to wake.
    */
   async reap(maxAttempts: number): Promise<{ requeued: string[]; failed: number }> {
-    const { rows } = await this.db.query<{ server_id: string; state: DispatchState }>(
+    const { rows } = await this.db.query<{ id: string; server_id: string; state: DispatchState }>(
       `UPDATE dispatches SET
          state = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'pending' END,
          error = CASE WHEN attempts >= $1
@@ -169,7 +178,7 @@ export class DispatchStore {
            ELSE error END,
          claimed_by = NULL, deadline_at = NULL, updated_at = now()
        WHERE state = 'in_progress' AND deadline_at < now()
-       RETURNING server_id, state`,
+       RETURNING id, server_id, state`,
       [maxAttempts],
     );
     const requeued = [
@@ -177,6 +186,9 @@ export class DispatchStore {
     ];
     for (const serverId of requeued)
       await this.db.query("SELECT pg_notify($1, $2)", [DISPATCH_CHANNEL, serverId]);
+    for (const r of rows)
+      if (r.state === "failed")
+        await this.db.query("SELECT pg_notify($1, $2)", [DISPATCH_DONE_CHANNEL, r.id]);
     return { requeued, failed: rows.filter((r) => r.state === "failed").length };
   }
 
@@ -216,6 +228,21 @@ export class DispatchStore {
       `SELECT ${COLUMNS} FROM dispatches WHERE server_id = $1 AND state = 'pending'
        ORDER BY created_at, id LIMIT $2`,
       [serverId, limit],
+    );
+    return rows.map(toDispatch);
+  }
+
+  /**
+   * Pending dispatches of servers that no live replica holds but whose agent advertises an admin
+   * endpoint (route() "direct" candidates for the sweep), oldest first.
+   */
+  async pendingForUnheldDirect(freshnessMs: number, limit = 100): Promise<Dispatch[]> {
+    const { rows } = await this.db.query<DispatchRow>(
+      `SELECT ${COLUMNS.replace(/(^|, |\n\s*)(\w+)/g, "$1d.$2")} FROM dispatches d JOIN servers s ON s.id = d.server_id
+       WHERE d.state = 'pending' AND s.admin_url IS NOT NULL
+         AND (s.status = 'offline' OR s.last_heartbeat < now() - make_interval(secs => $1))
+       ORDER BY d.created_at, d.id LIMIT $2`,
+      [freshnessMs / 1000, limit],
     );
     return rows.map(toDispatch);
   }
