@@ -41,6 +41,7 @@ import {
   ControlChannel,
   DispatchRouter,
   DispatchWaiter,
+  dispatchWaitedFor,
   noteDispatch,
   routingInterceptor,
 } from "./control/index.js";
@@ -257,10 +258,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       },
       {
         intend: async (tx, d) => {
-          const id = (await dispatches.insert(tx, d)).id;
+          const id = (await dispatches.insert(tx, { ...d, notifyDone: dispatchWaitedFor() })).id;
           metrics.dispatches.inc({ op: d.op, event: "written" });
           // Routed once the request's transaction has committed (see routingInterceptor).
-          noteDispatch(id);
+          noteDispatch(id, d.serverId);
           return id;
         },
       },
@@ -343,11 +344,11 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       },
     });
-    const routeLater = (id: string) =>
+    const routeLater = (d: { id: string; serverId: string }) =>
       void dispatchRouter
-        .routeById(id)
+        .route(d)
         .catch((err) =>
-          logger.warn({ err, dispatch: id }, "routing failed; the sweep delivers it"),
+          logger.warn({ err, dispatch: d.id }, "routing failed; the sweep delivers it"),
         );
     const bus = db.engine === "postgres" ? await postgresBus(db) : memoryBus();
     events = bus;

@@ -95,7 +95,8 @@ describe("route() and the synchronous wait across replicas", () => {
     for (;;) {
       const v = await probe();
       if (v !== undefined) return v;
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      if (Date.now() > deadline)
+        throw new Error(`timed out waiting for ${what} (A: ${JSON.stringify(await routes(hubA))})`);
       await sleep(100);
     }
   }

@@ -5,6 +5,7 @@ export { DispatchRouter, type Route, type RouterOptions } from "./router.js";
 export {
   captureDispatches,
   DispatchWaiter,
+  dispatchWaitedFor,
   MAX_WAIT_SECONDS,
   noteDispatch,
   routingInterceptor,

@@ -64,23 +64,18 @@ export class DispatchRouter {
     );
   }
 
-  /** Decides how a committed dispatch reaches its agent, and starts it on its way. */
-  async route(d: Dispatch): Promise<Route> {
+  /**
+   * Decides how a committed dispatch reaches its agent, and starts it on its way. Needs only its
+   * id and server: the local and forward paths never read the row (the holder's drain claims it).
+   */
+  async route(d: { id: string; serverId: string }): Promise<Route> {
     const route = await this.decide(d);
     this.o.onRoute?.(route);
-    runWithContext(this.contextOf(d), () =>
-      this.o.logger.debug({ dispatch: d.id, server: d.serverId, route }, "dispatch routed"),
-    );
+    this.o.logger.debug({ dispatch: d.id, server: d.serverId, route }, "dispatch routed");
     return route;
   }
 
-  async routeById(id: string): Promise<Route | null> {
-    const d = await this.o.dispatches.get(id).catch(() => undefined);
-    if (d?.state !== "pending") return null;
-    return this.route(d);
-  }
-
-  private async decide(d: Dispatch): Promise<Route> {
+  private async decide(d: { id: string; serverId: string }): Promise<Route> {
     if (this.o.control.holds(d.serverId)) {
       // The fast path: no NOTIFY round trip (the wake-up that still arrives is coalesced).
       this.o.control.wake(d.serverId);
@@ -92,7 +87,7 @@ export class DispatchRouter {
     // NOTIFY sent with the intent has already woken it.
     if (this.ownerAlive(server) && server.connectedHubId !== this.o.hubId) return "forward";
     if (server.adminUrl) {
-      void this.deliverDirect(d, server.adminUrl);
+      void this.deliverDirect(d.id, server.adminUrl);
       return "direct";
     }
     return "undeliverable";
@@ -112,12 +107,16 @@ export class DispatchRouter {
    * the sweep (the agent's ledger answers a resend without running it again).
    */
   async deliverDirect(
-    d: Dispatch,
+    id: string,
     adminUrl: string,
   ): Promise<"done" | "failed" | "pending" | "lost"> {
-    const deadlineMs = directDeadlineMs(d);
-    const claimed = await this.o.dispatches.claim(d.id, this.o.hubId, Math.ceil(deadlineMs / 1000));
+    let claimed = await this.o.dispatches.claim(id, this.o.hubId);
     if (!claimed) return "lost";
+    const deadlineMs = directDeadlineMs(claimed);
+    // A job's lease is its own timeout plus a minute, not the default five minutes.
+    if (claimed.op === "job")
+      claimed =
+        (await this.o.dispatches.retake(claimed.id, this.o.hubId, deadlineMs / 1000)) ?? claimed;
     this.o.observe?.claimed(claimed.op);
     const ctx = this.contextOf(claimed);
     return runWithContext(ctx, async () => {
@@ -234,7 +233,7 @@ export class DispatchRouter {
     for (const d of list) {
       const server = await this.o.servers.routing(d.serverId);
       if (server?.adminUrl && !this.o.control.holds(d.serverId))
-        void this.deliverDirect(d, server.adminUrl);
+        void this.deliverDirect(d.id, server.adminUrl);
     }
     return list.length;
   }

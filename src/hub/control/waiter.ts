@@ -12,19 +12,31 @@ import { DISPATCH_DONE_CHANNEL, type Dispatch, type DispatchStore } from "../ser
 /** The longest a caller may ask a replica to wait without progress: a job's longest timeout. */
 export const MAX_WAIT_SECONDS = 3600;
 
-// Dispatch ids written by the code running in this scope: routed once their transaction commits.
-const written = new AsyncLocalStorage<{ ids: string[] }>();
+/** A dispatch written by a request: what route() needs, without reading the row again. */
+export interface Written {
+  id: string;
+  serverId: string;
+}
 
-/** Called where an intent is inserted; the id is routed after the request's transaction commits. */
-export function noteDispatch(id: string): void {
-  written.getStore()?.ids.push(id);
+// Dispatches written by the code running in this scope: routed once their transaction commits.
+const written = new AsyncLocalStorage<{ ids: Written[]; waited?: boolean }>();
+
+/** Called where an intent is inserted; it is routed after the request's transaction commits. */
+export function noteDispatch(id: string, serverId: string): void {
+  written.getStore()?.ids.push({ id, serverId });
+}
+
+/** True where the dispatch being written will be waited for (it must signal its outcome). */
+export function dispatchWaitedFor(): boolean {
+  return written.getStore()?.waited === true;
 }
 
 /** Runs fn and returns the ids of the dispatches it wrote (and committed, if it returned). */
 export async function captureDispatches<T>(
   fn: () => Promise<T>,
-): Promise<{ value: T; ids: string[] }> {
-  const scope = { ids: [] as string[] };
+  waited = false,
+): Promise<{ value: T; ids: Written[] }> {
+  const scope = { ids: [] as Written[], waited };
   const value = await written.run(scope, fn);
   return { value, ids: scope.ids };
 }
@@ -33,14 +45,14 @@ export async function captureDispatches<T>(
  * Routes every dispatch a unary RPC wrote, after its handler returned (its transaction committed):
  * the caller does not wait for delivery; the handlers that wait route their own.
  */
-export function routingInterceptor(route: (id: string) => void): Interceptor {
+export function routingInterceptor(route: (d: Written) => void): Interceptor {
   return (next) => async (req) => {
     if (req.stream) return next(req);
-    const scope = { ids: [] as string[] };
+    const scope = { ids: [] as Written[] };
     try {
       return await written.run(scope, () => next(req));
     } finally {
-      for (const id of scope.ids) route(id);
+      for (const d of scope.ids) route(d);
     }
   };
 }
@@ -65,7 +77,7 @@ export class DispatchWaiter {
     private readonly db: Db,
     private readonly dispatches: DispatchStore,
     private readonly events: EventBus,
-    private readonly route: (id: string) => void,
+    private readonly route: (d: Written) => void,
   ) {}
 
   async start(): Promise<void> {
@@ -119,9 +131,9 @@ export class DispatchWaiter {
           })
         : () => {};
     try {
-      const { value, ids } = await captureDispatches(write);
-      for (const id of ids) this.route(id);
-      const id = ids.at(-1);
+      const { value, ids } = await captureDispatches(write, waitSeconds > 0);
+      for (const d of ids) this.route(d);
+      const id = ids.at(-1)?.id;
       if (waitSeconds === 0 || !id) return { value, dispatch: null };
       const wakers = this.waiting.get(id) ?? new Set<() => void>();
       const onDone = () => {

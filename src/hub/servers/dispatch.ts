@@ -92,6 +92,8 @@ export interface NewDispatch {
   deploymentId?: string | null;
   op: DispatchOp;
   args?: Record<string, unknown>;
+  /** A caller waits for the outcome: signal it on DISPATCH_DONE_CHANNEL. */
+  notifyDone?: boolean;
 }
 
 export class DispatchStore {
@@ -102,8 +104,8 @@ export class DispatchStore {
     const ctx = contextToRow(contextOrNew());
     const { rows } = await tx.query<DispatchRow>(
       `INSERT INTO dispatches (id, organization_id, server_id, service_id, deployment_id, op, args,
-                               correlation_id, traceparent)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ${COLUMNS}`,
+                               correlation_id, traceparent, notify_done)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ${COLUMNS}`,
       [
         uuidv7(),
         d.organizationId,
@@ -114,6 +116,7 @@ export class DispatchStore {
         JSON.stringify(d.args ?? {}),
         ctx.correlation_id,
         ctx.traceparent,
+        d.notifyDone ?? false,
       ],
     );
     await tx.query("SELECT pg_notify($1, $2)", [DISPATCH_CHANNEL, d.serverId]);
@@ -127,6 +130,72 @@ export class DispatchStore {
               deadline_at = now() + make_interval(secs => $3), updated_at = now()
        WHERE id = $1 AND state = 'pending' RETURNING ${COLUMNS}`,
       [id, hubId, deadlineSeconds],
+    );
+    return rows[0] ? toDispatch(rows[0]) : null;
+  }
+
+  /**
+   * Up to `limit` of a server's pending dispatches, claimed for `hubId` in one compare-and-set
+   * (rows another claimer holds are skipped, never waited for), oldest first. One round trip for
+   * a batch instead of one per dispatch: the drain's cost under load. The deadline is the same
+   * as deadlineSeconds() on the channel: a job's own timeout plus a minute, else 5 minutes.
+   *
+   * The claim commits without waiting for its WAL flush (synchronous_commit off for this
+   * transaction only): a claim lost to a database crash only hands the dispatch out again, and
+   * the agent's ledger answers a repeat without running it twice. It saves one flush (2-5 ms on
+   * a busy disk here) on every dispatch's way to the agent.
+   */
+  async claimBatch(serverId: string, hubId: string, limit = 100): Promise<Dispatch[]> {
+    const { rows } = await this.db.query<DispatchRow>(
+      `UPDATE dispatches SET state = 'in_progress', claimed_by = $2, attempts = attempts + 1,
+              deadline_at = now() + make_interval(secs => CASE
+                WHEN op = 'job' AND jsonb_typeof(args -> 'timeout_ms') = 'number'
+                     AND (args ->> 'timeout_ms')::numeric > 0
+                THEN ceil((args ->> 'timeout_ms')::numeric / 1000) + 60
+                ELSE ${DEFAULT_DEADLINE_SECONDS} END::double precision),
+              updated_at = now()
+       WHERE id IN (SELECT id FROM dispatches WHERE server_id = $1 AND state = 'pending'
+                    ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+         AND state = 'pending'
+         AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+       RETURNING ${COLUMNS}`,
+      [serverId, hubId, limit],
+    );
+    return rows
+      .map(toDispatch)
+      .sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : 1));
+  }
+
+  /**
+   * The agent's outcome for a dispatch addressed to `serverId`, in one compare-and-set: done, or
+   * failed with its reason. Returns the row as recorded, or null when it was not in progress
+   * for that server (a repeated result, or one about another server's dispatch).
+   */
+  async finish(
+    id: string,
+    serverId: string,
+    outcome: { ok: boolean; result?: unknown; error?: string },
+  ): Promise<Dispatch | null> {
+    const { rows } = await this.db.query<DispatchRow>(
+      `WITH finished AS (
+         UPDATE dispatches SET state = $3, error = $4,
+                result = CASE WHEN $5::jsonb IS NULL AND $3 = 'failed' THEN result ELSE $5::jsonb END,
+                updated_at = now()
+         WHERE id = $1 AND server_id = $2 AND state = 'in_progress' RETURNING ${COLUMNS}, notify_done)
+       SELECT finished.*,
+              CASE WHEN notify_done THEN pg_notify('${DISPATCH_DONE_CHANNEL}', id::text) END
+       FROM finished`,
+      [
+        id,
+        serverId,
+        outcome.ok ? "done" : "failed",
+        outcome.ok ? null : (outcome.error ?? "the agent reported a failure").slice(0, 4000),
+        outcome.ok
+          ? JSON.stringify(outcome.result ?? null)
+          : outcome.result === undefined
+            ? null
+            : JSON.stringify(outcome.result),
+      ],
     );
     return rows[0] ? toDispatch(rows[0]) : null;
   }
@@ -146,8 +215,8 @@ export class DispatchStore {
     const { rows } = await this.db.query(
       `WITH done AS (
          UPDATE dispatches SET state = 'done', result = $2, error = NULL, updated_at = now()
-         WHERE id = $1 AND state = 'in_progress' RETURNING id)
-       SELECT id, pg_notify('${DISPATCH_DONE_CHANNEL}', id::text) FROM done`,
+         WHERE id = $1 AND state = 'in_progress' RETURNING id, notify_done)
+       SELECT id, CASE WHEN notify_done THEN pg_notify('${DISPATCH_DONE_CHANNEL}', id::text) END FROM done`,
       [id, JSON.stringify(result ?? null)],
     );
     return rows.length > 0;
@@ -158,8 +227,8 @@ export class DispatchStore {
     const { rows } = await this.db.query(
       `WITH failed AS (
          UPDATE dispatches SET state = 'failed', error = $2, result = coalesce($3, result), updated_at = now()
-         WHERE id = $1 AND state = 'in_progress' RETURNING id)
-       SELECT id, pg_notify('${DISPATCH_DONE_CHANNEL}', id::text) FROM failed`,
+         WHERE id = $1 AND state = 'in_progress' RETURNING id, notify_done)
+       SELECT id, CASE WHEN notify_done THEN pg_notify('${DISPATCH_DONE_CHANNEL}', id::text) END FROM failed`,
       [id, error.slice(0, 4000), result === undefined ? null : JSON.stringify(result)],
     );
     return rows.length > 0;
@@ -170,7 +239,12 @@ export class DispatchStore {
    * pending, or failed once they have had maxAttempts. Returns the servers to wake.
    */
   async reap(maxAttempts: number): Promise<{ requeued: string[]; failed: number }> {
-    const { rows } = await this.db.query<{ id: string; server_id: string; state: DispatchState }>(
+    const { rows } = await this.db.query<{
+      id: string;
+      server_id: string;
+      state: DispatchState;
+      notify_done: boolean;
+    }>(
       `UPDATE dispatches SET
          state = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'pending' END,
          error = CASE WHEN attempts >= $1
@@ -178,7 +252,7 @@ export class DispatchStore {
            ELSE error END,
          claimed_by = NULL, deadline_at = NULL, updated_at = now()
        WHERE state = 'in_progress' AND deadline_at < now()
-       RETURNING id, server_id, state`,
+       RETURNING id, server_id, state, notify_done`,
       [maxAttempts],
     );
     const requeued = [
@@ -187,7 +261,7 @@ export class DispatchStore {
     for (const serverId of requeued)
       await this.db.query("SELECT pg_notify($1, $2)", [DISPATCH_CHANNEL, serverId]);
     for (const r of rows)
-      if (r.state === "failed")
+      if (r.state === "failed" && r.notify_done)
         await this.db.query("SELECT pg_notify($1, $2)", [DISPATCH_DONE_CHANNEL, r.id]);
     return { requeued, failed: rows.filter((r) => r.state === "failed").length };
   }
