@@ -11,6 +11,7 @@ const lazy =
 const api = () => import("./api-commands.js");
 const domain = () => import("./domain-commands.js");
 const server = () => import("./server-commands.js");
+const fleet = () => import("./fleet-command.js");
 const agent = () => import("./agent-command.js");
 
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
@@ -79,6 +80,10 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   servers: {
     run: lazy(domain, "serversCommand"),
     summary: "Enrol servers, list them and their dispatches",
+  },
+  fleet: {
+    run: lazy(fleet, "fleetCommand"),
+    summary: "Health of every agent, probed by the hub (status)",
   },
 };
 

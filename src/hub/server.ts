@@ -28,6 +28,7 @@ import {
   connectOnFastify,
   contextResponseHeaders,
   createAuthInterceptor,
+  fleetRoutes,
   identityRoutes,
   kIncoming,
   kRemoteAddr,
@@ -38,6 +39,7 @@ import {
 import { recordAudit } from "./audit/index.js";
 import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
 import {
+  AgentProber,
   ControlChannel,
   DispatchRouter,
   DispatchWaiter,
@@ -45,6 +47,7 @@ import {
   noteDispatch,
   routingInterceptor,
 } from "./control/index.js";
+import { FleetService } from "./fleet/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
@@ -350,6 +353,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         .catch((err) =>
           logger.warn({ err, dispatch: d.id }, "routing failed; the sweep delivers it"),
         );
+    // Gateways join the fleet view with a prober of their own when they exist.
+    const fleet = new FleetService([new AgentProber(servers, control, dispatchRouter)]);
     const bus = db.engine === "postgres" ? await postgresBus(db) : memoryBus();
     events = bus;
     const waiter = new DispatchWaiter(db, dispatches, bus, routeLater);
@@ -398,6 +403,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       });
       configRoutes(router, config);
+      fleetRoutes(router, fleet);
       serversRoutes(router, {
         servers,
         dispatches,

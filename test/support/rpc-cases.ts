@@ -36,6 +36,7 @@ import {
 import { type CallOptions, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ConfigKind, ConfigScope, ConfigService } from "../../src/gen/flotilla/v1/config_pb.js";
+import { FleetService } from "../../src/gen/flotilla/v1/fleet_pb.js";
 import {
   IdentityService,
   OrganizationService,
@@ -376,6 +377,10 @@ export const RPC_CASES: Record<string, RpcCase> = {
   "flotilla.v1.ServerService/ListDispatches": rpc(V.listDispatches, {
     objectScoped: true,
     request: (ids) => ({ server: ids.serverId }),
+  }),
+  "flotilla.v1.FleetService/GetFleetStatus": rpc(FleetService.method.getFleetStatus, {
+    objectScoped: false,
+    request: () => ({ kinds: ["agent"] }),
   }),
 };
 

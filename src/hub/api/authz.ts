@@ -2,6 +2,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextKey, type Interceptor } from "@connectrpc/connect";
 import { ConfigService as ConfigRpc } from "../../gen/flotilla/v1/config_pb.js";
+import { FleetService as FleetRpc } from "../../gen/flotilla/v1/fleet_pb.js";
 import {
   IdentityService as IdentityRpc,
   OrganizationService as OrganizationRpc,
@@ -47,6 +48,7 @@ export const SERVICES: DescService[] = [
   ServicesRpc,
   ConfigRpc,
   ServerRpc,
+  FleetRpc,
 ];
 
 /** Keyed by "package.Service/Method". A method missing here is refused (and fails a test). */
@@ -108,6 +110,7 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.ServerService/ListDispatches": can("servers.read"),
   "flotilla.v1.ServerService/GetAgentStatus": can("servers.read"),
   "flotilla.v1.ServerService/ControlAgent": can("servers.manage"),
+  "flotilla.v1.FleetService/GetFleetStatus": can("servers.read"),
 };
 
 /** Set by the HTTP layer: the context read from the request headers, and the peer address. */

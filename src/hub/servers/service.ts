@@ -317,6 +317,15 @@ export class ServersService {
     return rows.map(toServer);
   }
 
+  /** An organization's servers, for internal views (the fleet probe); no caller needed. */
+  async listIn(organizationId: string): Promise<Server[]> {
+    const { rows } = await this.db.query<ServerRow>(
+      `SELECT ${SERVER_COLUMNS} FROM servers WHERE organization_id = $1 ORDER BY name`,
+      [organizationId],
+    );
+    return rows.map(toServer);
+  }
+
   /** By id or name, in the caller's organization; anything else is not found. */
   async get(c: Caller, ref: string, q: Queryable = this.db, field = "server"): Promise<Server> {
     if (!ref) throw invalid(field, "is required");
