@@ -2,6 +2,7 @@
 // endpoint, exactly once by its ledger) and undeliverable (pending until the agent reconnects);
 // the server-side synchronous wait on a replica that does not hold the agent, its timeout naming
 // the dispatch; and the intent's correlation id and trace in the executing replica's logs.
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,9 +11,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AGENT_DIRECT_DISPATCH_PATH, directKey, signDirect } from "../../src/shared/index.js";
 import { createTestDatabase, type TestDatabase } from "../support/pg.js";
 import {
+  CLI,
   type FlotillaProcess,
   freePorts,
   killAll,
+  ROOT,
   SECRET_A,
   sleep,
   startFlotilla,
@@ -355,4 +358,36 @@ describe("route() and the synchronous wait across replicas", () => {
     expect(done.state).toBe("done");
     expect(ledgerStarts("w", waiting.id)).toBe(1);
   }, 120_000);
+
+  it("the CLI waits on whichever replica it asks, and fleet status shows how each agent was probed", async () => {
+    await until("w and y back online through Z", async () => {
+      const { rows } = await db.query(
+        "SELECT count(*)::int AS n FROM servers WHERE id = ANY($1) AND status = 'online'",
+        [[serverIds.y, serverIds.w]],
+      );
+      return rows[0].n === 2 ? true : undefined;
+    });
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, [CLI, ...args], {
+        cwd: ROOT,
+        env: { ...process.env, FLOTILLA_HUB: hubA.url, FLOTILLA_TOKEN: token },
+        encoding: "utf8",
+        timeout: 60_000,
+      });
+    const stopped = cli("services", "stop", services.x!);
+    expect(stopped.status, stopped.stderr).toBe(0);
+    expect(stopped.stdout).toContain("svc-x stopped.");
+    expect((await latestDispatch(services.x!)).state).toBe("done");
+
+    const fleet = cli("fleet", "status", "--json", "--refresh");
+    expect(fleet.status, fleet.stderr).toBe(0);
+    const members = new Map(
+      (JSON.parse(fleet.stdout).members as Array<Record<string, string>>).map((m) => [m.name, m]),
+    );
+    // A holds none of them: x (on B) and y (on Z) are probed at their signed endpoints; w
+    // advertises none, so only its heartbeat through Z speaks for it.
+    expect(members.get("x")).toMatchObject({ health: "ok", probe: "direct" });
+    expect(members.get("y")).toMatchObject({ health: "ok", probe: "direct" });
+    expect(members.get("w")).toMatchObject({ health: "online", probe: "heartbeat" });
+  }, 90_000);
 });
