@@ -138,6 +138,8 @@ describe("route() and the synchronous wait across replicas", () => {
   beforeAll(async () => {
     database = await createTestDatabase("mp_routes");
     db = new pg.Pool({ connectionString: database.url, max: 2 });
+    // The database is dropped WITH (FORCE) at the end: an idle client cut then is expected.
+    db.on("error", () => {});
     dir = mkdtempSync(join(tmpdir(), "flotilla-routes-"));
     hubA = await startFlotilla("hub", { env: hubEnv() });
     await hubA.waitReady(60_000);
@@ -290,6 +292,28 @@ describe("route() and the synchronous wait across replicas", () => {
       10_000,
     );
     expect(ran.correlation_id).toBe("routes-direct-stop");
+
+    // A job through the direct route returns its output through the row, to the waiting caller.
+    const job = await rpc(hubA, "ServicesService/RunJob", {
+      serviceId: services.y,
+      command: "echo",
+      args: ["via-direct"],
+      waitSeconds: 30,
+    });
+    expect(job.job).toMatchObject({ state: "done", stdout: "via-direct\n" });
+
+    // An intent no request routed (written straight into the table) is delivered by the sweep.
+    const swept = "00000000-0000-4000-8000-00000000beef";
+    await db.query(
+      `INSERT INTO dispatches (id, organization_id, server_id, service_id, op, args, correlation_id, traceparent)
+       SELECT $1, organization_id, id, $2, 'stop', '{}', 'routes-swept', $3 FROM servers WHERE id = $4`,
+      [swept, services.y, TRACEPARENT, serverIds.y],
+    );
+    await until("the sweep to deliver it directly", async () => {
+      const { rows } = await db.query("SELECT state FROM dispatches WHERE id = $1", [swept]);
+      return rows[0].state === "done" ? true : undefined;
+    });
+    expect(ledgerStarts("y", swept)).toBe(1);
 
     // Replayed by someone holding the signed request: answered from the ledger, not run again.
     const adminUrl = (
