@@ -121,6 +121,7 @@ async function startAgent(i, hubs, rpc, logDir, dataDir) {
   const proc = startNode(
     `agent-${i}`,
     [
+      ...PROFILE,
       CLI,
       "agent",
       "--hub",
