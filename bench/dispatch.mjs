@@ -345,6 +345,7 @@ async function main(out) {
       await sleep(10);
     }
   })();
+  const deadInstance = (await (await fetch(`${hubs[0].base}/health`)).json()).instance;
   await sleep(1000);
   const killedAt = Date.now();
   // No goodbye: the agent's socket just drops, the row still names the dead replica.
@@ -358,10 +359,17 @@ async function main(out) {
     [agents[0].serverId],
     120_000,
   );
+  // Resumed: the first of agent 0's dispatches done through another replica after the kill
+  // (one the dead replica's last statements finished does not count).
   const { rows: firstAfter } = await pool.query(
     `SELECT extract(epoch FROM min(updated_at)) * 1000 AS at FROM dispatches
-     WHERE server_id = $1 AND state = 'done' AND updated_at > to_timestamp($2 / 1000.0)`,
-    [agents[0].serverId, killedAt],
+     WHERE server_id = $1 AND state = 'done' AND updated_at > to_timestamp($2 / 1000.0)
+       AND claimed_by <> $3`,
+    [agents[0].serverId, killedAt, deadInstance],
+  );
+  const { rows: reconnected } = await pool.query(
+    "SELECT extract(epoch FROM connected_at) * 1000 AS at, connected_hub_id FROM servers WHERE id = $1",
+    [agents[0].serverId],
   );
   const { rows: notDone } = await pool.query(
     "SELECT count(*)::int AS n FROM dispatches WHERE server_id = $1 AND state <> 'done'",
@@ -378,6 +386,8 @@ async function main(out) {
   out.recovery = {
     intentsSentDuringRun: sent,
     recoveryMs: firstAfter[0].at === null ? null : round(Number(firstAfter[0].at) - killedAt, 0),
+    agentReconnectedMs: round(Number(reconnected[0].at) - killedAt, 0),
+    agentNowOnAnotherReplica: reconnected[0].connected_hub_id !== deadInstance,
     notDone: notDone[0].n,
     ranTwice: [...starts.values()].filter((n) => n > 1).length,
   };
