@@ -102,10 +102,14 @@ export class DispatchStore {
   /** Writes the intent and its wake-up in tx: a rolled-back intent never signals. */
   async insert(tx: Queryable, d: NewDispatch): Promise<Dispatch> {
     const ctx = contextToRow(contextOrNew());
+    // The row and its wake-up in one statement (one round trip less on every intent); the
+    // NOTIFY is still sent only when the transaction commits.
     const { rows } = await tx.query<DispatchRow>(
-      `INSERT INTO dispatches (id, organization_id, server_id, service_id, deployment_id, op, args,
-                               correlation_id, traceparent, notify_done)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ${COLUMNS}`,
+      `WITH written AS (
+         INSERT INTO dispatches (id, organization_id, server_id, service_id, deployment_id, op, args,
+                                 correlation_id, traceparent, notify_done)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ${COLUMNS})
+       SELECT written.*, pg_notify('${DISPATCH_CHANNEL}', server_id::text) FROM written`,
       [
         uuidv7(),
         d.organizationId,
@@ -119,7 +123,6 @@ export class DispatchStore {
         d.notifyDone ?? false,
       ],
     );
-    await tx.query("SELECT pg_notify($1, $2)", [DISPATCH_CHANNEL, d.serverId]);
     return toDispatch(rows[0]!);
   }
 
