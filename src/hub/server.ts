@@ -43,6 +43,7 @@ import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
   type LoginLimits,
+  PRINCIPALS_CHANNEL,
   SessionCodec,
 } from "./identity/index.js";
 import { type EventBus, memoryBus, OutboxRelay, postgresBus } from "./outbox/index.js";
@@ -77,7 +78,10 @@ export interface HubOptions {
    */
   tls?: { cert: string | Buffer; key: string | Buffer };
   loginLimits?: LoginLimits;
-  /** Trust a resolved credential this long without a database lookup. Default 0 (off). */
+  /**
+   * Trust a resolved credential this long without a database lookup. Changes to who may do what
+   * reach every replica at once by NOTIFY; this bounds a lost notification. Default 5000; 0 is off.
+   */
   authCacheMs?: number;
   /**
    * Seals config secrets (AES-256-GCM). Required on PostgreSQL (FLOTILLA_MASTER_KEY); `flotilla up`
@@ -197,6 +201,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
   let events: EventBus | undefined;
   let relay: OutboxRelay | undefined;
   const shutdown = new AbortController();
+  let unlistenPrincipals: (() => Promise<void>) | undefined;
   let app: FastifyInstance | undefined;
   let h2: Http2Server | undefined;
   // HTTP/2 sessions outlive requests; shutdown must GOAWAY them, then destroy stragglers.
@@ -221,6 +226,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       options.authCacheMs,
     );
     const setup = await identity.prepareSetup(options.admin);
+    // Another replica changed who may do what: forget what this one remembers. A re-opened
+    // listener may have missed notifications, so it forgets too.
+    const forget = () => identity.forgetPrincipals();
+    unlistenPrincipals = await db.listen(PRINCIPALS_CHANNEL, forget, forget);
 
     // Composition root: each module consumes the others only through the ports it declares.
     const projects = new ProjectsService(db);
@@ -514,6 +523,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
           clearTimeout(timer);
           await outboxRelay.stop();
           await bus.close();
+          await unlistenPrincipals?.();
           await db.close();
           logger.info("hub stopped");
         })();
@@ -523,6 +533,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
   } catch (err) {
     await relay?.stop().catch(() => {});
     await events?.close().catch(() => {});
+    await unlistenPrincipals?.().catch(() => {});
     await app?.close().catch(() => {});
     h2?.close();
     await db.close().catch(() => {});
