@@ -17,6 +17,7 @@ import {
   clients,
   PASSWORD,
   randomEmail,
+  refusal,
   startTestHub,
   type TestHub,
 } from "../support/hub.js";
@@ -27,16 +28,6 @@ const TRACEPARENT = /^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
 const newCid = () => `identity-test-${randomBytes(8).toString("hex")}`;
 const sha256Hex = (text: string) => createHash("sha256").update(text).digest("hex");
 const unique = () => randomBytes(3).toString("hex");
-
-/** The call's error; fails the test when the call succeeds. */
-async function refusal(call: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to be refused, but it succeeded");
-}
 
 async function expectRefused(
   call: Promise<unknown>,

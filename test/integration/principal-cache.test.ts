@@ -1,17 +1,8 @@
 // The hub's principal cache: it saves a database lookup per request, yet never trusts a credential
 // past the credential's own expiry, and a change to who may do what takes effect at once.
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bootstrapOwner, clients, startTestHub, type TestHub } from "../support/hub.js";
-
-async function refusal(call: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to be refused, but it succeeded");
-}
+import { bootstrapOwner, clients, refusal, startTestHub, type TestHub } from "../support/hub.js";
 
 describe("principal cache (60 s, far longer than any credential below lives)", () => {
   let t: TestHub;
