@@ -98,9 +98,9 @@ const COMMON: OptionSpecs = {
   "auth-cache-ms": {
     type: "string",
     env: "FLOTILLA_AUTH_CACHE_MS",
-    default: "0",
+    default: "5000",
     description:
-      "Trust a resolved credential this long without a database lookup (faster; another replica's revocations then apply within this delay)",
+      "Trust a resolved credential this long without a database lookup; changes reach every replica at once by NOTIFY, and this bounds a lost one (0: off)",
   },
   "log-level": {
     type: "string",

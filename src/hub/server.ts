@@ -47,11 +47,13 @@ import {
   noteDispatch,
   routingInterceptor,
 } from "./control/index.js";
+import { DataPlanesService } from "./dataplanes/index.js";
 import { FleetService } from "./fleet/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
   type LoginLimits,
+  PRINCIPALS_CHANNEL,
   SessionCodec,
 } from "./identity/index.js";
 import { InternalHttpClient } from "./internal/index.js";
@@ -87,7 +89,10 @@ export interface HubOptions {
    */
   tls?: { cert: string | Buffer; key: string | Buffer };
   loginLimits?: LoginLimits;
-  /** Trust a resolved credential this long without a database lookup. Default 0 (off). */
+  /**
+   * Trust a resolved credential this long without a database lookup. Changes to who may do what
+   * reach every replica at once by NOTIFY; this bounds a lost notification. Default 5000; 0 is off.
+   */
   authCacheMs?: number;
   /**
    * Seals config secrets (AES-256-GCM). Required on PostgreSQL (FLOTILLA_MASTER_KEY); `flotilla up`
@@ -118,6 +123,7 @@ export interface Hub {
   config: ConfigService;
   servers: ServersService;
   dispatches: DispatchStore;
+  dataPlanes: DataPlanesService;
   control: ControlChannel;
   /** route() for dispatches, and admin calls to agents this replica does not hold. */
   router: DispatchRouter;
@@ -209,6 +215,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
   let relay: OutboxRelay | undefined;
   let closeWaiter: (() => Promise<void>) | undefined;
   const shutdown = new AbortController();
+  let unlistenPrincipals: (() => Promise<void>) | undefined;
   let app: FastifyInstance | undefined;
   let h2: Http2Server | undefined;
   // HTTP/2 sessions outlive requests; shutdown must GOAWAY them, then destroy stragglers.
@@ -233,6 +240,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       options.authCacheMs,
     );
     const setup = await identity.prepareSetup(options.admin);
+    // Another replica changed who may do what: forget what this one remembers. A re-opened
+    // listener may have missed notifications, so it forgets too.
+    const forget = () => identity.forgetPrincipals();
+    unlistenPrincipals = await db.listen(PRINCIPALS_CHANNEL, forget, forget);
 
     // Composition root: each module consumes the others only through the ports it declares.
     const projects = new ProjectsService(db);
@@ -245,6 +256,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     });
     const servers = new ServersService(db, keyring);
     const dispatches = new DispatchStore(db);
+    const dataPlanes = new DataPlanesService(db);
     const services: ServicesService = new ServicesService(
       db,
       {
@@ -537,6 +549,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       config,
       servers,
       dispatches,
+      dataPlanes,
       control,
       router: dispatchRouter,
       events: bus,
@@ -570,6 +583,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
           await waiter.close();
           await internalHttp.close();
           await bus.close();
+          await unlistenPrincipals?.();
           await db.close();
           logger.info("hub stopped");
         })();
@@ -580,6 +594,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     await closeWaiter?.().catch(() => {});
     await relay?.stop().catch(() => {});
     await events?.close().catch(() => {});
+    await unlistenPrincipals?.().catch(() => {});
     await app?.close().catch(() => {});
     h2?.close();
     await db.close().catch(() => {});

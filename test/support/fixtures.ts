@@ -78,6 +78,8 @@ export const MAX_LENGTHS: { table: string; column: string; length: number }[] = 
   { table: "config_entries", column: "key", length: 256 },
   { table: "join_tokens", column: "server_name", length: 40 },
   { table: "servers", column: "name", length: 40 },
+  { table: "data_planes", column: "name", length: 40 },
+  { table: "data_planes", column: "region", length: 100 },
 ];
 
 const NESTED = {
@@ -100,6 +102,7 @@ const env = { prod: fixtureId(0x501), max: fixtureId(0x502) };
 const service = { app: fixtureId(0x601), db: fixtureId(0x602) };
 const deployment = { first: fixtureId(0x701), rollback: fixtureId(0x702), db: fixtureId(0x703) };
 const server = { online: fixtureId(0x901), offline: fixtureId(0x902) };
+const dataPlane = { default: fixtureId(0xa01), eu: fixtureId(0xa02) };
 const T0 = new Date("2024-02-29T12:34:56.789Z");
 const at = (minutes: number) => new Date(T0.getTime() + minutes * 60_000);
 const TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -442,6 +445,21 @@ export const FIXTURES: FixtureTable[] = [
   },
   // 0007_servers
   {
+    table: "data_planes",
+    orderBy: "id",
+    rows: [
+      { id: dataPlane.default, organization_id: org.a, name: "default", is_default: true },
+      {
+        id: dataPlane.eu,
+        organization_id: org.a,
+        name: maxSlug("plane"),
+        region: MAX.name,
+        created_at: at(7),
+        updated_at: at(8),
+      },
+    ],
+  },
+  {
     table: "join_tokens",
     orderBy: "id",
     rows: [
@@ -478,6 +496,7 @@ export const FIXTURES: FixtureTable[] = [
         name: maxSlug("server"),
         secret_sealed: bytes(12 + 32 + 16, 29),
         secret_key_id: "mk-2024-01",
+        data_plane_id: dataPlane.eu,
         status: "online",
         connected_hub_id: "hub-0a1b",
         session_id: "sess-1",
