@@ -1119,16 +1119,32 @@ export async function runCommand(argv: string[]): Promise<number> {
     throw usage("give the command after --, e.g. -- sh -c 'echo $GREETING'");
   const api = connect(values);
   const service = await resolveService(api, positionals[0]);
-  const started = await api.services.runJob({
-    serviceId: service.id,
-    command: command[0]!,
-    args: command.slice(1),
-    timeoutSeconds: values.timeout === undefined ? 0 : Number(values.timeout),
-  });
-  let job = started.job!;
   const stopped = stopSignal();
-  // The job's own timeout, plus two minutes for an agent that is away or busy.
-  const waitUntil = Date.now() + ((Number(values.timeout ?? 600) || 600) + 120) * 1000;
+  // The hub waits for the outcome (whichever replica holds the agent): the job's own timeout
+  // plus two minutes for an agent that is away or busy (a job reports no progress on the way).
+  const jobTimeoutS = Number(values.timeout ?? 600) || 600;
+  let started: Awaited<ReturnType<typeof api.services.runJob>>;
+  try {
+    started = await api.services.runJob(
+      {
+        serviceId: service.id,
+        command: command[0]!,
+        args: command.slice(1),
+        timeoutSeconds: values.timeout === undefined ? 0 : Number(values.timeout),
+        waitSeconds: Math.min(3600, jobTimeoutS + 120),
+      },
+      { timeoutMs: 0, signal: stopped },
+    );
+  } catch (err) {
+    if (stopped.aborted) return EXIT_INTERRUPTED;
+    if (errorCode(err) !== "dispatch.timeout") throw err;
+    process.stderr.write(
+      `error: ${ConnectError.from(err).rawMessage} (flotilla servers dispatches) [job.timeout]\n`,
+    );
+    return 1;
+  }
+  let job = started.job!;
+  const waitUntil = Date.now() + (jobTimeoutS + 120) * 1000;
   // The job's row is the truth; a short poll is enough for a one-off command.
   while ((job.state === "pending" || job.state === "in_progress") && !stopped.aborted) {
     if (Date.now() > waitUntil) {
