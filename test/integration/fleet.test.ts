@@ -119,12 +119,17 @@ describe("fleet status", () => {
     const again = await fleet(tokenA).getFleetStatus({});
     expect(again.cached).toBe(true);
     expect(again.probedAt).toEqual(first.probedAt);
+    const stormStarted = Date.now();
     const storm = await Promise.all(
       Array.from({ length: 20 }, () => fleet(tokenA).getFleetStatus({ refresh: true })),
     );
-    expect(
-      new Set(storm.map((s) => s.probedAt?.seconds.toString() + String(s.probedAt?.nanos))).size,
-    ).toBe(1);
+    // Twenty refreshes make at most one probe round per second they took (one, unless this
+    // machine is so loaded that they spread over more than a second), never twenty.
+    const rounds = new Set(
+      storm.map((s) => s.probedAt?.seconds.toString() + String(s.probedAt?.nanos)),
+    ).size;
+    expect(rounds).toBeLessThanOrEqual(1 + Math.floor((Date.now() - stormStarted) / 1000));
+    expect(storm.filter((s) => s.cached).length).toBeGreaterThanOrEqual(20 - rounds);
     await new Promise((r) => setTimeout(r, 1100));
     const fresh = await fleet(tokenA).getFleetStatus({ refresh: true });
     expect(fresh.cached).toBe(false);
