@@ -35,19 +35,28 @@ import {
   serversRoutes,
   servicesRoutes,
 } from "./api/index.js";
-import { recordAudit } from "./audit/index.js";
+import { projectEventIntoAudit, recordAudit } from "./audit/index.js";
 import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
 import { ControlChannel } from "./control/index.js";
+import { EventsService, NatsBackbone, type NatsOptions, natsBus } from "./events/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
   type LoginLimits,
   SessionCodec,
 } from "./identity/index.js";
-import { type EventBus, memoryBus, OutboxRelay, postgresBus } from "./outbox/index.js";
+import {
+  type EventBus,
+  eventsByIds,
+  memoryBus,
+  OutboxRelay,
+  postgresBus,
+  type RelayOptions,
+} from "./outbox/index.js";
 import { ProjectsService } from "./projects/index.js";
 import { DispatchStore, ServersService } from "./servers/index.js";
 import { type ObservedStatus, ServicesService } from "./services/index.js";
+import { type DeliveryOptions, WebhooksService } from "./webhooks/index.js";
 
 export type StoreOptions =
   | { kind: "postgres"; url: string; pool?: Partial<PoolSettings> }
@@ -94,6 +103,13 @@ export interface HubOptions {
   agentHeartbeatIntervalMs?: number;
   /** How long shutdown waits for in-flight requests before closing the store. Default 10 s. */
   shutdownGraceMs?: number;
+  /**
+   * The NATS JetStream event backbone (PostgreSQL only): the outbox relay publishes to it and this
+   * replica runs the durable consumers (audit projection, webhooks) unless `consumers` is false.
+   */
+  nats?: NatsOptions & { consumers?: boolean };
+  relay?: RelayOptions;
+  webhooks?: DeliveryOptions;
 }
 
 export interface Hub {
@@ -110,6 +126,10 @@ export interface Hub {
   control: ControlChannel;
   events: EventBus;
   relay: OutboxRelay;
+  /** Quarantine and this replica's durable consumers (none without NATS). */
+  eventsService: EventsService;
+  nats: NatsBackbone | undefined;
+  webhooks: WebhooksService;
   metrics: Metrics;
   /** Set when no owner exists yet: the one-time token for Bootstrap. */
   setupToken: string | undefined;
@@ -194,6 +214,9 @@ export async function startHub(options: HubOptions): Promise<Hub> {
   const db = await openStore(options.store);
   let events: EventBus | undefined;
   let relay: OutboxRelay | undefined;
+  let backbone: NatsBackbone | undefined;
+  let eventsService: EventsService | undefined;
+  let webhooksService: WebhooksService | undefined;
   const shutdown = new AbortController();
   let app: FastifyInstance | undefined;
   let h2: Http2Server | undefined;
@@ -309,10 +332,63 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       },
     });
-    const bus = db.engine === "postgres" ? await postgresBus(db) : memoryBus();
+    if (options.nats) {
+      if (db.engine !== "postgres")
+        throw new FlotillaError(
+          "config.invalid",
+          "--nats-url needs the PostgreSQL store (flotilla hub)",
+          {
+            field: "nats_url",
+          },
+        );
+      backbone = await NatsBackbone.open(options.nats, logger, `flotilla-hub-${instanceId}`);
+    }
+    const bus = backbone
+      ? natsBus(backbone, logger)
+      : db.engine === "postgres"
+        ? await postgresBus(db)
+        : memoryBus();
     events = bus;
-    relay = new OutboxRelay(db, bus, logger);
+    relay = new OutboxRelay(db, bus, logger, options.relay);
     await relay.start();
+    const eventsSvc = new EventsService(
+      db,
+      { eventById: async (id) => (await eventsByIds(db, [id]))[0] },
+      backbone,
+      { logger, instanceId },
+    );
+    eventsService = eventsSvc;
+    const webhooks = new WebhooksService(
+      db,
+      keyring,
+      (tx, c, action, endpointId) =>
+        recordAudit(tx, {
+          organizationId: c.organizationId,
+          actor: c.actor,
+          action,
+          target: { type: "webhook", id: endpointId },
+        }),
+      logger,
+      options.webhooks,
+    );
+    webhooksService = webhooks;
+    if (backbone && options.nats?.consumers !== false) {
+      // Every replica runs the same durables: each event's effect happens on one of them.
+      await eventsSvc.addConsumer({
+        name: "audit",
+        handler: async (e, { tx }) => {
+          await projectEventIntoAudit(tx, e);
+        },
+      });
+      await eventsSvc.addConsumer({
+        name: "webhooks",
+        accepts: (type) => type.startsWith("deployment.") || type.startsWith("database."),
+        handler: async (e, { tx }) => {
+          await webhooks.recordDeliveries(tx, e);
+        },
+      });
+      await webhooks.start();
+    }
 
     const interceptors = [createAuthInterceptor({ identity, logger, metrics })];
     const routes = (router: ConnectRouter) => {
@@ -401,6 +477,12 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       if (draining) return reply.code(503).send({ status: "draining" });
       try {
         await db.ping();
+        if (backbone) {
+          const nats = await backbone.readiness();
+          if (!nats.ok)
+            return reply.code(503).send({ status: "unavailable", engine: db.engine, nats });
+          return { status: "ready", engine: db.engine, nats };
+        }
         return { status: "ready", engine: db.engine };
       } catch (err) {
         return reply.code(503).send({ status: "unavailable", store: (err as Error).message });
@@ -483,6 +565,9 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       control,
       events: bus,
       relay: outboxRelay,
+      eventsService: eventsSvc,
+      nats: backbone,
+      webhooks,
       metrics,
       setupToken: setup.setupToken,
       createdOwner: setup.createdOwner,
@@ -509,7 +594,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
           ]);
           clearTimeout(timer);
           await outboxRelay.stop();
+          await eventsSvc.stop();
+          await webhooks.stop();
           await bus.close();
+          await backbone?.close();
           await db.close();
           logger.info("hub stopped");
         })();
@@ -518,7 +606,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     };
   } catch (err) {
     await relay?.stop().catch(() => {});
+    await eventsService?.stop().catch(() => {});
+    await webhooksService?.stop().catch(() => {});
     await events?.close().catch(() => {});
+    await backbone?.close().catch(() => {});
     await app?.close().catch(() => {});
     h2?.close();
     await db.close().catch(() => {});
