@@ -28,6 +28,7 @@ import {
   connectOnFastify,
   contextResponseHeaders,
   createAuthInterceptor,
+  eventsRoutes,
   identityRoutes,
   kIncoming,
   kRemoteAddr,
@@ -423,6 +424,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       });
       configRoutes(router, config);
+      eventsRoutes(router, { events: eventsSvc, webhooks });
       serversRoutes(router, {
         servers,
         dispatches,

@@ -3,6 +3,10 @@ import type { DescService } from "@bufbuild/protobuf";
 import { createContextKey, type Interceptor } from "@connectrpc/connect";
 import { ConfigService as ConfigRpc } from "../../gen/flotilla/v1/config_pb.js";
 import {
+  EventsService as EventsRpc,
+  WebhooksService as WebhooksRpc,
+} from "../../gen/flotilla/v1/events_pb.js";
+import {
   IdentityService as IdentityRpc,
   OrganizationService as OrganizationRpc,
 } from "../../gen/flotilla/v1/identity_pb.js";
@@ -47,6 +51,8 @@ export const SERVICES: DescService[] = [
   ServicesRpc,
   ConfigRpc,
   ServerRpc,
+  EventsRpc,
+  WebhooksRpc,
 ];
 
 /** Keyed by "package.Service/Method". A method missing here is refused (and fails a test). */
@@ -108,6 +114,12 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.ServerService/ListDispatches": can("servers.read"),
   "flotilla.v1.ServerService/GetAgentStatus": can("servers.read"),
   "flotilla.v1.ServerService/ControlAgent": can("servers.manage"),
+  "flotilla.v1.EventsService/ListQuarantinedEvents": can("events.read"),
+  "flotilla.v1.EventsService/ReplayQuarantinedEvent": can("events.replay"),
+  "flotilla.v1.WebhooksService/CreateWebhookEndpoint": can("webhooks.manage"),
+  "flotilla.v1.WebhooksService/ListWebhookEndpoints": can("webhooks.read"),
+  "flotilla.v1.WebhooksService/DeleteWebhookEndpoint": can("webhooks.manage"),
+  "flotilla.v1.WebhooksService/ListWebhookDeliveries": can("webhooks.read"),
 };
 
 /** Set by the HTTP layer: the context read from the request headers, and the peer address. */
