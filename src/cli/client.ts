@@ -4,6 +4,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ConfigService } from "../gen/flotilla/v1/config_pb.js";
+import { EventsService, WebhooksService } from "../gen/flotilla/v1/events_pb.js";
 import { IdentityService, OrganizationService } from "../gen/flotilla/v1/identity_pb.js";
 import { ProjectService } from "../gen/flotilla/v1/projects_pb.js";
 import { ServerService } from "../gen/flotilla/v1/servers_pb.js";
@@ -33,6 +34,8 @@ export interface Api {
   services: Client<typeof ServicesService>;
   config: Client<typeof ConfigService>;
   servers: Client<typeof ServerService>;
+  events: Client<typeof EventsService>;
+  webhooks: Client<typeof WebhooksService>;
   hub: string;
 }
 
@@ -65,6 +68,8 @@ export function connect(values: Parsed["values"], token?: string): Api {
     services: createClient(ServicesService, transport),
     config: createClient(ConfigService, transport),
     servers: createClient(ServerService, transport),
+    events: createClient(EventsService, transport),
+    webhooks: createClient(WebhooksService, transport),
     hub,
   };
 }
