@@ -39,7 +39,13 @@ import {
 import { projectEventIntoAudit, recordAudit } from "./audit/index.js";
 import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
 import { ControlChannel } from "./control/index.js";
-import { EventsService, NatsBackbone, type NatsOptions, natsBus } from "./events/index.js";
+import {
+  EventsService,
+  NATS_RELAY_OPTIONS,
+  NatsBackbone,
+  type NatsOptions,
+  natsBus,
+} from "./events/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
@@ -350,7 +356,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         ? await postgresBus(db)
         : memoryBus();
     events = bus;
-    relay = new OutboxRelay(db, bus, logger, options.relay);
+    relay = new OutboxRelay(db, bus, logger, {
+      ...(backbone ? NATS_RELAY_OPTIONS : {}),
+      ...options.relay,
+    });
     await relay.start();
     const eventsSvc = new EventsService(
       db,

@@ -175,7 +175,8 @@ export class EventConsumer {
           if (this.inFlight.size >= this.concurrency) await Promise.race(this.inFlight);
         }
       } catch (err) {
-        if (!this.running) break;
+        // A closed connection never comes back (the hub is shutting down): stop retrying.
+        if (!this.running || (err as Error).name === "ClosedConnectionError") break;
         this.host.logger.warn(
           { err, consumer: this.durable },
           "consumer stopped; restarting in 1 s",

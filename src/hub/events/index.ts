@@ -1,5 +1,11 @@
 // Public entry of the events module: the NATS JetStream backbone (bus adapter, subjects, stream contracts, consumers, quarantine).
-export { decodeEvent, EVENT_TYPE_HEADER, encodeEvent, natsBus } from "./bus.js";
+export {
+  decodeEvent,
+  EVENT_TYPE_HEADER,
+  encodeEvent,
+  NATS_RELAY_OPTIONS,
+  natsBus,
+} from "./bus.js";
 export {
   CONSUMER_DEFAULTS,
   type ConsumerSpec,

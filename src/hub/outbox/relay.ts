@@ -7,6 +7,11 @@ import { EVENT_COLUMNS, OUTBOX_CHANNEL, type StoredEvent, toEvent } from "./even
 export interface RelayOptions {
   /** Events per claim. Default 100. */
   batchSize?: number;
+  /**
+   * Claims drained at once (each its own transaction; SKIP LOCKED keeps them disjoint), so at most
+   * batchSize x concurrency publishes are in flight. Default 1; the nats bus runs 4.
+   */
+  concurrency?: number;
   /** Poll even without a wake-up, in case one was lost. Default 1 s. */
   pollIntervalMs?: number;
   /** After a failed drain (the bus is down), wait this long, doubling per failure. Default 250 ms. */
@@ -95,12 +100,16 @@ export class OutboxRelay {
 
   /** Publishes everything pending now; resolves when the outbox is empty. */
   async drainAll(): Promise<number> {
-    let total = 0;
-    for (;;) {
-      const n = await this.drainOnce();
-      total += n;
-      if (n < (this.options.batchSize ?? 100)) return total;
-    }
+    const loop = async () => {
+      let total = 0;
+      for (;;) {
+        const n = await this.drainOnce();
+        total += n;
+        if (n < (this.options.batchSize ?? 100)) return total;
+      }
+    };
+    const counts = await Promise.all(Array.from({ length: this.options.concurrency ?? 1 }, loop));
+    return counts.reduce((a, b) => a + b, 0);
   }
 
   private async drainOnce(): Promise<number> {
