@@ -279,6 +279,11 @@ try {
     const s = xs.filter((x) => typeof x === "number").sort((a, b) => a - b);
     return s.length ? s[Math.floor((s.length - 1) / 2)] : null;
   };
+  // Rounds that failed are left out of the medians and listed here.
+  const failures = Object.entries(runs).flatMap(([name, list]) =>
+    list.filter((x) => x.error).map((x) => `${name}: ${x.error}`),
+  );
+  if (failures.length > 0) result.failedRounds = failures;
   const raw = runs.natsRawPublish.filter((x) => !x.error);
   result.natsRawPublish = raw.length
     ? { eventsPerS: round(median(raw.map((x) => x.relayEventsPerS)), 0) }

@@ -283,6 +283,68 @@ describe("a hub on NATS", () => {
     });
   });
 
+  it("a handler running longer than ack_wait keeps its message (working()) and takes effect once", async () => {
+    const seen: Array<{ id: string; deliveries: number }> = [];
+    await t.hub.eventsService.addConsumer({
+      name: "slow",
+      ackWaitMs: 1000,
+      accepts: (type) => type === "project.created",
+      handler: async (e, { deliveryCount }) => {
+        seen.push({ id: e.id, deliveries: deliveryCount });
+        await new Promise((r) => setTimeout(r, 3000));
+      },
+    });
+    const { project } = await api(t.hub.url, token).projects.createProject({
+      name: `Slow ${suffix()}`,
+    });
+    const [created] = (
+      await t.hub.db.query<{ id: string }>(
+        "SELECT id FROM outbox_events WHERE type = 'project.created' AND subject_id = $1",
+        [project!.id],
+      )
+    ).rows;
+    await eventually(async () => {
+      const r = await t.hub.db.query(
+        "SELECT 1 FROM event_processed WHERE consumer = 'slow' AND event_id = $1",
+        [created!.id],
+      );
+      return r.rows.length === 1;
+    }, 20_000);
+    // Give a redelivery (ack_wait 1 s) time to show up if working() did not hold the message.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(seen.filter((x) => x.id === created!.id)).toEqual([{ id: created!.id, deliveries: 1 }]);
+    // A redelivery would be a no-op (the processed row), but it would show as a second handling.
+    const handled = t.logs.filter(
+      (r) => r.msg === "event handled" && r.consumer === "slow" && r.event_id === created!.id,
+    );
+    expect(handled.map((r) => [r.deliveries, r.duplicate])).toEqual([[1, false]]);
+  });
+
+  it("rejects bad quarantine requests with the field named", async () => {
+    const orgId = (await api(t.hub.url, token).identity.whoAmI({})).organization!.id;
+    const caller = { organizationId: orgId, actor: { type: "user" as const, id: "x" } };
+    for (const [o, field] of [
+      [{ limit: 501 }, "limit"],
+      [{ limit: -1 }, "limit"],
+      [{ limit: 1.5 }, "limit"],
+      [{ consumer: "c".repeat(65) }, "consumer"],
+    ] as const) {
+      await expect(t.hub.eventsService.listQuarantined(caller, o)).rejects.toMatchObject({
+        code: "validation.failed",
+        field,
+      });
+    }
+    await expect(t.hub.eventsService.replay(caller, "not-a-uuid")).rejects.toMatchObject({
+      code: "validation.failed",
+      field: "id",
+    });
+    await expect(
+      t.hub.eventsService.replay(caller, "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"),
+    ).rejects.toMatchObject({
+      code: "resource.not_found",
+    });
+  });
+
   it("an undecodable message is terminated at once and quarantined with the reason", async () => {
     const orgId = (await api(t.hub.url, token).identity.whoAmI({})).organization!.id;
     const h = headers();
