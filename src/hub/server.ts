@@ -41,6 +41,7 @@ import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
 import { ControlChannel } from "./control/index.js";
 import {
   EventsService,
+  eventMetrics,
   NATS_RELAY_OPTIONS,
   NatsBackbone,
   type NatsOptions,
@@ -356,8 +357,13 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         ? await postgresBus(db)
         : memoryBus();
     events = bus;
+    const backboneMetrics = eventMetrics(metrics.registry);
     relay = new OutboxRelay(db, bus, logger, {
       ...(backbone ? NATS_RELAY_OPTIONS : {}),
+      observe: {
+        published: (n) => backboneMetrics.published.inc(n),
+        failed: () => backboneMetrics.relayFailures.inc(),
+      },
       ...options.relay,
     });
     await relay.start();
@@ -365,7 +371,11 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       db,
       { eventById: async (id) => (await eventsByIds(db, [id]))[0] },
       backbone,
-      { logger, instanceId },
+      {
+        logger,
+        instanceId,
+        observe: (consumer, outcome) => backboneMetrics.consumed.inc({ consumer, outcome }),
+      },
     );
     eventsService = eventsSvc;
     const webhooks = new WebhooksService(
@@ -379,7 +389,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
           target: { type: "webhook", id: endpointId },
         }),
       logger,
-      options.webhooks,
+      {
+        observe: (outcome) => backboneMetrics.webhookAttempts.inc({ outcome }),
+        ...options.webhooks,
+      },
     );
     webhooksService = webhooks;
     if (backbone && options.nats?.consumers !== false) {
@@ -500,6 +513,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       }
     });
     app.get("/metrics", async (_request, reply) => {
+      if (backbone) backboneMetrics.natsConnected.set(backbone.isConnected() ? 1 : 0);
       if (db.engine === "postgres" && "pool" in db) {
         const pool = (
           db as { pool: { totalCount: number; idleCount: number; waitingCount: number } }

@@ -281,6 +281,16 @@ describe("a hub on NATS", () => {
     await expect(t.hub.eventsService.replay(other, q!.id)).rejects.toMatchObject({
       code: "resource.not_found",
     });
+    // The outcomes are counted in /metrics.
+    const metrics = await (await fetch(`${t.hub.url}/metrics`)).text();
+    expect(metrics).toMatch(
+      /flotilla_events_consumed_total\{consumer="flaky",outcome="quarantined"\} 1/,
+    );
+    expect(metrics).toMatch(
+      /flotilla_events_consumed_total\{consumer="flaky",outcome="retried"\} 2/,
+    );
+    expect(metrics).toMatch(/flotilla_events_published_total [1-9]/);
+    expect(metrics).toMatch(/flotilla_nats_connected 1/);
   });
 
   it("a handler running longer than ack_wait keeps its message (working()) and takes effect once", async () => {

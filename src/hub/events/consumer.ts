@@ -73,6 +73,8 @@ export interface ConsumerHost {
   };
   logger: Logger;
   instanceId: string;
+  /** Told each message's outcome (metrics). */
+  observe?(consumer: string, outcome: import("./metrics.js").ConsumerOutcome): void;
 }
 
 const header = (h: MsgHdrs | undefined) => (name: string) => h?.get(name) || undefined;
@@ -203,6 +205,7 @@ export class EventConsumer {
     const ctx = { ...contextFromNatsHeaders(get), tenant: event.organizationId };
     await runWithContext(ctx, async () => {
       if (this.spec.accepts && !this.spec.accepts(event.type)) {
+        this.host.observe?.(this.spec.name, "skipped");
         m.ack();
         return;
       }
@@ -224,6 +227,7 @@ export class EventConsumer {
           },
           "event handled",
         );
+        this.host.observe?.(this.spec.name, fresh ? "handled" : "duplicate");
         m.ack();
       } catch (err) {
         if (m.info.deliveryCount >= this.maxDeliver) {
@@ -238,6 +242,7 @@ export class EventConsumer {
             { err, consumer: this.durable, event_id: event.id, deliveries: m.info.deliveryCount },
             "event handler failed; will be redelivered",
           );
+          this.host.observe?.(this.spec.name, "retried");
           m.nak((this.spec.retryDelayMs ?? CONSUMER_DEFAULTS.retryDelayMs) * m.info.deliveryCount);
         }
       } finally {
@@ -306,6 +311,7 @@ export class EventConsumer {
       return;
     }
     m.term(reason.slice(0, 200));
+    this.host.observe?.(this.spec.name, "quarantined");
     this.host.logger.error(
       {
         consumer: this.durable,

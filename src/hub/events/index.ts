@@ -13,6 +13,7 @@ export {
   type HandlerTools,
   payloadRef,
 } from "./consumer.js";
+export { type ConsumerOutcome, type EventMetrics, eventMetrics } from "./metrics.js";
 export { NatsBackbone, type NatsOptions, type NatsReadiness } from "./nats.js";
 export { type EventsPorts, EventsService, type QuarantinedEvent } from "./service.js";
 export {

@@ -23,6 +23,8 @@ export interface RelayOptions {
    * and before the rows are marked published, once this many events have been published.
    */
   killAfterPublished?: number;
+  /** Told how many events each claim published and marked, and of each failed drain. */
+  observe?: { published(n: number): void; failed(): void };
 }
 
 export class OutboxRelay {
@@ -77,6 +79,7 @@ export class OutboxRelay {
       })
       .catch((err) => {
         this.failures += 1;
+        this.options.observe?.failed();
         const base = this.options.backoffBaseMs ?? 250;
         const cap = this.options.backoffMaxMs ?? 30_000;
         // Full jitter over the upper half: replicas that failed together do not retry together.
@@ -130,6 +133,7 @@ export class OutboxRelay {
       await tx.query("UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::uuid[])", [
         events.map((e) => e.id),
       ]);
+      this.options.observe?.published(events.length);
       return events.length;
     });
   }

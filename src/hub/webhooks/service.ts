@@ -58,6 +58,8 @@ export interface DeliveryOptions {
   concurrency?: number;
   /** Look for due deliveries this often even without a wake-up. Default 1 s. */
   pollIntervalMs?: number;
+  /** Told each attempt's outcome (metrics). */
+  observe?(outcome: "succeeded" | "retried" | "failed"): void;
 }
 
 /** True when an endpoint subscribed with `patterns` wants events of `type`. */
@@ -418,6 +420,7 @@ export class WebhooksService {
          WHERE id = $1 AND attempts = $3 AND status = 'pending'`,
         [d.id, status, d.attempts],
       );
+      this.options.observe?.("succeeded");
       this.logger.info(
         { delivery: d.id, event_id: d.event_id, attempts: d.attempts, status },
         "webhook delivered",
@@ -430,6 +433,7 @@ export class WebhooksService {
     const ceiling = Math.min(cap, base * 2 ** Math.min(d.attempts - 1, 30));
     const delayMs = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
     const final = d.attempts >= maxAttempts;
+    this.options.observe?.(final ? "failed" : "retried");
     await this.db.query(
       `UPDATE webhook_deliveries
        SET status = CASE WHEN $4 THEN 'failed' ELSE 'pending' END, last_status_code = $2, last_error = $3,
