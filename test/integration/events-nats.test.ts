@@ -107,6 +107,48 @@ describe("stream contracts against the real server", () => {
   });
 });
 
+describe("hub startup against NATS", () => {
+  it("refuses to start against an incompatible events stream, naming the field, and leaves the stream as it was", async () => {
+    const jsm = await jetstreamManager(nc);
+    const name = unique();
+    created.push(name);
+    const root = name.toLowerCase();
+    await jsm.streams.add({
+      ...streamConfig(eventsStreamContract({ name, subjectRoot: root })),
+      duplicate_window: nanos(2_000),
+    });
+    const before = (await jsm.streams.info(name)).config;
+    const err = await startTestHub("postgres", {
+      nats: { url: NATS_URL, stream: name, subjectRoot: root },
+    }).then(
+      async (t) => {
+        await t.stop();
+        return undefined;
+      },
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ code: "events.stream_incompatible", field: "duplicate_window" });
+    expect((err as Error).message).toMatch(
+      /duplicate_window is 2000 ms; it must be at least 60000 ms/,
+    );
+    expect((await jsm.streams.info(name)).config).toEqual(before);
+  });
+
+  it("refuses to start when NATS cannot be reached, naming the setting", async () => {
+    const err = await startTestHub("postgres", {
+      nats: { url: "nats://127.0.0.1:1", stream: unique(), connectTimeoutMs: 1000 },
+    }).then(
+      async (t) => {
+        await t.stop();
+        return undefined;
+      },
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ code: "events.unavailable", field: "nats_url" });
+    expect((err as Error).message).toContain("FLOTILLA_NATS_URL");
+  });
+});
+
 describe("a hub on NATS", () => {
   let t: TestHub;
   let token: string;
@@ -176,6 +218,29 @@ describe("a hub on NATS", () => {
       ok: true,
       stream,
     });
+  });
+
+  it("live subscribers on the replica hear new events through the stream", async () => {
+    const heard: string[] = [];
+    const off = t.hub.events.subscribe((e) => heard.push(e.id));
+    try {
+      // The feed starts with the first subscriber; events from then on arrive.
+      await eventually(async () => {
+        const { project } = await api(t.hub.url, token).projects.createProject({
+          name: `Live ${suffix()}`,
+        });
+        const ids = (
+          await t.hub.db.query<{ id: string }>(
+            "SELECT id FROM outbox_events WHERE subject_id = $1",
+            [project!.id],
+          )
+        ).rows.map((r) => r.id);
+        await new Promise((r) => setTimeout(r, 300));
+        return ids.some((id) => heard.includes(id));
+      }, 20_000);
+    } finally {
+      off();
+    }
   });
 
   it("a republished event (same Nats-Msg-Id) is stored once", async () => {
