@@ -395,6 +395,21 @@ describe("a hub on NATS", () => {
     expect(handled.map((r) => [r.deliveries, r.duplicate])).toEqual([[1, false]]);
   });
 
+  it("prunes processed-event rows only once the stream can no longer redeliver them", async () => {
+    const old = "0190a1b2-c3d4-7e5f-8a9b-000000000001";
+    const recent = "0190a1b2-c3d4-7e5f-8a9b-000000000002";
+    await t.hub.db.query(
+      `INSERT INTO event_processed (consumer, event_id, processed_at)
+       VALUES ('prune', $1, now() - interval '9 days'), ('prune', $2, now() - interval '6 days')`,
+      [old, recent],
+    );
+    expect(await t.hub.eventsService.pruneProcessed()).toBeGreaterThanOrEqual(1);
+    const left = await t.hub.db.query<{ event_id: string }>(
+      "SELECT event_id FROM event_processed WHERE consumer = 'prune'",
+    );
+    expect(left.rows.map((r) => r.event_id)).toEqual([recent]);
+  });
+
   it("rejects bad quarantine requests with the field named", async () => {
     const orgId = (await api(t.hub.url, token).identity.whoAmI({})).organization!.id;
     const caller = { organizationId: orgId, actor: { type: "user" as const, id: "x" } };

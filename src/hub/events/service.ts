@@ -69,9 +69,18 @@ export interface EventsPorts {
   eventById(id: string): Promise<StoredEvent | undefined>;
 }
 
+/**
+ * How long a processed-event row is kept: the stream keeps a message at most 7 days (max_age), so
+ * no redelivery can come later; one more day of margin.
+ */
+export const PROCESSED_RETENTION_DAYS = 8;
+const PRUNE_EVERY_MS = 3600_000;
+const PRUNE_BATCH = 10_000;
+
 /** Lists and replays quarantined events on any hub; runs this replica's consumers when NATS is configured. */
 export class EventsService {
   private readonly consumers = new Map<string, EventConsumer>();
+  private pruneTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly db: Db,
@@ -94,7 +103,33 @@ export class EventsService {
     );
     await consumer.start();
     this.consumers.set(spec.name, consumer);
+    if (!this.pruneTimer) {
+      this.pruneTimer = setInterval(() => {
+        this.pruneProcessed().catch((err) =>
+          this.host.logger.warn({ err }, "pruning processed events failed; will retry"),
+        );
+      }, PRUNE_EVERY_MS);
+      this.pruneTimer.unref();
+    }
     return consumer;
+  }
+
+  /**
+   * Deletes processed-event rows older than the stream can redeliver, in batches (several
+   * replicas doing it at once only repeat an idempotent delete). Returns how many went.
+   */
+  async pruneProcessed(olderThanDays = PROCESSED_RETENTION_DAYS): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const { rowCount } = await this.db.query(
+        `DELETE FROM event_processed WHERE (consumer, event_id) IN (
+           SELECT consumer, event_id FROM event_processed
+           WHERE processed_at < now() - make_interval(days => $1) LIMIT $2)`,
+        [olderThanDays, PRUNE_BATCH],
+      );
+      total += rowCount;
+      if (rowCount < PRUNE_BATCH) return total;
+    }
   }
 
   async listQuarantined(
@@ -206,6 +241,7 @@ export class EventsService {
   }
 
   async stop(): Promise<void> {
+    clearInterval(this.pruneTimer);
     await Promise.all([...this.consumers.values()].map((c) => c.stop()));
   }
 }
