@@ -202,7 +202,16 @@ export async function rotateMasterKey(
       environment: unused,
       service: unused,
     });
-    return await config.rotateKey();
+    const resealed = await config.rotateKey();
+    // Webhook signing secrets are sealed with the same key.
+    const noAudit = async () => {};
+    const webhooks = new WebhooksService(
+      db,
+      new Keyring(masterKey, previous),
+      noAudit,
+      createLogger({ level: "warn" }),
+    );
+    return resealed + (await webhooks.resealSecrets());
   } finally {
     await db.close();
   }

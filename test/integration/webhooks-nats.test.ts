@@ -10,10 +10,11 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebhooksService } from "../../src/gen/flotilla/v1/events_pb.js";
-import { verifyWebhook } from "../../src/hub/webhooks/index.js";
-import { traceIdOf } from "../../src/shared/index.js";
+import { Keyring } from "../../src/hub/index.js";
+import { verifyWebhook, WebhooksService as Webhooks } from "../../src/hub/webhooks/index.js";
+import { createLogger, traceIdOf } from "../../src/shared/index.js";
 import { api, createFixture, eventually, expectError, secondTenant } from "../support/core.js";
-import { bootstrapOwner, startTestHub, type TestHub } from "../support/hub.js";
+import { bootstrapOwner, startTestHub, TEST_MASTER_KEY, type TestHub } from "../support/hub.js";
 
 const NATS_URL = "nats://127.0.0.1:4222";
 
@@ -136,6 +137,31 @@ describe("webhooks", () => {
     expect(traceIdOf(String(success.headers.traceparent))).toBe(traceIdOf(traceparent));
     // Project and service events are not deployment events: nothing else was sent.
     expect(new Set(received.map((r) => JSON.parse(r.body).id)).size).toBe(1);
+  });
+
+  it("key rotation re-seals endpoint secrets, which still sign the same", async () => {
+    const hooks = webhooksClient(token);
+    const { endpoint, secret } = await hooks.createWebhookEndpoint({
+      url: "https://example.com/rot",
+    });
+    const next = { id: "test-key-2", key: Buffer.alloc(32, 3) };
+    const rotated = new Webhooks(
+      t.hub.db,
+      new Keyring(next, [TEST_MASTER_KEY]),
+      async () => {},
+      createLogger({ level: "silent" }),
+    );
+    expect(await rotated.resealSecrets()).toBeGreaterThanOrEqual(1);
+    const row = await t.hub.db.query<{ secret_sealed: Buffer; secret_key_id: string }>(
+      "SELECT secret_sealed, secret_key_id FROM webhook_endpoints WHERE id = $1",
+      [endpoint!.id],
+    );
+    expect(row.rows[0]!.secret_key_id).toBe("test-key-2");
+    expect(
+      new Keyring(next).open(row.rows[0]!.secret_sealed, "test-key-2", `webhook:${endpoint!.id}`),
+    ).toBe(secret);
+    expect(await rotated.resealSecrets()).toBe(0);
+    await hooks.deleteWebhookEndpoint({ id: endpoint!.id });
   });
 
   it("rejects bad endpoints with the field named, writing nothing", async () => {

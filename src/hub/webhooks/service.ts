@@ -202,6 +202,40 @@ export class WebhooksService {
     return { endpoint, secret };
   }
 
+  /**
+   * Re-seals every endpoint secret not sealed with the current master key (part of
+   * `flotilla config rotate-key`), 200 rows per transaction; safe to rerun. Returns how many.
+   */
+  async resealSecrets(): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const n = await this.db.tx(async (tx) => {
+        const { rows } = await tx.query<{
+          id: string;
+          secret_sealed: Buffer;
+          secret_key_id: string;
+        }>(
+          `SELECT id, secret_sealed, secret_key_id FROM webhook_endpoints
+           WHERE secret_key_id <> $1 LIMIT 200 FOR UPDATE`,
+          [this.sealer.current.id],
+        );
+        for (const r of rows) {
+          const again = this.sealer.seal(
+            this.sealer.open(r.secret_sealed, r.secret_key_id, aad(r.id)),
+            aad(r.id),
+          );
+          await tx.query(
+            "UPDATE webhook_endpoints SET secret_sealed = $2, secret_key_id = $3 WHERE id = $1",
+            [r.id, again.sealed, again.keyId],
+          );
+        }
+        return rows.length;
+      });
+      total += n;
+      if (n < 200) return total;
+    }
+  }
+
   async list(c: Caller): Promise<WebhookEndpoint[]> {
     const { rows } = await this.db.query<EndpointRow>(
       `SELECT id, url, event_types, description, created_by, created_at FROM webhook_endpoints
