@@ -6,6 +6,8 @@ import {
   DeliverPolicy,
   JetStreamApiCodes,
   JetStreamApiError,
+  type JetStreamClient,
+  type JetStreamManager,
   type JsMsg,
 } from "@nats-io/jetstream";
 import type { MsgHdrs } from "@nats-io/transport-node";
@@ -19,6 +21,7 @@ import {
 import type { Db, Queryable } from "../../store/index.js";
 import type { StoredEvent } from "../outbox/index.js";
 import { decodeEvent } from "./bus.js";
+import type { ConsumerOutcome } from "./metrics.js";
 import { nanos } from "./streams.js";
 
 export interface HandlerTools {
@@ -66,15 +69,11 @@ const REPLICA_INACTIVE_MS = 3600_000;
 
 export interface ConsumerHost {
   db: Db;
-  backbone: {
-    js: import("@nats-io/jetstream").JetStreamClient;
-    jsm: import("@nats-io/jetstream").JetStreamManager;
-    contract: { name: string };
-  };
+  backbone: { js: JetStreamClient; jsm: JetStreamManager; contract: { name: string } };
   logger: Logger;
   instanceId: string;
   /** Told each message's outcome (metrics). */
-  observe?(consumer: string, outcome: import("./metrics.js").ConsumerOutcome): void;
+  observe?(consumer: string, outcome: ConsumerOutcome): void;
 }
 
 const header = (h: MsgHdrs | undefined) => (name: string) => h?.get(name) || undefined;
