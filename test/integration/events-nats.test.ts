@@ -6,12 +6,13 @@ import { jetstreamManager, RetentionPolicy, type StreamConfig } from "@nats-io/j
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  EventsService,
   ensureStream,
   eventsStreamContract,
   nanos,
   streamConfig,
 } from "../../src/hub/events/index.js";
-import { FlotillaError, traceIdOf } from "../../src/shared/index.js";
+import { createLogger, FlotillaError, traceIdOf } from "../../src/shared/index.js";
 import { api, createFixture, eventually, suffix } from "../support/core.js";
 import { bootstrapOwner, startTestHub, type TestHub } from "../support/hub.js";
 
@@ -393,6 +394,58 @@ describe("a hub on NATS", () => {
       (r) => r.msg === "event handled" && r.consumer === "slow" && r.event_id === created!.id,
     );
     expect(handled.map((r) => [r.deliveries, r.duplicate])).toEqual([[1, false]]);
+  });
+
+  it("a shared consumer handles each event on one replica; a per-replica one on every replica", async () => {
+    const handled = { shared: [] as string[], fanout: new Map<string, string[]>() };
+    const replicas = ["replica-a", "replica-b"].map(
+      (instanceId) =>
+        new EventsService(t.hub.db, { eventById: async () => undefined }, t.hub.nats, {
+          logger: createLogger({ level: "silent" }),
+          instanceId,
+        }),
+    );
+    for (const [i, r] of replicas.entries()) {
+      await r.addConsumer({
+        name: "shared-probe",
+        accepts: (type) => type === "project.created",
+        handler: async (e) => {
+          handled.shared.push(e.id);
+        },
+      });
+      await r.addConsumer({
+        name: "fanout-probe",
+        scope: "replica",
+        accepts: (type) => type === "project.created",
+        handler: async (e) => {
+          const list = handled.fanout.get(e.id) ?? [];
+          list.push(`replica-${i}`);
+          handled.fanout.set(e.id, list);
+        },
+      });
+    }
+    try {
+      const ids: string[] = [];
+      for (let i = 0; i < 5; i++) {
+        const { project } = await api(t.hub.url, token).projects.createProject({
+          name: `Fan ${suffix()}`,
+        });
+        const r = await t.hub.db.query<{ id: string }>(
+          "SELECT id FROM outbox_events WHERE type = 'project.created' AND subject_id = $1",
+          [project!.id],
+        );
+        ids.push(r.rows[0]!.id);
+      }
+      await eventually(async () =>
+        ids.every((id) => handled.shared.includes(id) && handled.fanout.get(id)?.length === 2),
+      );
+      for (const id of ids) {
+        expect(handled.shared.filter((x) => x === id)).toHaveLength(1);
+        expect(handled.fanout.get(id)!.sort()).toEqual(["replica-0", "replica-1"]);
+      }
+    } finally {
+      await Promise.all(replicas.map((r) => r.stop()));
+    }
   });
 
   it("prunes processed-event rows only once the stream can no longer redeliver them", async () => {

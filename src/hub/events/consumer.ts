@@ -51,8 +51,9 @@ export interface ConsumerSpec {
   retryDelayMs?: number;
   /**
    * shared (default): one durable for all replicas, each event handled by one of them.
-   * replica: a durable per replica (name + instance id, removed by the server after 1 hour
-   * inactive), so every replica handles every event (a per-replica fan-out, e.g. gateways).
+   * replica: a durable per replica (name + instance id, starting at new events, removed by the
+   * server after 1 hour inactive), so every replica handles every event (a per-replica fan-out,
+   * e.g. gateways); its processed rows are keyed by that durable.
    */
   scope?: "shared" | "replica";
 }
@@ -115,7 +116,9 @@ export class EventConsumer {
     return {
       durable_name: this.durable,
       ack_policy: AckPolicy.Explicit,
-      deliver_policy: DeliverPolicy.All,
+      // A per-replica durable starts at new events: a replica's fan-out concerns what happens
+      // while it runs (what it missed before, it reads from the database when it starts).
+      deliver_policy: this.spec.scope === "replica" ? DeliverPolicy.New : DeliverPolicy.All,
       ack_wait: nanos(this.ackWaitMs),
       max_deliver: this.maxDeliver,
       max_ack_pending: this.concurrency,
@@ -265,7 +268,7 @@ export class EventConsumer {
       const { rows } = await tx.query(
         `INSERT INTO event_processed (consumer, event_id) VALUES ($1, $2)
          ON CONFLICT DO NOTHING RETURNING event_id`,
-        [this.spec.name, event.id],
+        [this.durable, event.id],
       );
       if (rows.length === 0) return false;
       await this.spec.handler(event, { ...tools, tx });
