@@ -264,6 +264,21 @@ describe("two hub replicas on a NATS server that restarts", () => {
         (r) => r.id,
       );
       expect(ids.every((id) => seen.has(id))).toBe(true);
+      // Every durable consumer (audit, webhooks) got every message and acked it.
+      for (const durable of ["audit", "webhooks"]) {
+        const deadline = Date.now() + 60_000;
+        for (;;) {
+          const c = await jsm.consumers.info(stream, durable);
+          if (
+            c.num_pending === 0 &&
+            c.num_ack_pending === 0 &&
+            c.ack_floor.stream_seq === info.state.last_seq
+          )
+            break;
+          if (Date.now() > deadline) throw new Error(`${durable}: ${JSON.stringify(c)}`);
+          await sleep(250);
+        }
+      }
     } finally {
       await nc.close();
     }
