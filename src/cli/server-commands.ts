@@ -153,6 +153,24 @@ const NATS: OptionSpecs = {
     default: "on",
     description: "on | off: run the durable consumers (audit projection, webhooks) on this replica",
   },
+  "nats-ack-wait-ms": {
+    type: "string",
+    env: "FLOTILLA_NATS_ACK_WAIT_MS",
+    default: "30000",
+    description: "Consumers: redeliver a message not acked within this",
+  },
+  "nats-max-deliver": {
+    type: "string",
+    env: "FLOTILLA_NATS_MAX_DELIVER",
+    default: "5",
+    description: "Consumers: deliveries before a message is quarantined",
+  },
+  "nats-consumer-concurrency": {
+    type: "string",
+    env: "FLOTILLA_NATS_CONSUMER_CONCURRENCY",
+    default: "16",
+    description: "Consumers: handlers at once per consumer and replica (= max_ack_pending)",
+  },
   "webhook-backoff-base-ms": {
     type: "string",
     env: "FLOTILLA_WEBHOOK_BACKOFF_BASE_MS",
@@ -181,6 +199,11 @@ function natsOptions(values: Record<string, string | boolean | undefined>): Part
             stream: stringOption(values, "nats-stream")!,
             subjectRoot: stringOption(values, "nats-subject-root")!,
             consumers: consumers === "on",
+            consumer: {
+              ackWaitMs: intOption(values, "nats-ack-wait-ms", { min: 1000, max: 3_600_000 })!,
+              maxDeliver: intOption(values, "nats-max-deliver", { min: 1, max: 100 })!,
+              concurrency: intOption(values, "nats-consumer-concurrency", { min: 1, max: 1000 })!,
+            },
           },
         }
       : {}),

@@ -115,7 +115,11 @@ export interface HubOptions {
    * The NATS JetStream event backbone (PostgreSQL only): the outbox relay publishes to it and this
    * replica runs the durable consumers (audit projection, webhooks) unless `consumers` is false.
    */
-  nats?: NatsOptions & { consumers?: boolean };
+  nats?: NatsOptions & {
+    consumers?: boolean;
+    /** Tunables of the audit and webhooks consumers (defaults: CONSUMER_DEFAULTS). */
+    consumer?: { ackWaitMs?: number; maxDeliver?: number; concurrency?: number };
+  };
   relay?: RelayOptions;
   webhooks?: DeliveryOptions;
 }
@@ -406,13 +410,16 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     webhooksService = webhooks;
     if (backbone && options.nats?.consumers !== false) {
       // Every replica runs the same durables: each event's effect happens on one of them.
+      const tunables = options.nats?.consumer ?? {};
       await eventsSvc.addConsumer({
+        ...tunables,
         name: "audit",
         handler: async (e, { tx }) => {
           await projectEventIntoAudit(tx, e);
         },
       });
       await eventsSvc.addConsumer({
+        ...tunables,
         name: "webhooks",
         accepts: (type) => type.startsWith("deployment.") || type.startsWith("database."),
         handler: async (e, { tx }) => {

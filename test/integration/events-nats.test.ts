@@ -135,6 +135,32 @@ describe("hub startup against NATS", () => {
     expect((await jsm.streams.info(name)).config).toEqual(before);
   });
 
+  it("creates the durables with the configured ack_wait, max_deliver and max_ack_pending, and updates them on a restart with other values", async () => {
+    const jsm = await jetstreamManager(nc);
+    const stream = unique();
+    created.push(stream);
+    const nats = { url: NATS_URL, stream, subjectRoot: stream.toLowerCase() };
+    const first = await startTestHub("postgres", {
+      nats: { ...nats, consumer: { ackWaitMs: 20_000, maxDeliver: 7, concurrency: 4 } },
+    });
+    await first.stop();
+    for (const durable of ["audit", "webhooks"]) {
+      const c = (await jsm.consumers.info(stream, durable)).config;
+      expect([c.ack_policy, c.ack_wait, c.max_deliver, c.max_ack_pending]).toEqual([
+        "explicit",
+        nanos(20_000),
+        7,
+        4,
+      ]);
+    }
+    const second = await startTestHub("postgres", {
+      nats: { ...nats, consumer: { ackWaitMs: 45_000, maxDeliver: 3, concurrency: 9 } },
+    });
+    await second.stop();
+    const c = (await jsm.consumers.info(stream, "audit")).config;
+    expect([c.ack_wait, c.max_deliver, c.max_ack_pending]).toEqual([nanos(45_000), 3, 9]);
+  });
+
   it("refuses to start when NATS cannot be reached, naming the setting", async () => {
     const err = await startTestHub("postgres", {
       nats: { url: "nats://127.0.0.1:1", stream: unique(), connectTimeoutMs: 1000 },
