@@ -4,6 +4,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ConfigService } from "../gen/flotilla/v1/config_pb.js";
+import { EventsService, WebhooksService } from "../gen/flotilla/v1/events_pb.js";
 import { FleetService } from "../gen/flotilla/v1/fleet_pb.js";
 import { IdentityService, OrganizationService } from "../gen/flotilla/v1/identity_pb.js";
 import { ProjectService } from "../gen/flotilla/v1/projects_pb.js";
@@ -35,6 +36,8 @@ export interface Api {
   config: Client<typeof ConfigService>;
   servers: Client<typeof ServerService>;
   fleet: Client<typeof FleetService>;
+  events: Client<typeof EventsService>;
+  webhooks: Client<typeof WebhooksService>;
   hub: string;
 }
 
@@ -68,6 +71,8 @@ export function connect(values: Parsed["values"], token?: string): Api {
     config: createClient(ConfigService, transport),
     servers: createClient(ServerService, transport),
     fleet: createClient(FleetService, transport),
+    events: createClient(EventsService, transport),
+    webhooks: createClient(WebhooksService, transport),
     hub,
   };
 }

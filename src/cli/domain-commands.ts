@@ -916,6 +916,8 @@ function printEvent(asJson: boolean, e: Event) {
 }
 
 export async function eventsCommand(argv: string[]): Promise<number> {
+  if (argv[0] === "quarantine")
+    return (await import("./events-commands.js")).quarantineCommand(argv.slice(1));
   const specs: OptionSpecs = {
     ...CONNECTION,
     service: { type: "string", description: "Only events about this service and its deployments" },
@@ -932,7 +934,7 @@ export async function eventsCommand(argv: string[]): Promise<number> {
   const { values } = parseOptions(argv, specs);
   if (values.help)
     return help(
-      "flotilla events [--service SERVICE] [--follow] [--limit N]\n\nWith --json, one JSON object per line.",
+      "flotilla events [--service SERVICE] [--follow] [--limit N]\n  | events quarantine [list|replay ID] (see flotilla events quarantine --help)\n\nWith --json, one JSON object per line.",
       specs,
     );
   const api = connect(values);

@@ -85,6 +85,10 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
     run: lazy(domain, "logsCommand"),
     summary: "A service's output, from its agent (--follow)",
   },
+  webhooks: {
+    run: lazy(() => import("./events-commands.js"), "webhooksCommand"),
+    summary: "Webhook endpoints for deployment and database events, and their deliveries",
+  },
   servers: {
     run: lazy(domain, "serversCommand"),
     summary: "Enrol servers, list them and their dispatches",

@@ -128,6 +128,88 @@ const UP: OptionSpecs = {
   ...COMMON,
 };
 
+const NATS: OptionSpecs = {
+  "nats-url": {
+    type: "string",
+    env: "FLOTILLA_NATS_URL",
+    description:
+      "nats://host:4222 (comma-separated for a cluster): publish events to NATS JetStream",
+  },
+  "nats-stream": {
+    type: "string",
+    env: "FLOTILLA_NATS_STREAM",
+    default: "FLOTILLA_EVENTS",
+    description: "The events stream (created if missing, validated if present)",
+  },
+  "nats-subject-root": {
+    type: "string",
+    env: "FLOTILLA_NATS_SUBJECT_ROOT",
+    default: "flotilla",
+    description: "First token of every event subject",
+  },
+  "nats-consumers": {
+    type: "string",
+    env: "FLOTILLA_NATS_CONSUMERS",
+    default: "on",
+    description: "on | off: run the durable consumers (audit projection, webhooks) on this replica",
+  },
+  "nats-ack-wait-ms": {
+    type: "string",
+    env: "FLOTILLA_NATS_ACK_WAIT_MS",
+    default: "30000",
+    description: "Consumers: redeliver a message not acked within this",
+  },
+  "nats-max-deliver": {
+    type: "string",
+    env: "FLOTILLA_NATS_MAX_DELIVER",
+    default: "5",
+    description: "Consumers: deliveries before a message is quarantined",
+  },
+  "nats-consumer-concurrency": {
+    type: "string",
+    env: "FLOTILLA_NATS_CONSUMER_CONCURRENCY",
+    default: "16",
+    description: "Consumers: handlers at once per consumer and replica (= max_ack_pending)",
+  },
+  "webhook-backoff-base-ms": {
+    type: "string",
+    env: "FLOTILLA_WEBHOOK_BACKOFF_BASE_MS",
+    default: "5000",
+    description: "First webhook retry after this, doubling per attempt",
+  },
+};
+
+/** The NATS options of `flotilla hub`; none without --nats-url. */
+function natsOptions(values: Record<string, string | boolean | undefined>): Partial<HubOptions> {
+  const url = stringOption(values, "nats-url");
+  const consumers = stringOption(values, "nats-consumers") ?? "on";
+  if (consumers !== "on" && consumers !== "off")
+    throw new FlotillaError("config.invalid", "--nats-consumers must be on or off");
+  // Fault injection for the crash tests only: SIGKILL the relay between publish and mark.
+  const killAfter = process.env.FLOTILLA_FAULT_KILL_AFTER_PUBLISHED;
+  return {
+    webhooks: {
+      backoffBaseMs: intOption(values, "webhook-backoff-base-ms", { min: 10, max: 3_600_000 })!,
+    },
+    ...(killAfter ? { relay: { killAfterPublished: Number(killAfter) } } : {}),
+    ...(url
+      ? {
+          nats: {
+            url,
+            stream: stringOption(values, "nats-stream")!,
+            subjectRoot: stringOption(values, "nats-subject-root")!,
+            consumers: consumers === "on",
+            consumer: {
+              ackWaitMs: intOption(values, "nats-ack-wait-ms", { min: 1000, max: 3_600_000 })!,
+              maxDeliver: intOption(values, "nats-max-deliver", { min: 1, max: 100 })!,
+              concurrency: intOption(values, "nats-consumer-concurrency", { min: 1, max: 1000 })!,
+            },
+          },
+        }
+      : {}),
+  };
+}
+
 const HUB: OptionSpecs = {
   "database-url": {
     type: "string",
@@ -152,6 +234,7 @@ const HUB: OptionSpecs = {
     default: "1800",
     description: "Recycle pool connections after",
   },
+  ...NATS,
   ...COMMON,
 };
 
@@ -436,9 +519,10 @@ export async function hubCommand(argv: string[]): Promise<number> {
     ...masterKeys(values),
     admin: admin(values),
     logger,
+    ...natsOptions(values),
   });
   return serve(hub, [
-    `Flotilla hub ${hub.instanceId} at ${hub.url} (gRPC ${hub.grpcUrl}) on PostgreSQL`,
+    `Flotilla hub ${hub.instanceId} at ${hub.url} (gRPC ${hub.grpcUrl}) on PostgreSQL${hub.nats ? `, events on NATS stream ${hub.nats.contract.name}` : ""}`,
     ...loginHelp(hub),
   ]);
 }

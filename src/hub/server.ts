@@ -28,6 +28,7 @@ import {
   connectOnFastify,
   contextResponseHeaders,
   createAuthInterceptor,
+  eventsRoutes,
   fleetRoutes,
   identityRoutes,
   kIncoming,
@@ -36,7 +37,7 @@ import {
   serversRoutes,
   servicesRoutes,
 } from "./api/index.js";
-import { recordAudit } from "./audit/index.js";
+import { projectEventIntoAudit, recordAudit } from "./audit/index.js";
 import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
 import {
   AgentProber,
@@ -48,6 +49,14 @@ import {
   routingInterceptor,
 } from "./control/index.js";
 import { DataPlanesService } from "./dataplanes/index.js";
+import {
+  EventsService,
+  eventMetrics,
+  NATS_RELAY_OPTIONS,
+  NatsBackbone,
+  type NatsOptions,
+  natsBus,
+} from "./events/index.js";
 import { FleetService } from "./fleet/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
@@ -57,10 +66,18 @@ import {
   SessionCodec,
 } from "./identity/index.js";
 import { InternalHttpClient } from "./internal/index.js";
-import { type EventBus, memoryBus, OutboxRelay, postgresBus } from "./outbox/index.js";
+import {
+  type EventBus,
+  eventsByIds,
+  memoryBus,
+  OutboxRelay,
+  postgresBus,
+  type RelayOptions,
+} from "./outbox/index.js";
 import { ProjectsService } from "./projects/index.js";
 import { type Dispatch, DispatchStore, ServersService } from "./servers/index.js";
 import { type ObservedStatus, ServicesService } from "./services/index.js";
+import { type DeliveryOptions, WebhooksService } from "./webhooks/index.js";
 
 export type StoreOptions =
   | { kind: "postgres"; url: string; pool?: Partial<PoolSettings> }
@@ -110,6 +127,17 @@ export interface HubOptions {
   agentHeartbeatIntervalMs?: number;
   /** How long shutdown waits for in-flight requests before closing the store. Default 10 s. */
   shutdownGraceMs?: number;
+  /**
+   * The NATS JetStream event backbone (PostgreSQL only): the outbox relay publishes to it and this
+   * replica runs the durable consumers (audit projection, webhooks) unless `consumers` is false.
+   */
+  nats?: NatsOptions & {
+    consumers?: boolean;
+    /** Tunables of the audit and webhooks consumers (defaults: CONSUMER_DEFAULTS). */
+    consumer?: { ackWaitMs?: number; maxDeliver?: number; concurrency?: number };
+  };
+  relay?: RelayOptions;
+  webhooks?: DeliveryOptions;
 }
 
 export interface Hub {
@@ -129,6 +157,10 @@ export interface Hub {
   router: DispatchRouter;
   events: EventBus;
   relay: OutboxRelay;
+  /** Quarantine and this replica's durable consumers (none without NATS). */
+  eventsService: EventsService;
+  nats: NatsBackbone | undefined;
+  webhooks: WebhooksService;
   metrics: Metrics;
   /** Set when no owner exists yet: the one-time token for Bootstrap. */
   setupToken: string | undefined;
@@ -193,7 +225,16 @@ export async function rotateMasterKey(
       environment: unused,
       service: unused,
     });
-    return await config.rotateKey();
+    const resealed = await config.rotateKey();
+    // Webhook signing secrets are sealed with the same key.
+    const noAudit = async () => {};
+    const webhooks = new WebhooksService(
+      db,
+      new Keyring(masterKey, previous),
+      noAudit,
+      createLogger({ level: "warn" }),
+    );
+    return resealed + (await webhooks.resealSecrets());
   } finally {
     await db.close();
   }
@@ -214,6 +255,9 @@ export async function startHub(options: HubOptions): Promise<Hub> {
   let events: EventBus | undefined;
   let relay: OutboxRelay | undefined;
   let closeWaiter: (() => Promise<void>) | undefined;
+  let backbone: NatsBackbone | undefined;
+  let eventsService: EventsService | undefined;
+  let webhooksService: WebhooksService | undefined;
   const shutdown = new AbortController();
   let unlistenPrincipals: (() => Promise<void>) | undefined;
   let app: FastifyInstance | undefined;
@@ -367,13 +411,84 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         );
     // Gateways join the fleet view with a prober of their own when they exist.
     const fleet = new FleetService([new AgentProber(servers, control, dispatchRouter)]);
-    const bus = db.engine === "postgres" ? await postgresBus(db) : memoryBus();
+    if (options.nats) {
+      if (db.engine !== "postgres")
+        throw new FlotillaError(
+          "config.invalid",
+          "--nats-url needs the PostgreSQL store (flotilla hub)",
+          {
+            field: "nats_url",
+          },
+        );
+      backbone = await NatsBackbone.open(options.nats, logger, `flotilla-hub-${instanceId}`);
+    }
+    const bus = backbone
+      ? natsBus(backbone, logger)
+      : db.engine === "postgres"
+        ? await postgresBus(db)
+        : memoryBus();
     events = bus;
     const waiter = new DispatchWaiter(db, dispatches, bus, routeLater);
     await waiter.start();
     closeWaiter = () => waiter.close();
-    relay = new OutboxRelay(db, bus, logger);
+    const backboneMetrics = eventMetrics(metrics.registry);
+    relay = new OutboxRelay(db, bus, logger, {
+      ...(backbone ? NATS_RELAY_OPTIONS : {}),
+      observe: {
+        published: (n) => backboneMetrics.published.inc(n),
+        failed: () => backboneMetrics.relayFailures.inc(),
+      },
+      ...options.relay,
+    });
     await relay.start();
+    const eventsSvc = new EventsService(
+      db,
+      { eventById: async (id) => (await eventsByIds(db, [id]))[0] },
+      backbone,
+      {
+        logger,
+        instanceId,
+        observe: (consumer, outcome) => backboneMetrics.consumed.inc({ consumer, outcome }),
+      },
+    );
+    eventsService = eventsSvc;
+    const webhooks = new WebhooksService(
+      db,
+      keyring,
+      (tx, c, action, endpointId) =>
+        recordAudit(tx, {
+          organizationId: c.organizationId,
+          actor: c.actor,
+          action,
+          target: { type: "webhook", id: endpointId },
+        }),
+      logger,
+      {
+        observe: (outcome) => backboneMetrics.webhookAttempts.inc({ outcome }),
+        ...options.webhooks,
+      },
+    );
+    webhooksService = webhooks;
+    if (backbone && options.nats?.consumers !== false) {
+      // Every replica runs the same durables: each event's effect happens on one of them.
+      const tunables = options.nats?.consumer ?? {};
+      await eventsSvc.addConsumer({
+        ...tunables,
+        name: "audit",
+        handler: async (e, { tx }) => {
+          await projectEventIntoAudit(tx, e);
+        },
+      });
+      await eventsSvc.addConsumer({
+        ...tunables,
+        name: "webhooks",
+        accepts: (type) => type.startsWith("deployment.") || type.startsWith("database."),
+        handler: async (e, { tx }) => {
+          await webhooks.recordDeliveries(tx, e);
+        },
+      });
+      await webhooks.start();
+    }
 
     const interceptors = [
       createAuthInterceptor({ identity, logger, metrics }),
@@ -416,6 +531,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       });
       configRoutes(router, config);
       fleetRoutes(router, fleet);
+      eventsRoutes(router, { events: eventsSvc, webhooks });
       serversRoutes(router, {
         servers,
         dispatches,
@@ -470,12 +586,19 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       if (draining) return reply.code(503).send({ status: "draining" });
       try {
         await db.ping();
+        if (backbone) {
+          const nats = await backbone.readiness();
+          if (!nats.ok)
+            return reply.code(503).send({ status: "unavailable", engine: db.engine, nats });
+          return { status: "ready", engine: db.engine, nats };
+        }
         return { status: "ready", engine: db.engine };
       } catch (err) {
         return reply.code(503).send({ status: "unavailable", store: (err as Error).message });
       }
     });
     app.get("/metrics", async (_request, reply) => {
+      if (backbone) backboneMetrics.natsConnected.set(backbone.isConnected() ? 1 : 0);
       if (db.engine === "postgres" && "pool" in db) {
         const pool = (
           db as { pool: { totalCount: number; idleCount: number; waitingCount: number } }
@@ -554,6 +677,9 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       router: dispatchRouter,
       events: bus,
       relay: outboxRelay,
+      eventsService: eventsSvc,
+      nats: backbone,
+      webhooks,
       metrics,
       setupToken: setup.setupToken,
       createdOwner: setup.createdOwner,
@@ -582,7 +708,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
           await outboxRelay.stop();
           await waiter.close();
           await internalHttp.close();
+          await eventsSvc.stop();
+          await webhooks.stop();
           await bus.close();
+          await backbone?.close();
           await unlistenPrincipals?.();
           await db.close();
           logger.info("hub stopped");
@@ -593,8 +722,11 @@ export async function startHub(options: HubOptions): Promise<Hub> {
   } catch (err) {
     await closeWaiter?.().catch(() => {});
     await relay?.stop().catch(() => {});
+    await eventsService?.stop().catch(() => {});
+    await webhooksService?.stop().catch(() => {});
     await events?.close().catch(() => {});
     await unlistenPrincipals?.().catch(() => {});
+    await backbone?.close().catch(() => {});
     await app?.close().catch(() => {});
     h2?.close();
     await db.close().catch(() => {});

@@ -148,6 +148,18 @@ export const ERROR_CATALOGUE = {
     meaning:
       "A command-line option or environment variable has an invalid value. The message names it.",
   },
+  "events.stream_incompatible": {
+    connect: ConnectCode.FailedPrecondition,
+    http: 400,
+    meaning:
+      "An existing NATS stream's config breaks Flotilla's contract (the message and `field` name what). Flotilla never changes a stream: edit it with `nats stream edit` or point --nats-stream at another one.",
+  },
+  "events.unavailable": {
+    connect: ConnectCode.Unavailable,
+    http: 503,
+    meaning:
+      "The NATS event backbone is not configured on this hub (--nats-url) or not connected. Retry later or against a replica that has it.",
+  },
   internal: {
     connect: ConnectCode.Internal,
     http: 500,

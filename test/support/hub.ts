@@ -44,6 +44,10 @@ export async function startTestHub(
     masterKey: TEST_MASTER_KEY,
     logger: createLogger({ destination: sink, level: "debug" }),
     ...overrides,
+  }).catch(async (err: unknown) => {
+    // A hub that refused to start (the tests of refusals) leaves no database behind.
+    await database?.drop();
+    throw err;
   });
   return {
     hub,

@@ -36,6 +36,7 @@ import {
 import { type CallOptions, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ConfigKind, ConfigScope, ConfigService } from "../../src/gen/flotilla/v1/config_pb.js";
+import { EventsService, WebhooksService } from "../../src/gen/flotilla/v1/events_pb.js";
 import { FleetService } from "../../src/gen/flotilla/v1/fleet_pb.js";
 import {
   IdentityService,
@@ -73,6 +74,8 @@ export interface TenantIds {
   serverId: string;
   /** A job of the service (pending: the server has no agent). */
   jobId: string;
+  /** A webhook endpoint of the organization. */
+  webhookEndpointId: string;
 }
 
 export interface RpcCase {
@@ -382,6 +385,52 @@ export const RPC_CASES: Record<string, RpcCase> = {
     objectScoped: false,
     request: () => ({ kinds: ["agent"] }),
   }),
+  "flotilla.v1.EventsService/ListQuarantinedEvents": rpc(
+    EventsService.method.listQuarantinedEvents,
+    {
+      objectScoped: false,
+      request: () => ({}),
+    },
+  ),
+  "flotilla.v1.EventsService/ReplayQuarantinedEvent": rpc(
+    EventsService.method.replayQuarantinedEvent,
+    {
+      objectScoped: true,
+      // No API call quarantines an event (only a failing NATS consumer does), so the seeded tenant
+      // has none: the owner gets not-found too. test/integration/events-nats.test.ts replays a
+      // real one and checks another tenant's replay is not-found.
+      acceptedError: "resource.not_found",
+      request: () => ({ id: randomUUID() }),
+    },
+  ),
+  "flotilla.v1.WebhooksService/CreateWebhookEndpoint": rpc(
+    WebhooksService.method.createWebhookEndpoint,
+    {
+      objectScoped: false,
+      request: () => ({ url: `https://hooks.example.com/${unique()}` }),
+    },
+  ),
+  "flotilla.v1.WebhooksService/ListWebhookEndpoints": rpc(
+    WebhooksService.method.listWebhookEndpoints,
+    {
+      objectScoped: false,
+      request: () => ({}),
+    },
+  ),
+  "flotilla.v1.WebhooksService/DeleteWebhookEndpoint": rpc(
+    WebhooksService.method.deleteWebhookEndpoint,
+    {
+      objectScoped: true,
+      request: (ids) => ({ id: ids.webhookEndpointId }),
+    },
+  ),
+  "flotilla.v1.WebhooksService/ListWebhookDeliveries": rpc(
+    WebhooksService.method.listWebhookDeliveries,
+    {
+      objectScoped: true,
+      request: (ids) => ({ endpointId: ids.webhookEndpointId }),
+    },
+  ),
 };
 
 /** Every RPC the hub serves, keyed like RPC_RULES and RPC_CASES. */
@@ -455,7 +504,12 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
   const job = await services.runJob({ serviceId, command: "true" }, { headers });
   await services.deploy({ serviceId }, { headers });
   const audit = await orgs.listAuditEvents({ limit: 1 }, { headers });
+  const webhook = await createClient(WebhooksService, transport).createWebhookEndpoint(
+    { url: "https://hooks.example.com/seeded" },
+    { headers },
+  );
   return {
+    webhookEndpointId: webhook.endpoint!.id,
     projectId: project.project!.id,
     environmentId,
     serviceId,
@@ -491,6 +545,7 @@ export function absentIds(): TenantIds {
     secretKey: "ABSENT_SECRET",
     serverId: uuid(),
     jobId: uuid(),
+    webhookEndpointId: uuid(),
   };
 }
 

@@ -2,6 +2,10 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextKey, type Interceptor } from "@connectrpc/connect";
 import { ConfigService as ConfigRpc } from "../../gen/flotilla/v1/config_pb.js";
+import {
+  EventsService as EventsRpc,
+  WebhooksService as WebhooksRpc,
+} from "../../gen/flotilla/v1/events_pb.js";
 import { FleetService as FleetRpc } from "../../gen/flotilla/v1/fleet_pb.js";
 import {
   IdentityService as IdentityRpc,
@@ -49,6 +53,8 @@ export const SERVICES: DescService[] = [
   ConfigRpc,
   ServerRpc,
   FleetRpc,
+  EventsRpc,
+  WebhooksRpc,
 ];
 
 /** Keyed by "package.Service/Method". A method missing here is refused (and fails a test). */
@@ -111,6 +117,12 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.ServerService/GetAgentStatus": can("servers.read"),
   "flotilla.v1.ServerService/ControlAgent": can("servers.manage"),
   "flotilla.v1.FleetService/GetFleetStatus": can("servers.read"),
+  "flotilla.v1.EventsService/ListQuarantinedEvents": can("events.read"),
+  "flotilla.v1.EventsService/ReplayQuarantinedEvent": can("events.replay"),
+  "flotilla.v1.WebhooksService/CreateWebhookEndpoint": can("webhooks.manage"),
+  "flotilla.v1.WebhooksService/ListWebhookEndpoints": can("webhooks.read"),
+  "flotilla.v1.WebhooksService/DeleteWebhookEndpoint": can("webhooks.manage"),
+  "flotilla.v1.WebhooksService/ListWebhookDeliveries": can("webhooks.read"),
 };
 
 /** Set by the HTTP layer: the context read from the request headers, and the peer address. */
