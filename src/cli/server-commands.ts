@@ -11,6 +11,7 @@ import {
   loadOrCreateKeyFile,
   type MasterKey,
   masterKeyFrom,
+  parseProvisionersOption,
   rotateMasterKey,
   startHub,
 } from "../hub/index.js";
@@ -101,6 +102,12 @@ const COMMON: OptionSpecs = {
     default: "0",
     description:
       "Trust a resolved credential this long without a database lookup (faster; another replica's revocations then apply within this delay)",
+  },
+  provisioners: {
+    type: "string",
+    env: "FLOTILLA_PROVISIONERS",
+    description:
+      'Private-link provisioners besides the built-in "local", as JSON: {"NAME": {"kind": "command", "command": "/path/to/program", "args": [], "timeoutMs": 600000}} (docs/provisioners.md); the same on every replica',
   },
   "log-level": {
     type: "string",
@@ -249,6 +256,7 @@ function listenOptions(values: Record<string, string | boolean | undefined>, def
     maxBodyBytes: intOption(values, "max-body-bytes", { min: 1024, max: 64 * 1024 * 1024 })!,
     authCacheMs: intOption(values, "auth-cache-ms", { min: 0, max: 60_000 })!,
     sweepIntervalMs: intOption(values, "sweep-interval-ms", { min: 100, max: 3_600_000 })!,
+    provisioners: parseProvisionersOption(stringOption(values, "provisioners")),
   };
 }
 

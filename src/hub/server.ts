@@ -27,6 +27,7 @@ import {
   configRoutes,
   connectOnFastify,
   contextResponseHeaders,
+  dataPlanesRoutes,
   createAuthInterceptor,
   identityRoutes,
   kIncoming,
@@ -38,7 +39,14 @@ import {
 import { recordAudit } from "./audit/index.js";
 import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
 import { ControlChannel } from "./control/index.js";
-import { DataPlanesService } from "./dataplanes/index.js";
+import {
+  DataPlaneController,
+  type DataPlaneControllerOptions,
+  DataPlanesService,
+  PrivateLinksService,
+  type ProvisionerConfig,
+  provisionersFrom,
+} from "./dataplanes/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
@@ -95,6 +103,18 @@ export interface HubOptions {
   agentHeartbeatIntervalMs?: number;
   /** How long shutdown waits for in-flight requests before closing the store. Default 10 s. */
   shutdownGraceMs?: number;
+  /**
+   * Private-link provisioners by name (FLOTILLA_PROVISIONERS), besides the built-in `local`; the
+   * same on every replica. A data plane names the one that converges it.
+   */
+  provisioners?: Record<string, ProvisionerConfig>;
+  /** Tuning of the data-plane controller (lease, sweep, settle, backoff); defaults in controller.ts. */
+  dataPlaneController?: Partial<
+    Pick<
+      DataPlaneControllerOptions,
+      "leaseMs" | "sweepIntervalMs" | "settleMs" | "maxDelayMs" | "backoff" | "onConverge"
+    >
+  >;
 }
 
 export interface Hub {
@@ -109,6 +129,8 @@ export interface Hub {
   servers: ServersService;
   dispatches: DispatchStore;
   dataPlanes: DataPlanesService;
+  privateLinks: PrivateLinksService;
+  dataPlaneController: DataPlaneController;
   control: ControlChannel;
   events: EventBus;
   relay: OutboxRelay;
@@ -196,6 +218,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
   const db = await openStore(options.store);
   let events: EventBus | undefined;
   let relay: OutboxRelay | undefined;
+  let dataPlaneController: DataPlaneController | undefined;
   const shutdown = new AbortController();
   let app: FastifyInstance | undefined;
   let h2: Http2Server | undefined;
@@ -233,7 +256,9 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     });
     const servers = new ServersService(db, keyring);
     const dispatches = new DispatchStore(db);
-    const dataPlanes = new DataPlanesService(db);
+    const provisioners = provisionersFrom(options.provisioners);
+    const dataPlanes = new DataPlanesService(db, () => [...provisioners.keys()]);
+    const privateLinks = new PrivateLinksService(db, dataPlanes);
     const services: ServicesService = new ServicesService(
       db,
       {
@@ -316,6 +341,14 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     events = bus;
     relay = new OutboxRelay(db, bus, logger);
     await relay.start();
+    dataPlaneController = new DataPlaneController({
+      db,
+      instanceId,
+      provisioners,
+      logger,
+      ...options.dataPlaneController,
+    });
+    await dataPlaneController.start();
 
     const interceptors = [createAuthInterceptor({ identity, logger, metrics })];
     const routes = (router: ConnectRouter) => {
@@ -350,6 +383,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       });
       configRoutes(router, config);
+      dataPlanesRoutes(router, { dataPlanes, links: privateLinks });
       serversRoutes(router, {
         servers,
         dispatches,
@@ -471,6 +505,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     const fastify = app;
     const h2server = h2;
     const outboxRelay = relay;
+    const controller = dataPlaneController;
     let closing: Promise<void> | undefined;
     return {
       instanceId,
@@ -484,6 +519,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       servers,
       dispatches,
       dataPlanes,
+      privateLinks,
+      dataPlaneController: controller,
       control,
       events: bus,
       relay: outboxRelay,
@@ -512,6 +549,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
             h2server ? new Promise<void>((resolve) => h2server.close(() => resolve())) : undefined,
           ]);
           clearTimeout(timer);
+          await controller.close();
           await outboxRelay.stop();
           await bus.close();
           await db.close();
@@ -521,6 +559,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       },
     };
   } catch (err) {
+    await dataPlaneController?.close().catch(() => {});
     await relay?.stop().catch(() => {});
     await events?.close().catch(() => {});
     await app?.close().catch(() => {});

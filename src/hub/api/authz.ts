@@ -2,6 +2,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextKey, type Interceptor } from "@connectrpc/connect";
 import { ConfigService as ConfigRpc } from "../../gen/flotilla/v1/config_pb.js";
+import { DataPlaneService as DataPlaneRpc } from "../../gen/flotilla/v1/dataplanes_pb.js";
 import {
   IdentityService as IdentityRpc,
   OrganizationService as OrganizationRpc,
@@ -47,6 +48,7 @@ export const SERVICES: DescService[] = [
   ServicesRpc,
   ConfigRpc,
   ServerRpc,
+  DataPlaneRpc,
 ];
 
 /** Keyed by "package.Service/Method". A method missing here is refused (and fails a test). */
@@ -108,6 +110,13 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.ServerService/ListDispatches": can("servers.read"),
   "flotilla.v1.ServerService/GetAgentStatus": can("servers.read"),
   "flotilla.v1.ServerService/ControlAgent": can("servers.manage"),
+  "flotilla.v1.DataPlaneService/ListDataPlanes": can("dataplanes.read"),
+  "flotilla.v1.DataPlaneService/GetDataPlane": can("dataplanes.read"),
+  "flotilla.v1.DataPlaneService/CreateDataPlane": can("dataplanes.manage"),
+  "flotilla.v1.DataPlaneService/ListPrivateLinks": can("dataplanes.read"),
+  "flotilla.v1.DataPlaneService/AddPrivateLink": can("ModifyDataPlanePrivateNetworking"),
+  "flotilla.v1.DataPlaneService/UpdatePrivateLink": can("ModifyDataPlanePrivateNetworking"),
+  "flotilla.v1.DataPlaneService/RemovePrivateLink": can("ModifyDataPlanePrivateNetworking"),
 };
 
 /** Set by the HTTP layer: the context read from the request headers, and the peer address. */

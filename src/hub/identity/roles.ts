@@ -22,6 +22,9 @@ export const CAPABILITIES = {
   "logs.read": "Read services' output (it may hold what an application prints).",
   "jobs.run": "Run one-off commands in a service's context, with its config.",
   "servers.manage": "Enrol servers (join tokens) and remove them.",
+  "dataplanes.read": "See data planes, their private links and what the controller observed.",
+  "dataplanes.manage": "Create data planes.",
+  ModifyDataPlanePrivateNetworking: "Add, change and remove a data plane's private links.",
 } as const;
 export type Capability = keyof typeof CAPABILITIES;
 
@@ -32,6 +35,7 @@ const VIEWER: Capability[] = [
   "projects.read",
   "config.read",
   "servers.read",
+  "dataplanes.read",
 ];
 const DEVELOPER: Capability[] = [
   ...VIEWER,
@@ -48,6 +52,8 @@ const ADMIN: Capability[] = [
   "audit.read",
   "config.reveal",
   "servers.manage",
+  "dataplanes.manage",
+  "ModifyDataPlanePrivateNetworking",
 ];
 const OWNER: Capability[] = [...ADMIN, "org.update", "members.grant_owner"];
 
