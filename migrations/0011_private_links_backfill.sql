@@ -37,7 +37,7 @@ BEGIN
           RAISE EXCEPTION '%: unknown shape: provider % is not aws, azure or gcp', place, quote_nullable(prov);
         END IF;
       ELSE
-        keys := ARRAY(SELECT jsonb_object_keys(entry));
+        keys := ARRAY(SELECT k FROM jsonb_object_keys(entry) AS k ORDER BY k);
         kinds := (keys && ARRAY['az_ids', 'service_region'])::int
           + (keys && ARRAY['location', 'dns_name', 'resource_type'])::int
           + (keys && ARRAY['service_attachment', 'dns_zone_name', 'dns_record_names', 'all_ports'])::int;
@@ -50,7 +50,7 @@ BEGIN
           WHEN keys && ARRAY['location', 'dns_name', 'resource_type'] THEN 'azure'
           ELSE 'gcp' END;
       END IF;
-      keys := ARRAY(SELECT jsonb_object_keys(entry));
+      keys := ARRAY(SELECT k FROM jsonb_object_keys(entry) AS k ORDER BY k);
       allowed := CASE prov
         WHEN 'aws' THEN ARRAY['region', 'az_ids', 'service_name', 'service_region']
         WHEN 'azure' THEN ARRAY['service_name', 'location', 'dns_name', 'resource_type']
