@@ -12,6 +12,7 @@ const api = () => import("./api-commands.js");
 const domain = () => import("./domain-commands.js");
 const server = () => import("./server-commands.js");
 const agent = () => import("./agent-command.js");
+const dataplanes = () => import("./dataplanes-commands.js");
 
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   up: {
@@ -79,6 +80,14 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   servers: {
     run: lazy(domain, "serversCommand"),
     summary: "Enrol servers, list them and their dispatches",
+  },
+  dataplanes: {
+    run: lazy(dataplanes, "dataplanesCommand"),
+    summary: "List, inspect and create data planes",
+  },
+  links: {
+    run: lazy(dataplanes, "linksCommand"),
+    summary: "A data plane's private links: list, add, update, remove",
   },
 };
 
