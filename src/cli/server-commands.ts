@@ -109,6 +109,13 @@ const COMMON: OptionSpecs = {
     description:
       'Private-link provisioners besides the built-in "local", as JSON: {"NAME": {"kind": "command", "command": "/path/to/program", "args": [], "timeoutMs": 600000}} (docs/provisioners.md); the same on every replica',
   },
+  "dataplane-lease-ms": {
+    type: "string",
+    env: "FLOTILLA_DATAPLANE_LEASE_MS",
+    default: "30000",
+    description:
+      "How long a replica's claim on a data plane's converge lasts without renewal (renewed every third of it); a dead replica's work moves on after this",
+  },
   "log-level": {
     type: "string",
     env: "FLOTILLA_LOG_LEVEL",
@@ -257,6 +264,9 @@ function listenOptions(values: Record<string, string | boolean | undefined>, def
     authCacheMs: intOption(values, "auth-cache-ms", { min: 0, max: 60_000 })!,
     sweepIntervalMs: intOption(values, "sweep-interval-ms", { min: 100, max: 3_600_000 })!,
     provisioners: parseProvisionersOption(stringOption(values, "provisioners")),
+    dataPlaneController: {
+      leaseMs: intOption(values, "dataplane-lease-ms", { min: 1000, max: 3_600_000 })!,
+    },
   };
 }
 

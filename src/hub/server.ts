@@ -27,8 +27,8 @@ import {
   configRoutes,
   connectOnFastify,
   contextResponseHeaders,
-  dataPlanesRoutes,
   createAuthInterceptor,
+  dataPlanesRoutes,
   identityRoutes,
   kIncoming,
   kRemoteAddr,
@@ -346,6 +346,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       instanceId,
       provisioners,
       logger,
+      // The operator's sweep interval applies here too, capped at the controller's 5 s default.
+      ...(options.sweepIntervalMs
+        ? { sweepIntervalMs: Math.min(options.sweepIntervalMs, 5_000) }
+        : {}),
       ...options.dataPlaneController,
     });
     await dataPlaneController.start();
