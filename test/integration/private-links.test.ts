@@ -151,17 +151,6 @@ for (const engine of ENGINES) {
     });
 
     afterAll(async () => {
-      {
-        const fs = await import("node:fs");
-        fs.writeFileSync(
-          `/tmp/i8/errors-${engine}.json`,
-          JSON.stringify(
-            t.logs.filter((l) => Number(l.level) >= 40),
-            null,
-            1,
-          ),
-        );
-      }
       await t?.stop();
       rmSync(dir, { recursive: true, force: true });
     });
@@ -605,6 +594,11 @@ for (const engine of ENGINES) {
         expectedGeneration: 1n,
       });
       expect(ok.privateLink!.generation).toBe(2n);
+    });
+
+    it("no request in this suite reached an internal error, and the controller logged no failure other than the provisioners' own", () => {
+      const errors = t.logs.filter((l) => Number(l.level) >= 50);
+      expect(errors.map((l) => `${l.msg}: ${JSON.stringify(l.err ?? "")}`)).toEqual([]);
     });
   });
 }
