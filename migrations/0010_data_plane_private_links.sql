@@ -89,8 +89,11 @@ BEGIN
   WHERE id = plane;
   INSERT INTO data_plane_converge_requests (data_plane_id, requested, requested_at)
   VALUES (plane, 1, now())
+  -- A change may be the fix for a failing provisioner run: it is tried at once, not after the
+  -- backoff (attempts keep counting, so a run that fails again backs off further).
   ON CONFLICT (data_plane_id) DO UPDATE
-    SET requested = data_plane_converge_requests.requested + 1, requested_at = now();
+    SET requested = data_plane_converge_requests.requested + 1, requested_at = now(),
+        next_attempt_at = NULL;
   PERFORM pg_notify('flotilla_dataplanes', plane::text);
   RETURN NULL;
 END $$;

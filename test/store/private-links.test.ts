@@ -375,6 +375,33 @@ describeEachEngine("private links", (store, engine) => {
     await stopAll();
   });
 
+  it("after a failed run, a link change is tried at once (it may be the fix) rather than after the backoff", async () => {
+    const gate = gatedFake();
+    const { db, planes, links, c } = await setup("pl-fixnow", { gated: gate.provisioner });
+    const plane = await planes.create(c, { name: "fixnow", provisioner: "gated" });
+    const link = await links.add(c, { dataPlane: plane.id, provider: "aws", config: aws(1) });
+    // A backoff of a minute: a run within this test can only come from the change.
+    const { ctl } = controller(
+      db,
+      { gated: gate.provisioner },
+      { backoff: { baseMs: 60_000, capMs: 60_000 } },
+    );
+    await ctl.start();
+    await waitFor("run 1", () => gate.runs.length === 1);
+    gate.runs[0]!.release(new ProvisionerError("provisioner exited with code 1"));
+    await waitFor("the failure", async () =>
+      (await request(db, plane.id))?.attempts === 1 ? true : undefined,
+    );
+    await links.update(c, { dataPlane: plane.id, id: link.id, config: aws(1, "use1-az2") });
+    await waitFor("run 2", () => gate.runs.length === 2);
+    gate.runs[1]!.release();
+    await waitFor("provisioned", async () =>
+      (await links.list(c, plane.id)).links[0]!.status === "provisioned" ? true : undefined,
+    );
+    expect(await request(db, plane.id)).toMatchObject({ attempts: 0, last_error: null });
+    await stopAll();
+  });
+
   it("a data plane naming a provisioner this hub lacks records that as its error, and links stay pending", async () => {
     const { db, planes, links, c } = await setup("pl-missing", { elsewhere: localProvisioner() });
     const plane = await planes.create(c, { name: "missing", provisioner: "elsewhere" });
