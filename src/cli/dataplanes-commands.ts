@@ -19,6 +19,7 @@ const planeRow = (p: DataPlane) => ({
   name: p.name,
   region: p.region,
   provisioner: p.provisioner,
+  servers: p.servers.map((srv) => srv.name).join(","),
   converged:
     p.convergence && p.convergence.requested > 0n
       ? `${p.convergence.converged}/${p.convergence.requested}`
@@ -64,6 +65,7 @@ export async function dataplanesCommand(argv: string[]): Promise<number> {
         "name",
         "region",
         "provisioner",
+        "servers",
         "converged",
         "error",
         "id",

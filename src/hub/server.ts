@@ -387,7 +387,12 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       });
       configRoutes(router, config);
-      dataPlanesRoutes(router, { dataPlanes, links: privateLinks });
+      dataPlanesRoutes(router, {
+        dataPlanes,
+        links: privateLinks,
+        db,
+        servers: (c, defaultPlaneId) => servers.byDataPlane(c, defaultPlaneId),
+      });
       serversRoutes(router, {
         servers,
         dispatches,

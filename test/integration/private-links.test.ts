@@ -11,6 +11,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DataPlaneService, type PrivateLink } from "../../src/gen/flotilla/v1/dataplanes_pb.js";
 import { Role } from "../../src/gen/flotilla/v1/identity_pb.js";
+import { ServerService } from "../../src/gen/flotilla/v1/servers_pb.js";
 import { DUPLICATE_IDENTITY, type ProvisionerConfig } from "../../src/hub/dataplanes/index.js";
 import { ENGINES } from "../support/engines.js";
 import {
@@ -73,6 +74,7 @@ for (const engine of ENGINES) {
     let t: TestHub;
     let dir: string;
     let owner: Client<typeof DataPlaneService>;
+    let ownerToken: string;
     const as: Record<string, Client<typeof DataPlaneService>> = {};
     let other: Client<typeof DataPlaneService>;
     const api = (url: string, token: string) =>
@@ -122,6 +124,7 @@ for (const engine of ENGINES) {
         },
       });
       const { token } = await bootstrapOwner(t.hub);
+      ownerToken = token;
       owner = api(t.hub.url, token);
       const orgs = clients(t.hub.url, { token }).orgs;
       for (const [role, proto] of [
@@ -594,6 +597,46 @@ for (const engine of ENGINES) {
         expectedGeneration: 1n,
       });
       expect(ok.privateLink!.generation).toBe(2n);
+    });
+
+    it("a data plane lists the servers that belong to it: an enrolled server belongs to the default one until pinned elsewhere", async () => {
+      const servers = createClient(
+        ServerService,
+        createConnectTransport({
+          baseUrl: t.hub.url,
+          httpVersion: "1.1",
+          interceptors: [
+            (next) => async (req) => {
+              req.header.set("authorization", `Bearer ${ownerToken}`);
+              return next(req);
+            },
+          ],
+        }),
+      );
+      const join = await servers.createJoinToken({ name: "box-1" });
+      const joined = await fetch(`${t.hub.url}/agent/v1/join`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ token: join.token }),
+      });
+      const { server_id: serverId } = (await joined.json()) as { server_id: string };
+      const east = (await owner.createDataPlane({ name: "east" })).dataPlane!;
+      const planes = async () =>
+        Object.fromEntries(
+          (await owner.listDataPlanes({})).dataPlanes.map((p) => [
+            p.name,
+            p.servers.map((s) => s.name),
+          ]),
+        );
+      expect(await planes()).toMatchObject({ default: ["box-1"], east: [] });
+      await t.hub.db.query("UPDATE servers SET data_plane_id = $1 WHERE id = $2", [
+        east.id,
+        serverId,
+      ]);
+      expect(await planes()).toMatchObject({ default: [], east: ["box-1"] });
+      expect((await owner.getDataPlane({ dataPlane: "east" })).dataPlane!.servers).toEqual([
+        expect.objectContaining({ id: serverId, name: "box-1" }),
+      ]);
     });
 
     it("no request in this suite reached an internal error, and the controller logged no failure other than the provisioners' own", () => {

@@ -2,6 +2,8 @@
 import type { JsonObject } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { DataPlaneService as DataPlaneRpc } from "../../gen/flotilla/v1/dataplanes_pb.js";
+import type { Caller } from "../../shared/index.js";
+import type { Db } from "../../store/index.js";
 import type {
   DataPlane,
   DataPlanesService,
@@ -14,9 +16,19 @@ import { caller, ts } from "./handler-context.js";
 export interface DataPlanesRouteOptions {
   dataPlanes: DataPlanesService;
   links: PrivateLinksService;
+  db: Db;
+  /** The organization's servers by data plane id (a port onto the servers module). */
+  servers(
+    c: Caller,
+    defaultPlaneId: string,
+  ): Promise<Map<string, Array<{ id: string; name: string }>>>;
 }
 
-const dataPlane = (p: DataPlane, state: PlaneState | undefined) => ({
+const dataPlane = (
+  p: DataPlane,
+  state: PlaneState | undefined,
+  servers: Array<{ id: string; name: string }> = [],
+) => ({
   id: p.id,
   name: p.name,
   region: p.region ?? "",
@@ -31,6 +43,7 @@ const dataPlane = (p: DataPlane, state: PlaneState | undefined) => ({
     attempts: state?.converge.attempts ?? 0,
     nextAttemptAt: ts(state?.converge.nextAttemptAt),
   },
+  servers,
 });
 
 const privateLink = (l: PrivateLink) => ({
@@ -48,25 +61,31 @@ const privateLink = (l: PrivateLink) => ({
 });
 
 export function dataPlanesRoutes(router: ConnectRouter, o: DataPlanesRouteOptions): void {
-  const withState = async (planes: DataPlane[]) => {
+  const withState = async (c: Caller, planes: DataPlane[]) => {
     const states = await o.links.planeStates(planes.map((p) => p.id));
-    return planes.map((p) => dataPlane(p, states.get(p.id)));
+    const defaultPlane =
+      planes.find((p) => p.isDefault) ?? (await o.dataPlanes.defaultFor(o.db, c.organizationId));
+    const servers = await o.servers(c, defaultPlane.id);
+    return planes.map((p) => dataPlane(p, states.get(p.id), servers.get(p.id)));
   };
   router.service(DataPlaneRpc, {
     async listDataPlanes(_req, ctx) {
-      return { dataPlanes: await withState(await o.dataPlanes.list(caller(ctx))) };
+      const c = caller(ctx);
+      return { dataPlanes: await withState(c, await o.dataPlanes.list(c)) };
     },
     async getDataPlane(req, ctx) {
-      const plane = await o.dataPlanes.get(caller(ctx), req.dataPlane);
-      return { dataPlane: (await withState([plane]))[0] };
+      const c = caller(ctx);
+      const plane = await o.dataPlanes.get(c, req.dataPlane);
+      return { dataPlane: (await withState(c, [plane]))[0] };
     },
     async createDataPlane(req, ctx) {
-      const plane = await o.dataPlanes.create(caller(ctx), {
+      const c = caller(ctx);
+      const plane = await o.dataPlanes.create(c, {
         name: req.name,
         ...(req.region ? { region: req.region } : {}),
         ...(req.provisioner ? { provisioner: req.provisioner } : {}),
       });
-      return { dataPlane: (await withState([plane]))[0] };
+      return { dataPlane: (await withState(c, [plane]))[0] };
     },
     async listPrivateLinks(req, ctx) {
       const { links } = await o.links.list(caller(ctx), req.dataPlane);

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1/dataplanes.proto.
  */
 export const file_flotilla_v1_dataplanes: GenFile = /*@__PURE__*/
-  fileDesc("ChxmbG90aWxsYS92MS9kYXRhcGxhbmVzLnByb3RvEgtmbG90aWxsYS52MSLAAQoLQ29udmVyZ2VuY2USEQoJcmVxdWVzdGVkGAEgASgDEhEKCWNvbnZlcmdlZBgCIAEoAxIwCgxjb252ZXJnZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmxhc3RfZXJyb3IYBCABKAkSEAoIYXR0ZW1wdHMYBSABKAUSMwoPbmV4dF9hdHRlbXB0X2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK9AQoJRGF0YVBsYW5lEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGcmVnaW9uGAMgASgJEhIKCmlzX2RlZmF1bHQYBCABKAgSEwoLcHJvdmlzaW9uZXIYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoLY29udmVyZ2VuY2UYByABKAsyGC5mbG90aWxsYS52MS5Db252ZXJnZW5jZSLDAgoLUHJpdmF0ZUxpbmsSCgoCaWQYASABKAkSFQoNZGF0YV9wbGFuZV9pZBgCIAEoCRIQCghwcm92aWRlchgDIAEoCRInCgZjb25maWcYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhgKEHNlcnZpY2VfaWRlbnRpdHkYBSABKAkSEgoKZ2VuZXJhdGlvbhgGIAEoAxIOCgZzdGF0dXMYByABKAkSKAoHZGV0YWlscxgIIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDQoFZXJyb3IYCSABKAkSLwoLb2JzZXJ2ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhcKFUxpc3REYXRhUGxhbmVzUmVxdWVzdCJFChZMaXN0RGF0YVBsYW5lc1Jlc3BvbnNlEisKC2RhdGFfcGxhbmVzGAEgAygLMhYuZmxvdGlsbGEudjEuRGF0YVBsYW5lIikKE0dldERhdGFQbGFuZVJlcXVlc3QSEgoKZGF0YV9wbGFuZRgBIAEoCSJCChRHZXREYXRhUGxhbmVSZXNwb25zZRIqCgpkYXRhX3BsYW5lGAEgASgLMhYuZmxvdGlsbGEudjEuRGF0YVBsYW5lIksKFkNyZWF0ZURhdGFQbGFuZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZyZWdpb24YAiABKAkSEwoLcHJvdmlzaW9uZXIYAyABKAkiRQoXQ3JlYXRlRGF0YVBsYW5lUmVzcG9uc2USKgoKZGF0YV9wbGFuZRgBIAEoCzIWLmZsb3RpbGxhLnYxLkRhdGFQbGFuZSItChdMaXN0UHJpdmF0ZUxpbmtzUmVxdWVzdBISCgpkYXRhX3BsYW5lGAEgASgJIksKGExpc3RQcml2YXRlTGlua3NSZXNwb25zZRIvCg1wcml2YXRlX2xpbmtzGAEgAygLMhguZmxvdGlsbGEudjEuUHJpdmF0ZUxpbmsiZgoVQWRkUHJpdmF0ZUxpbmtSZXF1ZXN0EhIKCmRhdGFfcGxhbmUYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSJwoGY29uZmlnGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCJIChZBZGRQcml2YXRlTGlua1Jlc3BvbnNlEi4KDHByaXZhdGVfbGluaxgBIAEoCzIYLmZsb3RpbGxhLnYxLlByaXZhdGVMaW5rIpIBChhVcGRhdGVQcml2YXRlTGlua1JlcXVlc3QSEgoKZGF0YV9wbGFuZRgBIAEoCRIKCgJpZBgCIAEoCRInCgZjb25maWcYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhAKCHByb3ZpZGVyGAQgASgJEhsKE2V4cGVjdGVkX2dlbmVyYXRpb24YBSABKAMiSwoZVXBkYXRlUHJpdmF0ZUxpbmtSZXNwb25zZRIuCgxwcml2YXRlX2xpbmsYASABKAsyGC5mbG90aWxsYS52MS5Qcml2YXRlTGluayI6ChhSZW1vdmVQcml2YXRlTGlua1JlcXVlc3QSEgoKZGF0YV9wbGFuZRgBIAEoCRIKCgJpZBgCIAEoCSIbChlSZW1vdmVQcml2YXRlTGlua1Jlc3BvbnNlMqQFChBEYXRhUGxhbmVTZXJ2aWNlElkKDkxpc3REYXRhUGxhbmVzEiIuZmxvdGlsbGEudjEuTGlzdERhdGFQbGFuZXNSZXF1ZXN0GiMuZmxvdGlsbGEudjEuTGlzdERhdGFQbGFuZXNSZXNwb25zZRJTCgxHZXREYXRhUGxhbmUSIC5mbG90aWxsYS52MS5HZXREYXRhUGxhbmVSZXF1ZXN0GiEuZmxvdGlsbGEudjEuR2V0RGF0YVBsYW5lUmVzcG9uc2USXAoPQ3JlYXRlRGF0YVBsYW5lEiMuZmxvdGlsbGEudjEuQ3JlYXRlRGF0YVBsYW5lUmVxdWVzdBokLmZsb3RpbGxhLnYxLkNyZWF0ZURhdGFQbGFuZVJlc3BvbnNlEl8KEExpc3RQcml2YXRlTGlua3MSJC5mbG90aWxsYS52MS5MaXN0UHJpdmF0ZUxpbmtzUmVxdWVzdBolLmZsb3RpbGxhLnYxLkxpc3RQcml2YXRlTGlua3NSZXNwb25zZRJZCg5BZGRQcml2YXRlTGluaxIiLmZsb3RpbGxhLnYxLkFkZFByaXZhdGVMaW5rUmVxdWVzdBojLmZsb3RpbGxhLnYxLkFkZFByaXZhdGVMaW5rUmVzcG9uc2USYgoRVXBkYXRlUHJpdmF0ZUxpbmsSJS5mbG90aWxsYS52MS5VcGRhdGVQcml2YXRlTGlua1JlcXVlc3QaJi5mbG90aWxsYS52MS5VcGRhdGVQcml2YXRlTGlua1Jlc3BvbnNlEmIKEVJlbW92ZVByaXZhdGVMaW5rEiUuZmxvdGlsbGEudjEuUmVtb3ZlUHJpdmF0ZUxpbmtSZXF1ZXN0GiYuZmxvdGlsbGEudjEuUmVtb3ZlUHJpdmF0ZUxpbmtSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChxmbG90aWxsYS92MS9kYXRhcGxhbmVzLnByb3RvEgtmbG90aWxsYS52MSLAAQoLQ29udmVyZ2VuY2USEQoJcmVxdWVzdGVkGAEgASgDEhEKCWNvbnZlcmdlZBgCIAEoAxIwCgxjb252ZXJnZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmxhc3RfZXJyb3IYBCABKAkSEAoIYXR0ZW1wdHMYBSABKAUSMwoPbmV4dF9hdHRlbXB0X2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLsAQoJRGF0YVBsYW5lEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGcmVnaW9uGAMgASgJEhIKCmlzX2RlZmF1bHQYBCABKAgSEwoLcHJvdmlzaW9uZXIYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoLY29udmVyZ2VuY2UYByABKAsyGC5mbG90aWxsYS52MS5Db252ZXJnZW5jZRItCgdzZXJ2ZXJzGAggAygLMhwuZmxvdGlsbGEudjEuRGF0YVBsYW5lU2VydmVyIisKD0RhdGFQbGFuZVNlcnZlchIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJIsMCCgtQcml2YXRlTGluaxIKCgJpZBgBIAEoCRIVCg1kYXRhX3BsYW5lX2lkGAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEicKBmNvbmZpZxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSGAoQc2VydmljZV9pZGVudGl0eRgFIAEoCRISCgpnZW5lcmF0aW9uGAYgASgDEg4KBnN0YXR1cxgHIAEoCRIoCgdkZXRhaWxzGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBINCgVlcnJvchgJIAEoCRIvCgtvYnNlcnZlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFwoVTGlzdERhdGFQbGFuZXNSZXF1ZXN0IkUKFkxpc3REYXRhUGxhbmVzUmVzcG9uc2USKwoLZGF0YV9wbGFuZXMYASADKAsyFi5mbG90aWxsYS52MS5EYXRhUGxhbmUiKQoTR2V0RGF0YVBsYW5lUmVxdWVzdBISCgpkYXRhX3BsYW5lGAEgASgJIkIKFEdldERhdGFQbGFuZVJlc3BvbnNlEioKCmRhdGFfcGxhbmUYASABKAsyFi5mbG90aWxsYS52MS5EYXRhUGxhbmUiSwoWQ3JlYXRlRGF0YVBsYW5lUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlZ2lvbhgCIAEoCRITCgtwcm92aXNpb25lchgDIAEoCSJFChdDcmVhdGVEYXRhUGxhbmVSZXNwb25zZRIqCgpkYXRhX3BsYW5lGAEgASgLMhYuZmxvdGlsbGEudjEuRGF0YVBsYW5lIi0KF0xpc3RQcml2YXRlTGlua3NSZXF1ZXN0EhIKCmRhdGFfcGxhbmUYASABKAkiSwoYTGlzdFByaXZhdGVMaW5rc1Jlc3BvbnNlEi8KDXByaXZhdGVfbGlua3MYASADKAsyGC5mbG90aWxsYS52MS5Qcml2YXRlTGluayJmChVBZGRQcml2YXRlTGlua1JlcXVlc3QSEgoKZGF0YV9wbGFuZRgBIAEoCRIQCghwcm92aWRlchgCIAEoCRInCgZjb25maWcYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IkgKFkFkZFByaXZhdGVMaW5rUmVzcG9uc2USLgoMcHJpdmF0ZV9saW5rGAEgASgLMhguZmxvdGlsbGEudjEuUHJpdmF0ZUxpbmsikgEKGFVwZGF0ZVByaXZhdGVMaW5rUmVxdWVzdBISCgpkYXRhX3BsYW5lGAEgASgJEgoKAmlkGAIgASgJEicKBmNvbmZpZxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcHJvdmlkZXIYBCABKAkSGwoTZXhwZWN0ZWRfZ2VuZXJhdGlvbhgFIAEoAyJLChlVcGRhdGVQcml2YXRlTGlua1Jlc3BvbnNlEi4KDHByaXZhdGVfbGluaxgBIAEoCzIYLmZsb3RpbGxhLnYxLlByaXZhdGVMaW5rIjoKGFJlbW92ZVByaXZhdGVMaW5rUmVxdWVzdBISCgpkYXRhX3BsYW5lGAEgASgJEgoKAmlkGAIgASgJIhsKGVJlbW92ZVByaXZhdGVMaW5rUmVzcG9uc2UypAUKEERhdGFQbGFuZVNlcnZpY2USWQoOTGlzdERhdGFQbGFuZXMSIi5mbG90aWxsYS52MS5MaXN0RGF0YVBsYW5lc1JlcXVlc3QaIy5mbG90aWxsYS52MS5MaXN0RGF0YVBsYW5lc1Jlc3BvbnNlElMKDEdldERhdGFQbGFuZRIgLmZsb3RpbGxhLnYxLkdldERhdGFQbGFuZVJlcXVlc3QaIS5mbG90aWxsYS52MS5HZXREYXRhUGxhbmVSZXNwb25zZRJcCg9DcmVhdGVEYXRhUGxhbmUSIy5mbG90aWxsYS52MS5DcmVhdGVEYXRhUGxhbmVSZXF1ZXN0GiQuZmxvdGlsbGEudjEuQ3JlYXRlRGF0YVBsYW5lUmVzcG9uc2USXwoQTGlzdFByaXZhdGVMaW5rcxIkLmZsb3RpbGxhLnYxLkxpc3RQcml2YXRlTGlua3NSZXF1ZXN0GiUuZmxvdGlsbGEudjEuTGlzdFByaXZhdGVMaW5rc1Jlc3BvbnNlElkKDkFkZFByaXZhdGVMaW5rEiIuZmxvdGlsbGEudjEuQWRkUHJpdmF0ZUxpbmtSZXF1ZXN0GiMuZmxvdGlsbGEudjEuQWRkUHJpdmF0ZUxpbmtSZXNwb25zZRJiChFVcGRhdGVQcml2YXRlTGluaxIlLmZsb3RpbGxhLnYxLlVwZGF0ZVByaXZhdGVMaW5rUmVxdWVzdBomLmZsb3RpbGxhLnYxLlVwZGF0ZVByaXZhdGVMaW5rUmVzcG9uc2USYgoRUmVtb3ZlUHJpdmF0ZUxpbmsSJS5mbG90aWxsYS52MS5SZW1vdmVQcml2YXRlTGlua1JlcXVlc3QaJi5mbG90aWxsYS52MS5SZW1vdmVQcml2YXRlTGlua1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * The data-plane controller's progress: a converge is due while requested > converged.
@@ -108,6 +108,13 @@ export type DataPlane = Message<"flotilla.v1.DataPlane"> & {
    * @generated from field: flotilla.v1.Convergence convergence = 7;
    */
   convergence?: Convergence | undefined;
+
+  /**
+   * The servers that belong to it (a server pinned to no data plane belongs to the default one).
+   *
+   * @generated from field: repeated flotilla.v1.DataPlaneServer servers = 8;
+   */
+  servers: DataPlaneServer[];
 };
 
 /**
@@ -116,6 +123,28 @@ export type DataPlane = Message<"flotilla.v1.DataPlane"> & {
  */
 export const DataPlaneSchema: GenMessage<DataPlane> = /*@__PURE__*/
   messageDesc(file_flotilla_v1_dataplanes, 1);
+
+/**
+ * @generated from message flotilla.v1.DataPlaneServer
+ */
+export type DataPlaneServer = Message<"flotilla.v1.DataPlaneServer"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message flotilla.v1.DataPlaneServer.
+ * Use `create(DataPlaneServerSchema)` to create a new message.
+ */
+export const DataPlaneServerSchema: GenMessage<DataPlaneServer> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_dataplanes, 2);
 
 /**
  * @generated from message flotilla.v1.PrivateLink
@@ -198,7 +227,7 @@ export type PrivateLink = Message<"flotilla.v1.PrivateLink"> & {
  * Use `create(PrivateLinkSchema)` to create a new message.
  */
 export const PrivateLinkSchema: GenMessage<PrivateLink> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 2);
+  messageDesc(file_flotilla_v1_dataplanes, 3);
 
 /**
  * @generated from message flotilla.v1.ListDataPlanesRequest
@@ -211,7 +240,7 @@ export type ListDataPlanesRequest = Message<"flotilla.v1.ListDataPlanesRequest">
  * Use `create(ListDataPlanesRequestSchema)` to create a new message.
  */
 export const ListDataPlanesRequestSchema: GenMessage<ListDataPlanesRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 3);
+  messageDesc(file_flotilla_v1_dataplanes, 4);
 
 /**
  * @generated from message flotilla.v1.ListDataPlanesResponse
@@ -228,7 +257,7 @@ export type ListDataPlanesResponse = Message<"flotilla.v1.ListDataPlanesResponse
  * Use `create(ListDataPlanesResponseSchema)` to create a new message.
  */
 export const ListDataPlanesResponseSchema: GenMessage<ListDataPlanesResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 4);
+  messageDesc(file_flotilla_v1_dataplanes, 5);
 
 /**
  * @generated from message flotilla.v1.GetDataPlaneRequest
@@ -247,7 +276,7 @@ export type GetDataPlaneRequest = Message<"flotilla.v1.GetDataPlaneRequest"> & {
  * Use `create(GetDataPlaneRequestSchema)` to create a new message.
  */
 export const GetDataPlaneRequestSchema: GenMessage<GetDataPlaneRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 5);
+  messageDesc(file_flotilla_v1_dataplanes, 6);
 
 /**
  * @generated from message flotilla.v1.GetDataPlaneResponse
@@ -264,7 +293,7 @@ export type GetDataPlaneResponse = Message<"flotilla.v1.GetDataPlaneResponse"> &
  * Use `create(GetDataPlaneResponseSchema)` to create a new message.
  */
 export const GetDataPlaneResponseSchema: GenMessage<GetDataPlaneResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 6);
+  messageDesc(file_flotilla_v1_dataplanes, 7);
 
 /**
  * @generated from message flotilla.v1.CreateDataPlaneRequest
@@ -295,7 +324,7 @@ export type CreateDataPlaneRequest = Message<"flotilla.v1.CreateDataPlaneRequest
  * Use `create(CreateDataPlaneRequestSchema)` to create a new message.
  */
 export const CreateDataPlaneRequestSchema: GenMessage<CreateDataPlaneRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 7);
+  messageDesc(file_flotilla_v1_dataplanes, 8);
 
 /**
  * @generated from message flotilla.v1.CreateDataPlaneResponse
@@ -312,7 +341,7 @@ export type CreateDataPlaneResponse = Message<"flotilla.v1.CreateDataPlaneRespon
  * Use `create(CreateDataPlaneResponseSchema)` to create a new message.
  */
 export const CreateDataPlaneResponseSchema: GenMessage<CreateDataPlaneResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 8);
+  messageDesc(file_flotilla_v1_dataplanes, 9);
 
 /**
  * @generated from message flotilla.v1.ListPrivateLinksRequest
@@ -331,7 +360,7 @@ export type ListPrivateLinksRequest = Message<"flotilla.v1.ListPrivateLinksReque
  * Use `create(ListPrivateLinksRequestSchema)` to create a new message.
  */
 export const ListPrivateLinksRequestSchema: GenMessage<ListPrivateLinksRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 9);
+  messageDesc(file_flotilla_v1_dataplanes, 10);
 
 /**
  * @generated from message flotilla.v1.ListPrivateLinksResponse
@@ -348,7 +377,7 @@ export type ListPrivateLinksResponse = Message<"flotilla.v1.ListPrivateLinksResp
  * Use `create(ListPrivateLinksResponseSchema)` to create a new message.
  */
 export const ListPrivateLinksResponseSchema: GenMessage<ListPrivateLinksResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 10);
+  messageDesc(file_flotilla_v1_dataplanes, 11);
 
 /**
  * @generated from message flotilla.v1.AddPrivateLinkRequest
@@ -375,7 +404,7 @@ export type AddPrivateLinkRequest = Message<"flotilla.v1.AddPrivateLinkRequest">
  * Use `create(AddPrivateLinkRequestSchema)` to create a new message.
  */
 export const AddPrivateLinkRequestSchema: GenMessage<AddPrivateLinkRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 11);
+  messageDesc(file_flotilla_v1_dataplanes, 12);
 
 /**
  * @generated from message flotilla.v1.AddPrivateLinkResponse
@@ -392,7 +421,7 @@ export type AddPrivateLinkResponse = Message<"flotilla.v1.AddPrivateLinkResponse
  * Use `create(AddPrivateLinkResponseSchema)` to create a new message.
  */
 export const AddPrivateLinkResponseSchema: GenMessage<AddPrivateLinkResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 12);
+  messageDesc(file_flotilla_v1_dataplanes, 13);
 
 /**
  * @generated from message flotilla.v1.UpdatePrivateLinkRequest
@@ -437,7 +466,7 @@ export type UpdatePrivateLinkRequest = Message<"flotilla.v1.UpdatePrivateLinkReq
  * Use `create(UpdatePrivateLinkRequestSchema)` to create a new message.
  */
 export const UpdatePrivateLinkRequestSchema: GenMessage<UpdatePrivateLinkRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 13);
+  messageDesc(file_flotilla_v1_dataplanes, 14);
 
 /**
  * @generated from message flotilla.v1.UpdatePrivateLinkResponse
@@ -454,7 +483,7 @@ export type UpdatePrivateLinkResponse = Message<"flotilla.v1.UpdatePrivateLinkRe
  * Use `create(UpdatePrivateLinkResponseSchema)` to create a new message.
  */
 export const UpdatePrivateLinkResponseSchema: GenMessage<UpdatePrivateLinkResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 14);
+  messageDesc(file_flotilla_v1_dataplanes, 15);
 
 /**
  * @generated from message flotilla.v1.RemovePrivateLinkRequest
@@ -476,7 +505,7 @@ export type RemovePrivateLinkRequest = Message<"flotilla.v1.RemovePrivateLinkReq
  * Use `create(RemovePrivateLinkRequestSchema)` to create a new message.
  */
 export const RemovePrivateLinkRequestSchema: GenMessage<RemovePrivateLinkRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 15);
+  messageDesc(file_flotilla_v1_dataplanes, 16);
 
 /**
  * @generated from message flotilla.v1.RemovePrivateLinkResponse
@@ -489,7 +518,7 @@ export type RemovePrivateLinkResponse = Message<"flotilla.v1.RemovePrivateLinkRe
  * Use `create(RemovePrivateLinkResponseSchema)` to create a new message.
  */
 export const RemovePrivateLinkResponseSchema: GenMessage<RemovePrivateLinkResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1_dataplanes, 16);
+  messageDesc(file_flotilla_v1_dataplanes, 17);
 
 /**
  * Data planes (named groups of servers and gateways) and their private links: rows with a stable
