@@ -402,6 +402,34 @@ describeEachEngine("private links", (store, engine) => {
     await stopAll();
   });
 
+  it("links the provisioner reported pending are converged again after pendingRecheckMs, with no change", async () => {
+    const gate = gatedFake();
+    const { db, planes, links, c } = await setup("pl-recheck", { gated: gate.provisioner });
+    const plane = await planes.create(c, { name: "recheck", provisioner: "gated" });
+    const link = await links.add(c, { dataPlane: plane.id, provider: "azure", config: azure(1) });
+    const { ctl } = controller(db, { gated: gate.provisioner }, { pendingRecheckMs: 100 });
+    await ctl.start();
+    await waitFor("run 1", () => gate.runs.length === 1);
+    gate.runs[0]!.release([
+      { id: link.id, status: "pending", details: { note: "awaiting approval" } },
+    ]);
+    await waitFor("run 2, from the recheck", () => gate.runs.length === 2);
+    expect((await links.list(c, plane.id)).links[0]).toMatchObject({
+      status: "pending",
+      details: { note: "awaiting approval" },
+    });
+    gate.runs[1]!.release();
+    await waitFor("provisioned", async () =>
+      (await links.list(c, plane.id)).links[0]!.status === "provisioned" ? true : undefined,
+    );
+    // Nothing pending: no further run however many sweeps pass.
+    const runs = gate.runs.length;
+    await ctl.sweep();
+    await ctl.sweep();
+    expect(gate.runs).toHaveLength(runs);
+    await stopAll();
+  });
+
   it("a data plane naming a provisioner this hub lacks records that as its error, and links stay pending", async () => {
     const { db, planes, links, c } = await setup("pl-missing", { elsewhere: localProvisioner() });
     const plane = await planes.create(c, { name: "missing", provisioner: "elsewhere" });

@@ -36,6 +36,12 @@ export interface DataPlaneControllerOptions {
   maxDelayMs?: number;
   /** Retry delay after a failed run: baseMs doubling per attempt up to capMs, with jitter. */
   backoff?: { baseMs: number; capMs: number };
+  /**
+   * A data plane with links the provisioner reported `pending` is converged again this long
+   * after its last converge, with no change needed (an endpoint awaiting acceptance gets there on
+   * its own). Default 60 s.
+   */
+  pendingRecheckMs?: number;
   /** Data planes converged at once by this replica. Default 4. */
   concurrency?: number;
   /** Called after every converge that ran the provisioner (tests, metrics, benchmarks). */
@@ -133,6 +139,15 @@ export class DataPlaneController {
   async sweep(): Promise<void> {
     if (this.closed) return;
     try {
+      // Links still pending after a converge are looked at again: a request like a change's.
+      await this.o.db.query(
+        `UPDATE data_plane_converge_requests r SET requested = requested + 1, requested_at = now()
+         WHERE requested = converged AND claimed_by IS NULL
+           AND converged_at < now() - make_interval(secs => $1)
+           AND EXISTS (SELECT 1 FROM data_plane_private_links l
+                       WHERE l.data_plane_id = r.data_plane_id AND l.status = 'pending')`,
+        [(this.o.pendingRecheckMs ?? 60_000) / 1000],
+      );
       const { rows } = await this.o.db.query<{ data_plane_id: string }>(
         `SELECT data_plane_id FROM data_plane_converge_requests
          WHERE requested > converged AND (claimed_by IS NULL OR claimed_until < now())
