@@ -43,6 +43,7 @@ import {
   DataPlaneController,
   type DataPlaneControllerOptions,
   DataPlanesService,
+  dataPlaneMetrics,
   PrivateLinksService,
   type ProvisionerConfig,
   provisionersFrom,
@@ -341,6 +342,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     events = bus;
     relay = new OutboxRelay(db, bus, logger);
     await relay.start();
+    const observeConverge = dataPlaneMetrics(metrics.registry);
+    const alsoObserve = options.dataPlaneController?.onConverge;
     dataPlaneController = new DataPlaneController({
       db,
       instanceId,
@@ -351,6 +354,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         ? { sweepIntervalMs: Math.min(options.sweepIntervalMs, 5_000) }
         : {}),
       ...options.dataPlaneController,
+      onConverge: (r) => {
+        observeConverge(r);
+        alsoObserve?.(r);
+      },
     });
     await dataPlaneController.start();
 

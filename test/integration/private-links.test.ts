@@ -639,6 +639,20 @@ for (const engine of ENGINES) {
       ]);
     });
 
+    it("/metrics counts the converges above by outcome, and the late result that was discarded", async () => {
+      const text = await (await fetch(`${t.hub.url}/metrics`)).text();
+      const value = (line: string) =>
+        Number(text.match(new RegExp(`^${line} (\\S+)$`, "m"))?.[1] ?? 0);
+      expect(value('flotilla_dataplane_converges_total\\{outcome="ok"\\}')).toBeGreaterThanOrEqual(
+        3,
+      );
+      expect(
+        value('flotilla_dataplane_converges_total\\{outcome="failed"\\}'),
+      ).toBeGreaterThanOrEqual(3);
+      expect(value("flotilla_dataplane_results_discarded_total")).toBeGreaterThanOrEqual(1);
+      expect(text).toContain("flotilla_dataplane_converge_seconds_bucket");
+    });
+
     it("no request in this suite reached an internal error, and the controller logged no failure other than the provisioners' own", () => {
       const errors = t.logs.filter((l) => Number(l.level) >= 50);
       expect(errors.map((l) => `${l.msg}: ${JSON.stringify(l.err ?? "")}`)).toEqual([]);

@@ -19,6 +19,7 @@ export {
   PrivateLinksService,
   type Provider,
 } from "./links.js";
+export { dataPlaneMetrics } from "./metrics.js";
 export {
   type CommandProvisionerOptions,
   commandProvisioner,
