@@ -178,6 +178,34 @@ describeEachEngine("private links", (store, engine) => {
     });
   });
 
+  it("adds, changes and removals are audited and appended to the outbox as domain events; a same-config update is neither", async () => {
+    const { db, planes, links, c } = await setup("pl-events");
+    const plane = await planes.create(c, { name: "events" });
+    const link = await links.add(c, { dataPlane: plane.id, provider: "aws", config: aws(1) });
+    await links.update(c, { dataPlane: plane.id, id: link.id, config: aws(1) });
+    await links.update(c, { dataPlane: plane.id, id: link.id, config: aws(1, "use1-az2") });
+    await links.remove(c, { dataPlane: plane.id, id: link.id });
+    const events = await db.query<{ type: string; payload: Record<string, unknown> }>(
+      "SELECT type, payload FROM outbox_events WHERE subject_id = $1 ORDER BY id",
+      [link.id],
+    );
+    expect(events.rows.map((e) => [e.type, e.payload.generation])).toEqual([
+      ["private_link.added", 1],
+      ["private_link.updated", 2],
+      ["private_link.removed", 2],
+    ]);
+    expect(events.rows[0]!.payload).toMatchObject({ data_plane: "events", provider: "aws" });
+    const audit = await db.query<{ action: string }>(
+      "SELECT action FROM audit_log WHERE target_id = $1 ORDER BY id",
+      [link.id],
+    );
+    expect(audit.rows.map((a) => a.action)).toEqual([
+      "private_link.add",
+      "private_link.update",
+      "private_link.remove",
+    ]);
+  });
+
   it("the trigger: a status write by the controller records no converge request and sends no signal; a config change does both", async () => {
     const { db, planes, links, c } = await setup("pl-trig");
     const plane = await planes.create(c, { name: "trig" });

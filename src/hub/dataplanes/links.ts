@@ -11,6 +11,7 @@ import {
 } from "../../shared/index.js";
 import type { Db, Queryable } from "../../store/index.js";
 import { recordAudit } from "../audit/index.js";
+import { appendEvent } from "../outbox/index.js";
 import type { DataPlane, DataPlanesService } from "./service.js";
 
 export const PROVIDERS = ["aws", "azure", "gcp"] as const;
@@ -245,6 +246,13 @@ export interface ConvergeState {
   nextAttemptAt: Date | null;
 }
 
+/** The domain event each audited action appends to the outbox. */
+const EVENT_OF = {
+  "private_link.add": "private_link.added",
+  "private_link.update": "private_link.updated",
+  "private_link.remove": "private_link.removed",
+} as const;
+
 export interface PlaneState {
   provisioner: string;
   converge: ConvergeState;
@@ -397,20 +405,35 @@ export class PrivateLinksService {
     );
   }
 
-  private audit(tx: Queryable, c: Caller, action: string, link: PrivateLink, plane: DataPlane) {
+  /** The audit row and the domain event (private_link.add -> private_link.added) of a change. */
+  private async audit(
+    tx: Queryable,
+    c: Caller,
+    action: keyof typeof EVENT_OF,
+    link: PrivateLink,
+    plane: DataPlane,
+  ) {
     // Identities and provider only: a link's config names cloud resources, never secrets, but
-    // the audit row stays small either way.
-    return recordAudit(tx, {
+    // the rows stay small either way.
+    const facts = {
+      data_plane: plane.name,
+      data_plane_id: plane.id,
+      provider: link.provider,
+      service_identity: link.serviceIdentity,
+      generation: link.generation,
+    };
+    await recordAudit(tx, {
       organizationId: c.organizationId,
       actor: c.actor,
       action,
       target: { type: "private_link", id: link.id },
-      details: {
-        data_plane: plane.name,
-        provider: link.provider,
-        service_identity: link.serviceIdentity,
-        generation: link.generation,
-      },
+      details: facts,
+    });
+    await appendEvent(tx, {
+      organizationId: c.organizationId,
+      type: EVENT_OF[action],
+      subjectId: link.id,
+      payload: facts,
     });
   }
 }
