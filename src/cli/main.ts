@@ -8,11 +8,11 @@ const lazy =
   <M extends Record<string, unknown>>(load: () => Promise<M>, name: keyof M): Command =>
   async (argv) =>
     ((await load())[name] as Command)(argv);
+const dataplanes = () => import("./dataplanes-commands.js");
 const api = () => import("./api-commands.js");
 const domain = () => import("./domain-commands.js");
 const server = () => import("./server-commands.js");
 const agent = () => import("./agent-command.js");
-const dataplanes = () => import("./dataplanes-commands.js");
 
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   up: {
