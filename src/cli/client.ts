@@ -4,6 +4,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ConfigService } from "../gen/flotilla/v1/config_pb.js";
+import { DataPlaneService } from "../gen/flotilla/v1/dataplanes_pb.js";
 import { EventsService, WebhooksService } from "../gen/flotilla/v1/events_pb.js";
 import { FleetService } from "../gen/flotilla/v1/fleet_pb.js";
 import { IdentityService, OrganizationService } from "../gen/flotilla/v1/identity_pb.js";
@@ -38,6 +39,7 @@ export interface Api {
   fleet: Client<typeof FleetService>;
   events: Client<typeof EventsService>;
   webhooks: Client<typeof WebhooksService>;
+  dataPlanes: Client<typeof DataPlaneService>;
   hub: string;
 }
 
@@ -73,6 +75,7 @@ export function connect(values: Parsed["values"], token?: string): Api {
     fleet: createClient(FleetService, transport),
     events: createClient(EventsService, transport),
     webhooks: createClient(WebhooksService, transport),
+    dataPlanes: createClient(DataPlaneService, transport),
     hub,
   };
 }

@@ -9,6 +9,7 @@ const lazy =
   <M extends Record<string, unknown>>(load: () => Promise<M>, name: keyof M): Command =>
   async (argv) =>
     ((await load())[name] as Command)(argv);
+const dataplanes = () => import("./dataplanes-commands.js");
 const api = () => import("./api-commands.js");
 const domain = () => import("./domain-commands.js");
 const server = () => import("./server-commands.js");
@@ -96,6 +97,14 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   fleet: {
     run: lazy(fleet, "fleetCommand"),
     summary: "Health of every agent, probed by the hub (status)",
+  },
+  dataplanes: {
+    run: lazy(dataplanes, "dataplanesCommand"),
+    summary: "List, inspect and create data planes",
+  },
+  links: {
+    run: lazy(dataplanes, "linksCommand"),
+    summary: "A data plane's private links: list, add, update, remove",
   },
 };
 

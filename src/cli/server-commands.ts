@@ -11,6 +11,7 @@ import {
   loadOrCreateKeyFile,
   type MasterKey,
   masterKeyFrom,
+  parseProvisionersOption,
   rotateMasterKey,
   startHub,
 } from "../hub/index.js";
@@ -101,6 +102,19 @@ const COMMON: OptionSpecs = {
     default: "5000",
     description:
       "Trust a resolved credential this long without a database lookup; changes reach every replica at once by NOTIFY, and this bounds a lost one (0: off)",
+  },
+  provisioners: {
+    type: "string",
+    env: "FLOTILLA_PROVISIONERS",
+    description:
+      'Private-link provisioners besides the built-in "local", as JSON: {"NAME": {"kind": "command", "command": "/path/to/program", "args": [], "timeoutMs": 600000}} (docs/provisioners.md); the same on every replica',
+  },
+  "dataplane-lease-ms": {
+    type: "string",
+    env: "FLOTILLA_DATAPLANE_LEASE_MS",
+    default: "30000",
+    description:
+      "How long a replica's claim on a data plane's converge lasts without renewal (renewed every third of it); a dead replica's work moves on after this",
   },
   "log-level": {
     type: "string",
@@ -332,6 +346,10 @@ function listenOptions(values: Record<string, string | boolean | undefined>, def
     maxBodyBytes: intOption(values, "max-body-bytes", { min: 1024, max: 64 * 1024 * 1024 })!,
     authCacheMs: intOption(values, "auth-cache-ms", { min: 0, max: 60_000 })!,
     sweepIntervalMs: intOption(values, "sweep-interval-ms", { min: 100, max: 3_600_000 })!,
+    provisioners: parseProvisionersOption(stringOption(values, "provisioners")),
+    dataPlaneController: {
+      leaseMs: intOption(values, "dataplane-lease-ms", { min: 1000, max: 3_600_000 })!,
+    },
   };
 }
 

@@ -28,6 +28,7 @@ import {
   connectOnFastify,
   contextResponseHeaders,
   createAuthInterceptor,
+  dataPlanesRoutes,
   eventsRoutes,
   fleetRoutes,
   identityRoutes,
@@ -48,7 +49,15 @@ import {
   noteDispatch,
   routingInterceptor,
 } from "./control/index.js";
-import { DataPlanesService } from "./dataplanes/index.js";
+import {
+  DataPlaneController,
+  type DataPlaneControllerOptions,
+  DataPlanesService,
+  dataPlaneMetrics,
+  PrivateLinksService,
+  type ProvisionerConfig,
+  provisionersFrom,
+} from "./dataplanes/index.js";
 import {
   EventsService,
   eventMetrics,
@@ -138,6 +147,18 @@ export interface HubOptions {
   };
   relay?: RelayOptions;
   webhooks?: DeliveryOptions;
+  /**
+   * Private-link provisioners by name (FLOTILLA_PROVISIONERS), besides the built-in `local`; the
+   * same on every replica. A data plane names the one that converges it.
+   */
+  provisioners?: Record<string, ProvisionerConfig>;
+  /** Tuning of the data-plane controller (lease, sweep, settle, backoff); defaults in controller.ts. */
+  dataPlaneController?: Partial<
+    Pick<
+      DataPlaneControllerOptions,
+      "leaseMs" | "sweepIntervalMs" | "settleMs" | "maxDelayMs" | "backoff" | "onConverge"
+    >
+  >;
 }
 
 export interface Hub {
@@ -152,6 +173,8 @@ export interface Hub {
   servers: ServersService;
   dispatches: DispatchStore;
   dataPlanes: DataPlanesService;
+  privateLinks: PrivateLinksService;
+  dataPlaneController: DataPlaneController;
   control: ControlChannel;
   /** route() for dispatches, and admin calls to agents this replica does not hold. */
   router: DispatchRouter;
@@ -258,6 +281,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
   let backbone: NatsBackbone | undefined;
   let eventsService: EventsService | undefined;
   let webhooksService: WebhooksService | undefined;
+  let dataPlaneController: DataPlaneController | undefined;
   const shutdown = new AbortController();
   let unlistenPrincipals: (() => Promise<void>) | undefined;
   let app: FastifyInstance | undefined;
@@ -300,7 +324,9 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     });
     const servers = new ServersService(db, keyring);
     const dispatches = new DispatchStore(db);
-    const dataPlanes = new DataPlanesService(db);
+    const provisioners = provisionersFrom(options.provisioners);
+    const dataPlanes = new DataPlanesService(db, () => [...provisioners.keys()]);
+    const privateLinks = new PrivateLinksService(db, dataPlanes);
     const services: ServicesService = new ServicesService(
       db,
       {
@@ -489,6 +515,24 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       });
       await webhooks.start();
     }
+    const observeConverge = dataPlaneMetrics(metrics.registry);
+    const alsoObserve = options.dataPlaneController?.onConverge;
+    dataPlaneController = new DataPlaneController({
+      db,
+      instanceId,
+      provisioners,
+      logger,
+      // The operator's sweep interval applies here too, capped at the controller's 5 s default.
+      ...(options.sweepIntervalMs
+        ? { sweepIntervalMs: Math.min(options.sweepIntervalMs, 5_000) }
+        : {}),
+      ...options.dataPlaneController,
+      onConverge: (r) => {
+        observeConverge(r);
+        alsoObserve?.(r);
+      },
+    });
+    await dataPlaneController.start();
 
     const interceptors = [
       createAuthInterceptor({ identity, logger, metrics }),
@@ -532,6 +576,12 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       configRoutes(router, config);
       fleetRoutes(router, fleet);
       eventsRoutes(router, { events: eventsSvc, webhooks });
+      dataPlanesRoutes(router, {
+        dataPlanes,
+        links: privateLinks,
+        db,
+        servers: (c, defaultPlaneId) => servers.byDataPlane(c, defaultPlaneId),
+      });
       serversRoutes(router, {
         servers,
         dispatches,
@@ -660,6 +710,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     const fastify = app;
     const h2server = h2;
     const outboxRelay = relay;
+    const controller = dataPlaneController;
     let closing: Promise<void> | undefined;
     return {
       instanceId,
@@ -673,6 +724,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       servers,
       dispatches,
       dataPlanes,
+      privateLinks,
+      dataPlaneController: controller,
       control,
       router: dispatchRouter,
       events: bus,
@@ -705,6 +758,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
             h2server ? new Promise<void>((resolve) => h2server.close(() => resolve())) : undefined,
           ]);
           clearTimeout(timer);
+          await controller.close();
           await outboxRelay.stop();
           await waiter.close();
           await internalHttp.close();
@@ -721,6 +775,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     };
   } catch (err) {
     await closeWaiter?.().catch(() => {});
+    await dataPlaneController?.close().catch(() => {});
     await relay?.stop().catch(() => {});
     await eventsService?.stop().catch(() => {});
     await webhooksService?.stop().catch(() => {});

@@ -459,6 +459,72 @@ export const FIXTURES: FixtureTable[] = [
       },
     ],
   },
+  // 0010_data_plane_private_links: the request row first, so the links' trigger bumps it in place.
+  {
+    table: "data_plane_converge_requests",
+    orderBy: "data_plane_id",
+    rows: [
+      {
+        data_plane_id: dataPlane.eu,
+        converged: 1,
+        converged_at: at(8),
+        claimed_by: "hub-0a1b/7e1c",
+        claimed_until: at(9),
+        attempts: 2,
+        // next_attempt_at is left out: the links' trigger clears it (a change is tried at once).
+        last_error: `provisioner exited with code 1; stderr ends with: ${UNICODE.rtl}`,
+      },
+    ],
+  },
+  {
+    table: "data_plane_private_links",
+    orderBy: "id",
+    rows: [
+      // Pending, every observed column NULL.
+      {
+        id: fixtureId(0xa11),
+        data_plane_id: dataPlane.eu,
+        provider: "aws",
+        config: {
+          region: "us-east-1",
+          az_ids: ["use1-az1", "use1-az4"],
+          service_name: "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0",
+        },
+        created_at: T0,
+      },
+      // Provisioned at a later generation, nested details, unicode in the error-free details.
+      {
+        id: fixtureId(0xa12),
+        data_plane_id: dataPlane.eu,
+        provider: "gcp",
+        config: {
+          service_attachment: "projects/p/regions/us-central1/serviceAttachments/db",
+          region: "us-central1",
+          dns_zone_name: "db.internal.",
+          dns_record_names: ["a.db.internal.", "b.db.internal."],
+          all_ports: true,
+        },
+        generation: 3,
+        status: "provisioned",
+        details: { endpoint: { ip: "10.0.0.7", names: [UNICODE.cjk] }, note: UNICODE.emoji },
+        error: null,
+        observed_at: at(9),
+        created_at: at(1),
+      },
+      {
+        id: fixtureId(0xa13),
+        data_plane_id: dataPlane.eu,
+        provider: "azure",
+        config: { service_name: "svc.alias.azure.privatelinkservice", location: "eastus" },
+        generation: 2,
+        status: "failed",
+        details: null,
+        error: `rejected: ${UNICODE.combining}`,
+        observed_at: at(10),
+        created_at: at(2),
+      },
+    ],
+  },
   {
     table: "join_tokens",
     orderBy: "id",

@@ -36,6 +36,7 @@ import {
 import { type CallOptions, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ConfigKind, ConfigScope, ConfigService } from "../../src/gen/flotilla/v1/config_pb.js";
+import { DataPlaneService } from "../../src/gen/flotilla/v1/dataplanes_pb.js";
 import { EventsService, WebhooksService } from "../../src/gen/flotilla/v1/events_pb.js";
 import { FleetService } from "../../src/gen/flotilla/v1/fleet_pb.js";
 import {
@@ -76,6 +77,9 @@ export interface TenantIds {
   jobId: string;
   /** A webhook endpoint of the organization. */
   webhookEndpointId: string;
+  /** A data plane (not the default one) and one private link on it. */
+  dataPlaneId: string;
+  privateLinkId: string;
 }
 
 export interface RpcCase {
@@ -118,6 +122,12 @@ const P = ProjectService.method;
 const S = ServicesService.method;
 const C = ConfigService.method;
 const V = ServerService.method;
+const D = DataPlaneService.method;
+/** An Azure link whose identity is new on every call (so an add never collides with the seeded one). */
+const azureLink = () => ({
+  service_name: `svc-${unique()}.azure.privatelinkservice`,
+  location: "eastus",
+});
 const SPEC = {
   driver: Driver.EXEC,
   exec: { command: "node", args: ["server.js"], workingDirectory: "", port: 3000 },
@@ -431,6 +441,34 @@ export const RPC_CASES: Record<string, RpcCase> = {
       request: (ids) => ({ endpointId: ids.webhookEndpointId }),
     },
   ),
+  "flotilla.v1.DataPlaneService/ListDataPlanes": rpc(D.listDataPlanes, {
+    objectScoped: false,
+    request: () => ({}),
+  }),
+  "flotilla.v1.DataPlaneService/GetDataPlane": rpc(D.getDataPlane, {
+    objectScoped: true,
+    request: (ids) => ({ dataPlane: ids.dataPlaneId }),
+  }),
+  "flotilla.v1.DataPlaneService/CreateDataPlane": rpc(D.createDataPlane, {
+    objectScoped: false,
+    request: () => ({ name: `plane-${unique()}` }),
+  }),
+  "flotilla.v1.DataPlaneService/ListPrivateLinks": rpc(D.listPrivateLinks, {
+    objectScoped: true,
+    request: (ids) => ({ dataPlane: ids.dataPlaneId }),
+  }),
+  "flotilla.v1.DataPlaneService/AddPrivateLink": rpc(D.addPrivateLink, {
+    objectScoped: true,
+    request: (ids) => ({ dataPlane: ids.dataPlaneId, provider: "azure", config: azureLink() }),
+  }),
+  "flotilla.v1.DataPlaneService/UpdatePrivateLink": rpc(D.updatePrivateLink, {
+    objectScoped: true,
+    request: (ids) => ({ dataPlane: ids.dataPlaneId, id: ids.privateLinkId, config: azureLink() }),
+  }),
+  "flotilla.v1.DataPlaneService/RemovePrivateLink": rpc(D.removePrivateLink, {
+    objectScoped: true,
+    request: (ids) => ({ dataPlane: ids.dataPlaneId, id: ids.privateLinkId }),
+  }),
 };
 
 /** Every RPC the hub serves, keyed like RPC_RULES and RPC_CASES. */
@@ -503,6 +541,12 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
   const first = await services.deploy({ serviceId }, { headers });
   const job = await services.runJob({ serviceId, command: "true" }, { headers });
   await services.deploy({ serviceId }, { headers });
+  const dataPlanes = createClient(DataPlaneService, transport);
+  const plane = await dataPlanes.createDataPlane({ name: `seeded-${unique()}` }, { headers });
+  const link = await dataPlanes.addPrivateLink(
+    { dataPlane: plane.dataPlane!.id, provider: "azure", config: azureLink() },
+    { headers },
+  );
   const audit = await orgs.listAuditEvents({ limit: 1 }, { headers });
   const webhook = await createClient(WebhooksService, transport).createWebhookEndpoint(
     { url: "https://hooks.example.com/seeded" },
@@ -524,6 +568,8 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
     memberUserId: member.member!.user!.id,
     apiTokenId: token.token!.id,
     auditEventId: audit.events[0]!.id,
+    dataPlaneId: plane.dataPlane!.id,
+    privateLinkId: link.privateLink!.id,
   };
 }
 
@@ -546,6 +592,8 @@ export function absentIds(): TenantIds {
     serverId: uuid(),
     jobId: uuid(),
     webhookEndpointId: uuid(),
+    dataPlaneId: uuid(),
+    privateLinkId: uuid(),
   };
 }
 

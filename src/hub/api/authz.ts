@@ -2,6 +2,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextKey, type Interceptor } from "@connectrpc/connect";
 import { ConfigService as ConfigRpc } from "../../gen/flotilla/v1/config_pb.js";
+import { DataPlaneService as DataPlaneRpc } from "../../gen/flotilla/v1/dataplanes_pb.js";
 import {
   EventsService as EventsRpc,
   WebhooksService as WebhooksRpc,
@@ -55,6 +56,7 @@ export const SERVICES: DescService[] = [
   FleetRpc,
   EventsRpc,
   WebhooksRpc,
+  DataPlaneRpc,
 ];
 
 /** Keyed by "package.Service/Method". A method missing here is refused (and fails a test). */
@@ -123,6 +125,13 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.WebhooksService/ListWebhookEndpoints": can("webhooks.read"),
   "flotilla.v1.WebhooksService/DeleteWebhookEndpoint": can("webhooks.manage"),
   "flotilla.v1.WebhooksService/ListWebhookDeliveries": can("webhooks.read"),
+  "flotilla.v1.DataPlaneService/ListDataPlanes": can("dataplanes.read"),
+  "flotilla.v1.DataPlaneService/GetDataPlane": can("dataplanes.read"),
+  "flotilla.v1.DataPlaneService/CreateDataPlane": can("dataplanes.manage"),
+  "flotilla.v1.DataPlaneService/ListPrivateLinks": can("dataplanes.read"),
+  "flotilla.v1.DataPlaneService/AddPrivateLink": can("ModifyDataPlanePrivateNetworking"),
+  "flotilla.v1.DataPlaneService/UpdatePrivateLink": can("ModifyDataPlanePrivateNetworking"),
+  "flotilla.v1.DataPlaneService/RemovePrivateLink": can("ModifyDataPlanePrivateNetworking"),
 };
 
 /** Set by the HTTP layer: the context read from the request headers, and the peer address. */

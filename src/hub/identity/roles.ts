@@ -26,6 +26,9 @@ export const CAPABILITIES = {
   "events.replay": "Replay a quarantined event through its consumer.",
   "webhooks.read": "See webhook endpoints and their deliveries.",
   "webhooks.manage": "Add and remove webhook endpoints (receives the signing secret once).",
+  "dataplanes.read": "See data planes, their private links and what the controller observed.",
+  "dataplanes.manage": "Create data planes.",
+  ModifyDataPlanePrivateNetworking: "Add, change and remove a data plane's private links.",
 } as const;
 export type Capability = keyof typeof CAPABILITIES;
 
@@ -36,6 +39,7 @@ const VIEWER: Capability[] = [
   "projects.read",
   "config.read",
   "servers.read",
+  "dataplanes.read",
 ];
 const DEVELOPER: Capability[] = [
   ...VIEWER,
@@ -56,6 +60,8 @@ const ADMIN: Capability[] = [
   "servers.manage",
   "events.replay",
   "webhooks.manage",
+  "dataplanes.manage",
+  "ModifyDataPlanePrivateNetworking",
 ];
 const OWNER: Capability[] = [...ADMIN, "org.update", "members.grant_owner"];
 

@@ -326,6 +326,29 @@ export class ServersService {
     return rows.map(toServer);
   }
 
+  /**
+   * The organization's servers by data plane id; a server with no data plane is listed under
+   * defaultPlaneId (it belongs to the default data plane).
+   */
+  async byDataPlane(
+    c: Caller,
+    defaultPlaneId: string,
+  ): Promise<Map<string, Array<{ id: string; name: string }>>> {
+    const { rows } = await this.db.query<{
+      id: string;
+      name: string;
+      data_plane_id: string | null;
+    }>("SELECT id, name, data_plane_id FROM servers WHERE organization_id = $1 ORDER BY name", [
+      c.organizationId,
+    ]);
+    const out = new Map<string, Array<{ id: string; name: string }>>();
+    for (const r of rows) {
+      const plane = r.data_plane_id ?? defaultPlaneId;
+      out.set(plane, [...(out.get(plane) ?? []), { id: r.id, name: r.name }]);
+    }
+    return out;
+  }
+
   /** By id or name, in the caller's organization; anything else is not found. */
   async get(c: Caller, ref: string, q: Queryable = this.db, field = "server"): Promise<Server> {
     if (!ref) throw invalid(field, "is required");
