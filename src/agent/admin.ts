@@ -1,8 +1,20 @@
-// The agent's local admin API on loopback: probes, Prometheus metrics, status, drain, resume, reload.
-import { createServer } from "node:http";
+// The agent's admin API: probes, Prometheus metrics, status, drain, resume, reload, and the signed
+// direct-dispatch endpoint a hub replica uses when none holds this agent's control channel.
+import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
-import type { AdminAction, Logger } from "../shared/index.js";
+import {
+  type AdminAction,
+  AGENT_DIRECT_DISPATCH_PATH,
+  DIRECT_SIGNATURE_HEADER,
+  DIRECT_TIMESTAMP_HEADER,
+  FrameError,
+  type HubFrame,
+  type Logger,
+  parseHubFrame,
+  verifyDirect,
+} from "../shared/index.js";
 import type { AgentStatus } from "./agent.js";
+import type { Outcome } from "./state.js";
 
 const ACTIONS: Record<string, AdminAction> = {
   "POST /drain": "drain",
@@ -11,61 +23,161 @@ const ACTIONS: Record<string, AdminAction> = {
   "GET /status": "status",
 };
 
+/** A dispatch frame is at most 1 MiB on the channel; the direct path takes no more. */
+const MAX_DIRECT_BODY_BYTES = 1024 * 1024;
+
+export interface AdminOptions {
+  port: number;
+  host: string;
+  status: () => AgentStatus;
+  admin: (action: AdminAction) => Promise<unknown>;
+  log: Logger;
+  /** The key hub requests are signed with (derived from the server's secret). */
+  signingKey: () => Buffer;
+  /** Runs a dispatch once (the ledger decides) and answers its outcome. */
+  dispatch: (
+    frame: Extract<HubFrame, { type: "dispatch" }>,
+  ) => Promise<Outcome | { deferred: string }>;
+}
+
+const isLoopback = (address: string | undefined) =>
+  !!address &&
+  (address === "::1" || address.startsWith("127.") || address.startsWith("::ffff:127."));
+
+function readBody(req: IncomingMessage): Promise<Buffer | null> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_DIRECT_BODY_BYTES) {
+        resolve(null);
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on("end", () => resolve(Buffer.concat(chunks)));
+    req.on("error", reject);
+  });
+}
+
 /** Plain node:http, not Fastify: the agent must stay small (its RSS target is 60 MB idle). */
 export async function serveAdmin(
-  port: number,
-  status: () => AgentStatus,
-  admin: (action: AdminAction) => Promise<unknown>,
-  log: Logger,
+  o: AdminOptions,
 ): Promise<{ url: string; close(): Promise<void> }> {
+  const { status, admin, log } = o;
   const server = createServer((req, res) => {
     const reply = (code: number, body: unknown, type = "application/json") => {
+      if (res.headersSent) return;
       res.writeHead(code, { "content-type": type });
       res.end(typeof body === "string" ? body : JSON.stringify(body));
     };
-    const route = `${req.method} ${(req.url ?? "/").split("?")[0]}`;
-    if (route === "GET /health") return reply(200, { status: "ok" });
-    if (route === "GET /ready") {
-      const s = status();
-      // Not ready while draining or while the hub cannot reach it.
-      if (s.draining) return reply(503, { status: "draining" });
-      return s.connected ? reply(200, { status: "ready" }) : reply(503, { status: "disconnected" });
-    }
-    if (route === "GET /metrics") {
-      const s = status();
-      const lines = [
-        "# HELP flotilla_agent_connected 1 while the control channel is authenticated.",
-        "# TYPE flotilla_agent_connected gauge",
-        `flotilla_agent_connected ${s.connected ? 1 : 0}`,
-        "# HELP flotilla_agent_draining 1 while the agent accepts no new dispatch.",
-        "# TYPE flotilla_agent_draining gauge",
-        `flotilla_agent_draining ${s.draining ? 1 : 0}`,
-        "# HELP flotilla_agent_instances Workload instances running.",
-        "# TYPE flotilla_agent_instances gauge",
-        `flotilla_agent_instances ${s.instances.length}`,
-        "# HELP flotilla_agent_dispatches_in_flight Dispatches being executed.",
-        "# TYPE flotilla_agent_dispatches_in_flight gauge",
-        `flotilla_agent_dispatches_in_flight ${s.dispatches_in_flight}`,
-        "",
-      ];
-      return reply(200, lines.join("\n"), "text/plain; version=0.0.4");
-    }
-    const action = ACTIONS[route];
-    if (!action) return reply(404, { code: "resource.not_found", message: `no ${route} here` });
-    admin(action).then(
-      (result) => reply(200, result),
-      (err: Error) => reply(500, { code: "internal", message: err.message }),
-    );
+    const path = (req.url ?? "/").split("?")[0]!;
+    const route = `${req.method} ${path}`;
+    const signed = req.headers[DIRECT_SIGNATURE_HEADER] !== undefined;
+    const handle = async () => {
+      const body = req.method === "GET" ? Buffer.alloc(0) : await readBody(req);
+      if (body === null)
+        return reply(413, {
+          code: "request.too_large",
+          message: `the body exceeds ${MAX_DIRECT_BODY_BYTES} bytes`,
+        });
+      // Signed requests are checked wherever they come from; unsigned ones are the local
+      // operator's, so they are taken only from loopback (and never for a dispatch).
+      if (signed || route === `POST ${AGENT_DIRECT_DISPATCH_PATH}`) {
+        const refused = verifyDirect(
+          o.signingKey(),
+          req.method ?? "GET",
+          path,
+          body,
+          header(req, DIRECT_TIMESTAMP_HEADER),
+          header(req, DIRECT_SIGNATURE_HEADER),
+        );
+        if (refused) {
+          log.warn(
+            { route, remote: req.socket.remoteAddress, refused },
+            "unsigned admin call refused",
+          );
+          return reply(401, {
+            code: "auth.unauthenticated",
+            message: `not signed by the hub: ${refused}`,
+          });
+        }
+      } else if (!isLoopback(req.socket.remoteAddress) && !/^GET \/(health|ready)$/.test(route)) {
+        return reply(401, {
+          code: "auth.unauthenticated",
+          message: "only loopback callers may use the admin API unsigned",
+        });
+      }
+      if (route === "GET /health") return reply(200, { status: "ok" });
+      if (route === "GET /ready") {
+        const s = status();
+        // Not ready while draining or while the hub cannot reach it.
+        if (s.draining) return reply(503, { status: "draining" });
+        return s.connected
+          ? reply(200, { status: "ready" })
+          : reply(503, { status: "disconnected" });
+      }
+      if (route === "GET /metrics")
+        return reply(200, metrics(status()), "text/plain; version=0.0.4");
+      if (route === `POST ${AGENT_DIRECT_DISPATCH_PATH}`) {
+        let frame: HubFrame;
+        try {
+          frame = parseHubFrame(body.toString("utf8"));
+          if (frame.type !== "dispatch")
+            throw new FrameError("frame.malformed", "only a dispatch frame is accepted here");
+        } catch (err) {
+          return reply(400, { code: "frame.malformed", message: (err as Error).message });
+        }
+        const outcome = await o.dispatch(frame);
+        if ("deferred" in outcome)
+          return reply(409, { code: "server.draining", message: outcome.deferred });
+        return reply(200, outcome);
+      }
+      const action = ACTIONS[route];
+      if (!action) return reply(404, { code: "resource.not_found", message: `no ${route} here` });
+      return reply(200, await admin(action));
+    };
+    handle().catch((err: Error) => reply(500, { code: "internal", message: err.message }));
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    // Loopback only: the admin API is for the machine's operator and the hub's channel.
-    server.listen(port, "127.0.0.1", () => resolve());
+    server.listen(o.port, o.host, () => resolve());
   });
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const address = server.address() as AddressInfo;
+  const hostPart = address.address.includes(":") ? `[${address.address}]` : address.address;
+  const url = `http://${hostPart}:${address.port}`;
   log.info({ url }, "agent admin API listening");
   return {
     url,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
   };
+}
+
+function header(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function metrics(s: AgentStatus): string {
+  return [
+    "# HELP flotilla_agent_connected 1 while the control channel is authenticated.",
+    "# TYPE flotilla_agent_connected gauge",
+    `flotilla_agent_connected ${s.connected ? 1 : 0}`,
+    "# HELP flotilla_agent_draining 1 while the agent accepts no new dispatch.",
+    "# TYPE flotilla_agent_draining gauge",
+    `flotilla_agent_draining ${s.draining ? 1 : 0}`,
+    "# HELP flotilla_agent_instances Workload instances running.",
+    "# TYPE flotilla_agent_instances gauge",
+    `flotilla_agent_instances ${s.instances.length}`,
+    "# HELP flotilla_agent_dispatches_in_flight Dispatches being executed.",
+    "# TYPE flotilla_agent_dispatches_in_flight gauge",
+    `flotilla_agent_dispatches_in_flight ${s.dispatches_in_flight}`,
+    "",
+  ].join("\n");
 }

@@ -14,6 +14,7 @@ import {
   type AgentFrame,
   authProof,
   contextFromFrame,
+  directKey,
   FrameError,
   type HubFrame,
   type Logger,
@@ -49,6 +50,16 @@ export interface AgentOptions {
   logger: Logger;
   /** Serve the local admin API (status, drain, resume, reload, probes) on 127.0.0.1:port; 0 picks one. */
   adminPort?: number;
+  /**
+   * The address the admin API listens on. Default 127.0.0.1. Anything else is reachable from
+   * other hosts, so there every request must be signed by the hub (see src/shared/direct.ts).
+   */
+  adminHost?: string;
+  /**
+   * The URL hub replicas use to reach this admin API when none holds the agent's socket
+   * (route() "direct"). Sent in the hello; unset, no hub delivers directly.
+   */
+  adminAdvertiseUrl?: string;
   /** Reconnect backoff bounds. Defaults 250 ms doubling to 10 s, with ±20% jitter. */
   minBackoffMs?: number;
   maxBackoffMs?: number;
@@ -179,6 +190,10 @@ function runSpecFrom(args: Record<string, unknown>): RunSpec {
 }
 
 export async function startAgent(o: AgentOptions): Promise<Agent> {
+  if (o.adminAdvertiseUrl !== undefined && !/^https?:\/\/\S{1,500}$/.test(o.adminAdvertiseUrl))
+    throw new Error(
+      `--admin-advertise-url ${o.adminAdvertiseUrl.slice(0, 80)} is not an http(s) URL of at most 500 characters`,
+    );
   let creds = loadCredentials(o.dataDir);
   if (!creds) {
     if (!o.hub || !o.joinToken)
@@ -359,6 +374,33 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       return;
     }
     send(ws, { v: 1, type: "ack", id: frame.id, duplicate: false });
+    startDispatch(frame);
+  }
+
+  /**
+   * A dispatch delivered straight to the admin API (route() "direct": no replica holds this
+   * agent's socket). The same ledger decides, so a dispatch that also arrives over the channel
+   * (or twice here) still runs once; the answer is its outcome, or why it was not started.
+   */
+  async function directDispatch(
+    frame: Extract<HubFrame, { type: "dispatch" }>,
+  ): Promise<Outcome | { deferred: string }> {
+    const known = ledger.get(frame.id);
+    if (known) return known;
+    if (!inFlight.has(frame.id)) {
+      if (draining) return { deferred: "the agent is draining" };
+      startDispatch(frame);
+    }
+    await inFlight.get(frame.id);
+    return (
+      ledger.get(frame.id) ?? {
+        ok: false,
+        error: "the agent could not record this dispatch's outcome",
+      }
+    );
+  }
+
+  function startDispatch(frame: Extract<HubFrame, { type: "dispatch" }>) {
     const ctx = { ...contextFromFrame(frame.ctx) };
     // Lifecycle operations of one service run one after another, in the order they arrive:
     // a stop never races the start before it, and two deploys never start two instances.
@@ -401,7 +443,13 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const ws = new WebSocket(url, { maxPayload: MAX_FRAME_BYTES, handshakeTimeout: 10_000 });
     socket = ws;
     ws.on("open", () => {
-      send(ws, { v: 1, type: "hello", server_id: serverId, ...facts(o.dataDir, driverNames) });
+      send(ws, {
+        v: 1,
+        type: "hello",
+        server_id: serverId,
+        ...facts(o.dataDir, driverNames),
+        ...(advertisedAdminUrl ? { admin_url: advertisedAdminUrl } : {}),
+      });
     });
     ws.on("message", (data, isBinary) => {
       let frame: HubFrame;
@@ -535,7 +583,22 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   }
 
   const adminServer =
-    o.adminPort === undefined ? undefined : await serveAdmin(o.adminPort, status, admin, log);
+    o.adminPort === undefined
+      ? undefined
+      : await serveAdmin({
+          port: o.adminPort,
+          host: o.adminHost ?? "127.0.0.1",
+          status,
+          admin,
+          log,
+          // Derived per request: a reload may have replaced the secret.
+          signingKey: () => directKey(secret, serverId),
+          dispatch: directDispatch,
+        });
+  const advertisedAdminUrl =
+    o.adminAdvertiseUrl && adminServer
+      ? o.adminAdvertiseUrl.replace("{port}", new URL(adminServer.url).port)
+      : undefined;
   connect();
   return {
     serverId,

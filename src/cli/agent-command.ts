@@ -41,6 +41,19 @@ const AGENT: OptionSpecs = {
     default: "8082",
     description: "Loopback port of the admin API (/status, /drain, /resume, /reload, probes)",
   },
+  "admin-host": {
+    type: "string",
+    env: "FLOTILLA_AGENT_ADMIN_HOST",
+    default: "127.0.0.1",
+    description:
+      "Address the admin API listens on; off loopback, every request must be signed by the hub",
+  },
+  "admin-advertise-url": {
+    type: "string",
+    env: "FLOTILLA_AGENT_ADMIN_URL",
+    description:
+      "URL hub replicas use to reach the admin API when none holds this agent's channel ({port} is replaced by the bound port)",
+  },
   "log-level": {
     type: "string",
     env: "FLOTILLA_LOG_LEVEL",
@@ -61,11 +74,14 @@ export async function agentCommand(argv: string[]): Promise<number> {
   const logger = createLogger({ name: "flotilla-agent", level: String(values["log-level"]) });
   const hub = stringOption(values, "hub");
   const joinToken = stringOption(values, "join-token");
+  const adminAdvertiseUrl = stringOption(values, "admin-advertise-url");
   const agent = await startAgent({
     dataDir,
     logger,
     workloadUser: stringOption(values, "workload-user")!,
     adminPort: intOption(values, "admin-port", { min: 0, max: 65535 })!,
+    adminHost: stringOption(values, "admin-host")!,
+    ...(adminAdvertiseUrl ? { adminAdvertiseUrl } : {}),
     ...(hub ? { hub } : {}),
     ...(joinToken ? { joinToken } : {}),
   }).catch((err: Error) => {

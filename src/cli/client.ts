@@ -4,6 +4,9 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ConfigService } from "../gen/flotilla/v1/config_pb.js";
+import { DataPlaneService } from "../gen/flotilla/v1/dataplanes_pb.js";
+import { EventsService, WebhooksService } from "../gen/flotilla/v1/events_pb.js";
+import { FleetService } from "../gen/flotilla/v1/fleet_pb.js";
 import { IdentityService, OrganizationService } from "../gen/flotilla/v1/identity_pb.js";
 import { ProjectService } from "../gen/flotilla/v1/projects_pb.js";
 import { ServerService } from "../gen/flotilla/v1/servers_pb.js";
@@ -33,6 +36,10 @@ export interface Api {
   services: Client<typeof ServicesService>;
   config: Client<typeof ConfigService>;
   servers: Client<typeof ServerService>;
+  fleet: Client<typeof FleetService>;
+  events: Client<typeof EventsService>;
+  webhooks: Client<typeof WebhooksService>;
+  dataPlanes: Client<typeof DataPlaneService>;
   hub: string;
 }
 
@@ -65,6 +72,10 @@ export function connect(values: Parsed["values"], token?: string): Api {
     services: createClient(ServicesService, transport),
     config: createClient(ConfigService, transport),
     servers: createClient(ServerService, transport),
+    fleet: createClient(FleetService, transport),
+    events: createClient(EventsService, transport),
+    webhooks: createClient(WebhooksService, transport),
+    dataPlanes: createClient(DataPlaneService, transport),
     hub,
   };
 }

@@ -1,6 +1,7 @@
 // CLI commands over the core domain: projects, envs, services, config, deploy, deployments, rollback, events.
 import { readFileSync } from "node:fs";
 import { type DescMessage, type MessageShape, toJson } from "@bufbuild/protobuf";
+import { ConnectError } from "@connectrpc/connect";
 import { ConfigKind, ConfigScope, type ConfigTarget } from "../gen/flotilla/v1/config_pb.js";
 import {
   type Environment,
@@ -311,6 +312,15 @@ export async function servicesCommand(argv: string[]): Promise<number> {
     slug: { type: "string", description: "create: slug (default: from the name)" },
     name: { type: "string", description: "update: new display name" },
     deploy: { type: "boolean", description: "create: deploy at once, in the same transaction" },
+    "no-wait": {
+      type: "boolean",
+      description: "start, stop, restart, delete: return once the intent is recorded",
+    },
+    timeout: {
+      type: "string",
+      description:
+        "start, stop, restart, delete: the hub gives up waiting after this many seconds without progress (default 120)",
+    },
   };
   const [own, command] = splitCommand(argv);
   const { values, positionals } = parseOptions(own, specs);
@@ -321,7 +331,9 @@ export async function servicesCommand(argv: string[]): Promise<number> {
         "flotilla services [list] [--project P] [--env P/E]",
         "  | create NAME --env PROJECT/ENV [--port N] [--health tcp|http:/path] [--public] [--deploy] -- COMMAND [ARGS...]",
         "  | create NAME --env PROJECT/ENV --image IMAGE [--port N] [-- COMMAND...]",
-        "  | get SERVICE | update SERVICE [spec options] [-- COMMAND...] | start|stop|restart SERVICE | delete SERVICE",
+        "  | get SERVICE | update SERVICE [spec options] [-- COMMAND...]",
+        "  | start|stop|restart SERVICE [--no-wait] [--timeout S] | delete SERVICE [--no-wait] [--timeout S]",
+        "start, stop, restart and delete wait on the hub until the agent has done it (exit 0) or failed (exit 1).",
         "SERVICE is PROJECT/ENV/SERVICE, PROJECT/SERVICE (production) or an id.",
       ].join("\n"),
       specs,
@@ -425,21 +437,50 @@ export async function servicesCommand(argv: string[]): Promise<number> {
     else process.stdout.write(`Service ${r.service?.slug} updated; deploy to apply the change.\n`);
     return 0;
   }
-  if (sub === "start" || sub === "stop" || sub === "restart") {
-    const call = {
-      start: api.services.startService,
-      stop: api.services.stopService,
-      restart: api.services.restartService,
-    }[sub];
-    const r = await call({ serviceId: service.id });
-    if (asJson) printJson(json(ServiceSchema, r.service!));
-    else process.stdout.write(`Asked the agent to ${sub} ${service.slug}.\n`);
-    return 0;
-  }
-  if (sub === "delete") {
-    await api.services.deleteService({ serviceId: service.id });
-    if (asJson) printJson({ deleted: service.id });
-    else process.stdout.write(`Service ${service.slug} deleted.\n`);
+  if (sub === "start" || sub === "stop" || sub === "restart" || sub === "delete") {
+    // The hub waits (server-side, whichever replica holds the agent): one behaviour for the CLI
+    // and the API. A server-side wait may outlast the client's default deadline: none here.
+    const waitSeconds = service.serverId && !values["no-wait"] ? waitOption(values) : 0;
+    const options = waitSeconds ? { timeoutMs: 0 } : {};
+    const request = { serviceId: service.id, waitSeconds };
+    let dispatch: { id: string; state: string; error: string } | undefined;
+    let shown: Service | undefined;
+    if (sub === "delete") {
+      dispatch = (await api.services.deleteService(request, options)).dispatch;
+    } else {
+      const call = {
+        start: api.services.startService,
+        stop: api.services.stopService,
+        restart: api.services.restartService,
+      }[sub];
+      const r = await call(request, options);
+      dispatch = r.dispatch;
+      shown = r.service;
+    }
+    if (asJson)
+      printJson({
+        ...(shown ? { service: json(ServiceSchema, shown) } : { deleted: service.id }),
+        ...(dispatch ? { dispatch } : {}),
+      });
+    if (dispatch?.state === "failed") {
+      if (!asJson)
+        process.stderr.write(
+          `error: the agent could not ${sub} ${service.slug}: ${dispatch.error || "no reason given"} (dispatch ${dispatch.id})\n`,
+        );
+      return 1;
+    }
+    if (!asJson) {
+      const done = { start: "started", stop: "stopped", restart: "restarted", delete: "deleted" }[
+        sub
+      ];
+      process.stdout.write(
+        sub === "delete"
+          ? `Service ${service.slug} deleted${dispatch ? "; its agent removed the instance" : ""}.\n`
+          : dispatch
+            ? `${service.slug} ${done}.\n`
+            : `Asked the agent to ${sub} ${service.slug}.\n`,
+      );
+    }
     return 0;
   }
   throw usage(
@@ -592,6 +633,17 @@ function printDeployment(asJson: boolean, d: Deployment, service: string) {
     );
 }
 
+/** --timeout as the hub's rolling wait: whole seconds from 1 to 3600, default 120. */
+function waitOption(values: Record<string, string | boolean | undefined>): number {
+  const timeoutS = values.timeout === undefined ? 120 : Number(values.timeout);
+  if (!Number.isInteger(timeoutS) || timeoutS < 1 || timeoutS > 3600)
+    throw usage("--timeout must be whole seconds from 1 to 3600");
+  return timeoutS;
+}
+
+/** The catalogue code of an error from the hub, if it has one. */
+const errorCode = (err: unknown) => ConnectError.from(err).metadata.get("flotilla-error-code");
+
 const DEPLOY_OPTIONS: OptionSpecs = {
   ...CONNECTION,
   "no-wait": {
@@ -600,7 +652,8 @@ const DEPLOY_OPTIONS: OptionSpecs = {
   },
   timeout: {
     type: "string",
-    description: "Give up waiting after this many seconds without progress (default 120)",
+    description:
+      "The hub gives up waiting after this many seconds without progress (default 120, at most 3600)",
   },
 };
 
@@ -676,19 +729,55 @@ async function waitForOutcome(
   }
 }
 
+/**
+ * Prints the service's status changes from the event stream while the hub waits for the
+ * deployment (display only: the answer comes from the hub's wait and the deployment row).
+ */
+function showProgress(
+  api: Api,
+  service: Service,
+  afterEventId: string,
+  show: (status: string, detail: string) => void,
+): () => void {
+  const abort = new AbortController();
+  void (async () => {
+    try {
+      const stream = api.services.watchEvents(
+        { serviceId: service.id, sinceId: afterEventId },
+        { signal: AbortSignal.any([abort.signal, stopSignal()]), timeoutMs: 0 },
+      );
+      for await (const m of stream) {
+        const e = m.event;
+        if (e?.type !== "service.status_changed") continue;
+        const payload = JSON.parse(e.payloadJson || "{}") as Record<string, string | null>;
+        show(String(payload.status), payload.reason ? `(${payload.reason})` : "");
+      }
+    } catch {
+      // The display ends with the wait; a broken stream only loses the progress lines.
+    }
+  })();
+  return () => abort.abort();
+}
+
 async function deployAndWait(
   argv: string[],
   usageText: string,
-  call: (api: Api, service: Service, positionals: string[]) => Promise<Deployment>,
+  call: (
+    api: Api,
+    service: Service,
+    positionals: string[],
+    waitSeconds: number,
+  ) => Promise<{
+    deployment?: Deployment;
+    dispatch?: { id: string; state: string; error: string };
+  }>,
 ): Promise<number> {
   const { values, positionals } = parseOptions(argv, DEPLOY_OPTIONS);
   if (values.help) return help(usageText, DEPLOY_OPTIONS);
   const api = connect(values);
   const service = await resolveService(api, positionals[0]);
-  // The newest event before the intent: status changes are read from there on, none missed.
-  const before = await api.services.listEvents({ serviceId: service.id, limit: 1 });
-  const deployment = await call(api, service, positionals);
   if (values["no-wait"] || !service.serverId) {
+    const deployment = (await call(api, service, positionals, 0)).deployment!;
     printDeployment(Boolean(values.json), deployment, service.slug);
     if (!service.serverId && !values.json)
       process.stderr.write(
@@ -696,24 +785,68 @@ async function deployAndWait(
       );
     return 0;
   }
-  if (!values.json)
+  const waitSeconds = waitOption(values);
+  const asJson = Boolean(values.json);
+  // The newest event before the intent: status changes are shown from there on.
+  const before = await api.services.listEvents({ serviceId: service.id, limit: 1 });
+  const afterEventId = before.events.at(-1)?.id ?? "00000000-0000-0000-0000-000000000000";
+  if (!asJson) process.stderr.write(`Deploying ${service.slug}: waiting for the agent\n`);
+  let last = "";
+  const show = (status: string, detail: string) => {
+    if (status === last || asJson) return;
+    last = status;
+    process.stderr.write(`  ${service.slug}: ${status}${detail ? ` ${detail}` : ""}\n`);
+  };
+  const stopShowing = showProgress(api, service, afterEventId, show);
+  let deployment: Deployment;
+  let dispatch: { id: string; state: string; error: string } | undefined;
+  try {
+    // The hub waits (whichever replica holds the agent), with a rolling timeout.
+    const r = await call(api, service, positionals, waitSeconds);
+    deployment = r.deployment!;
+    dispatch = r.dispatch;
+  } catch (err) {
+    if (errorCode(err) !== "dispatch.timeout") throw err;
     process.stderr.write(
-      `Deployment #${deployment.number} of ${service.slug} (${deployment.reason}): waiting for the agent\n`,
+      `error: ${service.slug} saw no progress for ${waitSeconds} s; it goes on (flotilla services get ${service.slug}): ${ConnectError.from(err).rawMessage} [deploy.timeout]\n`,
     );
-  return waitForOutcome(
-    api,
-    service,
-    deployment.id,
-    before.events.at(-1)?.id ?? "00000000-0000-0000-0000-000000000000",
-    values,
-  );
+    return 1;
+  } finally {
+    stopShowing();
+  }
+  const settled = ["running", "failed", "stopped"].includes(deployment.status);
+  if (!settled && dispatch?.state === "failed") {
+    // The agent refused it before reporting any status (a spec it cannot run).
+    if (asJson) printJson({ deployment: json(DeploymentSchema, deployment), dispatch });
+    else
+      process.stdout.write(
+        `Deployment #${deployment.number} of ${service.slug} failed: ${dispatch.error || "no reason given"}.\n`,
+      );
+    return 1;
+  }
+  // The agent finished its part; a status it reports later (a slow first health check) is
+  // still followed from the events, as before.
+  if (!settled) return waitForOutcome(api, service, deployment.id, afterEventId, values);
+  show(deployment.status, deployment.statusReason ? `(${deployment.statusReason})` : "");
+  if (asJson) printJson(json(DeploymentSchema, deployment));
+  else
+    process.stdout.write(
+      deployment.status === "running"
+        ? `Deployment #${deployment.number} of ${service.slug} is running${deployment.endpoint ? ` at ${deployment.endpoint}` : ""}.\n`
+        : `Deployment #${deployment.number} of ${service.slug} ${deployment.status === "failed" ? "failed" : "is stopped"}: ${deployment.statusReason || "no reason given"}.\n`,
+    );
+  return deployment.status === "running" ? 0 : 1;
 }
 
 export function deployCommand(argv: string[]): Promise<number> {
   return deployAndWait(
     argv,
     "flotilla deploy SERVICE [--no-wait] [--timeout S]\n\nA new deployment from the service's spec and current config; waits until it runs (exit 0) or fails (exit 1).",
-    async (api, service) => (await api.services.deploy({ serviceId: service.id })).deployment!,
+    async (api, service, _positionals, waitSeconds) =>
+      api.services.deploy(
+        { serviceId: service.id, waitSeconds },
+        waitSeconds ? { timeoutMs: 0 } : {},
+      ),
   );
 }
 
@@ -721,9 +854,11 @@ export function rollbackCommand(argv: string[]): Promise<number> {
   return deployAndWait(
     argv,
     "flotilla rollback SERVICE [DEPLOYMENT_ID] [--no-wait] [--timeout S]\n\nA new deployment from an earlier one's spec (default: the one before the desired one), with the current config.",
-    async (api, service, positionals) =>
-      (await api.services.rollback({ serviceId: service.id, deploymentId: positionals[1] ?? "" }))
-        .deployment!,
+    async (api, service, positionals, waitSeconds) =>
+      api.services.rollback(
+        { serviceId: service.id, deploymentId: positionals[1] ?? "", waitSeconds },
+        waitSeconds ? { timeoutMs: 0 } : {},
+      ),
   );
 }
 
@@ -781,6 +916,8 @@ function printEvent(asJson: boolean, e: Event) {
 }
 
 export async function eventsCommand(argv: string[]): Promise<number> {
+  if (argv[0] === "quarantine")
+    return (await import("./events-commands.js")).quarantineCommand(argv.slice(1));
   const specs: OptionSpecs = {
     ...CONNECTION,
     service: { type: "string", description: "Only events about this service and its deployments" },
@@ -797,7 +934,7 @@ export async function eventsCommand(argv: string[]): Promise<number> {
   const { values } = parseOptions(argv, specs);
   if (values.help)
     return help(
-      "flotilla events [--service SERVICE] [--follow] [--limit N]\n\nWith --json, one JSON object per line.",
+      "flotilla events [--service SERVICE] [--follow] [--limit N]\n  | events quarantine [list|replay ID] (see flotilla events quarantine --help)\n\nWith --json, one JSON object per line.",
       specs,
     );
   const api = connect(values);
@@ -984,16 +1121,32 @@ export async function runCommand(argv: string[]): Promise<number> {
     throw usage("give the command after --, e.g. -- sh -c 'echo $GREETING'");
   const api = connect(values);
   const service = await resolveService(api, positionals[0]);
-  const started = await api.services.runJob({
-    serviceId: service.id,
-    command: command[0]!,
-    args: command.slice(1),
-    timeoutSeconds: values.timeout === undefined ? 0 : Number(values.timeout),
-  });
-  let job = started.job!;
   const stopped = stopSignal();
-  // The job's own timeout, plus two minutes for an agent that is away or busy.
-  const waitUntil = Date.now() + ((Number(values.timeout ?? 600) || 600) + 120) * 1000;
+  // The hub waits for the outcome (whichever replica holds the agent): the job's own timeout
+  // plus two minutes for an agent that is away or busy (a job reports no progress on the way).
+  const jobTimeoutS = Number(values.timeout ?? 600) || 600;
+  let started: Awaited<ReturnType<typeof api.services.runJob>>;
+  try {
+    started = await api.services.runJob(
+      {
+        serviceId: service.id,
+        command: command[0]!,
+        args: command.slice(1),
+        timeoutSeconds: values.timeout === undefined ? 0 : Number(values.timeout),
+        waitSeconds: Math.min(3600, jobTimeoutS + 120),
+      },
+      { timeoutMs: 0, signal: stopped },
+    );
+  } catch (err) {
+    if (stopped.aborted) return EXIT_INTERRUPTED;
+    if (errorCode(err) !== "dispatch.timeout") throw err;
+    process.stderr.write(
+      `error: ${ConnectError.from(err).rawMessage} (flotilla servers dispatches) [job.timeout]\n`,
+    );
+    return 1;
+  }
+  let job = started.job!;
+  const waitUntil = Date.now() + (jobTimeoutS + 120) * 1000;
   // The job's row is the truth; a short poll is enough for a one-off command.
   while ((job.state === "pending" || job.state === "in_progress") && !stopped.aborted) {
     if (Date.now() > waitUntil) {

@@ -11,6 +11,7 @@ import {
   loadOrCreateKeyFile,
   type MasterKey,
   masterKeyFrom,
+  parseProvisionersOption,
   rotateMasterKey,
   startHub,
 } from "../hub/index.js";
@@ -99,9 +100,22 @@ const COMMON: OptionSpecs = {
   "auth-cache-ms": {
     type: "string",
     env: "FLOTILLA_AUTH_CACHE_MS",
-    default: "0",
+    default: "5000",
     description:
-      "Trust a resolved credential this long without a database lookup (faster; another replica's revocations then apply within this delay)",
+      "Trust a resolved credential this long without a database lookup; changes reach every replica at once by NOTIFY, and this bounds a lost one (0: off)",
+  },
+  provisioners: {
+    type: "string",
+    env: "FLOTILLA_PROVISIONERS",
+    description:
+      'Private-link provisioners besides the built-in "local", as JSON: {"NAME": {"kind": "command", "command": "/path/to/program", "args": [], "timeoutMs": 600000}} (docs/provisioners.md); the same on every replica',
+  },
+  "dataplane-lease-ms": {
+    type: "string",
+    env: "FLOTILLA_DATAPLANE_LEASE_MS",
+    default: "30000",
+    description:
+      "How long a replica's claim on a data plane's converge lasts without renewal (renewed every third of it); a dead replica's work moves on after this",
   },
   "log-level": {
     type: "string",
@@ -142,6 +156,88 @@ const UP: OptionSpecs = {
   ...COMMON,
 };
 
+const NATS: OptionSpecs = {
+  "nats-url": {
+    type: "string",
+    env: "FLOTILLA_NATS_URL",
+    description:
+      "nats://host:4222 (comma-separated for a cluster): publish events to NATS JetStream",
+  },
+  "nats-stream": {
+    type: "string",
+    env: "FLOTILLA_NATS_STREAM",
+    default: "FLOTILLA_EVENTS",
+    description: "The events stream (created if missing, validated if present)",
+  },
+  "nats-subject-root": {
+    type: "string",
+    env: "FLOTILLA_NATS_SUBJECT_ROOT",
+    default: "flotilla",
+    description: "First token of every event subject",
+  },
+  "nats-consumers": {
+    type: "string",
+    env: "FLOTILLA_NATS_CONSUMERS",
+    default: "on",
+    description: "on | off: run the durable consumers (audit projection, webhooks) on this replica",
+  },
+  "nats-ack-wait-ms": {
+    type: "string",
+    env: "FLOTILLA_NATS_ACK_WAIT_MS",
+    default: "30000",
+    description: "Consumers: redeliver a message not acked within this",
+  },
+  "nats-max-deliver": {
+    type: "string",
+    env: "FLOTILLA_NATS_MAX_DELIVER",
+    default: "5",
+    description: "Consumers: deliveries before a message is quarantined",
+  },
+  "nats-consumer-concurrency": {
+    type: "string",
+    env: "FLOTILLA_NATS_CONSUMER_CONCURRENCY",
+    default: "16",
+    description: "Consumers: handlers at once per consumer and replica (= max_ack_pending)",
+  },
+  "webhook-backoff-base-ms": {
+    type: "string",
+    env: "FLOTILLA_WEBHOOK_BACKOFF_BASE_MS",
+    default: "5000",
+    description: "First webhook retry after this, doubling per attempt",
+  },
+};
+
+/** The NATS options of `flotilla hub`; none without --nats-url. */
+function natsOptions(values: Record<string, string | boolean | undefined>): Partial<HubOptions> {
+  const url = stringOption(values, "nats-url");
+  const consumers = stringOption(values, "nats-consumers") ?? "on";
+  if (consumers !== "on" && consumers !== "off")
+    throw new FlotillaError("config.invalid", "--nats-consumers must be on or off");
+  // Fault injection for the crash tests only: SIGKILL the relay between publish and mark.
+  const killAfter = process.env.FLOTILLA_FAULT_KILL_AFTER_PUBLISHED;
+  return {
+    webhooks: {
+      backoffBaseMs: intOption(values, "webhook-backoff-base-ms", { min: 10, max: 3_600_000 })!,
+    },
+    ...(killAfter ? { relay: { killAfterPublished: Number(killAfter) } } : {}),
+    ...(url
+      ? {
+          nats: {
+            url,
+            stream: stringOption(values, "nats-stream")!,
+            subjectRoot: stringOption(values, "nats-subject-root")!,
+            consumers: consumers === "on",
+            consumer: {
+              ackWaitMs: intOption(values, "nats-ack-wait-ms", { min: 1000, max: 3_600_000 })!,
+              maxDeliver: intOption(values, "nats-max-deliver", { min: 1, max: 100 })!,
+              concurrency: intOption(values, "nats-consumer-concurrency", { min: 1, max: 1000 })!,
+            },
+          },
+        }
+      : {}),
+  };
+}
+
 const HUB: OptionSpecs = {
   "gateway-base-domain": {
     type: "string",
@@ -172,6 +268,7 @@ const HUB: OptionSpecs = {
     default: "1800",
     description: "Recycle pool connections after",
   },
+  ...NATS,
   ...COMMON,
 };
 
@@ -269,6 +366,10 @@ function listenOptions(values: Record<string, string | boolean | undefined>, def
     maxBodyBytes: intOption(values, "max-body-bytes", { min: 1024, max: 64 * 1024 * 1024 })!,
     authCacheMs: intOption(values, "auth-cache-ms", { min: 0, max: 60_000 })!,
     sweepIntervalMs: intOption(values, "sweep-interval-ms", { min: 100, max: 3_600_000 })!,
+    provisioners: parseProvisionersOption(stringOption(values, "provisioners")),
+    dataPlaneController: {
+      leaseMs: intOption(values, "dataplane-lease-ms", { min: 1000, max: 3_600_000 })!,
+    },
   };
 }
 
@@ -473,9 +574,10 @@ export async function hubCommand(argv: string[]): Promise<number> {
     admin: admin(values),
     logger,
     gatewayBaseDomain: stringOption(values, "gateway-base-domain")!,
+    ...natsOptions(values),
   });
   return serve(hub, [
-    `Flotilla hub ${hub.instanceId} at ${hub.url} (gRPC ${hub.grpcUrl}) on PostgreSQL`,
+    `Flotilla hub ${hub.instanceId} at ${hub.url} (gRPC ${hub.grpcUrl}) on PostgreSQL${hub.nats ? `, events on NATS stream ${hub.nats.contract.name}` : ""}`,
     ...loginHelp(hub),
   ]);
 }

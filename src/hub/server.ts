@@ -29,6 +29,9 @@ import {
   connectOnFastify,
   contextResponseHeaders,
   createAuthInterceptor,
+  dataPlanesRoutes,
+  eventsRoutes,
+  fleetRoutes,
   GatewaySync,
   identityRoutes,
   kIncoming,
@@ -38,26 +41,66 @@ import {
   servicesRoutes,
 } from "./api/index.js";
 import { ApisService } from "./apis/index.js";
-import { recordAudit } from "./audit/index.js";
+import { projectEventIntoAudit, recordAudit } from "./audit/index.js";
 import { ConfigService, Keyring, type MasterKey } from "./config/index.js";
-import { ControlChannel } from "./control/index.js";
-import { DataPlanesService } from "./dataplanes/index.js";
+import {
+  AgentProber,
+  ControlChannel,
+  DispatchRouter,
+  DispatchWaiter,
+  dispatchWaitedFor,
+  noteDispatch,
+  routingInterceptor,
+} from "./control/index.js";
+import {
+  DataPlaneController,
+  type DataPlaneControllerOptions,
+  DataPlanesService,
+  dataPlaneMetrics,
+  PrivateLinksService,
+  type ProvisionerConfig,
+  provisionersFrom,
+} from "./dataplanes/index.js";
+import {
+  EventsService,
+  eventMetrics,
+  NATS_RELAY_OPTIONS,
+  NatsBackbone,
+  type NatsOptions,
+  natsBus,
+} from "./events/index.js";
+import { FleetService } from "./fleet/index.js";
 import { GatewaysService, ServiceDomains, ServiceRoutes } from "./gateways/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
   type LoginLimits,
+  PRINCIPALS_CHANNEL,
   SessionCodec,
 } from "./identity/index.js";
-import { type EventBus, memoryBus, OutboxRelay, postgresBus } from "./outbox/index.js";
+import { InternalHttpClient } from "./internal/index.js";
+import {
+  type EventBus,
+  eventsByIds,
+  memoryBus,
+  OutboxRelay,
+  postgresBus,
+  type RelayOptions,
+} from "./outbox/index.js";
 import { ProjectsService } from "./projects/index.js";
-import { DispatchStore, dataPlaneOfServer, ServersService } from "./servers/index.js";
+import {
+  type Dispatch,
+  DispatchStore,
+  dataPlaneOfServer,
+  ServersService,
+} from "./servers/index.js";
 import {
   type ObservedStatus,
   publicFacts,
   publicServiceIds,
   ServicesService,
 } from "./services/index.js";
+import { type DeliveryOptions, WebhooksService } from "./webhooks/index.js";
 
 export type StoreOptions =
   | { kind: "postgres"; url: string; pool?: Partial<PoolSettings> }
@@ -86,7 +129,10 @@ export interface HubOptions {
    */
   tls?: { cert: string | Buffer; key: string | Buffer };
   loginLimits?: LoginLimits;
-  /** Trust a resolved credential this long without a database lookup. Default 0 (off). */
+  /**
+   * Trust a resolved credential this long without a database lookup. Changes to who may do what
+   * reach every replica at once by NOTIFY; this bounds a lost notification. Default 5000; 0 is off.
+   */
   authCacheMs?: number;
   /**
    * Seals config secrets (AES-256-GCM). Required on PostgreSQL (FLOTILLA_MASTER_KEY); `flotilla up`
@@ -108,6 +154,29 @@ export interface HubOptions {
   gatewayBaseDomain?: string;
   /** How often every public service route is re-converged. Default 60 s. */
   routeSweepIntervalMs?: number;
+  /**
+   * The NATS JetStream event backbone (PostgreSQL only): the outbox relay publishes to it and this
+   * replica runs the durable consumers (audit projection, webhooks) unless `consumers` is false.
+   */
+  nats?: NatsOptions & {
+    consumers?: boolean;
+    /** Tunables of the audit and webhooks consumers (defaults: CONSUMER_DEFAULTS). */
+    consumer?: { ackWaitMs?: number; maxDeliver?: number; concurrency?: number };
+  };
+  relay?: RelayOptions;
+  webhooks?: DeliveryOptions;
+  /**
+   * Private-link provisioners by name (FLOTILLA_PROVISIONERS), besides the built-in `local`; the
+   * same on every replica. A data plane names the one that converges it.
+   */
+  provisioners?: Record<string, ProvisionerConfig>;
+  /** Tuning of the data-plane controller (lease, sweep, settle, backoff); defaults in controller.ts. */
+  dataPlaneController?: Partial<
+    Pick<
+      DataPlaneControllerOptions,
+      "leaseMs" | "sweepIntervalMs" | "settleMs" | "maxDelayMs" | "backoff" | "onConverge"
+    >
+  >;
 }
 
 export interface Hub {
@@ -126,9 +195,17 @@ export interface Hub {
   gateways: GatewaysService;
   gatewaySync: GatewaySync;
   serviceRoutes: ServiceRoutes;
+  privateLinks: PrivateLinksService;
+  dataPlaneController: DataPlaneController;
   control: ControlChannel;
+  /** route() for dispatches, and admin calls to agents this replica does not hold. */
+  router: DispatchRouter;
   events: EventBus;
   relay: OutboxRelay;
+  /** Quarantine and this replica's durable consumers (none without NATS). */
+  eventsService: EventsService;
+  nats: NatsBackbone | undefined;
+  webhooks: WebhooksService;
   metrics: Metrics;
   /** Set when no owner exists yet: the one-time token for Bootstrap. */
   setupToken: string | undefined;
@@ -193,7 +270,16 @@ export async function rotateMasterKey(
       environment: unused,
       service: unused,
     });
-    return await config.rotateKey();
+    const resealed = await config.rotateKey();
+    // Webhook signing secrets are sealed with the same key.
+    const noAudit = async () => {};
+    const webhooks = new WebhooksService(
+      db,
+      new Keyring(masterKey, previous),
+      noAudit,
+      createLogger({ level: "warn" }),
+    );
+    return resealed + (await webhooks.resealSecrets());
   } finally {
     await db.close();
   }
@@ -213,7 +299,13 @@ export async function startHub(options: HubOptions): Promise<Hub> {
   const db = await openStore(options.store);
   let events: EventBus | undefined;
   let relay: OutboxRelay | undefined;
+  let closeWaiter: (() => Promise<void>) | undefined;
+  let backbone: NatsBackbone | undefined;
+  let eventsService: EventsService | undefined;
+  let webhooksService: WebhooksService | undefined;
+  let dataPlaneController: DataPlaneController | undefined;
   const shutdown = new AbortController();
+  let unlistenPrincipals: (() => Promise<void>) | undefined;
   let app: FastifyInstance | undefined;
   let h2: Http2Server | undefined;
   // HTTP/2 sessions outlive requests; shutdown must GOAWAY them, then destroy stragglers.
@@ -238,6 +330,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       options.authCacheMs,
     );
     const setup = await identity.prepareSetup(options.admin);
+    // Another replica changed who may do what: forget what this one remembers. A re-opened
+    // listener may have missed notifications, so it forgets too.
+    const forget = () => identity.forgetPrincipals();
+    unlistenPrincipals = await db.listen(PRINCIPALS_CHANNEL, forget, forget);
 
     // Composition root: each module consumes the others only through the ports it declares.
     const projects = new ProjectsService(db);
@@ -250,7 +346,9 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     });
     const servers = new ServersService(db, keyring);
     const dispatches = new DispatchStore(db);
-    const dataPlanes = new DataPlanesService(db);
+    const provisioners = provisionersFrom(options.provisioners);
+    const dataPlanes = new DataPlanesService(db, () => [...provisioners.keys()]);
+    const privateLinks = new PrivateLinksService(db, dataPlanes);
     const services: ServicesService = new ServicesService(
       db,
       {
@@ -267,8 +365,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       },
       {
         intend: async (tx, d) => {
-          const id = (await dispatches.insert(tx, d)).id;
+          const id = (await dispatches.insert(tx, { ...d, notifyDone: dispatchWaitedFor() })).id;
           metrics.dispatches.inc({ op: d.op, event: "written" });
+          // Routed once the request's transaction has committed (see routingInterceptor).
+          noteDispatch(id, d.serverId);
           return id;
         },
       },
@@ -329,6 +429,17 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         await config.removeScope(tx, org, "environment", environmentId);
       },
     });
+    const resolveArgs = async (d: Dispatch) => {
+      // Deployments and jobs run with the service's config, decrypted now, sent only here.
+      if (!["deploy", "start", "restart", "job"].includes(d.op) || !d.args.service) return d.args;
+      const service = d.args.service as { id: string; environment_id: string; slug: string };
+      const env = await config.resolveForRuntime(
+        d.organizationId,
+        service.environment_id,
+        service.id,
+      );
+      return { ...d.args, env };
+    };
     const control = new ControlChannel({
       db,
       servers,
@@ -349,20 +460,13 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
         drained: (seconds) => metrics.drainDuration.observe(seconds),
       },
-      resolveArgs: async (d) => {
-        // Deployments and jobs run with the service's config, decrypted now, sent only here.
-        if (!["deploy", "start", "restart", "job"].includes(d.op) || !d.args.service) return d.args;
-        const service = d.args.service as { id: string; environment_id: string; slug: string };
-        const env = await config.resolveForRuntime(
-          d.organizationId,
-          service.environment_id,
-          service.id,
-        );
-        return { ...d.args, env };
-      },
+      resolveArgs,
       ...(options.agentHeartbeatIntervalMs
         ? { heartbeatIntervalMs: options.agentHeartbeatIntervalMs }
         : {}),
+      sweepMore: async () => {
+        await dispatchRouter.sweepDirect();
+      },
       status: {
         // The one path that writes observed state: what agents report.
         observe: async (organizationId, o) => {
@@ -378,12 +482,133 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       },
     });
-    const bus = db.engine === "postgres" ? await postgresBus(db) : memoryBus();
+    const internalHttp = new InternalHttpClient();
+    const dispatchRouter: DispatchRouter = new DispatchRouter({
+      control,
+      servers,
+      dispatches,
+      http: internalHttp,
+      hubId: instanceId,
+      logger,
+      resolveArgs,
+      onRoute: (route) => metrics.dispatchRoutes.inc({ route }),
+      observe: {
+        claimed: (op) => metrics.dispatches.inc({ op, event: "claimed" }),
+        finished: (op, ok, seconds) => {
+          metrics.dispatches.inc({ op, event: ok ? "done" : "failed" });
+          metrics.dispatchLatency.observe({ op, outcome: ok ? "done" : "failed" }, seconds);
+        },
+      },
+    });
+    const routeLater = (d: { id: string; serverId: string }) =>
+      void dispatchRouter
+        .route(d)
+        .catch((err) =>
+          logger.warn({ err, dispatch: d.id }, "routing failed; the sweep delivers it"),
+        );
+    // Gateways join the fleet view with a prober of their own when they exist.
+    const fleet = new FleetService([new AgentProber(servers, control, dispatchRouter)]);
+    if (options.nats) {
+      if (db.engine !== "postgres")
+        throw new FlotillaError(
+          "config.invalid",
+          "--nats-url needs the PostgreSQL store (flotilla hub)",
+          {
+            field: "nats_url",
+          },
+        );
+      backbone = await NatsBackbone.open(options.nats, logger, `flotilla-hub-${instanceId}`);
+    }
+    const bus = backbone
+      ? natsBus(backbone, logger)
+      : db.engine === "postgres"
+        ? await postgresBus(db)
+        : memoryBus();
     events = bus;
-    relay = new OutboxRelay(db, bus, logger);
+    const waiter = new DispatchWaiter(db, dispatches, bus, routeLater);
+    await waiter.start();
+    closeWaiter = () => waiter.close();
+    const backboneMetrics = eventMetrics(metrics.registry);
+    relay = new OutboxRelay(db, bus, logger, {
+      ...(backbone ? NATS_RELAY_OPTIONS : {}),
+      observe: {
+        published: (n) => backboneMetrics.published.inc(n),
+        failed: () => backboneMetrics.relayFailures.inc(),
+      },
+      ...options.relay,
+    });
     await relay.start();
+    const eventsSvc = new EventsService(
+      db,
+      { eventById: async (id) => (await eventsByIds(db, [id]))[0] },
+      backbone,
+      {
+        logger,
+        instanceId,
+        observe: (consumer, outcome) => backboneMetrics.consumed.inc({ consumer, outcome }),
+      },
+    );
+    eventsService = eventsSvc;
+    const webhooks = new WebhooksService(
+      db,
+      keyring,
+      (tx, c, action, endpointId) =>
+        recordAudit(tx, {
+          organizationId: c.organizationId,
+          actor: c.actor,
+          action,
+          target: { type: "webhook", id: endpointId },
+        }),
+      logger,
+      {
+        observe: (outcome) => backboneMetrics.webhookAttempts.inc({ outcome }),
+        ...options.webhooks,
+      },
+    );
+    webhooksService = webhooks;
+    if (backbone && options.nats?.consumers !== false) {
+      // Every replica runs the same durables: each event's effect happens on one of them.
+      const tunables = options.nats?.consumer ?? {};
+      await eventsSvc.addConsumer({
+        ...tunables,
+        name: "audit",
+        handler: async (e, { tx }) => {
+          await projectEventIntoAudit(tx, e);
+        },
+      });
+      await eventsSvc.addConsumer({
+        ...tunables,
+        name: "webhooks",
+        accepts: (type) => type.startsWith("deployment.") || type.startsWith("database."),
+        handler: async (e, { tx }) => {
+          await webhooks.recordDeliveries(tx, e);
+        },
+      });
+      await webhooks.start();
+    }
+    const observeConverge = dataPlaneMetrics(metrics.registry);
+    const alsoObserve = options.dataPlaneController?.onConverge;
+    dataPlaneController = new DataPlaneController({
+      db,
+      instanceId,
+      provisioners,
+      logger,
+      // The operator's sweep interval applies here too, capped at the controller's 5 s default.
+      ...(options.sweepIntervalMs
+        ? { sweepIntervalMs: Math.min(options.sweepIntervalMs, 5_000) }
+        : {}),
+      ...options.dataPlaneController,
+      onConverge: (r) => {
+        observeConverge(r);
+        alsoObserve?.(r);
+      },
+    });
+    await dataPlaneController.start();
 
-    const interceptors = [createAuthInterceptor({ identity, logger, metrics })];
+    const interceptors = [
+      createAuthInterceptor({ identity, logger, metrics }),
+      routingInterceptor(routeLater),
+    ];
     const routes = (router: ConnectRouter) => {
       identityRoutes(router, {
         db,
@@ -396,6 +621,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         events: bus,
         db,
         shutdown: shutdown.signal,
+        operations: {
+          around: (o, write) => waiter.around(o, write),
+          check: (waitSeconds) => DispatchWaiter.check(waitSeconds),
+        },
         jobs: {
           get: async (c, id) => {
             const d = await dispatches.get(checkId("job_id", id)).catch(() => undefined);
@@ -423,11 +652,19 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         onGatewayCreated: (organizationId) => void routeSweep(organizationId),
         domains: serviceDomains,
       });
+      fleetRoutes(router, fleet);
+      eventsRoutes(router, { events: eventsSvc, webhooks });
+      dataPlanesRoutes(router, {
+        dataPlanes,
+        links: privateLinks,
+        db,
+        servers: (c, defaultPlaneId) => servers.byDataPlane(c, defaultPlaneId),
+      });
       serversRoutes(router, {
         servers,
         dispatches,
         hubUrl: () => publicUrl,
-        agentAdmin: (serverId, action) => control.admin(serverId, action),
+        agentAdmin: (serverId, action) => dispatchRouter.admin(serverId, action),
         audit: (c, action, serverId) =>
           db.tx((tx) =>
             recordAudit(tx, {
@@ -509,12 +746,19 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       if (draining) return reply.code(503).send({ status: "draining" });
       try {
         await db.ping();
+        if (backbone) {
+          const nats = await backbone.readiness();
+          if (!nats.ok)
+            return reply.code(503).send({ status: "unavailable", engine: db.engine, nats });
+          return { status: "ready", engine: db.engine, nats };
+        }
         return { status: "ready", engine: db.engine };
       } catch (err) {
         return reply.code(503).send({ status: "unavailable", store: (err as Error).message });
       }
     });
     app.get("/metrics", async (_request, reply) => {
+      if (backbone) backboneMetrics.natsConnected.set(backbone.isConnected() ? 1 : 0);
       if (db.engine === "postgres" && "pool" in db) {
         const pool = (
           db as { pool: { totalCount: number; idleCount: number; waitingCount: number } }
@@ -576,6 +820,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     const fastify = app;
     const h2server = h2;
     const outboxRelay = relay;
+    const controller = dataPlaneController;
     let closing: Promise<void> | undefined;
     return {
       instanceId,
@@ -593,9 +838,15 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       gateways,
       gatewaySync,
       serviceRoutes,
+      privateLinks,
+      dataPlaneController: controller,
       control,
+      router: dispatchRouter,
       events: bus,
       relay: outboxRelay,
+      eventsService: eventsSvc,
+      nats: backbone,
+      webhooks,
       metrics,
       setupToken: setup.setupToken,
       createdOwner: setup.createdOwner,
@@ -624,8 +875,15 @@ export async function startHub(options: HubOptions): Promise<Hub> {
             h2server ? new Promise<void>((resolve) => h2server.close(() => resolve())) : undefined,
           ]);
           clearTimeout(timer);
+          await controller.close();
           await outboxRelay.stop();
+          await waiter.close();
+          await internalHttp.close();
+          await eventsSvc.stop();
+          await webhooks.stop();
           await bus.close();
+          await backbone?.close();
+          await unlistenPrincipals?.();
           await db.close();
           logger.info("hub stopped");
         })();
@@ -633,8 +891,14 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       },
     };
   } catch (err) {
+    await closeWaiter?.().catch(() => {});
+    await dataPlaneController?.close().catch(() => {});
     await relay?.stop().catch(() => {});
+    await eventsService?.stop().catch(() => {});
+    await webhooksService?.stop().catch(() => {});
     await events?.close().catch(() => {});
+    await unlistenPrincipals?.().catch(() => {});
+    await backbone?.close().catch(() => {});
     await app?.close().catch(() => {});
     h2?.close();
     await db.close().catch(() => {});

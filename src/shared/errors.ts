@@ -7,6 +7,7 @@
  */
 export const ConnectCode = {
   InvalidArgument: 3,
+  DeadlineExceeded: 4,
   NotFound: 5,
   AlreadyExists: 6,
   PermissionDenied: 7,
@@ -125,6 +126,12 @@ export const ERROR_CATALOGUE = {
     http: 503,
     meaning: "The server's agent is not connected (to this hub). Retry when the server is online.",
   },
+  "dispatch.timeout": {
+    connect: ConnectCode.DeadlineExceeded,
+    http: 504,
+    meaning:
+      "A request that waits for its operation (`wait_seconds`) saw no progress for that long. The message names the dispatch id: the operation goes on; follow it with `flotilla servers dispatches SERVER`.",
+  },
   "store.unavailable": {
     connect: ConnectCode.Unavailable,
     http: 503,
@@ -140,6 +147,18 @@ export const ERROR_CATALOGUE = {
     http: 400,
     meaning:
       "A command-line option or environment variable has an invalid value. The message names it.",
+  },
+  "events.stream_incompatible": {
+    connect: ConnectCode.FailedPrecondition,
+    http: 400,
+    meaning:
+      "An existing NATS stream's config breaks Flotilla's contract (the message and `field` name what). Flotilla never changes a stream: edit it with `nats stream edit` or point --nats-stream at another one.",
+  },
+  "events.unavailable": {
+    connect: ConnectCode.Unavailable,
+    http: 503,
+    meaning:
+      "The NATS event backbone is not configured on this hub (--nats-url) or not connected. Retry later or against a replica that has it.",
   },
   internal: {
     connect: ConnectCode.Internal,

@@ -29,6 +29,11 @@ export interface AgentFacts {
   cores: number;
   memory_bytes: number;
   disk_free_bytes: number;
+  /**
+   * Where a hub replica that holds no socket for this agent can reach its admin API (route()
+   * "direct"); absent when the admin API is only on loopback.
+   */
+  admin_url?: string;
 }
 
 /** Agent to hub. */
@@ -108,6 +113,9 @@ const FACTS: Checks = {
   cores: isCount,
   memory_bytes: isCount,
   disk_free_bytes: isCount,
+  admin_url: optional(
+    (v) => typeof v === "string" && v.length <= 512 && /^https?:\/\/[^\s]+$/.test(v),
+  ),
 };
 
 const AGENT_FRAMES: Record<AgentFrame["type"], Checks> = {

@@ -4,6 +4,7 @@ export * from "./aead.js";
 export * from "./api-definitions.js";
 export * from "./caller.js";
 export * from "./context.js";
+export * from "./direct.js";
 export * from "./errors.js";
 export * from "./frames.js";
 export * from "./gateway-protocol.js";

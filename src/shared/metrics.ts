@@ -20,6 +20,7 @@ export interface Metrics {
   dispatchLatency: Histogram<"op" | "outcome">;
   drainDuration: Histogram;
   dispatchesPendingTooLong: Gauge;
+  dispatchRoutes: Counter<"route">;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
@@ -77,6 +78,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
     dispatchesPendingTooLong: new Gauge({
       name: `${METRIC_PREFIX}dispatches_pending_too_long`,
       help: "Dispatches pending for more than 60 s (an agent away, or nothing delivering), at the last sweep.",
+      registers: [registry],
+    }),
+    dispatchRoutes: new Counter({
+      name: `${METRIC_PREFIX}dispatch_routes_total`,
+      help: "Dispatches routed by the replica that took the intent: local, forward, direct, undeliverable.",
+      labelNames: ["route"],
       registers: [registry],
     }),
     dbPoolConnections: new Gauge({

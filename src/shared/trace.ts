@@ -1,5 +1,5 @@
 // W3C trace context and correlation ids: parse, validate, generate, normalize.
-import { randomBytes } from "node:crypto";
+import { randomIdHex } from "./ids.js";
 
 const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
 const ZERO_TRACE_ID = "0".repeat(32);
@@ -42,7 +42,7 @@ export function formatTraceparent(tp: TraceParent): string {
 
 function nonZeroHex(bytes: number): string {
   for (;;) {
-    const hex = randomBytes(bytes).toString("hex");
+    const hex = randomIdHex(bytes);
     if (!/^0+$/.test(hex)) return hex;
   }
 }
@@ -90,5 +90,5 @@ export function normalizeCorrelationId(value: string | null | undefined): string
 }
 
 export function generateCorrelationId(): string {
-  return randomBytes(16).toString("hex");
+  return randomIdHex(16);
 }

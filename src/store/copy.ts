@@ -150,6 +150,17 @@ export async function copyInstallation(
   const tables = await tablesInForeignKeyOrder(target);
   return target.tx(async (tx) => {
     await tx.query("SET CONSTRAINTS ALL DEFERRED");
+    // Rows arrive as the source has them, derived columns included: triggers that derive state
+    // from writes (the private links' projection and converge requests) must not fire again, or
+    // the copy would differ from its source. Re-enabled before commit; a failure rolls both back.
+    // Only tables with such triggers: ALTER TABLE on one with deferred checks pending would fail.
+    const { rows: triggered } = await tx.query<{ name: string }>(
+      `SELECT DISTINCT c.relname AS name FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+       JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE NOT t.tgisinternal AND n.nspname = 'public' ORDER BY 1`,
+    );
+    for (const { name } of triggered)
+      await tx.query(`ALTER TABLE ${ident(name)} DISABLE TRIGGER USER`);
     const report: TableCopy[] = [];
     for (const table of tables) {
       const columns = await columnsOf(tx, table);
@@ -208,6 +219,8 @@ export async function copyInstallation(
       );
       report.push({ table, source: total, inserted, target: after[0]!.n });
     }
+    for (const { name } of triggered)
+      await tx.query(`ALTER TABLE ${ident(name)} ENABLE TRIGGER USER`);
     const wrong = report.filter((r) => r.source !== r.target);
     if (wrong.length)
       throw new FlotillaError(

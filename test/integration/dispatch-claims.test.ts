@@ -86,4 +86,69 @@ describe("dispatch claims on PostgreSQL", () => {
     const row = await store.get(d.id);
     expect(row).toMatchObject({ state: "done", result: { ok: 1 }, error: null, attempts: 1 });
   });
+
+  it("six concurrent batch claims of one server hand each of 300 dispatches out exactly once, oldest first", async () => {
+    await db.query("DELETE FROM dispatches");
+    for (let i = 0; i < 300; i++)
+      await db.tx((tx) => store.insert(tx, { organizationId: org, serverId: server, op: "stop" }));
+    const claimedBy = new Map<string, string[]>();
+    const drain = async (hub: string) => {
+      for (;;) {
+        const batch = await store.claimBatch(server, hub, 25);
+        if (batch.length === 0) return;
+        // Each batch comes oldest first: lifecycle operations reach the agent in intent order.
+        const times = batch.map((d) => d.createdAt.getTime());
+        expect(times).toEqual([...times].sort((a, b) => a - b));
+        for (const d of batch) claimedBy.set(d.id, [...(claimedBy.get(d.id) ?? []), hub]);
+      }
+    };
+    await Promise.all(["a", "b", "c", "d", "e", "f"].map(drain));
+    expect(claimedBy.size).toBe(300);
+    expect([...claimedBy.values()].filter((hubs) => hubs.length !== 1)).toEqual([]);
+    const { rows } = await db.query<{ state: string; attempts: number; n: number }>(
+      "SELECT state, attempts, count(*)::int AS n FROM dispatches GROUP BY state, attempts",
+    );
+    expect(rows).toEqual([{ state: "in_progress", attempts: 1, n: 300 }]);
+    expect(new Set([...claimedBy.values()].flat()).size).toBeGreaterThan(1);
+  });
+
+  it("finish records an outcome only for a dispatch in progress on the reporting server, once", async () => {
+    const other = "00000000-0000-7000-8000-000000000003";
+    await db.query(
+      `INSERT INTO servers (id, organization_id, name, secret_sealed, secret_key_id)
+       VALUES ($1, $2, 'other', '\\x00', 'k') ON CONFLICT DO NOTHING`,
+      [other, org],
+    );
+    const d = await db.tx((tx) =>
+      store.insert(tx, { organizationId: org, serverId: server, op: "stop" }),
+    );
+    expect(await store.finish(d.id, server, { ok: true })).toBeNull(); // not claimed yet
+    await store.claim(d.id, "a");
+    expect(await store.finish(d.id, other, { ok: true })).toBeNull(); // another server's agent
+    const done = await store.finish(d.id, server, { ok: false, error: "exit 3", result: { c: 3 } });
+    expect(done).toMatchObject({ state: "failed", error: "exit 3", result: { c: 3 } });
+    expect(await store.finish(d.id, server, { ok: true })).toBeNull(); // a repeated result
+    expect(await store.get(d.id)).toMatchObject({ state: "failed", error: "exit 3" });
+  });
+
+  it("signals the outcome on flotilla_dispatch_done only for a dispatch someone waits for", async () => {
+    const heard: string[] = [];
+    const unlisten = await db.listen("flotilla_dispatch_done", (p) => heard.push(p));
+    try {
+      const quiet = await db.tx((tx) =>
+        store.insert(tx, { organizationId: org, serverId: server, op: "stop" }),
+      );
+      const awaited = await db.tx((tx) =>
+        store.insert(tx, { organizationId: org, serverId: server, op: "stop", notifyDone: true }),
+      );
+      for (const d of [quiet, awaited]) {
+        await store.claim(d.id, "a");
+        await store.finish(d.id, server, { ok: true });
+      }
+      await new Promise((r) => setTimeout(r, 300));
+      expect(heard).toEqual([awaited.id]);
+    } finally {
+      await unlisten();
+    }
+  });
 });

@@ -239,6 +239,11 @@ describe("agents on real hub replicas", () => {
       session_id: moved.session_id,
     });
     await second.stop();
+    // B releases the server when it sees the close, which may be after the agent has exited.
+    await hubB.waitForLog(
+      (r) =>
+        r.msg === "agent disconnected" && r.server === serverId && r.session === moved.session_id,
+    );
     const offline = await serverRow(serverId);
     expect(offline.status).toBe("offline");
   }, 60_000);

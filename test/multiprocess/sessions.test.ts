@@ -1,6 +1,7 @@
 // Sessions and API tokens across hub processes: a session minted on one replica works on every
 // replica that shares FLOTILLA_SESSION_SECRET and on no other; API tokens (hashed rows) work on
-// every replica of the database; "log out everywhere" on one replica ends the session on all.
+// every replica of the database; "log out everywhere" and a token revoked on one replica end them on
+// all, though every replica remembers resolved credentials for 60 s: the NOTIFY clears them.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../support/pg.js";
 import {
@@ -34,6 +35,20 @@ function expectUnauthenticated(r: Awaited<ReturnType<typeof whoAmI>>): void {
   expect(r.body.code).toBe("unauthenticated");
 }
 
+/**
+ * Another replica hears of a change by NOTIFY, a few milliseconds after the changing request has
+ * answered; ask again for up to 5 s (a twelfth of the 60 s the replicas would otherwise trust it).
+ */
+async function refusedSoon(hub: FlotillaProcess, headers: Record<string, string>): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  let r = await whoAmI(hub, headers);
+  while (r.status === 200 && Date.now() < deadline) {
+    await sleep(20);
+    r = await whoAmI(hub, headers);
+  }
+  expectUnauthenticated(r);
+}
+
 describe("sessions and tokens across hub replicas", () => {
   let database: TestDatabase;
   let a: FlotillaProcess; // secret A, created the owner at startup
@@ -47,6 +62,8 @@ describe("sessions and tokens across hub replicas", () => {
     const env = (secret: string) => ({
       FLOTILLA_DATABASE_URL: database.url,
       FLOTILLA_SESSION_SECRET: secret,
+      // Far longer than any wait below: a revocation seen elsewhere can only come from the NOTIFY.
+      FLOTILLA_AUTH_CACHE_MS: "60000",
     });
     a = await startFlotilla("hub", {
       env: {
@@ -119,6 +136,29 @@ describe("sessions and tokens across hub replicas", () => {
     }
   });
 
+  it("an API token revoked on C is refused on A and B, which had just resolved it", async () => {
+    const created = await connectJson(
+      a.url,
+      "CreateApiToken",
+      { name: "revoked-elsewhere" },
+      { authorization: `Bearer ${sessionToken}` },
+    );
+    expect(created.status, JSON.stringify(created.body)).toBe(200);
+    const bearer = { authorization: `Bearer ${created.body.secret as string}` };
+    for (const hub of [a, b, c])
+      expectSignedIn(await whoAmI(hub, bearer), hub, "AUTH_METHOD_API_TOKEN");
+    const revoked = await connectJson(
+      c.url,
+      "RevokeApiToken",
+      { id: (created.body.token as { id: string }).id },
+      bearer,
+    );
+    expect(revoked.status, JSON.stringify(revoked.body)).toBe(200);
+    expectUnauthenticated(await whoAmI(c, bearer));
+    await refusedSoon(a, bearer);
+    await refusedSoon(b, bearer);
+  });
+
   it("Logout {everywhere: true} on B ends the session on A too, for cookie and bearer alike", async () => {
     const r = await connectJson(
       b.url,
@@ -130,10 +170,11 @@ describe("sessions and tokens across hub replicas", () => {
     // B also tells the browser to drop its cookie.
     expect(r.headers.getSetCookie().some((v) => v.startsWith("flotilla_session=;"))).toBe(true);
 
-    for (const hub of [a, b]) {
-      expectUnauthenticated(await whoAmI(hub, { cookie }));
-      expectUnauthenticated(await whoAmI(hub, { authorization: `Bearer ${sessionToken}` }));
-    }
+    // B made the change: refused there at once. A remembered the session: refused once it hears.
+    expectUnauthenticated(await whoAmI(b, { cookie }));
+    expectUnauthenticated(await whoAmI(b, { authorization: `Bearer ${sessionToken}` }));
+    await refusedSoon(a, { cookie });
+    await refusedSoon(a, { authorization: `Bearer ${sessionToken}` });
   });
 
   it("after logging out everywhere, a new sign-in on A works on B", async () => {

@@ -57,7 +57,7 @@ function migrationsCopy(dirs: string[]): { dir: string; load(): Migration[] } {
 }
 
 function nextMigrationFile(dir: string, name: string, sql: string): number {
-  const version = loadMigrations(dir).length + 1;
+  const version = Math.max(...loadMigrations(dir).map((m) => m.version)) + 1;
   writeFileSync(join(dir, `${String(version).padStart(4, "0")}_${name}.sql`), sql);
   return version;
 }

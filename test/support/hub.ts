@@ -1,7 +1,7 @@
 // Test support: a hub in this process on a fresh store, plus Connect clients for it.
 import { randomBytes } from "node:crypto";
 import { Writable } from "node:stream";
-import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { type Client, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { IdentityService, OrganizationService } from "../../src/gen/flotilla/v1/identity_pb.js";
 import { type Hub, type HubOptions, startHub } from "../../src/hub/index.js";
@@ -44,6 +44,10 @@ export async function startTestHub(
     masterKey: TEST_MASTER_KEY,
     logger: createLogger({ destination: sink, level: "debug" }),
     ...overrides,
+  }).catch(async (err: unknown) => {
+    // A hub that refused to start (the tests of refusals) leaves no database behind.
+    await database?.drop();
+    throw err;
   });
   return {
     hub,
@@ -93,4 +97,14 @@ export async function bootstrapOwner(
     organizationName: "Acme",
   });
   return { token: r.sessionToken, email };
+}
+
+/** The call's error; fails the test when the call succeeds. */
+export async function refusal(call: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await call;
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  throw new Error("expected the call to be refused, but it succeeded");
 }

@@ -37,6 +37,9 @@ import { type CallOptions, ConnectError, createClient } from "@connectrpc/connec
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ApiKind, ApiService, GatewayService } from "../../src/gen/flotilla/v1/apis_pb.js";
 import { ConfigKind, ConfigScope, ConfigService } from "../../src/gen/flotilla/v1/config_pb.js";
+import { DataPlaneService } from "../../src/gen/flotilla/v1/dataplanes_pb.js";
+import { EventsService, WebhooksService } from "../../src/gen/flotilla/v1/events_pb.js";
+import { FleetService } from "../../src/gen/flotilla/v1/fleet_pb.js";
 import {
   IdentityService,
   OrganizationService,
@@ -82,6 +85,11 @@ export interface TenantIds {
   consumerKeyId: string;
   /** A custom domain of the service. */
   domainHostname: string;
+  /** A webhook endpoint of the organization. */
+  webhookEndpointId: string;
+  /** A data plane (not the default one) and one private link on it. */
+  dataPlaneId: string;
+  privateLinkId: string;
 }
 
 export interface RpcCase {
@@ -129,6 +137,12 @@ const G = GatewayService.method;
 const REST_DEFINITION = JSON.stringify({
   contextPath: "/orders",
   upstream: { url: "http://127.0.0.1:9" },
+});
+const D = DataPlaneService.method;
+/** An Azure link whose identity is new on every call (so an add never collides with the seeded one). */
+const azureLink = () => ({
+  service_name: `svc-${unique()}.azure.privatelinkservice`,
+  location: "eastus",
 });
 const SPEC = {
   driver: Driver.EXEC,
@@ -459,6 +473,84 @@ export const RPC_CASES: Record<string, RpcCase> = {
     objectScoped: true,
     request: (ids) => ({ serviceId: ids.serviceId, hostname: ids.domainHostname }),
   }),
+  "flotilla.v1.FleetService/GetFleetStatus": rpc(FleetService.method.getFleetStatus, {
+    objectScoped: false,
+    request: () => ({ kinds: ["agent"] }),
+  }),
+  "flotilla.v1.EventsService/ListQuarantinedEvents": rpc(
+    EventsService.method.listQuarantinedEvents,
+    {
+      objectScoped: false,
+      request: () => ({}),
+    },
+  ),
+  "flotilla.v1.EventsService/ReplayQuarantinedEvent": rpc(
+    EventsService.method.replayQuarantinedEvent,
+    {
+      objectScoped: true,
+      // No API call quarantines an event (only a failing NATS consumer does), so the seeded tenant
+      // has none: the owner gets not-found too. test/integration/events-nats.test.ts replays a
+      // real one and checks another tenant's replay is not-found.
+      acceptedError: "resource.not_found",
+      request: () => ({ id: randomUUID() }),
+    },
+  ),
+  "flotilla.v1.WebhooksService/CreateWebhookEndpoint": rpc(
+    WebhooksService.method.createWebhookEndpoint,
+    {
+      objectScoped: false,
+      request: () => ({ url: `https://hooks.example.com/${unique()}` }),
+    },
+  ),
+  "flotilla.v1.WebhooksService/ListWebhookEndpoints": rpc(
+    WebhooksService.method.listWebhookEndpoints,
+    {
+      objectScoped: false,
+      request: () => ({}),
+    },
+  ),
+  "flotilla.v1.WebhooksService/DeleteWebhookEndpoint": rpc(
+    WebhooksService.method.deleteWebhookEndpoint,
+    {
+      objectScoped: true,
+      request: (ids) => ({ id: ids.webhookEndpointId }),
+    },
+  ),
+  "flotilla.v1.WebhooksService/ListWebhookDeliveries": rpc(
+    WebhooksService.method.listWebhookDeliveries,
+    {
+      objectScoped: true,
+      request: (ids) => ({ endpointId: ids.webhookEndpointId }),
+    },
+  ),
+  "flotilla.v1.DataPlaneService/ListDataPlanes": rpc(D.listDataPlanes, {
+    objectScoped: false,
+    request: () => ({}),
+  }),
+  "flotilla.v1.DataPlaneService/GetDataPlane": rpc(D.getDataPlane, {
+    objectScoped: true,
+    request: (ids) => ({ dataPlane: ids.dataPlaneId }),
+  }),
+  "flotilla.v1.DataPlaneService/CreateDataPlane": rpc(D.createDataPlane, {
+    objectScoped: false,
+    request: () => ({ name: `plane-${unique()}` }),
+  }),
+  "flotilla.v1.DataPlaneService/ListPrivateLinks": rpc(D.listPrivateLinks, {
+    objectScoped: true,
+    request: (ids) => ({ dataPlane: ids.dataPlaneId }),
+  }),
+  "flotilla.v1.DataPlaneService/AddPrivateLink": rpc(D.addPrivateLink, {
+    objectScoped: true,
+    request: (ids) => ({ dataPlane: ids.dataPlaneId, provider: "azure", config: azureLink() }),
+  }),
+  "flotilla.v1.DataPlaneService/UpdatePrivateLink": rpc(D.updatePrivateLink, {
+    objectScoped: true,
+    request: (ids) => ({ dataPlane: ids.dataPlaneId, id: ids.privateLinkId, config: azureLink() }),
+  }),
+  "flotilla.v1.DataPlaneService/RemovePrivateLink": rpc(D.removePrivateLink, {
+    objectScoped: true,
+    request: (ids) => ({ dataPlane: ids.dataPlaneId, id: ids.privateLinkId }),
+  }),
 };
 
 /** Every RPC the hub serves, keyed like RPC_RULES and RPC_CASES. */
@@ -567,8 +659,23 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
   await apisApi.deployApi({ api: restApi.api!.id, gateway: gateway.gateway!.id }, { headers });
   const domainHostname = `seeded-${unique()}.example.com`;
   await gatewaysApi.addServiceDomain({ serviceId, hostname: domainHostname }, { headers });
+  const dataPlanes = createClient(DataPlaneService, transport);
+  const plane = await dataPlanes.createDataPlane({ name: `seeded-${unique()}` }, { headers });
+  const link = await dataPlanes.addPrivateLink(
+    { dataPlane: plane.dataPlane!.id, provider: "azure", config: azureLink() },
+    { headers },
+  );
   const audit = await orgs.listAuditEvents({ limit: 1 }, { headers });
+  // One endpoint per organization, reused: the authorization suite seeds one tenant per
+  // object-scoped RPC in the same organization, more times than its 50-endpoint limit allows.
+  const webhooks = createClient(WebhooksService, transport);
+  const existing = (await webhooks.listWebhookEndpoints({}, { headers })).endpoints[0];
+  const webhookEndpointId =
+    existing?.id ??
+    (await webhooks.createWebhookEndpoint({ url: "https://hooks.example.com/seeded" }, { headers }))
+      .endpoint!.id;
   return {
+    webhookEndpointId,
     projectId: project.project!.id,
     environmentId,
     serviceId,
@@ -588,6 +695,8 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
     proxyApiId: proxy.api!.id,
     consumerKeyId: consumerKey.consumerKey!.id,
     domainHostname,
+    dataPlaneId: plane.dataPlane!.id,
+    privateLinkId: link.privateLink!.id,
   };
 }
 
@@ -614,6 +723,9 @@ export function absentIds(): TenantIds {
     proxyApiId: uuid(),
     consumerKeyId: uuid(),
     domainHostname: `absent-${unique()}.example.com`,
+    webhookEndpointId: uuid(),
+    dataPlaneId: uuid(),
+    privateLinkId: uuid(),
   };
 }
 

@@ -6,6 +6,12 @@ import {
   GatewayService as GatewayRpc,
 } from "../../gen/flotilla/v1/apis_pb.js";
 import { ConfigService as ConfigRpc } from "../../gen/flotilla/v1/config_pb.js";
+import { DataPlaneService as DataPlaneRpc } from "../../gen/flotilla/v1/dataplanes_pb.js";
+import {
+  EventsService as EventsRpc,
+  WebhooksService as WebhooksRpc,
+} from "../../gen/flotilla/v1/events_pb.js";
+import { FleetService as FleetRpc } from "../../gen/flotilla/v1/fleet_pb.js";
 import {
   IdentityService as IdentityRpc,
   OrganizationService as OrganizationRpc,
@@ -53,6 +59,10 @@ export const SERVICES: DescService[] = [
   ServerRpc,
   ApiRpc,
   GatewayRpc,
+  FleetRpc,
+  EventsRpc,
+  WebhooksRpc,
+  DataPlaneRpc,
 ];
 
 /** Keyed by "package.Service/Method". A method missing here is refused (and fails a test). */
@@ -132,6 +142,20 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.GatewayService/AddServiceDomain": can("services.write"),
   "flotilla.v1.GatewayService/ListServiceDomains": can("projects.read"),
   "flotilla.v1.GatewayService/RemoveServiceDomain": can("services.write"),
+  "flotilla.v1.FleetService/GetFleetStatus": can("servers.read"),
+  "flotilla.v1.EventsService/ListQuarantinedEvents": can("events.read"),
+  "flotilla.v1.EventsService/ReplayQuarantinedEvent": can("events.replay"),
+  "flotilla.v1.WebhooksService/CreateWebhookEndpoint": can("webhooks.manage"),
+  "flotilla.v1.WebhooksService/ListWebhookEndpoints": can("webhooks.read"),
+  "flotilla.v1.WebhooksService/DeleteWebhookEndpoint": can("webhooks.manage"),
+  "flotilla.v1.WebhooksService/ListWebhookDeliveries": can("webhooks.read"),
+  "flotilla.v1.DataPlaneService/ListDataPlanes": can("dataplanes.read"),
+  "flotilla.v1.DataPlaneService/GetDataPlane": can("dataplanes.read"),
+  "flotilla.v1.DataPlaneService/CreateDataPlane": can("dataplanes.manage"),
+  "flotilla.v1.DataPlaneService/ListPrivateLinks": can("dataplanes.read"),
+  "flotilla.v1.DataPlaneService/AddPrivateLink": can("ModifyDataPlanePrivateNetworking"),
+  "flotilla.v1.DataPlaneService/UpdatePrivateLink": can("ModifyDataPlanePrivateNetworking"),
+  "flotilla.v1.DataPlaneService/RemovePrivateLink": can("ModifyDataPlanePrivateNetworking"),
 };
 
 /** Set by the HTTP layer: the context read from the request headers, and the peer address. */

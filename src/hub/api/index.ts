@@ -14,6 +14,9 @@ export {
 export { configRoutes } from "./config-routes.js";
 export { toConnectError } from "./connect-errors.js";
 export { type ConnectOnFastifyOptions, connectOnFastify } from "./connect-fastify.js";
+export { type DataPlanesRouteOptions, dataPlanesRoutes } from "./dataplanes-routes.js";
+export { eventsRoutes } from "./events-routes.js";
+export { fleetRoutes } from "./fleet-routes.js";
 export { GatewaySync, type GatewaySyncOptions } from "./gateway-sync-routes.js";
 export { type IdentityRouteOptions, identityRoutes } from "./identity-routes.js";
 export { projectRoutes } from "./projects-routes.js";

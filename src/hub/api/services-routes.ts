@@ -10,6 +10,7 @@ import {
 } from "../../gen/flotilla/v1/services_pb.js";
 import { checkId, invalid } from "../../shared/index.js";
 import type { Queryable } from "../../store/index.js";
+import type { WaitOptions } from "../control/index.js";
 import { type EventBus, eventsAfter, latestEvents, type StoredEvent } from "../outbox/index.js";
 import type { Dispatch } from "../servers/index.js";
 import type {
@@ -152,7 +153,21 @@ export interface ServicesRouteOptions {
   db: Queryable;
   /** Aborted when the hub shuts down, so open watch streams end instead of holding shutdown. */
   shutdown: AbortSignal;
+  /**
+   * Runs a write that records an intent, routes the dispatch it wrote, and (wait_seconds > 0)
+   * waits for its outcome. Without it, requests never wait.
+   */
+  operations?: {
+    around<T>(
+      o: WaitOptions,
+      write: () => Promise<T>,
+    ): Promise<{ value: T; dispatch: Dispatch | null }>;
+    check(waitSeconds: number): number;
+  };
 }
+
+const outcome = (d: Dispatch | null) =>
+  d ? { id: d.id, state: d.state, error: d.error ?? "" } : undefined;
 
 // A watcher that falls this far behind is cut off; it resumes with since_id.
 const MAX_QUEUED_EVENTS = 10_000;
@@ -161,6 +176,39 @@ const SEEN_WINDOW = 2_000;
 
 export function servicesRoutes(router: ConnectRouter, o: ServicesRouteOptions): void {
   const { services } = o;
+  /**
+   * The write, and the wait for its dispatch when asked: the service is resolved first (its events
+   * are the progress), and a bad wait_seconds is refused before anything is written.
+   */
+  async function operate<T>(
+    ctx: HandlerContext,
+    serviceIdText: string,
+    waitSeconds: number,
+    write: () => Promise<T>,
+  ): Promise<{ value: T; dispatch: Dispatch | null }> {
+    if (!o.operations) {
+      if (waitSeconds) throw invalid("wait_seconds", "this hub cannot wait for operations");
+      return { value: await write(), dispatch: null };
+    }
+    if (!o.operations.check(waitSeconds))
+      return o.operations.around(
+        { organizationId: "", serviceId: "", waitSeconds: 0, signal: ctx.signal },
+        write,
+      );
+    const c = caller(ctx);
+    const target = await services.getService(c, serviceIdText);
+    return o.operations.around(
+      {
+        organizationId: c.organizationId,
+        serviceId: target.id,
+        waitSeconds,
+        signal: AbortSignal.any([ctx.signal, o.shutdown]),
+      },
+      write,
+    );
+  }
+  const refreshed = async (ctx: HandlerContext, s: Service, waited: boolean) =>
+    waited ? services.getService(caller(ctx), s.id) : s;
   router.service(ServicesRpc, {
     async createService(req, ctx) {
       const r = await services.createService(caller(ctx), {
@@ -202,29 +250,55 @@ export function servicesRoutes(router: ConnectRouter, o: ServicesRouteOptions): 
       return { service: service(s) };
     },
     async deleteService(req, ctx) {
-      await services.deleteService(caller(ctx), req.serviceId);
-      return {};
+      const r = await operate(ctx, req.serviceId, req.waitSeconds, () =>
+        services.deleteService(caller(ctx), req.serviceId),
+      );
+      return { dispatch: outcome(r.dispatch) };
     },
     async startService(req, ctx) {
-      return { service: service(await services.lifecycle(caller(ctx), req.serviceId, "start")) };
+      const r = await operate(ctx, req.serviceId, req.waitSeconds, () =>
+        services.lifecycle(caller(ctx), req.serviceId, "start"),
+      );
+      return {
+        service: service(await refreshed(ctx, r.value, !!r.dispatch)),
+        dispatch: outcome(r.dispatch),
+      };
     },
     async stopService(req, ctx) {
-      return { service: service(await services.lifecycle(caller(ctx), req.serviceId, "stop")) };
+      const r = await operate(ctx, req.serviceId, req.waitSeconds, () =>
+        services.lifecycle(caller(ctx), req.serviceId, "stop"),
+      );
+      return {
+        service: service(await refreshed(ctx, r.value, !!r.dispatch)),
+        dispatch: outcome(r.dispatch),
+      };
     },
     async restartService(req, ctx) {
-      return { service: service(await services.lifecycle(caller(ctx), req.serviceId, "restart")) };
+      const r = await operate(ctx, req.serviceId, req.waitSeconds, () =>
+        services.lifecycle(caller(ctx), req.serviceId, "restart"),
+      );
+      return {
+        service: service(await refreshed(ctx, r.value, !!r.dispatch)),
+        dispatch: outcome(r.dispatch),
+      };
     },
     async deploy(req, ctx) {
-      return { deployment: deployment(await services.deploy(caller(ctx), req.serviceId)) };
+      const r = await operate(ctx, req.serviceId, req.waitSeconds, () =>
+        services.deploy(caller(ctx), req.serviceId),
+      );
+      const d = r.dispatch ? await services.getDeployment(caller(ctx), r.value.id) : r.value;
+      return { deployment: deployment(d), dispatch: outcome(r.dispatch) };
     },
     async runJob(req, ctx) {
       const c = caller(ctx);
-      const id = await services.runJob(c, req.serviceId, {
-        command: req.command,
-        args: req.args,
-        timeoutSeconds: req.timeoutSeconds,
-      });
-      return { job: job(await o.jobs.get(c, id)) };
+      const r = await operate(ctx, req.serviceId, req.waitSeconds, () =>
+        services.runJob(c, req.serviceId, {
+          command: req.command,
+          args: req.args,
+          timeoutSeconds: req.timeoutSeconds,
+        }),
+      );
+      return { job: job(await o.jobs.get(c, r.value)) };
     },
     async getJob(req, ctx) {
       return { job: job(await o.jobs.get(caller(ctx), req.jobId)) };
@@ -251,8 +325,11 @@ export function servicesRoutes(router: ConnectRouter, o: ServicesRouteOptions): 
       };
     },
     async rollback(req, ctx) {
-      const d = await services.rollback(caller(ctx), req.serviceId, req.deploymentId);
-      return { deployment: deployment(d) };
+      const r = await operate(ctx, req.serviceId, req.waitSeconds, () =>
+        services.rollback(caller(ctx), req.serviceId, req.deploymentId),
+      );
+      const d = r.dispatch ? await services.getDeployment(caller(ctx), r.value.id) : r.value;
+      return { deployment: deployment(d), dispatch: outcome(r.dispatch) };
     },
     async listEvents(req, ctx) {
       const c = caller(ctx);

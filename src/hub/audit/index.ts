@@ -47,6 +47,45 @@ export async function recordAudit(tx: Queryable, entry: AuditRecord): Promise<vo
   );
 }
 
+/** What the audit projection needs of a domain event (the outbox's StoredEvent has it). */
+export interface ProjectedEvent {
+  id: string;
+  organizationId: string;
+  type: string;
+  subjectId: string;
+  payload: Record<string, unknown>;
+  correlationId: string;
+  traceparent: string;
+  occurredAt: Date;
+}
+
+/**
+ * The audit projection (a NATS consumer): every domain event, including what controllers and
+ * agents observed, becomes an audit row with the system actor, the event type as action and the
+ * event's own correlation and trace, so one correlation id shows a request and its effects. The
+ * row's id is the event id: a redelivery inserts nothing.
+ */
+export async function projectEventIntoAudit(tx: Queryable, e: ProjectedEvent): Promise<boolean> {
+  const { rows } = await tx.query(
+    `INSERT INTO audit_log (id, organization_id, actor_type, actor_id, action, target_type, target_id,
+                            correlation_id, traceparent, request_id, details, created_at)
+     VALUES ($1, $2, 'system', 'events', $3, $4, $5, $6, $7, NULL, $8, $9)
+     ON CONFLICT (id) DO NOTHING RETURNING id`,
+    [
+      e.id,
+      e.organizationId,
+      e.type,
+      e.type.split(".")[0],
+      e.subjectId,
+      e.correlationId,
+      e.traceparent,
+      JSON.stringify({ source: "event", event_id: e.id, payload: e.payload }),
+      e.occurredAt,
+    ],
+  );
+  return rows.length > 0;
+}
+
 interface AuditRow {
   id: string;
   actor_type: string;

@@ -77,6 +77,8 @@ export interface ControlChannelOptions {
   };
   /** An agent that has not proven its secret by then is disconnected. Default 10 s. */
   authTimeoutMs?: number;
+  /** More singleton sweep work, run under the same lock (route() "direct" for unheld agents). */
+  sweepMore?: () => Promise<void>;
 }
 
 interface Session {
@@ -88,7 +90,15 @@ interface Session {
   draining: boolean;
   /** When the agent last spoke: a silent socket (a vanished agent host) is dropped. */
   lastSeen: number;
+  /** Results being recorded: they run side by side (each its own compare-and-set). */
+  recording: Set<Promise<void>>;
 }
+
+/** Results of one agent recorded at once (each takes a pooled connection for one statement). */
+const MAX_RECORDING = 8;
+
+/** Dispatches claimed per round trip by a drain. */
+const DRAIN_BATCH = 100;
 
 /** How long an admin request through the channel may take (a drain waits for work in flight). */
 const ADMIN_TIMEOUT_MS = 5 * 60_000;
@@ -305,16 +315,20 @@ export class ControlChannel {
 
   private async drain(serverId: string): Promise<void> {
     for (;;) {
-      const pending = await this.o.dispatches.pendingFor(serverId);
-      for (const d of pending) {
-        const session = this.sessions.get(serverId);
-        if (!session || session.draining) return;
-        const claimed = await this.o.dispatches.claim(d.id, this.o.hubId, deadlineSeconds(d));
-        if (!claimed) continue; // another drain won it: it is theirs to deliver
-        this.o.observe?.claimed(claimed.op);
-        await this.deliver(session, claimed);
+      const session = this.sessions.get(serverId);
+      if (!session || session.draining) return;
+      // One compare-and-set claims the batch; another drain's rows are skipped, not shared.
+      const batch = await this.o.dispatches.claimBatch(serverId, this.o.hubId, DRAIN_BATCH);
+      for (const [i, d] of batch.entries()) {
+        if (this.sessions.get(serverId) !== session || session.draining) {
+          // The agent went away or started draining: the rest wait, pending, as before the claim.
+          for (const rest of batch.slice(i)) await this.o.dispatches.release(rest.id);
+          return;
+        }
+        this.o.observe?.claimed(d.op);
+        await this.deliver(session, d);
       }
-      if (pending.length < 100) return;
+      if (batch.length < DRAIN_BATCH) return;
     }
   }
 
@@ -463,6 +477,7 @@ export class ControlChannel {
       cores: hello.cores,
       memory_bytes: hello.memory_bytes,
       disk_free_bytes: hello.disk_free_bytes,
+      ...(hello.admin_url !== undefined ? { admin_url: hello.admin_url } : {}),
     });
     const previous = this.sessions.get(serverId);
     const session: Session = {
@@ -472,6 +487,7 @@ export class ControlChannel {
       socket,
       draining: false,
       lastSeen: Date.now(),
+      recording: new Set(),
     };
     this.sessions.set(serverId, session);
     // Newest connection wins; the old socket's close finds the row no longer names it.
@@ -496,6 +512,47 @@ export class ControlChannel {
     return session;
   }
 
+  /** The agent's outcome for a dispatch, as one addressed compare-and-set. */
+  private async recordResult(
+    serverId: string,
+    frame: Extract<AgentFrame, { type: "result" }>,
+  ): Promise<void> {
+    // One compare-and-set, addressed: only a dispatch in progress for this server moves.
+    const outcome = {
+      ok: frame.ok,
+      ...(frame.result !== undefined ? { result: frame.result } : {}),
+      ...(frame.error !== undefined ? { error: frame.error } : {}),
+    };
+    let d = await this.o.dispatches.finish(frame.id, serverId, outcome).catch(async (err: Error) =>
+      // A result the database refuses must still end the dispatch, with the reason.
+      this.o.dispatches.finish(frame.id, serverId, {
+        ok: false,
+        error: `the agent's result could not be recorded: ${err.message}`,
+      }),
+    );
+    const recorded = d !== null;
+    if (!d) {
+      // A repeated result (already recorded), or one about another server's dispatch.
+      d = (await this.o.dispatches.get(frame.id).catch(() => undefined)) ?? null;
+      if (!d || d.serverId !== serverId)
+        throw new FrameError(
+          "frame.malformed",
+          `dispatch ${frame.id} is not addressed to this server`,
+        );
+    }
+    const row = d;
+    // The executing replica's log lines carry the trace and correlation stored with the intent.
+    runWithContext(
+      {
+        ...contextFromRow({ correlation_id: row.correlationId, traceparent: row.traceparent }),
+        tenant: row.organizationId,
+      },
+      () => this.o.logger.info({ dispatch: row.id, ok: frame.ok, recorded }, "dispatch result"),
+    );
+    if (recorded)
+      this.o.observe?.finished(row.op, frame.ok, (Date.now() - row.createdAt.getTime()) / 1000);
+  }
+
   private async handle(session: Session, frame: AgentFrame): Promise<void> {
     const { serverId, sessionId } = session;
     session.lastSeen = Date.now();
@@ -513,26 +570,24 @@ export class ControlChannel {
         );
         return;
       case "result": {
-        const d = await this.o.dispatches.get(frame.id).catch(() => undefined);
-        if (!d || d.serverId !== serverId)
-          throw new FrameError(
-            "frame.malformed",
-            `dispatch ${frame.id} is not addressed to this server`,
-          );
-        const recorded = await (frame.ok
-          ? this.o.dispatches.complete(d.id, frame.result ?? null)
-          : this.o.dispatches.fail(
-              d.id,
-              frame.error ?? "the agent reported a failure",
-              frame.result,
-            )
-        ).catch(async (err: Error) =>
-          // A result the database refuses must still end the dispatch, with the reason.
-          this.o.dispatches.fail(d.id, `the agent's result could not be recorded: ${err.message}`),
-        );
-        this.o.logger.info({ dispatch: d.id, ok: frame.ok, recorded }, "dispatch result");
-        if (recorded)
-          this.o.observe?.finished(d.op, frame.ok, (Date.now() - d.createdAt.getTime()) / 1000);
+        // Results are independent of each other: recorded side by side (up to
+        // MAX_RECORDING per agent), not one round trip after another. Frames before a result
+        // (its service's status reports) were handled before it started, so the row still
+        // says done only after what the agent reported on the way.
+        while (session.recording.size >= MAX_RECORDING) await Promise.race(session.recording);
+        const recording: Promise<void> = this.recordResult(serverId, frame)
+          .catch((err) => {
+            this.o.logger.warn({ err, server: serverId }, "agent frame refused");
+            this.send(session.socket, {
+              v: 1,
+              type: "error",
+              code: err instanceof FrameError ? err.code : "internal",
+              message:
+                err instanceof FrameError ? err.message : "the hub could not handle this frame",
+            });
+          })
+          .finally(() => session.recording.delete(recording));
+        session.recording.add(recording);
         return;
       }
       case "defer": {
@@ -643,6 +698,7 @@ export class ControlChannel {
         const { requeued, failed } = await this.o.dispatches.reap(this.o.maxAttempts ?? 5);
         const offline = await this.o.servers.reapStale();
         const pendingTooLong = await this.o.dispatches.countPendingOlderThan(60);
+        await this.o.sweepMore?.();
         return { requeued: requeued.length, failed, offline: offline.length, pendingTooLong };
       });
       if (outcome.ran && outcome.value) {

@@ -48,7 +48,14 @@ const toDataPlane = (r: DataPlaneRow): DataPlane => ({
 });
 
 export class DataPlanesService {
-  constructor(private readonly db: Db) {}
+  /**
+   * provisionerNames: the provisioners this hub is configured with (the `provisioner` a new data
+   * plane may name). Default: only the built-in `local`.
+   */
+  constructor(
+    private readonly db: Db,
+    private readonly provisionerNames: () => string[] = () => ["local"],
+  ) {}
 
   /**
    * The organization's default data plane, created on first use. Idempotent under concurrency:
@@ -95,16 +102,26 @@ export class DataPlanesService {
     return toDataPlane(rows[0]);
   }
 
-  async create(c: Caller, input: { name: string; region?: string }): Promise<DataPlane> {
+  async create(
+    c: Caller,
+    input: { name: string; region?: string; provisioner?: string },
+  ): Promise<DataPlane> {
     const name = checkSlug("name", input.name);
     const region = input.region ? checkName("region", input.region) : null;
+    const provisioner = input.provisioner || "local";
+    if (!this.provisionerNames().includes(provisioner))
+      throw new FlotillaError(
+        "validation.failed",
+        `provisioner: "${provisioner.slice(0, 40)}" is not configured on this hub (configured: ${this.provisionerNames().join(", ")})`,
+        { field: "provisioner" },
+      );
     return this.db.tx(async (tx) => {
       await this.defaultFor(tx, c.organizationId);
       try {
         const { rows } = await tx.query<DataPlaneRow>(
-          `INSERT INTO data_planes (id, organization_id, name, region) VALUES ($1, $2, $3, $4)
-           RETURNING ${COLUMNS}`,
-          [uuidv7(), c.organizationId, name, region],
+          `INSERT INTO data_planes (id, organization_id, name, region, provisioner)
+           VALUES ($1, $2, $3, $4, $5) RETURNING ${COLUMNS}`,
+          [uuidv7(), c.organizationId, name, region, provisioner],
         );
         const plane = toDataPlane(rows[0]!);
         await recordAudit(tx, {
@@ -112,6 +129,7 @@ export class DataPlanesService {
           actor: c.actor,
           action: "data_plane.create",
           target: { type: "data_plane", id: plane.id },
+          details: { provisioner },
         });
         return plane;
       } catch (err) {

@@ -22,6 +22,13 @@ export const CAPABILITIES = {
   "logs.read": "Read services' output (it may hold what an application prints).",
   "jobs.run": "Run one-off commands in a service's context, with its config.",
   "servers.manage": "Enrol servers (join tokens) and remove them.",
+  "events.read": "See events the backbone's consumers quarantined (poison messages).",
+  "events.replay": "Replay a quarantined event through its consumer.",
+  "webhooks.read": "See webhook endpoints and their deliveries.",
+  "webhooks.manage": "Add and remove webhook endpoints (receives the signing secret once).",
+  "dataplanes.read": "See data planes, their private links and what the controller observed.",
+  "dataplanes.manage": "Create data planes.",
+  ModifyDataPlanePrivateNetworking: "Add, change and remove a data plane's private links.",
 } as const;
 export type Capability = keyof typeof CAPABILITIES;
 
@@ -32,6 +39,7 @@ const VIEWER: Capability[] = [
   "projects.read",
   "config.read",
   "servers.read",
+  "dataplanes.read",
 ];
 const DEVELOPER: Capability[] = [
   ...VIEWER,
@@ -41,6 +49,8 @@ const DEVELOPER: Capability[] = [
   "config.write",
   "logs.read",
   "jobs.run",
+  "events.read",
+  "webhooks.read",
 ];
 const ADMIN: Capability[] = [
   ...DEVELOPER,
@@ -48,6 +58,10 @@ const ADMIN: Capability[] = [
   "audit.read",
   "config.reveal",
   "servers.manage",
+  "events.replay",
+  "webhooks.manage",
+  "dataplanes.manage",
+  "ModifyDataPlanePrivateNetworking",
 ];
 const OWNER: Capability[] = [...ADMIN, "org.update", "members.grant_owner"];
 

@@ -4,6 +4,7 @@ export {
   appendEvent,
   type EventFilter,
   eventsAfter,
+  eventsByIds,
   latestEvents,
   type NewEvent,
   type StoredEvent,

@@ -7,8 +7,24 @@ import { EVENT_COLUMNS, OUTBOX_CHANNEL, type StoredEvent, toEvent } from "./even
 export interface RelayOptions {
   /** Events per claim. Default 100. */
   batchSize?: number;
+  /**
+   * Claims drained at once (each its own transaction; SKIP LOCKED keeps them disjoint), so at most
+   * batchSize x concurrency publishes are in flight. Default 1; the nats bus runs 4.
+   */
+  concurrency?: number;
   /** Poll even without a wake-up, in case one was lost. Default 1 s. */
   pollIntervalMs?: number;
+  /** After a failed drain (the bus is down), wait this long, doubling per failure. Default 250 ms. */
+  backoffBaseMs?: number;
+  /** The longest wait between retries while the bus stays down. Default 30 s. */
+  backoffMaxMs?: number;
+  /**
+   * Fault injection for the crash tests: SIGKILL this process after the bus acknowledged a batch
+   * and before the rows are marked published, once this many events have been published.
+   */
+  killAfterPublished?: number;
+  /** Told how many events each claim published and marked, and of each failed drain. */
+  observe?: { published(n: number): void; failed(): void };
 }
 
 export class OutboxRelay {
@@ -17,6 +33,9 @@ export class OutboxRelay {
   private again = false;
   private timer: NodeJS.Timeout | undefined;
   private unlisten: (() => Promise<void>) | undefined;
+  private failures = 0;
+  private backoffUntil = 0;
+  private published = 0;
 
   constructor(
     private readonly db: Db,
@@ -46,13 +65,33 @@ export class OutboxRelay {
   /** Coalesces wake-ups: one drain at a time, and exactly one more if woken during it. */
   wake(): void {
     if (!this.running) return;
+    // While the bus is down, wake-ups wait for the backoff: the outbox absorbs the outage.
+    if (Date.now() < this.backoffUntil) return;
     if (this.draining) {
       this.again = true;
       return;
     }
     this.draining = this.drainAll()
-      .then(() => undefined)
-      .catch((err) => this.logger.warn({ err }, "outbox relay drain failed; will retry"))
+      .then(() => {
+        if (this.failures > 0)
+          this.logger.info({ failures: this.failures }, "outbox relay recovered");
+        this.failures = 0;
+      })
+      .catch((err) => {
+        this.failures += 1;
+        this.options.observe?.failed();
+        const base = this.options.backoffBaseMs ?? 250;
+        const cap = this.options.backoffMaxMs ?? 30_000;
+        // Full jitter over the upper half: replicas that failed together do not retry together.
+        const ceiling = Math.min(cap, base * 2 ** Math.min(this.failures - 1, 20));
+        const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+        this.backoffUntil = Date.now() + delay;
+        setTimeout(() => this.wake(), delay).unref();
+        this.logger.warn(
+          { err, failures: this.failures, retryInMs: delay },
+          "outbox relay drain failed; backing off",
+        );
+      })
       .finally(() => {
         this.draining = null;
         if (this.again) {
@@ -64,12 +103,16 @@ export class OutboxRelay {
 
   /** Publishes everything pending now; resolves when the outbox is empty. */
   async drainAll(): Promise<number> {
-    let total = 0;
-    for (;;) {
-      const n = await this.drainOnce();
-      total += n;
-      if (n < (this.options.batchSize ?? 100)) return total;
-    }
+    const loop = async () => {
+      let total = 0;
+      for (;;) {
+        const n = await this.drainOnce();
+        total += n;
+        if (n < (this.options.batchSize ?? 100)) return total;
+      }
+    };
+    const counts = await Promise.all(Array.from({ length: this.options.concurrency ?? 1 }, loop));
+    return counts.reduce((a, b) => a + b, 0);
   }
 
   private async drainOnce(): Promise<number> {
@@ -84,9 +127,13 @@ export class OutboxRelay {
       if (rows.length === 0) return 0;
       const events: StoredEvent[] = rows.map(toEvent);
       await this.bus.publish(events);
+      this.published += events.length;
+      const killAt = this.options.killAfterPublished;
+      if (killAt !== undefined && this.published >= killAt) process.kill(process.pid, "SIGKILL");
       await tx.query("UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::uuid[])", [
         events.map((e) => e.id),
       ]);
+      this.options.observe?.published(events.length);
       return events.length;
     });
   }

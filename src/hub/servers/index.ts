@@ -1,6 +1,7 @@
 // Public entry of the servers module: enrolment, affinity and liveness, and dispatches.
 export {
   DISPATCH_CHANNEL,
+  DISPATCH_DONE_CHANNEL,
   type Dispatch,
   type DispatchState,
   DispatchStore,

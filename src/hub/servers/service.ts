@@ -6,6 +6,7 @@ import {
   authProof,
   type Caller,
   checkSlug,
+  directKey,
   FlotillaError,
   invalid,
   isUniqueViolation,
@@ -38,6 +39,8 @@ export interface Server {
   cores: number | null;
   memoryBytes: number | null;
   diskFreeBytes: number | null;
+  /** The admin endpoint the agent advertised in its last hello (route() "direct"), if any. */
+  adminUrl: string | null;
   createdAt: Date;
 }
 
@@ -55,11 +58,12 @@ interface ServerRow {
   cores: number | null;
   memory_bytes: string | number | null;
   disk_free_bytes: string | number | null;
+  admin_url: string | null;
   created_at: Date;
 }
 
 const SERVER_COLUMNS = `id, organization_id, name, status, connected_hub_id, session_id, connected_at,
-  last_heartbeat, agent_version, drivers, cores, memory_bytes, disk_free_bytes, created_at`;
+  last_heartbeat, agent_version, drivers, cores, memory_bytes, disk_free_bytes, admin_url, created_at`;
 
 const num = (v: string | number | null) => (v === null ? null : Number(v));
 const toServer = (r: ServerRow): Server => ({
@@ -76,6 +80,7 @@ const toServer = (r: ServerRow): Server => ({
   cores: r.cores,
   memoryBytes: num(r.memory_bytes),
   diskFreeBytes: num(r.disk_free_bytes),
+  adminUrl: r.admin_url,
   createdAt: r.created_at,
 });
 
@@ -214,6 +219,32 @@ export class ServersService {
     return proofMatches(authProof(secret, serverId, nonce), proof) ? toServer(row) : null;
   }
 
+  /**
+   * The key a hub signs direct requests to this server's agent with (derived from its secret,
+   * which never leaves this process); null for an unknown server.
+   */
+  async directKey(serverId: string): Promise<Buffer | null> {
+    const { rows } = await this.db.query<{ secret_sealed: Buffer; secret_key_id: string }>(
+      "SELECT secret_sealed, secret_key_id FROM servers WHERE id = $1",
+      [serverId],
+    );
+    const row = rows[0];
+    if (!row) return null;
+    return directKey(
+      this.sealer.open(row.secret_sealed, row.secret_key_id, secretAad(serverId)),
+      serverId,
+    );
+  }
+
+  /** Affinity and reachability of one server, for route(): no tenant check (internal use). */
+  async routing(serverId: string): Promise<Server | null> {
+    const { rows } = await this.db.query<ServerRow>(
+      `SELECT ${SERVER_COLUMNS} FROM servers WHERE id = $1`,
+      [serverId],
+    );
+    return rows[0] ? toServer(rows[0]) : null;
+  }
+
   /** Newest connection wins: affinity, session, online and heartbeat in one write. */
   async claim(
     serverId: string,
@@ -224,7 +255,7 @@ export class ServersService {
     const { rows } = await this.db.query<ServerRow>(
       `UPDATE servers SET connected_hub_id = $2, session_id = $3, connected_at = now(), status = 'online',
               last_heartbeat = now(), agent_version = $4, drivers = $5, cores = $6, memory_bytes = $7,
-              disk_free_bytes = $8
+              disk_free_bytes = $8, admin_url = $9
        WHERE id = $1 RETURNING ${SERVER_COLUMNS}`,
       [
         serverId,
@@ -235,6 +266,7 @@ export class ServersService {
         facts.cores,
         facts.memory_bytes,
         facts.disk_free_bytes,
+        facts.admin_url ?? null,
       ],
     );
     if (!rows[0]) throw notFound(`server ${serverId}`);
@@ -283,6 +315,38 @@ export class ServersService {
       [c.organizationId],
     );
     return rows.map(toServer);
+  }
+
+  /** An organization's servers, for internal views (the fleet probe); no caller needed. */
+  async listIn(organizationId: string): Promise<Server[]> {
+    const { rows } = await this.db.query<ServerRow>(
+      `SELECT ${SERVER_COLUMNS} FROM servers WHERE organization_id = $1 ORDER BY name`,
+      [organizationId],
+    );
+    return rows.map(toServer);
+  }
+
+  /**
+   * The organization's servers by data plane id; a server with no data plane is listed under
+   * defaultPlaneId (it belongs to the default data plane).
+   */
+  async byDataPlane(
+    c: Caller,
+    defaultPlaneId: string,
+  ): Promise<Map<string, Array<{ id: string; name: string }>>> {
+    const { rows } = await this.db.query<{
+      id: string;
+      name: string;
+      data_plane_id: string | null;
+    }>("SELECT id, name, data_plane_id FROM servers WHERE organization_id = $1 ORDER BY name", [
+      c.organizationId,
+    ]);
+    const out = new Map<string, Array<{ id: string; name: string }>>();
+    for (const r of rows) {
+      const plane = r.data_plane_id ?? defaultPlaneId;
+      out.set(plane, [...(out.get(plane) ?? []), { id: r.id, name: r.name }]);
+    }
+    return out;
   }
 
   /** By id or name, in the caller's organization; anything else is not found. */

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1/services.proto.
  */
 export const file_flotilla_v1_services: GenFile = /*@__PURE__*/
-  fileDesc("ChpmbG90aWxsYS92MS9zZXJ2aWNlcy5wcm90bxILZmxvdGlsbGEudjEiUgoIRXhlY1NwZWMSDwoHY29tbWFuZBgBIAEoCRIMCgRhcmdzGAIgAygJEhkKEXdvcmtpbmdfZGlyZWN0b3J5GAMgASgJEgwKBHBvcnQYBCABKAUiOgoKRG9ja2VyU3BlYxINCgVpbWFnZRgBIAEoCRIPCgdjb21tYW5kGAIgAygJEgwKBHBvcnQYAyABKAUiKQoLSGVhbHRoQ2hlY2sSDAoEdHlwZRgBIAEoCRIMCgRwYXRoGAIgASgJIioKBlZvbHVtZRIMCgRuYW1lGAEgASgJEhIKCm1vdW50X3BhdGgYAiABKAkiigIKC1NlcnZpY2VTcGVjEiMKBmRyaXZlchgBIAEoDjITLmZsb3RpbGxhLnYxLkRyaXZlchIjCgRleGVjGAIgASgLMhUuZmxvdGlsbGEudjEuRXhlY1NwZWMSJwoGZG9ja2VyGAMgASgLMhcuZmxvdGlsbGEudjEuRG9ja2VyU3BlYxIuCgxoZWFsdGhfY2hlY2sYBCABKAsyGC5mbG90aWxsYS52MS5IZWFsdGhDaGVjaxIyCg5yZXN0YXJ0X3BvbGljeRgFIAEoDjIaLmZsb3RpbGxhLnYxLlJlc3RhcnRQb2xpY3kSJAoHdm9sdW1lcxgGIAMoCzITLmZsb3RpbGxhLnYxLlZvbHVtZSKVAwoHU2VydmljZRIKCgJpZBgBIAEoCRISCgpwcm9qZWN0X2lkGAIgASgJEhYKDmVudmlyb25tZW50X2lkGAMgASgJEgwKBHNsdWcYBCABKAkSDAoEbmFtZRgFIAEoCRIMCgRraW5kGAYgASgJEhMKC3RlbXBsYXRlX2lkGAcgASgJEisKCnZpc2liaWxpdHkYCCABKA4yFy5mbG90aWxsYS52MS5WaXNpYmlsaXR5EhEKCXNlcnZlcl9pZBgJIAEoCRImCgRzcGVjGAogASgLMhguZmxvdGlsbGEudjEuU2VydmljZVNwZWMSHQoVZGVzaXJlZF9kZXBsb3ltZW50X2lkGAsgASgJEiwKCG9ic2VydmVkGAwgASgLMhouZmxvdGlsbGEudjEuT2JzZXJ2ZWRTdGF0ZRIuCgpjcmVhdGVkX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAQoNT2JzZXJ2ZWRTdGF0ZRIOCgZzdGF0dXMYASABKAkSDgoGcmVhc29uGAIgASgJEhUKDWRlcGxveW1lbnRfaWQYAyABKAkSEAoIZW5kcG9pbnQYBCABKAkSLwoLb2JzZXJ2ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIukCCgpEZXBsb3ltZW50EgoKAmlkGAEgASgJEhIKCnNlcnZpY2VfaWQYAiABKAkSDgoGbnVtYmVyGAMgASgFEiYKBHNwZWMYBCABKAsyGC5mbG90aWxsYS52MS5TZXJ2aWNlU3BlYxIWCg5jb25maWdfdmVyc2lvbhgFIAEoCRIOCgZyZWFzb24YBiABKAkSHAoUc291cmNlX2RlcGxveW1lbnRfaWQYByABKAkSEgoKY3JlYXRlZF9ieRgIIAEoCRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzdGF0dXMYCiABKAkSFQoNc3RhdHVzX3JlYXNvbhgLIAEoCRIQCghlbmRwb2ludBgMIAEoCRIvCgtvYnNlcnZlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZGVzaXJlZBgOIAEoCCLGAQoUQ3JlYXRlU2VydmljZVJlcXVlc3QSFgoOZW52aXJvbm1lbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRzbHVnGAMgASgJEisKCnZpc2liaWxpdHkYBCABKA4yFy5mbG90aWxsYS52MS5WaXNpYmlsaXR5EhEKCXNlcnZlcl9pZBgFIAEoCRImCgRzcGVjGAYgASgLMhguZmxvdGlsbGEudjEuU2VydmljZVNwZWMSEgoKZGVwbG95X25vdxgHIAEoCCJrChVDcmVhdGVTZXJ2aWNlUmVzcG9uc2USJQoHc2VydmljZRgBIAEoCzIULmZsb3RpbGxhLnYxLlNlcnZpY2USKwoKZGVwbG95bWVudBgCIAEoCzIXLmZsb3RpbGxhLnYxLkRlcGxveW1lbnQiPgoTTGlzdFNlcnZpY2VzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhYKDmVudmlyb25tZW50X2lkGAIgASgJIj4KFExpc3RTZXJ2aWNlc1Jlc3BvbnNlEiYKCHNlcnZpY2VzGAEgAygLMhQuZmxvdGlsbGEudjEuU2VydmljZSInChFHZXRTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJInUKEkdldFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZRIWCg5jb25maWdfY2hhbmdlZBgCIAEoCBIgChhlZmZlY3RpdmVfY29uZmlnX3ZlcnNpb24YAyABKAkioAEKFFVwZGF0ZVNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIrCgp2aXNpYmlsaXR5GAMgASgOMhcuZmxvdGlsbGEudjEuVmlzaWJpbGl0eRIRCglzZXJ2ZXJfaWQYBCABKAkSJgoEc3BlYxgFIAEoCzIYLmZsb3RpbGxhLnYxLlNlcnZpY2VTcGVjIj4KFVVwZGF0ZVNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZSIqChREZWxldGVTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJIhcKFURlbGV0ZVNlcnZpY2VSZXNwb25zZSIpChNTdGFydFNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkiPQoUU3RhcnRTZXJ2aWNlUmVzcG9uc2USJQoHc2VydmljZRgBIAEoCzIULmZsb3RpbGxhLnYxLlNlcnZpY2UiKAoSU3RvcFNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkiPAoTU3RvcFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZSIrChVSZXN0YXJ0U2VydmljZVJlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCSI/ChZSZXN0YXJ0U2VydmljZVJlc3BvbnNlEiUKB3NlcnZpY2UYASABKAsyFC5mbG90aWxsYS52MS5TZXJ2aWNlIiMKDURlcGxveVJlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCSI9Cg5EZXBsb3lSZXNwb25zZRIrCgpkZXBsb3ltZW50GAEgASgLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCJbCg1SdW5Kb2JSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSDwoHY29tbWFuZBgCIAEoCRIMCgRhcmdzGAMgAygJEhcKD3RpbWVvdXRfc2Vjb25kcxgEIAEoBSIvCg5SdW5Kb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5mbG90aWxsYS52MS5Kb2IiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiLwoOR2V0Sm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuZmxvdGlsbGEudjEuSm9iItYBCgNKb2ISCgoCaWQYASABKAkSEgoKc2VydmljZV9pZBgCIAEoCRINCgVzdGF0ZRgDIAEoCRIRCglleGl0X2NvZGUYBCABKAUSDgoGc3Rkb3V0GAUgASgJEg4KBnN0ZGVychgGIAEoCRINCgVlcnJvchgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGChFTdHJlYW1Mb2dzUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEg0KBWxpbmVzGAIgASgFEg4KBmZvbGxvdxgDIAEoCCIjChJTdHJlYW1Mb2dzUmVzcG9uc2USDQoFbGluZXMYASADKAkiOwoWTGlzdERlcGxveW1lbnRzUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEg0KBWxpbWl0GAIgASgFIkcKF0xpc3REZXBsb3ltZW50c1Jlc3BvbnNlEiwKC2RlcGxveW1lbnRzGAEgAygLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCItChRHZXREZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJIkQKFUdldERlcGxveW1lbnRSZXNwb25zZRIrCgpkZXBsb3ltZW50GAEgASgLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCI8Cg9Sb2xsYmFja1JlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJIj8KEFJvbGxiYWNrUmVzcG9uc2USKwoKZGVwbG95bWVudBgBIAEoCzIXLmZsb3RpbGxhLnYxLkRlcGxveW1lbnQiSAoRTGlzdEV2ZW50c1JlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIQCghhZnRlcl9pZBgCIAEoCRINCgVsaW1pdBgDIAEoBSI4ChJMaXN0RXZlbnRzUmVzcG9uc2USIgoGZXZlbnRzGAEgAygLMhIuZmxvdGlsbGEudjEuRXZlbnQiOgoSV2F0Y2hFdmVudHNSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSEAoIc2luY2VfaWQYAiABKAkiOAoTV2F0Y2hFdmVudHNSZXNwb25zZRIhCgVldmVudBgBIAEoCzISLmZsb3RpbGxhLnYxLkV2ZW50IpQBCgVFdmVudBIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEhIKCnN1YmplY3RfaWQYAyABKAkSFAoMcGF5bG9hZF9qc29uGAQgASgJEhYKDmNvcnJlbGF0aW9uX2lkGAUgASgJEi8KC29jY3VycmVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpXCgpWaXNpYmlsaXR5EhoKFlZJU0lCSUxJVFlfVU5TUEVDSUZJRUQQABIWChJWSVNJQklMSVRZX1BSSVZBVEUQARIVChFWSVNJQklMSVRZX1BVQkxJQxACKkQKBkRyaXZlchIWChJEUklWRVJfVU5TUEVDSUZJRUQQABIPCgtEUklWRVJfRVhFQxABEhEKDURSSVZFUl9ET0NLRVIQAiqDAQoNUmVzdGFydFBvbGljeRIeChpSRVNUQVJUX1BPTElDWV9VTlNQRUNJRklFRBAAEhkKFVJFU1RBUlRfUE9MSUNZX0FMV0FZUxABEh0KGVJFU1RBUlRfUE9MSUNZX09OX0ZBSUxVUkUQAhIYChRSRVNUQVJUX1BPTElDWV9ORVZFUhADMvsKCg9TZXJ2aWNlc1NlcnZpY2USVgoNQ3JlYXRlU2VydmljZRIhLmZsb3RpbGxhLnYxLkNyZWF0ZVNlcnZpY2VSZXF1ZXN0GiIuZmxvdGlsbGEudjEuQ3JlYXRlU2VydmljZVJlc3BvbnNlElMKDExpc3RTZXJ2aWNlcxIgLmZsb3RpbGxhLnYxLkxpc3RTZXJ2aWNlc1JlcXVlc3QaIS5mbG90aWxsYS52MS5MaXN0U2VydmljZXNSZXNwb25zZRJNCgpHZXRTZXJ2aWNlEh4uZmxvdGlsbGEudjEuR2V0U2VydmljZVJlcXVlc3QaHy5mbG90aWxsYS52MS5HZXRTZXJ2aWNlUmVzcG9uc2USVgoNVXBkYXRlU2VydmljZRIhLmZsb3RpbGxhLnYxLlVwZGF0ZVNlcnZpY2VSZXF1ZXN0GiIuZmxvdGlsbGEudjEuVXBkYXRlU2VydmljZVJlc3BvbnNlElYKDURlbGV0ZVNlcnZpY2USIS5mbG90aWxsYS52MS5EZWxldGVTZXJ2aWNlUmVxdWVzdBoiLmZsb3RpbGxhLnYxLkRlbGV0ZVNlcnZpY2VSZXNwb25zZRJTCgxTdGFydFNlcnZpY2USIC5mbG90aWxsYS52MS5TdGFydFNlcnZpY2VSZXF1ZXN0GiEuZmxvdGlsbGEudjEuU3RhcnRTZXJ2aWNlUmVzcG9uc2USUAoLU3RvcFNlcnZpY2USHy5mbG90aWxsYS52MS5TdG9wU2VydmljZVJlcXVlc3QaIC5mbG90aWxsYS52MS5TdG9wU2VydmljZVJlc3BvbnNlElkKDlJlc3RhcnRTZXJ2aWNlEiIuZmxvdGlsbGEudjEuUmVzdGFydFNlcnZpY2VSZXF1ZXN0GiMuZmxvdGlsbGEudjEuUmVzdGFydFNlcnZpY2VSZXNwb25zZRJBCgZEZXBsb3kSGi5mbG90aWxsYS52MS5EZXBsb3lSZXF1ZXN0GhsuZmxvdGlsbGEudjEuRGVwbG95UmVzcG9uc2USXAoPTGlzdERlcGxveW1lbnRzEiMuZmxvdGlsbGEudjEuTGlzdERlcGxveW1lbnRzUmVxdWVzdBokLmZsb3RpbGxhLnYxLkxpc3REZXBsb3ltZW50c1Jlc3BvbnNlEk8KClN0cmVhbUxvZ3MSHi5mbG90aWxsYS52MS5TdHJlYW1Mb2dzUmVxdWVzdBofLmZsb3RpbGxhLnYxLlN0cmVhbUxvZ3NSZXNwb25zZTABElYKDUdldERlcGxveW1lbnQSIS5mbG90aWxsYS52MS5HZXREZXBsb3ltZW50UmVxdWVzdBoiLmZsb3RpbGxhLnYxLkdldERlcGxveW1lbnRSZXNwb25zZRJHCghSb2xsYmFjaxIcLmZsb3RpbGxhLnYxLlJvbGxiYWNrUmVxdWVzdBodLmZsb3RpbGxhLnYxLlJvbGxiYWNrUmVzcG9uc2USQQoGUnVuSm9iEhouZmxvdGlsbGEudjEuUnVuSm9iUmVxdWVzdBobLmZsb3RpbGxhLnYxLlJ1bkpvYlJlc3BvbnNlEkEKBkdldEpvYhIaLmZsb3RpbGxhLnYxLkdldEpvYlJlcXVlc3QaGy5mbG90aWxsYS52MS5HZXRKb2JSZXNwb25zZRJNCgpMaXN0RXZlbnRzEh4uZmxvdGlsbGEudjEuTGlzdEV2ZW50c1JlcXVlc3QaHy5mbG90aWxsYS52MS5MaXN0RXZlbnRzUmVzcG9uc2USUgoLV2F0Y2hFdmVudHMSHy5mbG90aWxsYS52MS5XYXRjaEV2ZW50c1JlcXVlc3QaIC5mbG90aWxsYS52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChpmbG90aWxsYS92MS9zZXJ2aWNlcy5wcm90bxILZmxvdGlsbGEudjEiUgoIRXhlY1NwZWMSDwoHY29tbWFuZBgBIAEoCRIMCgRhcmdzGAIgAygJEhkKEXdvcmtpbmdfZGlyZWN0b3J5GAMgASgJEgwKBHBvcnQYBCABKAUiOgoKRG9ja2VyU3BlYxINCgVpbWFnZRgBIAEoCRIPCgdjb21tYW5kGAIgAygJEgwKBHBvcnQYAyABKAUiKQoLSGVhbHRoQ2hlY2sSDAoEdHlwZRgBIAEoCRIMCgRwYXRoGAIgASgJIioKBlZvbHVtZRIMCgRuYW1lGAEgASgJEhIKCm1vdW50X3BhdGgYAiABKAkiigIKC1NlcnZpY2VTcGVjEiMKBmRyaXZlchgBIAEoDjITLmZsb3RpbGxhLnYxLkRyaXZlchIjCgRleGVjGAIgASgLMhUuZmxvdGlsbGEudjEuRXhlY1NwZWMSJwoGZG9ja2VyGAMgASgLMhcuZmxvdGlsbGEudjEuRG9ja2VyU3BlYxIuCgxoZWFsdGhfY2hlY2sYBCABKAsyGC5mbG90aWxsYS52MS5IZWFsdGhDaGVjaxIyCg5yZXN0YXJ0X3BvbGljeRgFIAEoDjIaLmZsb3RpbGxhLnYxLlJlc3RhcnRQb2xpY3kSJAoHdm9sdW1lcxgGIAMoCzITLmZsb3RpbGxhLnYxLlZvbHVtZSKVAwoHU2VydmljZRIKCgJpZBgBIAEoCRISCgpwcm9qZWN0X2lkGAIgASgJEhYKDmVudmlyb25tZW50X2lkGAMgASgJEgwKBHNsdWcYBCABKAkSDAoEbmFtZRgFIAEoCRIMCgRraW5kGAYgASgJEhMKC3RlbXBsYXRlX2lkGAcgASgJEisKCnZpc2liaWxpdHkYCCABKA4yFy5mbG90aWxsYS52MS5WaXNpYmlsaXR5EhEKCXNlcnZlcl9pZBgJIAEoCRImCgRzcGVjGAogASgLMhguZmxvdGlsbGEudjEuU2VydmljZVNwZWMSHQoVZGVzaXJlZF9kZXBsb3ltZW50X2lkGAsgASgJEiwKCG9ic2VydmVkGAwgASgLMhouZmxvdGlsbGEudjEuT2JzZXJ2ZWRTdGF0ZRIuCgpjcmVhdGVkX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKJAQoNT2JzZXJ2ZWRTdGF0ZRIOCgZzdGF0dXMYASABKAkSDgoGcmVhc29uGAIgASgJEhUKDWRlcGxveW1lbnRfaWQYAyABKAkSEAoIZW5kcG9pbnQYBCABKAkSLwoLb2JzZXJ2ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIukCCgpEZXBsb3ltZW50EgoKAmlkGAEgASgJEhIKCnNlcnZpY2VfaWQYAiABKAkSDgoGbnVtYmVyGAMgASgFEiYKBHNwZWMYBCABKAsyGC5mbG90aWxsYS52MS5TZXJ2aWNlU3BlYxIWCg5jb25maWdfdmVyc2lvbhgFIAEoCRIOCgZyZWFzb24YBiABKAkSHAoUc291cmNlX2RlcGxveW1lbnRfaWQYByABKAkSEgoKY3JlYXRlZF9ieRgIIAEoCRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzdGF0dXMYCiABKAkSFQoNc3RhdHVzX3JlYXNvbhgLIAEoCRIQCghlbmRwb2ludBgMIAEoCRIvCgtvYnNlcnZlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZGVzaXJlZBgOIAEoCCLGAQoUQ3JlYXRlU2VydmljZVJlcXVlc3QSFgoOZW52aXJvbm1lbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRzbHVnGAMgASgJEisKCnZpc2liaWxpdHkYBCABKA4yFy5mbG90aWxsYS52MS5WaXNpYmlsaXR5EhEKCXNlcnZlcl9pZBgFIAEoCRImCgRzcGVjGAYgASgLMhguZmxvdGlsbGEudjEuU2VydmljZVNwZWMSEgoKZGVwbG95X25vdxgHIAEoCCJrChVDcmVhdGVTZXJ2aWNlUmVzcG9uc2USJQoHc2VydmljZRgBIAEoCzIULmZsb3RpbGxhLnYxLlNlcnZpY2USKwoKZGVwbG95bWVudBgCIAEoCzIXLmZsb3RpbGxhLnYxLkRlcGxveW1lbnQiPgoTTGlzdFNlcnZpY2VzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhYKDmVudmlyb25tZW50X2lkGAIgASgJIj4KFExpc3RTZXJ2aWNlc1Jlc3BvbnNlEiYKCHNlcnZpY2VzGAEgAygLMhQuZmxvdGlsbGEudjEuU2VydmljZSInChFHZXRTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJInUKEkdldFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZRIWCg5jb25maWdfY2hhbmdlZBgCIAEoCBIgChhlZmZlY3RpdmVfY29uZmlnX3ZlcnNpb24YAyABKAkioAEKFFVwZGF0ZVNlcnZpY2VSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIrCgp2aXNpYmlsaXR5GAMgASgOMhcuZmxvdGlsbGEudjEuVmlzaWJpbGl0eRIRCglzZXJ2ZXJfaWQYBCABKAkSJgoEc3BlYxgFIAEoCzIYLmZsb3RpbGxhLnYxLlNlcnZpY2VTcGVjIj4KFVVwZGF0ZVNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZSJAChREZWxldGVTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEhQKDHdhaXRfc2Vjb25kcxgCIAEoBSJHChVEZWxldGVTZXJ2aWNlUmVzcG9uc2USLgoIZGlzcGF0Y2gYASABKAsyHC5mbG90aWxsYS52MS5EaXNwYXRjaE91dGNvbWUiPwoTU3RhcnRTZXJ2aWNlUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEhQKDHdhaXRfc2Vjb25kcxgCIAEoBSJtChRTdGFydFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZRIuCghkaXNwYXRjaBgCIAEoCzIcLmZsb3RpbGxhLnYxLkRpc3BhdGNoT3V0Y29tZSI+ChJTdG9wU2VydmljZVJlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIUCgx3YWl0X3NlY29uZHMYAiABKAUibAoTU3RvcFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZRIuCghkaXNwYXRjaBgCIAEoCzIcLmZsb3RpbGxhLnYxLkRpc3BhdGNoT3V0Y29tZSJBChVSZXN0YXJ0U2VydmljZVJlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIUCgx3YWl0X3NlY29uZHMYAiABKAUibwoWUmVzdGFydFNlcnZpY2VSZXNwb25zZRIlCgdzZXJ2aWNlGAEgASgLMhQuZmxvdGlsbGEudjEuU2VydmljZRIuCghkaXNwYXRjaBgCIAEoCzIcLmZsb3RpbGxhLnYxLkRpc3BhdGNoT3V0Y29tZSI5Cg1EZXBsb3lSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSFAoMd2FpdF9zZWNvbmRzGAIgASgFIm0KDkRlcGxveVJlc3BvbnNlEisKCmRlcGxveW1lbnQYASABKAsyFy5mbG90aWxsYS52MS5EZXBsb3ltZW50Ei4KCGRpc3BhdGNoGAIgASgLMhwuZmxvdGlsbGEudjEuRGlzcGF0Y2hPdXRjb21lInEKDVJ1bkpvYlJlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIPCgdjb21tYW5kGAIgASgJEgwKBGFyZ3MYAyADKAkSFwoPdGltZW91dF9zZWNvbmRzGAQgASgFEhQKDHdhaXRfc2Vjb25kcxgFIAEoBSIvCg5SdW5Kb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5mbG90aWxsYS52MS5Kb2IiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiLwoOR2V0Sm9iUmVzcG9uc2USHQoDam9iGAEgASgLMhAuZmxvdGlsbGEudjEuSm9iItYBCgNKb2ISCgoCaWQYASABKAkSEgoKc2VydmljZV9pZBgCIAEoCRINCgVzdGF0ZRgDIAEoCRIRCglleGl0X2NvZGUYBCABKAUSDgoGc3Rkb3V0GAUgASgJEg4KBnN0ZGVychgGIAEoCRINCgVlcnJvchgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGChFTdHJlYW1Mb2dzUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEg0KBWxpbmVzGAIgASgFEg4KBmZvbGxvdxgDIAEoCCIjChJTdHJlYW1Mb2dzUmVzcG9uc2USDQoFbGluZXMYASADKAkiOwoWTGlzdERlcGxveW1lbnRzUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEg0KBWxpbWl0GAIgASgFIkcKF0xpc3REZXBsb3ltZW50c1Jlc3BvbnNlEiwKC2RlcGxveW1lbnRzGAEgAygLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCItChRHZXREZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJIkQKFUdldERlcGxveW1lbnRSZXNwb25zZRIrCgpkZXBsb3ltZW50GAEgASgLMhcuZmxvdGlsbGEudjEuRGVwbG95bWVudCJSCg9Sb2xsYmFja1JlcXVlc3QSEgoKc2VydmljZV9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJEhQKDHdhaXRfc2Vjb25kcxgDIAEoBSJvChBSb2xsYmFja1Jlc3BvbnNlEisKCmRlcGxveW1lbnQYASABKAsyFy5mbG90aWxsYS52MS5EZXBsb3ltZW50Ei4KCGRpc3BhdGNoGAIgASgLMhwuZmxvdGlsbGEudjEuRGlzcGF0Y2hPdXRjb21lIkgKEUxpc3RFdmVudHNSZXF1ZXN0EhIKCnNlcnZpY2VfaWQYASABKAkSEAoIYWZ0ZXJfaWQYAiABKAkSDQoFbGltaXQYAyABKAUiOAoSTGlzdEV2ZW50c1Jlc3BvbnNlEiIKBmV2ZW50cxgBIAMoCzISLmZsb3RpbGxhLnYxLkV2ZW50IjoKEldhdGNoRXZlbnRzUmVxdWVzdBISCgpzZXJ2aWNlX2lkGAEgASgJEhAKCHNpbmNlX2lkGAIgASgJIjgKE1dhdGNoRXZlbnRzUmVzcG9uc2USIQoFZXZlbnQYASABKAsyEi5mbG90aWxsYS52MS5FdmVudCKUAQoFRXZlbnQSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRISCgpzdWJqZWN0X2lkGAMgASgJEhQKDHBheWxvYWRfanNvbhgEIAEoCRIWCg5jb3JyZWxhdGlvbl9pZBgFIAEoCRIvCgtvY2N1cnJlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOwoPRGlzcGF0Y2hPdXRjb21lEgoKAmlkGAEgASgJEg0KBXN0YXRlGAIgASgJEg0KBWVycm9yGAMgASgJKlcKClZpc2liaWxpdHkSGgoWVklTSUJJTElUWV9VTlNQRUNJRklFRBAAEhYKElZJU0lCSUxJVFlfUFJJVkFURRABEhUKEVZJU0lCSUxJVFlfUFVCTElDEAIqRAoGRHJpdmVyEhYKEkRSSVZFUl9VTlNQRUNJRklFRBAAEg8KC0RSSVZFUl9FWEVDEAESEQoNRFJJVkVSX0RPQ0tFUhACKoMBCg1SZXN0YXJ0UG9saWN5Eh4KGlJFU1RBUlRfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGQoVUkVTVEFSVF9QT0xJQ1lfQUxXQVlTEAESHQoZUkVTVEFSVF9QT0xJQ1lfT05fRkFJTFVSRRACEhgKFFJFU1RBUlRfUE9MSUNZX05FVkVSEAMy+woKD1NlcnZpY2VzU2VydmljZRJWCg1DcmVhdGVTZXJ2aWNlEiEuZmxvdGlsbGEudjEuQ3JlYXRlU2VydmljZVJlcXVlc3QaIi5mbG90aWxsYS52MS5DcmVhdGVTZXJ2aWNlUmVzcG9uc2USUwoMTGlzdFNlcnZpY2VzEiAuZmxvdGlsbGEudjEuTGlzdFNlcnZpY2VzUmVxdWVzdBohLmZsb3RpbGxhLnYxLkxpc3RTZXJ2aWNlc1Jlc3BvbnNlEk0KCkdldFNlcnZpY2USHi5mbG90aWxsYS52MS5HZXRTZXJ2aWNlUmVxdWVzdBofLmZsb3RpbGxhLnYxLkdldFNlcnZpY2VSZXNwb25zZRJWCg1VcGRhdGVTZXJ2aWNlEiEuZmxvdGlsbGEudjEuVXBkYXRlU2VydmljZVJlcXVlc3QaIi5mbG90aWxsYS52MS5VcGRhdGVTZXJ2aWNlUmVzcG9uc2USVgoNRGVsZXRlU2VydmljZRIhLmZsb3RpbGxhLnYxLkRlbGV0ZVNlcnZpY2VSZXF1ZXN0GiIuZmxvdGlsbGEudjEuRGVsZXRlU2VydmljZVJlc3BvbnNlElMKDFN0YXJ0U2VydmljZRIgLmZsb3RpbGxhLnYxLlN0YXJ0U2VydmljZVJlcXVlc3QaIS5mbG90aWxsYS52MS5TdGFydFNlcnZpY2VSZXNwb25zZRJQCgtTdG9wU2VydmljZRIfLmZsb3RpbGxhLnYxLlN0b3BTZXJ2aWNlUmVxdWVzdBogLmZsb3RpbGxhLnYxLlN0b3BTZXJ2aWNlUmVzcG9uc2USWQoOUmVzdGFydFNlcnZpY2USIi5mbG90aWxsYS52MS5SZXN0YXJ0U2VydmljZVJlcXVlc3QaIy5mbG90aWxsYS52MS5SZXN0YXJ0U2VydmljZVJlc3BvbnNlEkEKBkRlcGxveRIaLmZsb3RpbGxhLnYxLkRlcGxveVJlcXVlc3QaGy5mbG90aWxsYS52MS5EZXBsb3lSZXNwb25zZRJcCg9MaXN0RGVwbG95bWVudHMSIy5mbG90aWxsYS52MS5MaXN0RGVwbG95bWVudHNSZXF1ZXN0GiQuZmxvdGlsbGEudjEuTGlzdERlcGxveW1lbnRzUmVzcG9uc2USTwoKU3RyZWFtTG9ncxIeLmZsb3RpbGxhLnYxLlN0cmVhbUxvZ3NSZXF1ZXN0Gh8uZmxvdGlsbGEudjEuU3RyZWFtTG9nc1Jlc3BvbnNlMAESVgoNR2V0RGVwbG95bWVudBIhLmZsb3RpbGxhLnYxLkdldERlcGxveW1lbnRSZXF1ZXN0GiIuZmxvdGlsbGEudjEuR2V0RGVwbG95bWVudFJlc3BvbnNlEkcKCFJvbGxiYWNrEhwuZmxvdGlsbGEudjEuUm9sbGJhY2tSZXF1ZXN0Gh0uZmxvdGlsbGEudjEuUm9sbGJhY2tSZXNwb25zZRJBCgZSdW5Kb2ISGi5mbG90aWxsYS52MS5SdW5Kb2JSZXF1ZXN0GhsuZmxvdGlsbGEudjEuUnVuSm9iUmVzcG9uc2USQQoGR2V0Sm9iEhouZmxvdGlsbGEudjEuR2V0Sm9iUmVxdWVzdBobLmZsb3RpbGxhLnYxLkdldEpvYlJlc3BvbnNlEk0KCkxpc3RFdmVudHMSHi5mbG90aWxsYS52MS5MaXN0RXZlbnRzUmVxdWVzdBofLmZsb3RpbGxhLnYxLkxpc3RFdmVudHNSZXNwb25zZRJSCgtXYXRjaEV2ZW50cxIfLmZsb3RpbGxhLnYxLldhdGNoRXZlbnRzUmVxdWVzdBogLmZsb3RpbGxhLnYxLldhdGNoRXZlbnRzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message flotilla.v1.ExecSpec
@@ -594,6 +594,16 @@ export type DeleteServiceRequest = Message<"flotilla.v1.DeleteServiceRequest"> &
    * @generated from field: string service_id = 1;
    */
   serviceId: string;
+
+  /**
+   * Wait on the hub until the agent has done it (or failed), whichever hub replica holds the
+   * agent; rolling: each progress event (a status change) restarts the wait. 0 (default): answer
+   * once the intent is recorded. At most 3600. On timeout: error dispatch.timeout, naming the
+   * dispatch; the operation goes on.
+   *
+   * @generated from field: int32 wait_seconds = 2;
+   */
+  waitSeconds: number;
 };
 
 /**
@@ -607,6 +617,12 @@ export const DeleteServiceRequestSchema: GenMessage<DeleteServiceRequest> = /*@_
  * @generated from message flotilla.v1.DeleteServiceResponse
  */
 export type DeleteServiceResponse = Message<"flotilla.v1.DeleteServiceResponse"> & {
+  /**
+   * Set when the request waited (wait_seconds > 0): the dispatch and how it ended.
+   *
+   * @generated from field: flotilla.v1.DispatchOutcome dispatch = 1;
+   */
+  dispatch?: DispatchOutcome | undefined;
 };
 
 /**
@@ -624,6 +640,16 @@ export type StartServiceRequest = Message<"flotilla.v1.StartServiceRequest"> & {
    * @generated from field: string service_id = 1;
    */
   serviceId: string;
+
+  /**
+   * Wait on the hub until the agent has done it (or failed), whichever hub replica holds the
+   * agent; rolling: each progress event (a status change) restarts the wait. 0 (default): answer
+   * once the intent is recorded. At most 3600. On timeout: error dispatch.timeout, naming the
+   * dispatch; the operation goes on.
+   *
+   * @generated from field: int32 wait_seconds = 2;
+   */
+  waitSeconds: number;
 };
 
 /**
@@ -641,6 +667,13 @@ export type StartServiceResponse = Message<"flotilla.v1.StartServiceResponse"> &
    * @generated from field: flotilla.v1.Service service = 1;
    */
   service?: Service | undefined;
+
+  /**
+   * Set when the request waited (wait_seconds > 0): the dispatch and how it ended.
+   *
+   * @generated from field: flotilla.v1.DispatchOutcome dispatch = 2;
+   */
+  dispatch?: DispatchOutcome | undefined;
 };
 
 /**
@@ -658,6 +691,16 @@ export type StopServiceRequest = Message<"flotilla.v1.StopServiceRequest"> & {
    * @generated from field: string service_id = 1;
    */
   serviceId: string;
+
+  /**
+   * Wait on the hub until the agent has done it (or failed), whichever hub replica holds the
+   * agent; rolling: each progress event (a status change) restarts the wait. 0 (default): answer
+   * once the intent is recorded. At most 3600. On timeout: error dispatch.timeout, naming the
+   * dispatch; the operation goes on.
+   *
+   * @generated from field: int32 wait_seconds = 2;
+   */
+  waitSeconds: number;
 };
 
 /**
@@ -675,6 +718,13 @@ export type StopServiceResponse = Message<"flotilla.v1.StopServiceResponse"> & {
    * @generated from field: flotilla.v1.Service service = 1;
    */
   service?: Service | undefined;
+
+  /**
+   * Set when the request waited (wait_seconds > 0): the dispatch and how it ended.
+   *
+   * @generated from field: flotilla.v1.DispatchOutcome dispatch = 2;
+   */
+  dispatch?: DispatchOutcome | undefined;
 };
 
 /**
@@ -692,6 +742,16 @@ export type RestartServiceRequest = Message<"flotilla.v1.RestartServiceRequest">
    * @generated from field: string service_id = 1;
    */
   serviceId: string;
+
+  /**
+   * Wait on the hub until the agent has done it (or failed), whichever hub replica holds the
+   * agent; rolling: each progress event (a status change) restarts the wait. 0 (default): answer
+   * once the intent is recorded. At most 3600. On timeout: error dispatch.timeout, naming the
+   * dispatch; the operation goes on.
+   *
+   * @generated from field: int32 wait_seconds = 2;
+   */
+  waitSeconds: number;
 };
 
 /**
@@ -709,6 +769,13 @@ export type RestartServiceResponse = Message<"flotilla.v1.RestartServiceResponse
    * @generated from field: flotilla.v1.Service service = 1;
    */
   service?: Service | undefined;
+
+  /**
+   * Set when the request waited (wait_seconds > 0): the dispatch and how it ended.
+   *
+   * @generated from field: flotilla.v1.DispatchOutcome dispatch = 2;
+   */
+  dispatch?: DispatchOutcome | undefined;
 };
 
 /**
@@ -726,6 +793,16 @@ export type DeployRequest = Message<"flotilla.v1.DeployRequest"> & {
    * @generated from field: string service_id = 1;
    */
   serviceId: string;
+
+  /**
+   * Wait on the hub until the agent has done it (or failed), whichever hub replica holds the
+   * agent; rolling: each progress event (a status change) restarts the wait. 0 (default): answer
+   * once the intent is recorded. At most 3600. On timeout: error dispatch.timeout, naming the
+   * dispatch; the operation goes on.
+   *
+   * @generated from field: int32 wait_seconds = 2;
+   */
+  waitSeconds: number;
 };
 
 /**
@@ -743,6 +820,13 @@ export type DeployResponse = Message<"flotilla.v1.DeployResponse"> & {
    * @generated from field: flotilla.v1.Deployment deployment = 1;
    */
   deployment?: Deployment | undefined;
+
+  /**
+   * Set when the request waited (wait_seconds > 0): the dispatch and how it ended.
+   *
+   * @generated from field: flotilla.v1.DispatchOutcome dispatch = 2;
+   */
+  dispatch?: DispatchOutcome | undefined;
 };
 
 /**
@@ -777,6 +861,16 @@ export type RunJobRequest = Message<"flotilla.v1.RunJobRequest"> & {
    * @generated from field: int32 timeout_seconds = 4;
    */
   timeoutSeconds: number;
+
+  /**
+   * Wait on the hub until the agent has done it (or failed), whichever hub replica holds the
+   * agent; rolling: each progress event (a status change) restarts the wait. 0 (default): answer
+   * once the intent is recorded. At most 3600. On timeout: error dispatch.timeout, naming the
+   * dispatch; the operation goes on.
+   *
+   * @generated from field: int32 wait_seconds = 5;
+   */
+  waitSeconds: number;
 };
 
 /**
@@ -1036,6 +1130,16 @@ export type RollbackRequest = Message<"flotilla.v1.RollbackRequest"> & {
    * @generated from field: string deployment_id = 2;
    */
   deploymentId: string;
+
+  /**
+   * Wait on the hub until the agent has done it (or failed), whichever hub replica holds the
+   * agent; rolling: each progress event (a status change) restarts the wait. 0 (default): answer
+   * once the intent is recorded. At most 3600. On timeout: error dispatch.timeout, naming the
+   * dispatch; the operation goes on.
+   *
+   * @generated from field: int32 wait_seconds = 3;
+   */
+  waitSeconds: number;
 };
 
 /**
@@ -1053,6 +1157,13 @@ export type RollbackResponse = Message<"flotilla.v1.RollbackResponse"> & {
    * @generated from field: flotilla.v1.Deployment deployment = 1;
    */
   deployment?: Deployment | undefined;
+
+  /**
+   * Set when the request waited (wait_seconds > 0): the dispatch and how it ended.
+   *
+   * @generated from field: flotilla.v1.DispatchOutcome dispatch = 2;
+   */
+  dispatch?: DispatchOutcome | undefined;
 };
 
 /**
@@ -1198,6 +1309,39 @@ export type Event = Message<"flotilla.v1.Event"> & {
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
   messageDesc(file_flotilla_v1_services, 43);
+
+/**
+ * How an operation the request waited for ended.
+ *
+ * @generated from message flotilla.v1.DispatchOutcome
+ */
+export type DispatchOutcome = Message<"flotilla.v1.DispatchOutcome"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * "done" or "failed".
+   *
+   * @generated from field: string state = 2;
+   */
+  state: string;
+
+  /**
+   * The agent's reason when it failed.
+   *
+   * @generated from field: string error = 3;
+   */
+  error: string;
+};
+
+/**
+ * Describes the message flotilla.v1.DispatchOutcome.
+ * Use `create(DispatchOutcomeSchema)` to create a new message.
+ */
+export const DispatchOutcomeSchema: GenMessage<DispatchOutcome> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1_services, 44);
 
 /**
  * @generated from enum flotilla.v1.Visibility

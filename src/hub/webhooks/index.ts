@@ -1,0 +1,11 @@
+// Public entry of the webhooks module: endpoints, signed deliveries with retries, and the signature helpers.
+export type { Sealer, WebhookAudit } from "./ports.js";
+export {
+  DEFAULT_EVENT_TYPES,
+  type DeliveryOptions,
+  matchesEventType,
+  type WebhookDelivery,
+  type WebhookEndpoint,
+  WebhooksService,
+} from "./service.js";
+export { SIGNATURE_HEADER, signWebhook, verifyWebhook } from "./signing.js";
