@@ -219,6 +219,10 @@ export async function copyInstallation(
       );
       report.push({ table, source: total, inserted, target: after[0]!.n });
     }
+    // Every row is in: check the deferred constraints now rather than at commit, because ALTER
+    // TABLE refuses a table with pending deferred checks (services has a deferred foreign key and,
+    // since the gateway's public routes, a trigger of its own).
+    await tx.query("SET CONSTRAINTS ALL IMMEDIATE");
     for (const { name } of triggered)
       await tx.query(`ALTER TABLE ${ident(name)} ENABLE TRIGGER USER`);
     const wrong = report.filter((r) => r.source !== r.target);
