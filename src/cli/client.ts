@@ -4,6 +4,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ConfigService } from "../gen/flotilla/v1/config_pb.js";
+import { DatabasesService } from "../gen/flotilla/v1/databases_pb.js";
 import { IdentityService, OrganizationService } from "../gen/flotilla/v1/identity_pb.js";
 import { ProjectService } from "../gen/flotilla/v1/projects_pb.js";
 import { ServerService } from "../gen/flotilla/v1/servers_pb.js";
@@ -33,6 +34,7 @@ export interface Api {
   services: Client<typeof ServicesService>;
   config: Client<typeof ConfigService>;
   servers: Client<typeof ServerService>;
+  databases: Client<typeof DatabasesService>;
   hub: string;
 }
 
@@ -65,6 +67,7 @@ export function connect(values: Parsed["values"], token?: string): Api {
     services: createClient(ServicesService, transport),
     config: createClient(ConfigService, transport),
     servers: createClient(ServerService, transport),
+    databases: createClient(DatabasesService, transport),
     hub,
   };
 }

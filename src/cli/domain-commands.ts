@@ -36,7 +36,7 @@ const json = <D extends DescMessage>(schema: D, message: MessageShape<D>) =>
   toJson(schema, message);
 
 /** An environment from its id or PROJECT/ENV (slugs or ids). */
-async function resolveEnvironment(api: Api, ref: string | undefined): Promise<Environment> {
+export async function resolveEnvironment(api: Api, ref: string | undefined): Promise<Environment> {
   if (!ref) throw usage("--env is required: PROJECT/ENV (e.g. demo/production) or an id");
   if (UUID.test(ref)) {
     return { id: ref } as Environment;
@@ -57,7 +57,7 @@ async function resolveEnvironment(api: Api, ref: string | undefined): Promise<En
 }
 
 /** A service from its id, PROJECT/ENV/SERVICE, or PROJECT/SERVICE (in production). */
-async function resolveService(api: Api, ref: string | undefined): Promise<Service> {
+export async function resolveService(api: Api, ref: string | undefined): Promise<Service> {
   if (!ref) throw usage("name a service: PROJECT/ENV/SERVICE, PROJECT/SERVICE or an id");
   if (UUID.test(ref)) return (await api.services.getService({ serviceId: ref })).service!;
   const parts = ref.split("/");
@@ -311,6 +311,10 @@ export async function servicesCommand(argv: string[]): Promise<number> {
     slug: { type: "string", description: "create: slug (default: from the name)" },
     name: { type: "string", description: "update: new display name" },
     deploy: { type: "boolean", description: "create: deploy at once, in the same transaction" },
+    "purge-data": {
+      type: "boolean",
+      description: "delete: also remove its volumes (a database's data) and backups on its server",
+    },
   };
   const [own, command] = splitCommand(argv);
   const { values, positionals } = parseOptions(own, specs);
@@ -321,7 +325,7 @@ export async function servicesCommand(argv: string[]): Promise<number> {
         "flotilla services [list] [--project P] [--env P/E]",
         "  | create NAME --env PROJECT/ENV [--port N] [--health tcp|http:/path] [--public] [--deploy] -- COMMAND [ARGS...]",
         "  | create NAME --env PROJECT/ENV --image IMAGE [--port N] [-- COMMAND...]",
-        "  | get SERVICE | update SERVICE [spec options] [-- COMMAND...] | start|stop|restart SERVICE | delete SERVICE",
+        "  | get SERVICE | update SERVICE [spec options] [-- COMMAND...] | start|stop|restart SERVICE | delete SERVICE [--purge-data]",
         "SERVICE is PROJECT/ENV/SERVICE, PROJECT/SERVICE (production) or an id.",
       ].join("\n"),
       specs,
@@ -437,9 +441,13 @@ export async function servicesCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (sub === "delete") {
-    await api.services.deleteService({ serviceId: service.id });
-    if (asJson) printJson({ deleted: service.id });
-    else process.stdout.write(`Service ${service.slug} deleted.\n`);
+    const purgeData = Boolean(values["purge-data"]);
+    await api.services.deleteService({ serviceId: service.id, purgeData });
+    if (asJson) printJson({ deleted: service.id, purgedData: purgeData });
+    else
+      process.stdout.write(
+        `Service ${service.slug} deleted${purgeData ? ", with its data" : "; its volumes stay on its server (--purge-data removes them)"}.\n`,
+      );
     return 0;
   }
   throw usage(

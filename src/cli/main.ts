@@ -12,6 +12,7 @@ const api = () => import("./api-commands.js");
 const domain = () => import("./domain-commands.js");
 const server = () => import("./server-commands.js");
 const agent = () => import("./agent-command.js");
+const db = () => import("./db-commands.js");
 
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   up: {
@@ -79,6 +80,10 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   servers: {
     run: lazy(domain, "serversCommand"),
     summary: "Enrol servers, list them and their dispatches",
+  },
+  db: {
+    run: lazy(db, "dbCommand"),
+    summary: "Managed databases: create, connection info, backups, restore, schedules",
   },
 };
 

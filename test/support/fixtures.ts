@@ -551,6 +551,56 @@ export const FIXTURES: FixtureTable[] = [
       },
     ],
   },
+  {
+    table: "database_backups",
+    orderBy: "id",
+    rows: [
+      {
+        id: fixtureId(0xb01),
+        organization_id: org.a,
+        service_id: service.db,
+        server_id: server.online,
+        dispatch_id: fixtureId(0xd02),
+        origin: "schedule",
+        state: "done",
+        file: `${fixtureId(0xb01)}.dump`,
+        size_bytes: 9007199254740991,
+        sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        error: null,
+        duration_ms: 1234,
+        created_by: "schedule",
+        created_at: T0,
+        finished_at: at(1),
+      },
+      {
+        id: fixtureId(0xb02),
+        organization_id: org.a,
+        service_id: service.db,
+        server_id: server.online,
+        dispatch_id: fixtureId(0xd01),
+        origin: "manual",
+        state: "failed",
+        error: `${UNICODE.rtl} is not running ${UNICODE.emoji}`,
+        created_by: "user:x",
+      },
+    ],
+  },
+  {
+    table: "database_backup_schedules",
+    orderBy: "service_id",
+    rows: [
+      {
+        service_id: service.db,
+        organization_id: org.a,
+        cron: "0 3 * * 1-5",
+        retention: 1000,
+        next_run_at: at(60),
+        last_run_at: null,
+        created_by: "user:x",
+        updated_at: T0,
+      },
+    ],
+  },
 ];
 
 /** The tables the generator fills, in foreign-key order (a copy must insert them in this order). */

@@ -36,6 +36,7 @@ import {
 import { type CallOptions, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ConfigKind, ConfigScope, ConfigService } from "../../src/gen/flotilla/v1/config_pb.js";
+import { DatabasesService } from "../../src/gen/flotilla/v1/databases_pb.js";
 import {
   IdentityService,
   OrganizationService,
@@ -72,6 +73,9 @@ export interface TenantIds {
   serverId: string;
   /** A job of the service (pending: the server has no agent). */
   jobId: string;
+  /** A managed database on the server, and a backup of it (pending: the server has no agent). */
+  databaseId: string;
+  backupId: string;
 }
 
 export interface RpcCase {
@@ -114,6 +118,7 @@ const P = ProjectService.method;
 const S = ServicesService.method;
 const C = ConfigService.method;
 const V = ServerService.method;
+const D = DatabasesService.method;
 const SPEC = {
   driver: Driver.EXEC,
   exec: { command: "node", args: ["server.js"], workingDirectory: "", port: 3000 },
@@ -377,6 +382,45 @@ export const RPC_CASES: Record<string, RpcCase> = {
     objectScoped: true,
     request: (ids) => ({ server: ids.serverId }),
   }),
+  "flotilla.v1.DatabasesService/CreateDatabaseService": rpc(D.createDatabaseService, {
+    objectScoped: true,
+    request: (ids) => ({
+      environmentId: ids.environmentId,
+      name: `db-${unique()}`,
+      templateId: "postgres16",
+      serverId: ids.serverId,
+    }),
+  }),
+  "flotilla.v1.DatabasesService/GetConnectionInfo": rpc(D.getConnectionInfo, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.databaseId }),
+  }),
+  "flotilla.v1.DatabasesService/CreateBackup": rpc(D.createBackup, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.databaseId }),
+  }),
+  "flotilla.v1.DatabasesService/ListBackups": rpc(D.listBackups, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.databaseId }),
+  }),
+  "flotilla.v1.DatabasesService/GetBackup": rpc(D.getBackup, {
+    objectScoped: true,
+    request: (ids) => ({ backupId: ids.backupId }),
+  }),
+  "flotilla.v1.DatabasesService/RestoreBackup": rpc(D.restoreBackup, {
+    objectScoped: true,
+    // The seeded backup never finishes (no agent): authorized, found, and refused as unfinished.
+    acceptedError: "resource.conflict",
+    request: (ids) => ({ serviceId: ids.databaseId, backupId: ids.backupId, confirm: true }),
+  }),
+  "flotilla.v1.DatabasesService/SetBackupSchedule": rpc(D.setBackupSchedule, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.databaseId, cron: "0 3 * * *", retention: 3 }),
+  }),
+  "flotilla.v1.DatabasesService/GetBackupSchedule": rpc(D.getBackupSchedule, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.databaseId }),
+  }),
 };
 
 /** Every RPC the hub serves, keyed like RPC_RULES and RPC_CASES. */
@@ -449,8 +493,17 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
   const first = await services.deploy({ serviceId }, { headers });
   const job = await services.runJob({ serviceId, command: "true" }, { headers });
   await services.deploy({ serviceId }, { headers });
+  const databases = createClient(DatabasesService, transport);
+  const database = await databases.createDatabaseService(
+    { environmentId, name: `seeded-db-${unique()}`, templateId: "postgres16", serverId },
+    { headers },
+  );
+  const databaseId = database.service!.id;
+  const backup = await databases.createBackup({ serviceId: databaseId }, { headers });
   const audit = await orgs.listAuditEvents({ limit: 1 }, { headers });
   return {
+    databaseId,
+    backupId: backup.backup!.id,
     projectId: project.project!.id,
     environmentId,
     serviceId,
@@ -486,6 +539,8 @@ export function absentIds(): TenantIds {
     secretKey: "ABSENT_SECRET",
     serverId: uuid(),
     jobId: uuid(),
+    databaseId: uuid(),
+    backupId: uuid(),
   };
 }
 

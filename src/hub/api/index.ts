@@ -12,6 +12,7 @@ export {
 export { configRoutes } from "./config-routes.js";
 export { toConnectError } from "./connect-errors.js";
 export { type ConnectOnFastifyOptions, connectOnFastify } from "./connect-fastify.js";
+export { type DatabasesRouteOptions, databasesRoutes } from "./databases-routes.js";
 export { type IdentityRouteOptions, identityRoutes } from "./identity-routes.js";
 export { projectRoutes } from "./projects-routes.js";
 export { type ServersRouteOptions, serversRoutes } from "./servers-routes.js";

@@ -202,7 +202,7 @@ export function servicesRoutes(router: ConnectRouter, o: ServicesRouteOptions): 
       return { service: service(s) };
     },
     async deleteService(req, ctx) {
-      await services.deleteService(caller(ctx), req.serviceId);
+      await services.deleteService(caller(ctx), req.serviceId, req.purgeData);
       return {};
     },
     async startService(req, ctx) {
@@ -341,3 +341,6 @@ export function servicesRoutes(router: ConnectRouter, o: ServicesRouteOptions): 
     }
   }
 }
+
+/** The Service message of a service (the databases routes answer with it too). */
+export { service as serviceMessage };

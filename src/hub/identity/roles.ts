@@ -22,6 +22,8 @@ export const CAPABILITIES = {
   "logs.read": "Read services' output (it may hold what an application prints).",
   "jobs.run": "Run one-off commands in a service's context, with its config.",
   "servers.manage": "Enrol servers (join tokens) and remove them.",
+  "databases.manage":
+    "Create managed databases, restore their backups (destructive) and set their backup schedules.",
 } as const;
 export type Capability = keyof typeof CAPABILITIES;
 
@@ -48,6 +50,7 @@ const ADMIN: Capability[] = [
   "audit.read",
   "config.reveal",
   "servers.manage",
+  "databases.manage",
 ];
 const OWNER: Capability[] = [...ADMIN, "org.update", "members.grant_owner"];
 
