@@ -119,7 +119,12 @@ const TEMPLATES: Record<
       host: string,
       port: number,
       user: WorkloadUser,
-    ): Promise<{ command: string; args: string[]; env: Record<string, string> }>;
+    ): Promise<{
+      command: string;
+      args: string[];
+      env: Record<string, string>;
+      afterReady?: () => void;
+    }>;
     ready(port: number, env: Record<string, string>): Promise<boolean>;
     stopSignal: NodeJS.Signals;
   }
@@ -256,6 +261,7 @@ export class ExecDriver implements Driver {
     let command = spec.exec.command;
     let args = spec.exec.args;
     let workloadEnv = spec.env;
+    let afterReady: (() => void) | undefined;
     const template = templateOf(spec);
     if (template) {
       try {
@@ -266,7 +272,7 @@ export class ExecDriver implements Driver {
           port,
           this.user,
         );
-        ({ command, args, env: workloadEnv } = prepared);
+        ({ command, args, env: workloadEnv, afterReady } = prepared);
       } catch (err) {
         this.fail(instance, (err as Error).message, false);
         throw err;
@@ -371,6 +377,7 @@ export class ExecDriver implements Driver {
       ...(endpoint ? { endpoint } : {}),
     });
     this.logger.info({ service: spec.serviceId, pid: instance.pid, port }, "instance running");
+    afterReady?.();
     return { endpoint };
   }
 

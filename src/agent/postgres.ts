@@ -144,6 +144,8 @@ export interface PostgresLaunch {
   command: string;
   args: string[];
   env: Record<string, string>;
+  /** Runs once the server is ready (the first start's background sync). */
+  afterReady?: () => void;
 }
 
 /**
@@ -168,6 +170,7 @@ export async function preparePostgres(
     throw new Error(
       "POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB must be in the service's config (a managed database gets them at creation)",
     );
+  let afterReady: (() => void) | undefined;
   if (!existsSync(join(volumeDir, BOOTSTRAPPED))) {
     checkReachable(volumeDir, user);
     // A bootstrap that died half-way left no data anyone wrote to: start it again from scratch.
@@ -176,8 +179,8 @@ export async function preparePostgres(
     writeFileSync(pwfile, password, { mode: 0o600 });
     try {
       if (process.getuid?.() === 0) chownSync(pwfile, user.uid, user.gid);
-      // --no-sync: initdb's fsync of ~1,000 files costs 1-2 s here; the data is synced right
-      // after the server starts (syncInBackground), before anyone can have written to it.
+      // --no-sync: initdb's fsync of ~1,000 files costs 1-2 s here; the data is synced as soon
+      // as the server is ready (syncInBackground).
       await runAs(user, bins.initdb, [
         "-D",
         pgdata,
@@ -214,7 +217,8 @@ export async function preparePostgres(
       );
     }
     writeFileSync(join(volumeDir, BOOTSTRAPPED), `${new Date().toISOString()}\n`);
-    syncInBackground(bins, pgdata, user);
+    // After the server is ready, not during its start: ~1,000 fsyncs would compete with it.
+    afterReady = () => syncInBackground(bins, pgdata, user);
   }
   // The server needs no password: it is in pg_authid, hashed. Keep it out of its environment.
   const { POSTGRES_PASSWORD: _dropped, ...serverEnv } = env;
@@ -231,6 +235,7 @@ export async function preparePostgres(
       "unix_socket_directories=",
     ],
     env: serverEnv,
+    ...(afterReady ? { afterReady } : {}),
   };
 }
 

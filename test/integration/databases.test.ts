@@ -206,6 +206,20 @@ for (const engine of ENGINES) {
       }
     });
 
+    it("under the docker driver the image runs it and it is reached at {slug}:5432 on the environment network", async () => {
+      const r = await createDb(`dock-${suffix()}`, { driver: Driver.DOCKER });
+      const s = r.service!;
+      expect(s.spec?.driver).toBe(Driver.DOCKER);
+      expect(s.spec?.docker).toMatchObject({ image: "postgres:16-alpine", port: 5432 });
+      expect(s.spec?.volumes).toEqual([
+        expect.objectContaining({ name: "data", mountPath: "/var/lib/postgresql/data" }),
+      ]);
+      // Known at once: the slug is its name on the environment network.
+      expect(r.connectionUri).toBe(
+        `postgresql://${s.slug.replace(/-/g, "_")}@${s.slug}:5432/${s.slug.replace(/-/g, "_")}`,
+      );
+    });
+
     const orgOf = async () => (await all().identity.whoAmI({})).organization!.id;
 
     it("a database can never be made PUBLIC: the API refuses it, and so does the database itself", async () => {
