@@ -157,6 +157,31 @@ for (const engine of ENGINES) {
       expect(JSON.stringify(t.logs)).not.toContain(password.value);
     });
 
+    it("service row, config and first deployment commit together: a failure at the last write leaves none of them", async () => {
+      // A trigger that refuses the deployment row: the service and its credentials were already
+      // written in the same transaction, and must be gone with it.
+      await t.hub.db.tx(async (tx) => {
+        await tx.query(
+          `CREATE FUNCTION test_refuse_deployment() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN RAISE EXCEPTION 'refused by the test'; END $$`,
+        );
+        await tx.query(
+          `CREATE TRIGGER test_refuse_deployment BEFORE INSERT ON deployments
+           FOR EACH ROW EXECUTE FUNCTION test_refuse_deployment()`,
+        );
+      });
+      try {
+        const before = await state();
+        await expectError(createDb(`atomic-${suffix()}`), "internal");
+        expect(await state()).toEqual(before);
+      } finally {
+        await t.hub.db.tx(async (tx) => {
+          await tx.query("DROP TRIGGER test_refuse_deployment ON deployments");
+          await tx.query("DROP FUNCTION test_refuse_deployment()");
+        });
+      }
+    });
+
     it("two databases get different passwords from the CSPRNG", async () => {
       const reveal = async (id: string) =>
         (
