@@ -6,7 +6,15 @@
 // Prints one JSON line on stdout.
 import { execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, chownSync, mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -240,6 +248,16 @@ async function bootstrapByHand(workDir, i) {
   }
 }
 
+/** Until the volume is gone and no `initdb --sync-only` runs under the agent's directory. */
+async function settle(volume, agentDir) {
+  const deadline = Date.now() + 60_000;
+  while (
+    (existsSync(volume) || pidsMatching(`--sync-only -D ${agentDir}`).length > 0) &&
+    Date.now() < deadline
+  )
+    await sleep(50);
+}
+
 async function timed(fn) {
   const t0 = performance.now();
   await fn();
@@ -288,9 +306,13 @@ async function main(out) {
     progress(
       `create ${i + 1}/${CREATES}: ${round(c.totalMs, 0)} ms (rpc ${round(c.rpcMs, 0)}, running ${round(c.runningMs, 0)}); by hand ${round(byHand.at(-1), 0)} ms`,
     );
-    // Every database but the last is deleted with its data: the machine stays as it was.
-    if (i < CREATES - 1)
+    // Every database but the last is deleted with its data, and the next round waits until the
+    // agent has removed it and the first start's background sync has ended: neither's disk work
+    // should land in the next measurement (of either kind).
+    if (i < CREATES - 1) {
       await rpc("ServicesService/DeleteService", { serviceId: c.serviceId, purgeData: true });
+      await settle(join(agentDir, "volumes", c.serviceId), agentDir);
+    }
   }
   const totals = creates.map((c) => c.totalMs);
   out.create = {
