@@ -252,7 +252,7 @@ async function bootstrapByHand(workDir, i) {
 async function settle(volume, agentDir) {
   const deadline = Date.now() + 60_000;
   while (
-    (existsSync(volume) || pidsMatching(`--sync-only -D ${agentDir}`).length > 0) &&
+    (existsSync(volume) || pidsMatching(`initdb --sync-only -D ${agentDir}`).length > 0) &&
     Date.now() < deadline
   )
     await sleep(50);
