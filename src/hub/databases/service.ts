@@ -458,8 +458,12 @@ export class DatabasesService {
           ],
         );
         if (!claimed.rows[0]) return false;
-        const system = { organizationId: r.organization_id, actor: { type: "user", id: "" } };
-        const s = await this.services.get(system as Caller, r.service_id, tx);
+        // The schedule acts for its organization; the actor is only used to scope the lookup.
+        const scope: Caller = {
+          organizationId: r.organization_id,
+          actor: { type: "user", id: "schedule" },
+        };
+        const s = await this.services.get(scope, r.service_id, tx);
         // Not placed: nothing can take it; the next run tries again.
         if (!s.serverId) return false;
         await this.insertBackup(tx, r.organization_id, s, "schedule", "schedule", {
