@@ -509,6 +509,7 @@ for (const engine of ENGINES) {
         ["61 * * * *", "cron"],
         ["* * * *", "cron"],
         ["0 0 31 2 *", "cron"],
+        [`0 0 * * ${"1,".repeat(100)}1`, "cron"],
       ] as const)
         await expectError(
           dbs().setBackupSchedule({ serviceId: s.id, cron, retention: 2 }),
@@ -520,6 +521,12 @@ for (const engine of ENGINES) {
         "validation.failed",
         "retention",
       );
+      await expectError(
+        dbs().setBackupSchedule({ serviceId: s.id, cron: "@daily", retention: -1 }),
+        "validation.failed",
+        "retention",
+      );
+      expect((await dbs().getBackupSchedule({ serviceId: s.id })).schedule).toBeUndefined();
       const set = await dbs().setBackupSchedule({
         serviceId: s.id,
         cron: "*/5 * * * *",
