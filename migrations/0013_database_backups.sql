@@ -29,7 +29,7 @@ CREATE INDEX database_backups_pending_idx ON database_backups (state) WHERE stat
 CREATE TABLE database_backup_schedules (
   service_id uuid PRIMARY KEY REFERENCES services (id) ON DELETE CASCADE,
   organization_id uuid NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
-  cron text NOT NULL CHECK (length(cron) BETWEEN 9 AND 200),
+  cron text NOT NULL CHECK (length(cron) BETWEEN 1 AND 200),
   retention integer NOT NULL CHECK (retention BETWEEN 1 AND 1000),
   next_run_at timestamptz NOT NULL,
   last_run_at timestamptz,

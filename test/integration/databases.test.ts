@@ -574,6 +574,19 @@ for (const engine of ENGINES) {
       expect((await dbs().getBackupSchedule({ serviceId: s.id })).schedule).toBeUndefined();
     });
 
+    it("two sweeps racing at the same instant start one backup (the schedule's claim is a compare-and-set)", async () => {
+      const s = (await createDb(`race-${suffix()}`)).service!;
+      const set = await dbs().setBackupSchedule({ serviceId: s.id, cron: "@hourly" });
+      const due = new Date(Number(set.schedule!.nextRunAt!.seconds) * 1000);
+      const results = await Promise.all([t.hub.databases.sweep(due), t.hub.databases.sweep(due)]);
+      expect(results.reduce((n, r) => n + r.started, 0)).toBe(1);
+      const { rows } = await t.hub.db.query(
+        "SELECT id FROM database_backups WHERE service_id = $1 AND origin = 'schedule'",
+        [s.id],
+      );
+      expect(rows).toHaveLength(1);
+    });
+
     it("deleting a database keeps its data unless purge_data is set (the agent's delete intent says which)", async () => {
       const keep = (await createDb(`keep-${suffix()}`)).service!;
       const purge = (await createDb(`purge-${suffix()}`)).service!;
