@@ -288,6 +288,50 @@ describe("managed PostgreSQL with the real binary, a hub and an agent", () => {
     for (const f of files(agentDir)) expect(readFileSync(f, "utf8"), f).not.toContain(password);
   });
 
+  it("an agent SIGKILLed in the middle of a first start: the interrupted deploy is failed with its reason (never re-run blind), and a redeploy bootstraps it from scratch", async () => {
+    const created = await flotillaJson(
+      "db",
+      "create",
+      "crashy",
+      "--env",
+      "shop/production",
+      "--no-wait",
+    );
+    const id = created.service.id;
+    // The agent starts the bootstrap (initdb) and dies during it.
+    await agent.waitForLog((r) => r.msg === "executing dispatch" && r.op === "deploy", 30_000);
+    agent.child.kill("SIGKILL");
+    await agent.exited;
+    // Whatever the dead agent had started (initdb, or the server) ends or is left to the new one.
+    await sleep(3000);
+    agent = await startAgent([]);
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const dispatches = await flotillaJson("servers", "dispatches", "box");
+      const first = dispatches.find(
+        (d: { serviceId?: string; op: string }) => d.serviceId === id && d.op === "deploy",
+      );
+      if (first?.state === "failed") {
+        expect(first.error).toContain("the agent stopped while executing this dispatch");
+        break;
+      }
+      if (Date.now() > deadline) throw new Error(`deploy dispatch: ${JSON.stringify(first)}`);
+      await sleep(200);
+    }
+    const redeployed = await flotilla("deploy", "shop/crashy");
+    expect(redeployed.code, redeployed.stderr + redeployed.stdout).toBe(0);
+    const info = await flotillaJson("db", "connect-info", "shop/crashy");
+    expect(
+      execFileSync(PSQL, [info.uri, "-XAtc", "select current_database()"], {
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "pipe"],
+      }).trim(),
+    ).toBe("crashy");
+    expect((await flotilla("services", "delete", "shop/crashy", "--purge-data")).code).toBe(0);
+    const until = Date.now() + 30_000;
+    while (existsSync(join(agentDir, "volumes", id)) && Date.now() < until) await sleep(200);
+  });
+
   it("delete keeps the data directory; --purge-data removes it; no server process outlives either", async () => {
     const volume = join(agentDir, "volumes", serviceId);
     expect((await flotilla("services", "delete", "shop/pg")).code).toBe(0);
