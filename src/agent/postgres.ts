@@ -11,6 +11,7 @@ import {
   existsSync,
   mkdirSync,
   readdirSync,
+  readFileSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -82,12 +83,49 @@ export function findPostgresBinaries(
   );
 }
 
+/** Field 22 of /proc/<pid>/stat (start time), so a recycled pid is never taken for ours. */
+function startTimeOf(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A bootstrap step of an agent that died (SIGKILL) may still run: initdb or the single-user
+ * server, orphaned, writing into the data directory. It is killed and waited for before the
+ * directory is started again, so two never write into it at once. Recorded per step in
+ * `<volume>/.bootstrap.pid` as "pid start-time".
+ */
+export async function killOrphanedStep(marker: string): Promise<void> {
+  let pid = 0;
+  let start = "";
+  try {
+    [pid, start] = readFileSync(marker, "utf8").trim().split(" ") as unknown as [number, string];
+    pid = Number(pid);
+  } catch {
+    return;
+  }
+  if (pid > 0 && startTimeOf(pid) === start) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {}
+    // Gone (or a zombie of the dead agent, reaped by init) within milliseconds; 5 s bounds it.
+    const deadline = Date.now() + 5000;
+    while (startTimeOf(pid) === start && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 20));
+  }
+  rmSync(marker, { force: true });
+}
+
 /** Runs a program as the workload user to completion; rejects with its output when it fails. */
 function runAs(
   user: WorkloadUser,
   command: string,
   args: string[],
-  opts: { input?: string; env?: Record<string, string> } = {},
+  opts: { input?: string; env?: Record<string, string>; pidFile?: string } = {},
 ): Promise<string> {
   const asRoot = process.getuid?.() === 0;
   return new Promise((resolve, reject) => {
@@ -98,6 +136,8 @@ function runAs(
       gid: asRoot ? user.gid : undefined,
       stdio: ["pipe", "pipe", "pipe"],
     });
+    if (opts.pidFile && child.pid)
+      writeFileSync(opts.pidFile, `${child.pid} ${startTimeOf(child.pid) ?? ""}\n`);
     let out = "";
     child.stdout.on("data", (c: Buffer) => {
       out = (out + c.toString("utf8")).slice(-8000);
@@ -173,6 +213,8 @@ export async function preparePostgres(
   let afterReady: (() => void) | undefined;
   if (!existsSync(join(volumeDir, BOOTSTRAPPED))) {
     checkReachable(volumeDir, user);
+    const stepPid = join(volumeDir, ".bootstrap.pid");
+    await killOrphanedStep(stepPid);
     // A bootstrap that died half-way left no data anyone wrote to: start it again from scratch.
     rmSync(pgdata, { recursive: true, force: true });
     const pwfile = join(volumeDir, ".pwfile");
@@ -181,17 +223,22 @@ export async function preparePostgres(
       if (process.getuid?.() === 0) chownSync(pwfile, user.uid, user.gid);
       // --no-sync: initdb's fsync of ~1,000 files costs 1-2 s here; the data is synced as soon
       // as the server is ready (syncInBackground).
-      await runAs(user, bins.initdb, [
-        "-D",
-        pgdata,
-        "-U",
-        superuser,
-        `--pwfile=${pwfile}`,
-        "--auth=scram-sha-256",
-        "--encoding=UTF8",
-        "--locale=C",
-        "--no-sync",
-      ]);
+      await runAs(
+        user,
+        bins.initdb,
+        [
+          "-D",
+          pgdata,
+          "-U",
+          superuser,
+          `--pwfile=${pwfile}`,
+          "--auth=scram-sha-256",
+          "--encoding=UTF8",
+          "--locale=C",
+          "--no-sync",
+        ],
+        { pidFile: stepPid },
+      );
     } finally {
       rmSync(pwfile, { force: true });
     }
@@ -213,9 +260,10 @@ export async function preparePostgres(
           "unix_socket_directories=",
           "postgres",
         ],
-        { input: `CREATE DATABASE "${database.replace(/"/g, '""')}"\n` },
+        { input: `CREATE DATABASE "${database.replace(/"/g, '""')}"\n`, pidFile: stepPid },
       );
     }
+    rmSync(stepPid, { force: true });
     writeFileSync(join(volumeDir, BOOTSTRAPPED), `${new Date().toISOString()}\n`);
     // After the server is ready, not during its start: ~1,000 fsyncs would compete with it.
     afterReady = () => syncInBackground(bins, pgdata, user);

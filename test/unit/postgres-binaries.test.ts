@@ -1,10 +1,20 @@
 // Finding the host's PostgreSQL binaries for the exec driver's postgres16 template, and the error
-// that lists every place looked when there are none.
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+// that lists every place looked when there are none; a dead agent's orphaned bootstrap step is
+// killed before a data directory is bootstrapped again.
+import { spawn } from "node:child_process";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { findPostgresBinaries } from "../../src/agent/postgres.js";
+import { findPostgresBinaries, killOrphanedStep } from "../../src/agent/postgres.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flotilla-pgbin-"));
 const BINARIES = ["postgres", "initdb", "pg_dump", "pg_restore"];
@@ -57,5 +67,35 @@ describe("PostgreSQL binaries for the exec driver", () => {
     expect(findPostgresBinaries({ PATH: "/usr/bin:/bin" }).postgres).toMatch(
       /\/usr\/lib\/postgresql\/\d+\/bin\/postgres$/,
     );
+  });
+});
+
+describe("an orphaned bootstrap step", () => {
+  const markers = mkdtempSync(join(tmpdir(), "flotilla-orphan-"));
+  afterAll(() => rmSync(markers, { recursive: true, force: true }));
+  const startTime = (pid: number) => {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  };
+
+  it("named in the marker and still running (same start time) is killed, and the marker removed", async () => {
+    const child = spawn("sleep", ["60"], { stdio: "ignore" });
+    const exited = new Promise((r) => child.once("exit", (_c, signal) => r(signal)));
+    const marker = join(markers, "orphan.pid");
+    writeFileSync(marker, `${child.pid} ${startTime(child.pid!)}\n`);
+    await killOrphanedStep(marker);
+    expect(await exited).toBe("SIGKILL");
+    expect(existsSync(marker)).toBe(false);
+  });
+
+  it("a marker whose pid now belongs to another process (another start time) kills nothing", async () => {
+    const child = spawn("sleep", ["60"], { stdio: "ignore" });
+    const marker = join(markers, "recycled.pid");
+    writeFileSync(marker, `${child.pid} 1\n`);
+    await killOrphanedStep(marker);
+    expect(child.exitCode).toBeNull();
+    expect(child.signalCode).toBeNull();
+    expect(existsSync(marker)).toBe(false);
+    child.kill("SIGKILL");
   });
 });
