@@ -22,6 +22,7 @@ const agent = () => {
   setFlagsFromString("--no-sparkplug");
   return import("./agent-command.js");
 };
+const db = () => import("./db-commands.js");
 
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   up: {
@@ -105,6 +106,10 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   links: {
     run: lazy(dataplanes, "linksCommand"),
     summary: "A data plane's private links: list, add, update, remove",
+  },
+  db: {
+    run: lazy(db, "dbCommand"),
+    summary: "Managed databases: create, connection info, backups, restore, schedules",
   },
 };
 

@@ -21,13 +21,21 @@ import {
   type Logger,
   type Metrics,
 } from "../shared/index.js";
-import { type Db, migrate, openPglite, openPostgres, type PoolSettings } from "../store/index.js";
+import {
+  type Db,
+  LOCK_KEYS,
+  migrate,
+  openPglite,
+  openPostgres,
+  type PoolSettings,
+} from "../store/index.js";
 import {
   type ConnectOnFastifyOptions,
   configRoutes,
   connectOnFastify,
   contextResponseHeaders,
   createAuthInterceptor,
+  databasesRoutes,
   dataPlanesRoutes,
   eventsRoutes,
   fleetRoutes,
@@ -49,6 +57,7 @@ import {
   noteDispatch,
   routingInterceptor,
 } from "./control/index.js";
+import { DatabasesService } from "./databases/index.js";
 import {
   DataPlaneController,
   type DataPlaneControllerOptions,
@@ -85,7 +94,12 @@ import {
 } from "./outbox/index.js";
 import { ProjectsService } from "./projects/index.js";
 import { type Dispatch, DispatchStore, ServersService } from "./servers/index.js";
-import { type ObservedStatus, ServicesService } from "./services/index.js";
+import {
+  CREDENTIAL_KEYS,
+  type ObservedStatus,
+  ServicesService,
+  templateOf,
+} from "./services/index.js";
 import { type DeliveryOptions, WebhooksService } from "./webhooks/index.js";
 
 export type StoreOptions =
@@ -134,6 +148,8 @@ export interface HubOptions {
   sweepIntervalMs?: number;
   /** How often agents heartbeat. Default 15 s. */
   agentHeartbeatIntervalMs?: number;
+  /** How often due backup schedules run and pending backups settle. Default 15 s. */
+  databaseSweepIntervalMs?: number;
   /** How long shutdown waits for in-flight requests before closing the store. Default 10 s. */
   shutdownGraceMs?: number;
   /**
@@ -170,6 +186,7 @@ export interface Hub {
   projects: ProjectsService;
   services: ServicesService;
   config: ConfigService;
+  databases: DatabasesService;
   servers: ServersService;
   dispatches: DispatchStore;
   dataPlanes: DataPlanesService;
@@ -336,10 +353,12 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       {
         version: (q, org, env, svc) => config.version(q, org, env, svc),
         removeServiceConfig: (tx, org, svc) => config.removeScope(tx, org, "service", svc),
+        writeServiceConfig: (tx, org, svc, entries) => config.writeWithinTx(tx, org, svc, entries),
       },
       {
         check: async (c, id, q) => (await servers.get(c, id, q, "server_id")).id,
         defaultServer: (c, q) => servers.onlyServer(c, q),
+        drivers: async (c, id, q) => (await servers.get(c, id, q, "server_id")).drivers,
       },
       {
         intend: async (tx, d) => {
@@ -348,6 +367,46 @@ export async function startHub(options: HubOptions): Promise<Hub> {
           // Routed once the request's transaction has committed (see routingInterceptor).
           noteDispatch(id, d.serverId);
           return id;
+        },
+      },
+    );
+    const databases = new DatabasesService(
+      db,
+      {
+        get: async (c, id, q) => {
+          const s = await services.getService(c, id, q, "service_id");
+          return {
+            id: s.id,
+            slug: s.slug,
+            environmentId: s.environmentId,
+            kind: s.kind,
+            templateId: s.templateId,
+            serverId: s.serverId,
+            driver: s.spec.driver,
+            port: s.templateId ? templateOf(s.templateId).port : 0,
+            desiredDeploymentId: s.desiredDeploymentId,
+            observed: { status: s.observed.status, endpoint: s.observed.endpoint },
+          };
+        },
+      },
+      {
+        names: async (c, serviceId) => {
+          const { entries } = await config.list(c, { scope: "service", id: serviceId });
+          const value = (key: string) => entries.find((e) => e.key === key)?.value ?? "";
+          return { user: value(CREDENTIAL_KEYS.user), database: value(CREDENTIAL_KEYS.database) };
+        },
+        revealPassword: (c, serviceId) =>
+          config.reveal(c, { scope: "service", id: serviceId }, CREDENTIAL_KEYS.password),
+      },
+      {
+        intend: async (tx, d) => {
+          const id = (await dispatches.insert(tx, { ...d, op: "job" })).id;
+          metrics.dispatches.inc({ op: "job", event: "written" });
+          return id;
+        },
+        state: async (_q, id) => {
+          const d = await dispatches.get(id).catch(() => undefined);
+          return d ? { state: d.state, result: d.result, error: d.error } : null;
         },
       },
     );
@@ -411,6 +470,22 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       },
     });
+    // Backup schedules and pending backups: one replica at a time (the others skip the tick).
+    const databaseSweep = setInterval(
+      () => {
+        db.tryExclusiveLock(LOCK_KEYS.databaseBackups, () => databases.sweep())
+          .then((r) => {
+            if (r.value && (r.value.started || r.value.settled || r.value.pruned))
+              logger.info(r.value, "database backup sweep");
+          })
+          .catch((err) =>
+            logger.warn({ err }, "database backup sweep failed; the next tick retries"),
+          );
+      },
+      options.databaseSweepIntervalMs ?? options.sweepIntervalMs ?? 15_000,
+    );
+    databaseSweep.unref();
+    shutdown.signal.addEventListener("abort", () => clearInterval(databaseSweep));
     const internalHttp = new InternalHttpClient();
     const dispatchRouter: DispatchRouter = new DispatchRouter({
       control,
@@ -582,6 +657,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         db,
         servers: (c, defaultPlaneId) => servers.byDataPlane(c, defaultPlaneId),
       });
+      databasesRoutes(router, { services, databases });
       serversRoutes(router, {
         servers,
         dispatches,
@@ -721,6 +797,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       projects,
       services,
       config,
+      databases,
       servers,
       dispatches,
       dataPlanes,

@@ -7,6 +7,7 @@ export type {
   PlacementPort,
 } from "./ports.js";
 export {
+  type CreateDatabaseInput,
   type CreateServiceInput,
   type Deployment,
   type DeploymentReason,
@@ -18,3 +19,9 @@ export {
   type Visibility,
 } from "./service.js";
 export { checkSpec, type ServiceSpec, type SpecInput } from "./spec.js";
+export {
+  CREDENTIAL_KEYS,
+  type DatabaseTemplate,
+  TEMPLATES,
+  templateOf,
+} from "./templates.js";
