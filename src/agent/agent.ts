@@ -27,6 +27,7 @@ import { DockerDriver, dockerAvailable } from "./docker-driver.js";
 import type { Driver, RunSpec, StatusReport } from "./driver.js";
 import { ExecDriver } from "./exec-driver.js";
 import { checkJobArgs, resolveWorkloadUser, runJob, type WorkloadUser } from "./jobs.js";
+import { backupTask, pruneTask, restoreTask, type TaskContext } from "./postgres.js";
 import {
   type Credentials,
   Ledger,
@@ -163,6 +164,7 @@ function runSpecFrom(args: Record<string, unknown>): RunSpec {
   const deployment = args.deployment as { id: string; spec: Record<string, unknown> };
   const spec = deployment?.spec as {
     driver: RunSpec["driver"];
+    template?: string;
     exec?: RunSpec["exec"];
     docker?: RunSpec["docker"];
     healthCheck: RunSpec["healthCheck"];
@@ -180,6 +182,7 @@ function runSpecFrom(args: Record<string, unknown>): RunSpec {
     deploymentId: deployment.id,
     visibility: service.visibility,
     driver: spec.driver,
+    ...(typeof spec.template === "string" ? { template: spec.template } : {}),
     ...(spec.exec ? { exec: spec.exec } : {}),
     ...(spec.docker ? { docker: spec.docker } : {}),
     healthCheck: spec.healthCheck,
@@ -255,7 +258,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   const sealKey = Buffer.from(
     hkdfSync("sha256", secret, serverId, "flotilla/agent-pid-env/v1", 32),
   );
-  const drivers: Driver[] = [new ExecDriver(o.dataDir, workloadUser, sendStatus, log, sealKey)];
+  const execDriver = new ExecDriver(o.dataDir, workloadUser, sendStatus, log, sealKey);
+  const drivers: Driver[] = [execDriver];
   if (await dockerAvailable()) drivers.push(await DockerDriver.create(sendStatus, log));
   const driverNames = drivers.map((d) => d.name);
   const adopted = (await Promise.all(drivers.map((d) => d.adopt()))).flat();
@@ -279,8 +283,50 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
   };
 
+  /** Built-in jobs of managed databases: backup, restore, prune (args.task names one). */
+  async function databaseTask(frame: Extract<HubFrame, { type: "dispatch" }>): Promise<Outcome> {
+    const args = frame.args;
+    const env = (args.env as Record<string, string> | undefined) ?? {};
+    for (const v of Object.values(env)) secretValues.add(v);
+    const service = (args.service ?? {}) as { id?: string; slug?: string };
+    const serviceId = service.id ?? String(args.service_id ?? frame.service_id ?? "");
+    if (!/^[0-9a-f-]{36}$/.test(serviceId)) throw new Error(`${args.task} needs its service`);
+    if (drivers.some((d) => d !== execDriver && d.has(serviceId)))
+      throw new Error(`${args.task} runs for exec-driven databases only in this version`);
+    const ctx: TaskContext = {
+      user: workloadUser,
+      backupDir: execDriver.backupDir(serviceId),
+      runningPort: execDriver.runningPort(serviceId),
+      slug: service.slug ?? serviceId,
+      env,
+    };
+    try {
+      const result =
+        args.task === "postgres.backup"
+          ? await backupTask(args, ctx)
+          : args.task === "postgres.restore"
+            ? await restoreTask(args, ctx)
+            : args.task === "postgres.prune"
+              ? pruneTask(args, ctx)
+              : undefined;
+      if (!result) throw new Error(`unknown task ${String(args.task).slice(0, 40)}`);
+      return {
+        ok: true,
+        result: { ...result, stdout: redact(result.stdout), stderr: redact(result.stderr) },
+      };
+    } catch (err) {
+      const r = (err as { result?: { stdout: string; stderr: string } }).result;
+      return {
+        ok: false,
+        error: (err as Error).message,
+        ...(r ? { result: { ...r, stdout: redact(r.stdout), stderr: redact(r.stderr) } } : {}),
+      };
+    }
+  }
+
   async function execute(frame: Extract<HubFrame, { type: "dispatch" }>): Promise<Outcome> {
     if (frame.op !== "job") return { ok: true, result: await lifecycle(frame) };
+    if (typeof frame.args.task === "string") return databaseTask(frame);
     const job = checkJobArgs(frame.args);
     for (const v of Object.values(job.env ?? {})) secretValues.add(v);
     const raw = await runJob(job, workloadUser);

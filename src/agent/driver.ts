@@ -21,6 +21,8 @@ export interface RunSpec {
   deploymentId: string;
   visibility: "PUBLIC" | "PRIVATE";
   driver: "exec" | "docker";
+  /** A catalogue template (a managed database): the exec driver runs its bootstrap first. */
+  template?: string;
   exec?: ExecSpec;
   docker?: DockerSpec;
   healthCheck: { type: "" | "tcp" | "http"; path: string };

@@ -22,6 +22,7 @@ import { join } from "node:path";
 import { type Logger, openBox, sealBox } from "../shared/index.js";
 import { type Driver, probe, type RunSpec, type StatusReport } from "./driver.js";
 import type { WorkloadUser } from "./jobs.js";
+import { postgresReady, preparePostgres } from "./postgres.js";
 
 interface PidFile {
   pid: number;
@@ -102,6 +103,49 @@ async function freePort(host: string): Promise<number> {
 }
 
 type ExecRun = RunSpec & { exec: NonNullable<RunSpec["exec"]> };
+
+/**
+ * Catalogue templates the exec driver knows how to run: a bootstrap before each start (it
+ * decides the command line), a readiness probe, and the signal that stops the server cleanly
+ * when sent to its leader alone (PostgreSQL: SIGINT is a fast shutdown; signalling the whole
+ * group would reach its background workers directly).
+ */
+const TEMPLATES: Record<
+  string,
+  {
+    prepare(
+      volumeDir: string,
+      env: Record<string, string>,
+      host: string,
+      port: number,
+      user: WorkloadUser,
+    ): Promise<{
+      command: string;
+      args: string[];
+      env: Record<string, string>;
+      afterReady?: () => void;
+    }>;
+    ready(port: number, env: Record<string, string>): Promise<boolean>;
+    stopSignal: NodeJS.Signals;
+  }
+> = {
+  postgres16: {
+    prepare: preparePostgres,
+    ready: (port, env) =>
+      postgresReady(port, env.POSTGRES_USER ?? "", env.POSTGRES_DB || env.POSTGRES_USER || ""),
+    stopSignal: "SIGINT",
+  },
+};
+
+function templateOf(spec: RunSpec) {
+  if (!spec.template) return undefined;
+  const t = TEMPLATES[spec.template];
+  if (!t)
+    throw new Error(
+      `this agent does not know template ${spec.template} (it knows: ${Object.keys(TEMPLATES).join(", ")}); upgrade it`,
+    );
+  return t;
+}
 
 function execRun(spec: RunSpec): ExecRun {
   if (spec.driver !== "exec" || !spec.exec) throw new Error("the exec driver runs exec specs only");
@@ -204,16 +248,39 @@ export class ExecDriver implements Driver {
     // A restarted or redeployed instance keeps its port, so its endpoint stays put.
     const port = spec.exec.port ? instance.port || (await freePort(host)) : 0;
     const volumeEnv: Record<string, string> = {};
+    const volumeDirs: Record<string, string> = {};
     for (const v of spec.volumes) {
       // Volumes are directories under the agent's data dir that outlive deployments.
       const dir = join(this.dataDir, "volumes", spec.serviceId, v.name);
       mkdirSync(dir, { recursive: true });
       if (process.getuid?.() === 0) chownSync(dir, this.user.uid, this.user.gid);
       volumeEnv[`FLOTILLA_VOLUME_${v.name.toUpperCase().replace(/-/g, "_")}`] = dir;
+      volumeDirs[v.name] = dir;
+    }
+    // A template's bootstrap decides the command line (and may take seconds on a first start).
+    let command = spec.exec.command;
+    let args = spec.exec.args;
+    let workloadEnv = spec.env;
+    let afterReady: (() => void) | undefined;
+    const template = templateOf(spec);
+    if (template) {
+      try {
+        const prepared = await template.prepare(
+          volumeDirs.data ?? join(this.dataDir, "volumes", spec.serviceId, "data"),
+          spec.env,
+          host,
+          port,
+          this.user,
+        );
+        ({ command, args, env: workloadEnv, afterReady } = prepared);
+      } catch (err) {
+        this.fail(instance, (err as Error).message, false);
+        throw err;
+      }
     }
     const env: Record<string, string> = {
       PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
-      ...spec.env,
+      ...workloadEnv,
       ...volumeEnv,
       FLOTILLA_SERVICE: spec.serviceSlug,
       FLOTILLA_SERVICE_ID: spec.serviceId,
@@ -225,7 +292,7 @@ export class ExecDriver implements Driver {
     const asRoot = process.getuid?.() === 0;
     let child: ChildProcess;
     try {
-      child = spawn(spec.exec.command, spec.exec.args, {
+      child = spawn(command, args, {
         cwd: spec.exec.workingDirectory || "/",
         env,
         uid: asRoot ? this.user.uid : undefined,
@@ -245,8 +312,8 @@ export class ExecDriver implements Driver {
     if (spawned) {
       const reason =
         (spawned as NodeJS.ErrnoException).code === "ENOENT"
-          ? `command not found: ${spec.exec.command}`
-          : `cannot start ${spec.exec.command}: ${spawned.message}`;
+          ? `command not found: ${command}`
+          : `cannot start ${command}: ${spawned.message}`;
       this.fail(instance, reason, false);
       throw new Error(reason);
     }
@@ -289,15 +356,18 @@ export class ExecDriver implements Driver {
         const reason = `${spec.exec.command} ${exited} before it was healthy${tail ? `:\n${tail}` : ""}`;
         throw new Error(reason);
       }
-      const healthy = check
-        ? await probe(check as { type: "tcp" | "http"; path: string }, port)
-        : Date.now() - startedAt > 300;
+      const healthy = template
+        ? await template.ready(port, spec.env)
+        : check
+          ? await probe(check as { type: "tcp" | "http"; path: string }, port)
+          : Date.now() - startedAt > 300;
       if (healthy && !exited) break;
       if (Date.now() > deadline) {
         killGroup(instance.pid, "SIGKILL");
         throw new Error(`not healthy within ${HEALTH_TIMEOUT_MS / 1000} s`);
       }
-      await new Promise((r) => setTimeout(r, 100));
+      // 25 ms: a database that starts in ~30 ms is connectable a poll later, not 100 ms later.
+      await new Promise((r) => setTimeout(r, template ? 25 : 100));
     }
     const endpoint = port ? `${host === "0.0.0.0" ? "127.0.0.1" : host}:${port}` : "";
     this.report({
@@ -307,6 +377,7 @@ export class ExecDriver implements Driver {
       ...(endpoint ? { endpoint } : {}),
     });
     this.logger.info({ service: spec.serviceId, pid: instance.pid, port }, "instance running");
+    afterReady?.();
     return { endpoint };
   }
 
@@ -365,7 +436,12 @@ export class ExecDriver implements Driver {
     clearTimeout(instance.restartTimer);
     const { pid, startTime } = instance;
     if (isAlive(pid, startTime)) {
-      killGroup(pid, "SIGTERM");
+      const template = TEMPLATES[instance.spec.template ?? ""];
+      if (template) {
+        try {
+          process.kill(pid, template.stopSignal);
+        } catch {}
+      } else killGroup(pid, "SIGTERM");
       const deadline = Date.now() + STOP_GRACE_MS;
       while (isAlive(pid, startTime) && Date.now() < deadline)
         await new Promise((r) => setTimeout(r, 50));
@@ -383,8 +459,10 @@ export class ExecDriver implements Driver {
   async remove(serviceId: string, purgeData: boolean): Promise<void> {
     await this.stop(serviceId, true);
     this.instances.delete(serviceId);
-    if (purgeData)
+    if (purgeData) {
       rmSync(join(this.dataDir, "volumes", serviceId), { recursive: true, force: true });
+      rmSync(this.backupDir(serviceId), { recursive: true, force: true });
+    }
   }
 
   /**
@@ -438,6 +516,17 @@ export class ExecDriver implements Driver {
       }
     }, 500);
     timer.unref();
+  }
+
+  /** Where the service's backups live: kept across deployments, removed with --purge-data. */
+  backupDir(serviceId: string): string {
+    return join(this.dataDir, "backups", serviceId);
+  }
+
+  /** The loopback port of the service's instance when it is running now, else null. */
+  runningPort(serviceId: string): number | null {
+    const i = this.instances.get(serviceId);
+    return i && !i.stopping && isAlive(i.pid, i.startTime) && i.port ? i.port : null;
   }
 
   has(serviceId: string): boolean {

@@ -4,6 +4,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ConfigService } from "../gen/flotilla/v1/config_pb.js";
+import { DatabasesService } from "../gen/flotilla/v1/databases_pb.js";
 import { DataPlaneService } from "../gen/flotilla/v1/dataplanes_pb.js";
 import { EventsService, WebhooksService } from "../gen/flotilla/v1/events_pb.js";
 import { FleetService } from "../gen/flotilla/v1/fleet_pb.js";
@@ -40,6 +41,7 @@ export interface Api {
   events: Client<typeof EventsService>;
   webhooks: Client<typeof WebhooksService>;
   dataPlanes: Client<typeof DataPlaneService>;
+  databases: Client<typeof DatabasesService>;
   hub: string;
 }
 
@@ -76,6 +78,7 @@ export function connect(values: Parsed["values"], token?: string): Api {
     events: createClient(EventsService, transport),
     webhooks: createClient(WebhooksService, transport),
     dataPlanes: createClient(DataPlaneService, transport),
+    databases: createClient(DatabasesService, transport),
     hub,
   };
 }

@@ -37,7 +37,7 @@ const json = <D extends DescMessage>(schema: D, message: MessageShape<D>) =>
   toJson(schema, message);
 
 /** An environment from its id or PROJECT/ENV (slugs or ids). */
-async function resolveEnvironment(api: Api, ref: string | undefined): Promise<Environment> {
+export async function resolveEnvironment(api: Api, ref: string | undefined): Promise<Environment> {
   if (!ref) throw usage("--env is required: PROJECT/ENV (e.g. demo/production) or an id");
   if (UUID.test(ref)) {
     return { id: ref } as Environment;
@@ -58,7 +58,7 @@ async function resolveEnvironment(api: Api, ref: string | undefined): Promise<En
 }
 
 /** A service from its id, PROJECT/ENV/SERVICE, or PROJECT/SERVICE (in production). */
-async function resolveService(api: Api, ref: string | undefined): Promise<Service> {
+export async function resolveService(api: Api, ref: string | undefined): Promise<Service> {
   if (!ref) throw usage("name a service: PROJECT/ENV/SERVICE, PROJECT/SERVICE or an id");
   if (UUID.test(ref)) return (await api.services.getService({ serviceId: ref })).service!;
   const parts = ref.split("/");
@@ -321,6 +321,10 @@ export async function servicesCommand(argv: string[]): Promise<number> {
       description:
         "start, stop, restart, delete: the hub gives up waiting after this many seconds without progress (default 120)",
     },
+    "purge-data": {
+      type: "boolean",
+      description: "delete: also remove its volumes (a database's data) and backups on its server",
+    },
   };
   const [own, command] = splitCommand(argv);
   const { values, positionals } = parseOptions(own, specs);
@@ -332,7 +336,7 @@ export async function servicesCommand(argv: string[]): Promise<number> {
         "  | create NAME --env PROJECT/ENV [--port N] [--health tcp|http:/path] [--public] [--deploy] -- COMMAND [ARGS...]",
         "  | create NAME --env PROJECT/ENV --image IMAGE [--port N] [-- COMMAND...]",
         "  | get SERVICE | update SERVICE [spec options] [-- COMMAND...]",
-        "  | start|stop|restart SERVICE [--no-wait] [--timeout S] | delete SERVICE [--no-wait] [--timeout S]",
+        "  | start|stop|restart SERVICE [--no-wait] [--timeout S] | delete SERVICE [--purge-data] [--no-wait] [--timeout S]",
         "start, stop, restart and delete wait on the hub until the agent has done it (exit 0) or failed (exit 1).",
         "SERVICE is PROJECT/ENV/SERVICE, PROJECT/SERVICE (production) or an id.",
       ].join("\n"),
@@ -442,11 +446,12 @@ export async function servicesCommand(argv: string[]): Promise<number> {
     // and the API. A server-side wait may outlast the client's default deadline: none here.
     const waitSeconds = service.serverId && !values["no-wait"] ? waitOption(values) : 0;
     const options = waitSeconds ? { timeoutMs: 0 } : {};
+    const purgeData = Boolean(values["purge-data"]);
     const request = { serviceId: service.id, waitSeconds };
     let dispatch: { id: string; state: string; error: string } | undefined;
     let shown: Service | undefined;
     if (sub === "delete") {
-      dispatch = (await api.services.deleteService(request, options)).dispatch;
+      dispatch = (await api.services.deleteService({ ...request, purgeData }, options)).dispatch;
     } else {
       const call = {
         start: api.services.startService,
@@ -459,7 +464,9 @@ export async function servicesCommand(argv: string[]): Promise<number> {
     }
     if (asJson)
       printJson({
-        ...(shown ? { service: json(ServiceSchema, shown) } : { deleted: service.id }),
+        ...(shown
+          ? { service: json(ServiceSchema, shown) }
+          : { deleted: service.id, purgedData: purgeData }),
         ...(dispatch ? { dispatch } : {}),
       });
     if (dispatch?.state === "failed") {
@@ -475,7 +482,7 @@ export async function servicesCommand(argv: string[]): Promise<number> {
       ];
       process.stdout.write(
         sub === "delete"
-          ? `Service ${service.slug} deleted${dispatch ? "; its agent removed the instance" : ""}.\n`
+          ? `Service ${service.slug} deleted${dispatch ? "; its agent removed the instance" : ""}${purgeData ? ", with its data" : "; its volumes stay on its server (--purge-data removes them)"}.\n`
           : dispatch
             ? `${service.slug} ${done}.\n`
             : `Asked the agent to ${sub} ${service.slug}.\n`,

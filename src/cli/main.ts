@@ -24,6 +24,7 @@ const agent = () => {
 };
 const gateway = () => import("./gateway-command.js");
 const gatewayApi = () => import("./gateway-api-commands.js");
+const db = () => import("./db-commands.js");
 
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   up: {
@@ -119,6 +120,10 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   links: {
     run: lazy(dataplanes, "linksCommand"),
     summary: "A data plane's private links: list, add, update, remove",
+  },
+  db: {
+    run: lazy(db, "dbCommand"),
+    summary: "Managed databases: create, connection info, backups, restore, schedules",
   },
 };
 

@@ -21,7 +21,14 @@ import {
   type Logger,
   type Metrics,
 } from "../shared/index.js";
-import { type Db, migrate, openPglite, openPostgres, type PoolSettings } from "../store/index.js";
+import {
+  type Db,
+  LOCK_KEYS,
+  migrate,
+  openPglite,
+  openPostgres,
+  type PoolSettings,
+} from "../store/index.js";
 import {
   apisRoutes,
   type ConnectOnFastifyOptions,
@@ -29,6 +36,7 @@ import {
   connectOnFastify,
   contextResponseHeaders,
   createAuthInterceptor,
+  databasesRoutes,
   dataPlanesRoutes,
   eventsRoutes,
   fleetRoutes,
@@ -52,6 +60,7 @@ import {
   noteDispatch,
   routingInterceptor,
 } from "./control/index.js";
+import { DatabasesService } from "./databases/index.js";
 import {
   DataPlaneController,
   type DataPlaneControllerOptions,
@@ -95,10 +104,12 @@ import {
   ServersService,
 } from "./servers/index.js";
 import {
+  CREDENTIAL_KEYS,
   type ObservedStatus,
   publicFacts,
   publicServiceIds,
   ServicesService,
+  templateOf,
 } from "./services/index.js";
 import { type DeliveryOptions, WebhooksService } from "./webhooks/index.js";
 
@@ -148,6 +159,8 @@ export interface HubOptions {
   sweepIntervalMs?: number;
   /** How often agents heartbeat. Default 15 s. */
   agentHeartbeatIntervalMs?: number;
+  /** How often due backup schedules run and pending backups settle. Default 15 s. */
+  databaseSweepIntervalMs?: number;
   /** How long shutdown waits for in-flight requests before closing the store. Default 10 s. */
   shutdownGraceMs?: number;
   /** PUBLIC services are routed at <service>-<env>.<this> on their data plane's gateways. Default "localhost". */
@@ -188,6 +201,7 @@ export interface Hub {
   projects: ProjectsService;
   services: ServicesService;
   config: ConfigService;
+  databases: DatabasesService;
   servers: ServersService;
   dispatches: DispatchStore;
   dataPlanes: DataPlanesService;
@@ -358,10 +372,12 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       {
         version: (q, org, env, svc) => config.version(q, org, env, svc),
         removeServiceConfig: (tx, org, svc) => config.removeScope(tx, org, "service", svc),
+        writeServiceConfig: (tx, org, svc, entries) => config.writeWithinTx(tx, org, svc, entries),
       },
       {
         check: async (c, id, q) => (await servers.get(c, id, q, "server_id")).id,
         defaultServer: (c, q) => servers.onlyServer(c, q),
+        drivers: async (c, id, q) => (await servers.get(c, id, q, "server_id")).drivers,
       },
       {
         intend: async (tx, d) => {
@@ -421,6 +437,46 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       },
       options.gatewayBaseDomain ?? "localhost",
       (organizationId, serviceId) => serviceRoutes.reconcileService(organizationId, serviceId),
+    );
+    const databases = new DatabasesService(
+      db,
+      {
+        get: async (c, id, q) => {
+          const s = await services.getService(c, id, q, "service_id");
+          return {
+            id: s.id,
+            slug: s.slug,
+            environmentId: s.environmentId,
+            kind: s.kind,
+            templateId: s.templateId,
+            serverId: s.serverId,
+            driver: s.spec.driver,
+            port: s.templateId ? templateOf(s.templateId).port : 0,
+            desiredDeploymentId: s.desiredDeploymentId,
+            observed: { status: s.observed.status, endpoint: s.observed.endpoint },
+          };
+        },
+      },
+      {
+        names: async (c, serviceId) => {
+          const { entries } = await config.list(c, { scope: "service", id: serviceId });
+          const value = (key: string) => entries.find((e) => e.key === key)?.value ?? "";
+          return { user: value(CREDENTIAL_KEYS.user), database: value(CREDENTIAL_KEYS.database) };
+        },
+        revealPassword: (c, serviceId) =>
+          config.reveal(c, { scope: "service", id: serviceId }, CREDENTIAL_KEYS.password),
+      },
+      {
+        intend: async (tx, d) => {
+          const id = (await dispatches.insert(tx, { ...d, op: "job" })).id;
+          metrics.dispatches.inc({ op: "job", event: "written" });
+          return id;
+        },
+        state: async (_q, id) => {
+          const d = await dispatches.get(id).catch(() => undefined);
+          return d ? { state: d.state, result: d.result, error: d.error } : null;
+        },
+      },
     );
     projects.setDependents({
       running: (q, org, scope) => services.runningIn(q, org, scope),
@@ -482,6 +538,22 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       },
     });
+    // Backup schedules and pending backups: one replica at a time (the others skip the tick).
+    const databaseSweep = setInterval(
+      () => {
+        db.tryExclusiveLock(LOCK_KEYS.databaseBackups, () => databases.sweep())
+          .then((r) => {
+            if (r.value && (r.value.started || r.value.settled || r.value.pruned))
+              logger.info(r.value, "database backup sweep");
+          })
+          .catch((err) =>
+            logger.warn({ err }, "database backup sweep failed; the next tick retries"),
+          );
+      },
+      options.databaseSweepIntervalMs ?? options.sweepIntervalMs ?? 15_000,
+    );
+    databaseSweep.unref();
+    shutdown.signal.addEventListener("abort", () => clearInterval(databaseSweep));
     const internalHttp = new InternalHttpClient();
     const dispatchRouter: DispatchRouter = new DispatchRouter({
       control,
@@ -660,6 +732,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         db,
         servers: (c, defaultPlaneId) => servers.byDataPlane(c, defaultPlaneId),
       });
+      databasesRoutes(router, { services, databases });
       serversRoutes(router, {
         servers,
         dispatches,
@@ -831,6 +904,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       projects,
       services,
       config,
+      databases,
       servers,
       dispatches,
       dataPlanes,

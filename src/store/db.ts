@@ -49,4 +49,5 @@ export interface Db extends Queryable {
 export const LOCK_KEYS = {
   migrations: 0x666c_0001,
   dispatchReaper: 0x666c_0002,
+  databaseBackups: 0x666c_0005,
 } as const;

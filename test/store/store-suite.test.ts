@@ -523,11 +523,12 @@ describeEachEngine("store suite", (store, engine) => {
       kind: string,
       visibility: string,
       slug = `s-${randomUUID().slice(0, 8)}`,
+      templateId: string | null = kind === "database" ? "postgres16" : null,
     ) =>
       db.query(
-        `INSERT INTO services (id, organization_id, project_id, environment_id, slug, name, kind, visibility, spec)
-         VALUES ($1, $2, $3, $4, $5, 'S', $6, $7, '{}')`,
-        [randomUUID(), org, project, env, slug, kind, visibility],
+        `INSERT INTO services (id, organization_id, project_id, environment_id, slug, name, kind, template_id, visibility, spec)
+         VALUES ($1, $2, $3, $4, $5, 'S', $6, $7, $8, '{}')`,
+        [randomUUID(), org, project, env, slug, kind, templateId, visibility],
       );
     const entry = (
       db: Db,
@@ -565,6 +566,18 @@ describeEachEngine("store suite", (store, engine) => {
           (db) => service(db, "app", "PUBLIC"),
         ],
         refused: [(db) => service(db, "database", "PUBLIC")],
+      },
+      {
+        constraint: "services_database_template",
+        title: "a database-kind service names its template, and only a database does",
+        accepted: [
+          (db) => service(db, "database", "PRIVATE", undefined, "postgres16"),
+          (db) => service(db, "app", "PRIVATE", undefined, null),
+        ],
+        refused: [
+          (db) => service(db, "database", "PRIVATE", undefined, null),
+          (db) => service(db, "app", "PRIVATE", undefined, "postgres16"),
+        ],
       },
       {
         constraint: "config_entries_sealed_secrets",

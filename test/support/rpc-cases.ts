@@ -37,6 +37,7 @@ import { type CallOptions, ConnectError, createClient } from "@connectrpc/connec
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ApiKind, ApiService, GatewayService } from "../../src/gen/flotilla/v1/apis_pb.js";
 import { ConfigKind, ConfigScope, ConfigService } from "../../src/gen/flotilla/v1/config_pb.js";
+import { DatabasesService } from "../../src/gen/flotilla/v1/databases_pb.js";
 import { DataPlaneService } from "../../src/gen/flotilla/v1/dataplanes_pb.js";
 import { EventsService, WebhooksService } from "../../src/gen/flotilla/v1/events_pb.js";
 import { FleetService } from "../../src/gen/flotilla/v1/fleet_pb.js";
@@ -90,6 +91,9 @@ export interface TenantIds {
   /** A data plane (not the default one) and one private link on it. */
   dataPlaneId: string;
   privateLinkId: string;
+  /** A managed database on the server, and a backup of it (pending: the server has no agent). */
+  databaseId: string;
+  backupId: string;
 }
 
 export interface RpcCase {
@@ -144,6 +148,7 @@ const azureLink = () => ({
   service_name: `svc-${unique()}.azure.privatelinkservice`,
   location: "eastus",
 });
+const DB = DatabasesService.method;
 const SPEC = {
   driver: Driver.EXEC,
   exec: { command: "node", args: ["server.js"], workingDirectory: "", port: 3000 },
@@ -551,6 +556,45 @@ export const RPC_CASES: Record<string, RpcCase> = {
     objectScoped: true,
     request: (ids) => ({ dataPlane: ids.dataPlaneId, id: ids.privateLinkId }),
   }),
+  "flotilla.v1.DatabasesService/CreateDatabaseService": rpc(DB.createDatabaseService, {
+    objectScoped: true,
+    request: (ids) => ({
+      environmentId: ids.environmentId,
+      name: `db-${unique()}`,
+      templateId: "postgres16",
+      serverId: ids.serverId,
+    }),
+  }),
+  "flotilla.v1.DatabasesService/GetConnectionInfo": rpc(DB.getConnectionInfo, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.databaseId }),
+  }),
+  "flotilla.v1.DatabasesService/CreateBackup": rpc(DB.createBackup, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.databaseId }),
+  }),
+  "flotilla.v1.DatabasesService/ListBackups": rpc(DB.listBackups, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.databaseId }),
+  }),
+  "flotilla.v1.DatabasesService/GetBackup": rpc(DB.getBackup, {
+    objectScoped: true,
+    request: (ids) => ({ backupId: ids.backupId }),
+  }),
+  "flotilla.v1.DatabasesService/RestoreBackup": rpc(DB.restoreBackup, {
+    objectScoped: true,
+    // The seeded backup never finishes (no agent): authorized, found, and refused as unfinished.
+    acceptedError: "resource.conflict",
+    request: (ids) => ({ serviceId: ids.databaseId, backupId: ids.backupId, confirm: true }),
+  }),
+  "flotilla.v1.DatabasesService/SetBackupSchedule": rpc(DB.setBackupSchedule, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.databaseId, cron: "0 3 * * *", retention: 3 }),
+  }),
+  "flotilla.v1.DatabasesService/GetBackupSchedule": rpc(DB.getBackupSchedule, {
+    objectScoped: true,
+    request: (ids) => ({ serviceId: ids.databaseId }),
+  }),
 };
 
 /** Every RPC the hub serves, keyed like RPC_RULES and RPC_CASES. */
@@ -665,17 +709,28 @@ export async function seedTenant(baseUrl: string, ownerToken: string): Promise<T
     { dataPlane: plane.dataPlane!.id, provider: "azure", config: azureLink() },
     { headers },
   );
+  const databases = createClient(DatabasesService, transport);
+  const database = await databases.createDatabaseService(
+    { environmentId, name: `seeded-db-${unique()}`, templateId: "postgres16", serverId },
+    { headers },
+  );
+  const databaseId = database.service!.id;
+  const backup = await databases.createBackup({ serviceId: databaseId }, { headers });
   const audit = await orgs.listAuditEvents({ limit: 1 }, { headers });
-  // One endpoint per organization, reused: the authorization suite seeds one tenant per
-  // object-scoped RPC in the same organization, more times than its 50-endpoint limit allows.
+  // An organization holds at most 50 endpoints and a test may seed one tenant once per RPC: reuse
+  // the seeded endpoint while it exists (a DeleteWebhookEndpoint case removes it).
   const webhooks = createClient(WebhooksService, transport);
-  const existing = (await webhooks.listWebhookEndpoints({}, { headers })).endpoints[0];
-  const webhookEndpointId =
-    existing?.id ??
-    (await webhooks.createWebhookEndpoint({ url: "https://hooks.example.com/seeded" }, { headers }))
-      .endpoint!.id;
+  const seededUrl = "https://hooks.example.com/seeded";
+  const existing = (await webhooks.listWebhookEndpoints({}, { headers })).endpoints.find(
+    (e) => e.url === seededUrl,
+  );
+  const webhook = existing
+    ? { endpoint: existing }
+    : await webhooks.createWebhookEndpoint({ url: seededUrl }, { headers });
   return {
-    webhookEndpointId,
+    webhookEndpointId: webhook.endpoint!.id,
+    databaseId,
+    backupId: backup.backup!.id,
     projectId: project.project!.id,
     environmentId,
     serviceId,
@@ -726,6 +781,8 @@ export function absentIds(): TenantIds {
     webhookEndpointId: uuid(),
     dataPlaneId: uuid(),
     privateLinkId: uuid(),
+    databaseId: uuid(),
+    backupId: uuid(),
   };
 }
 

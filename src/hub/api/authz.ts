@@ -6,6 +6,7 @@ import {
   GatewayService as GatewayRpc,
 } from "../../gen/flotilla/v1/apis_pb.js";
 import { ConfigService as ConfigRpc } from "../../gen/flotilla/v1/config_pb.js";
+import { DatabasesService as DatabasesRpc } from "../../gen/flotilla/v1/databases_pb.js";
 import { DataPlaneService as DataPlaneRpc } from "../../gen/flotilla/v1/dataplanes_pb.js";
 import {
   EventsService as EventsRpc,
@@ -63,6 +64,7 @@ export const SERVICES: DescService[] = [
   EventsRpc,
   WebhooksRpc,
   DataPlaneRpc,
+  DatabasesRpc,
 ];
 
 /** Keyed by "package.Service/Method". A method missing here is refused (and fails a test). */
@@ -156,6 +158,16 @@ export const RPC_RULES: Record<string, Rule> = {
   "flotilla.v1.DataPlaneService/AddPrivateLink": can("ModifyDataPlanePrivateNetworking"),
   "flotilla.v1.DataPlaneService/UpdatePrivateLink": can("ModifyDataPlanePrivateNetworking"),
   "flotilla.v1.DataPlaneService/RemovePrivateLink": can("ModifyDataPlanePrivateNetworking"),
+  "flotilla.v1.DatabasesService/CreateDatabaseService": can("databases.manage"),
+  // Everyone who sees the service sees where it is; the password only with config.reveal.
+  "flotilla.v1.DatabasesService/GetConnectionInfo": can("projects.read"),
+  // A backup is a job on the database's server; nobody reads its file through the API.
+  "flotilla.v1.DatabasesService/CreateBackup": can("jobs.run"),
+  "flotilla.v1.DatabasesService/ListBackups": can("projects.read"),
+  "flotilla.v1.DatabasesService/GetBackup": can("projects.read"),
+  "flotilla.v1.DatabasesService/RestoreBackup": can("databases.manage"),
+  "flotilla.v1.DatabasesService/SetBackupSchedule": can("databases.manage"),
+  "flotilla.v1.DatabasesService/GetBackupSchedule": can("projects.read"),
 };
 
 /** Set by the HTTP layer: the context read from the request headers, and the peer address. */

@@ -14,6 +14,7 @@ export {
 export { configRoutes } from "./config-routes.js";
 export { toConnectError } from "./connect-errors.js";
 export { type ConnectOnFastifyOptions, connectOnFastify } from "./connect-fastify.js";
+export { type DatabasesRouteOptions, databasesRoutes } from "./databases-routes.js";
 export { type DataPlanesRouteOptions, dataPlanesRoutes } from "./dataplanes-routes.js";
 export { eventsRoutes } from "./events-routes.js";
 export { fleetRoutes } from "./fleet-routes.js";

@@ -251,7 +251,7 @@ export function servicesRoutes(router: ConnectRouter, o: ServicesRouteOptions): 
     },
     async deleteService(req, ctx) {
       const r = await operate(ctx, req.serviceId, req.waitSeconds, () =>
-        services.deleteService(caller(ctx), req.serviceId),
+        services.deleteService(caller(ctx), req.serviceId, req.purgeData),
       );
       return { dispatch: outcome(r.dispatch) };
     },
@@ -418,3 +418,6 @@ export function servicesRoutes(router: ConnectRouter, o: ServicesRouteOptions): 
     }
   }
 }
+
+/** The Service message of a service (the databases routes answer with it too). */
+export { service as serviceMessage };

@@ -350,6 +350,30 @@ export class ConfigService {
     return rows[0] ? toEntry(rows[0]) : undefined;
   }
 
+  /**
+   * Writes a service's entries inside the caller's transaction (a managed database's generated
+   * credentials): variables as given, secrets sealed. No authorization, audit or event of its
+   * own: the caller authorized and audits the operation it belongs to. Nothing is logged.
+   */
+  async writeWithinTx(
+    tx: Queryable,
+    organizationId: string,
+    serviceId: string,
+    entries: { variables: Record<string, string>; secrets: Record<string, string> },
+  ): Promise<void> {
+    const c: Caller = { organizationId, actor: { type: "user", id: "" } };
+    await this.bump(tx, organizationId, "service", serviceId);
+    for (const [kind, values] of [
+      ["variable", entries.variables],
+      ["secret", entries.secrets],
+    ] as const) {
+      for (const [keyText, valueText] of Object.entries(values)) {
+        const key = checkKey("key", keyText);
+        await this.write(tx, c, "service", serviceId, key, checkValue(key, valueText), kind);
+      }
+    }
+  }
+
   /** Removes a scope and its entries, in the caller's transaction (service or environment deleted). */
   async removeScope(
     tx: Queryable,

@@ -29,6 +29,8 @@ export const CAPABILITIES = {
   "dataplanes.read": "See data planes, their private links and what the controller observed.",
   "dataplanes.manage": "Create data planes.",
   ModifyDataPlanePrivateNetworking: "Add, change and remove a data plane's private links.",
+  "databases.manage":
+    "Create managed databases, restore their backups (destructive) and set their backup schedules.",
 } as const;
 export type Capability = keyof typeof CAPABILITIES;
 
@@ -62,6 +64,7 @@ const ADMIN: Capability[] = [
   "webhooks.manage",
   "dataplanes.manage",
   "ModifyDataPlanePrivateNetworking",
+  "databases.manage",
 ];
 const OWNER: Capability[] = [...ADMIN, "org.update", "members.grant_owner"];
 

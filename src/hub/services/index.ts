@@ -8,6 +8,7 @@ export type {
 } from "./ports.js";
 export { type PublicFacts, publicFacts, publicServiceIds } from "./public.js";
 export {
+  type CreateDatabaseInput,
   type CreateServiceInput,
   type Deployment,
   type DeploymentReason,
@@ -19,3 +20,9 @@ export {
   type Visibility,
 } from "./service.js";
 export { checkSpec, type ServiceSpec, type SpecInput } from "./spec.js";
+export {
+  CREDENTIAL_KEYS,
+  type DatabaseTemplate,
+  TEMPLATES,
+  templateOf,
+} from "./templates.js";

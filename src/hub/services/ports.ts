@@ -23,6 +23,16 @@ export interface ConfigPort {
   ): Promise<string>;
   /** Removes a service's own config, in the caller's transaction. */
   removeServiceConfig(tx: Queryable, organizationId: string, serviceId: string): Promise<void>;
+  /**
+   * Writes a service's config in the caller's transaction (a managed database's credentials):
+   * variables as they are, secrets sealed. No audit of its own: the caller audits the create.
+   */
+  writeServiceConfig(
+    tx: Queryable,
+    organizationId: string,
+    serviceId: string,
+    entries: { variables: Record<string, string>; secrets: Record<string, string> },
+  ): Promise<void>;
 }
 
 /** Where services run: servers are owned by the servers module. */
@@ -31,6 +41,8 @@ export interface PlacementPort {
   check(c: Caller, serverId: string, q: Queryable): Promise<string>;
   /** Where a service that names no server goes: the organization's only server, else none. */
   defaultServer(c: Caller, q: Queryable): Promise<string | null>;
+  /** The drivers the server's agent reported ("exec", "docker"); empty when unknown. */
+  drivers?(c: Caller, serverId: string, q: Queryable): Promise<string[]>;
 }
 
 export type LifecycleOp = "deploy" | "start" | "stop" | "restart" | "delete" | "job";

@@ -22,7 +22,8 @@ import type {
   LifecycleOp,
   PlacementPort,
 } from "./ports.js";
-import { checkSpec, type ServiceSpec, type SpecInput } from "./spec.js";
+import { checkSpec, type Driver, type ServiceSpec, type SpecInput } from "./spec.js";
+import { CREDENTIAL_KEYS, generateCredentials, templateOf, templateSpec } from "./templates.js";
 
 export type Visibility = "PUBLIC" | "PRIVATE";
 export type ObservedStatus = "unknown" | "pending" | "deploying" | "running" | "stopped" | "failed";
@@ -180,6 +181,24 @@ export interface CreateServiceInput {
   deployNow: boolean;
 }
 
+export interface CreateDatabaseInput {
+  environmentId: string;
+  name: string;
+  slug: string;
+  templateId: string;
+  serverId: string;
+  deployNow: boolean;
+  /** Unset: docker when the server reports a Docker engine, else exec. */
+  driver: Driver | undefined;
+}
+
+const DATABASE_IS_PRIVATE = () =>
+  new FlotillaError(
+    "validation.failed",
+    "visibility: a managed database is never PUBLIC; its siblings reach it privately (connect-info shows how)",
+    { field: "visibility" },
+  );
+
 export interface UpdateServiceInput {
   name: string;
   visibility: Visibility | undefined;
@@ -241,39 +260,16 @@ export class ServicesService {
     const spec = checkSpec(input.spec);
     return this.db.tx(async (tx) => {
       const env = await this.environments.environment(c, input.environmentId, tx);
-      const serverId = requestedServer
-        ? await this.placement.check(c, requestedServer, tx)
-        : await this.placement.defaultServer(c, tx);
-      let service: Service;
-      try {
-        const { rows } = await tx.query<ServiceRow>(
-          `INSERT INTO services (id, organization_id, project_id, environment_id, slug, name, kind, visibility, server_id, spec)
-           VALUES ($1, $2, $3, $4, $5, $6, 'app', $7, $8, $9) RETURNING ${SERVICE_COLUMNS}`,
-          [
-            uuidv7(),
-            c.organizationId,
-            env.projectId,
-            env.id,
-            slug,
-            name,
-            visibility,
-            serverId,
-            JSON.stringify(spec),
-          ],
-        );
-        service = toService(rows[0]!);
-      } catch (err) {
-        if (isUniqueViolation(err)) {
-          throw new FlotillaError(
-            "resource.already_exists",
-            `a service with slug "${slug}" already exists in this environment`,
-            {
-              field: "slug",
-            },
-          );
-        }
-        throw err;
-      }
+      const serverId = await this.placeOn(c, requestedServer, tx);
+      const service = await this.insertService(tx, c, env, {
+        slug,
+        name,
+        kind: "app",
+        templateId: null,
+        visibility,
+        serverId,
+        spec,
+      });
       await recordAudit(tx, {
         organizationId: c.organizationId,
         actor: c.actor,
@@ -293,6 +289,133 @@ export class ServicesService {
       if (deployment) service.desiredDeploymentId = deployment.id;
       return { service, deployment };
     });
+  }
+
+  /**
+   * A managed database from the catalogue: the template fixes image, port and volume, the
+   * service is PRIVATE, credentials come from the CSPRNG; the row, its config (the password
+   * sealed, through the config port) and the first deployment commit together or not at all.
+   */
+  async createDatabase(
+    c: Caller,
+    input: CreateDatabaseInput,
+  ): Promise<{ service: Service; deployment: Deployment | null }> {
+    const name = checkName("name", input.name);
+    const slug = input.slug ? checkSlug("slug", input.slug) : slugFrom(name, "db");
+    if (!input.templateId) throw invalid("template_id", "is required (e.g. postgres16)");
+    const template = templateOf(input.templateId);
+    const requestedServer = input.serverId ? checkId("server_id", input.serverId) : null;
+    if (input.driver !== undefined && input.driver !== "exec" && input.driver !== "docker")
+      throw invalid("driver", "must be exec or docker");
+    return this.db.tx(async (tx) => {
+      const env = await this.environments.environment(c, input.environmentId, tx);
+      const serverId = await this.placeOn(c, requestedServer, tx);
+      const reported =
+        serverId && this.placement.drivers ? await this.placement.drivers(c, serverId, tx) : [];
+      const driver: Driver = input.driver ?? (reported.includes("docker") ? "docker" : "exec");
+      const spec = templateSpec(template, driver);
+      const service = await this.insertService(tx, c, env, {
+        slug,
+        name,
+        kind: "database",
+        templateId: template.id,
+        visibility: "PRIVATE",
+        serverId,
+        spec,
+      });
+      const credentials = generateCredentials(slug);
+      await this.config.writeServiceConfig(tx, c.organizationId, service.id, {
+        variables: {
+          [CREDENTIAL_KEYS.user]: credentials.user,
+          [CREDENTIAL_KEYS.database]: credentials.database,
+        },
+        secrets: { [CREDENTIAL_KEYS.password]: credentials.password },
+      });
+      await recordAudit(tx, {
+        organizationId: c.organizationId,
+        actor: c.actor,
+        action: "service.create_database",
+        target: { type: "service", id: service.id },
+        // Never the password: the audit says which keys were written, not their values.
+        details: {
+          slug,
+          template_id: template.id,
+          driver,
+          user: credentials.user,
+          database: credentials.database,
+          config_keys: Object.values(CREDENTIAL_KEYS),
+        },
+      });
+      await appendEvent(tx, {
+        organizationId: c.organizationId,
+        type: "service.created",
+        subjectId: service.id,
+        payload: {
+          service_id: service.id,
+          environment_id: env.id,
+          slug,
+          visibility: "PRIVATE",
+          kind: "database",
+          template_id: template.id,
+        },
+      });
+      const deployment = input.deployNow
+        ? await this.insertDeployment(tx, c, service, spec, "create", null)
+        : null;
+      if (deployment) service.desiredDeploymentId = deployment.id;
+      return { service, deployment };
+    });
+  }
+
+  private async placeOn(c: Caller, requested: string | null, tx: Queryable) {
+    return requested
+      ? await this.placement.check(c, requested, tx)
+      : await this.placement.defaultServer(c, tx);
+  }
+
+  private async insertService(
+    tx: Queryable,
+    c: Caller,
+    env: { id: string; projectId: string },
+    row: {
+      slug: string;
+      name: string;
+      kind: "app" | "database";
+      templateId: string | null;
+      visibility: Visibility;
+      serverId: string | null;
+      spec: ServiceSpec;
+    },
+  ): Promise<Service> {
+    try {
+      const { rows } = await tx.query<ServiceRow>(
+        `INSERT INTO services (id, organization_id, project_id, environment_id, slug, name, kind, template_id, visibility, server_id, spec)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ${SERVICE_COLUMNS}`,
+        [
+          uuidv7(),
+          c.organizationId,
+          env.projectId,
+          env.id,
+          row.slug,
+          row.name,
+          row.kind,
+          row.templateId,
+          row.visibility,
+          row.serverId,
+          JSON.stringify(row.spec),
+        ],
+      );
+      return toService(rows[0]!);
+    } catch (err) {
+      if (isUniqueViolation(err)) {
+        throw new FlotillaError(
+          "resource.already_exists",
+          `a service with slug "${row.slug}" already exists in this environment`,
+          { field: "slug" },
+        );
+      }
+      throw err;
+    }
   }
 
   async listServices(
@@ -356,11 +479,25 @@ export class ServicesService {
     const spec = checkSpec(input.spec);
     return this.db.tx(async (tx) => {
       const current = await this.getService(c, idText, tx);
+      let newSpec = spec;
+      if (current.kind === "database") {
+        if (visibility !== "PRIVATE") throw DATABASE_IS_PRIVATE();
+        // The template fixes the spec: the request may only repeat it (as `services update`
+        // does when it changes the name or server).
+        const { template, ...fixed } = current.spec;
+        if (JSON.stringify(checkSpec(fixed)) !== JSON.stringify(spec))
+          throw new FlotillaError(
+            "resource.conflict",
+            `spec: ${current.slug} is a managed database; its spec is fixed by template ${current.templateId}`,
+            { field: "spec" },
+          );
+        newSpec = { ...spec, ...(template ? { template } : {}) };
+      }
       const serverId = requestedServer ? await this.placement.check(c, requestedServer, tx) : null;
       const { rows } = await tx.query<ServiceRow>(
         `UPDATE services SET name = $3, visibility = $4, server_id = $5, spec = $6, updated_at = now()
          WHERE id = $1 AND organization_id = $2 RETURNING ${SERVICE_COLUMNS}`,
-        [current.id, c.organizationId, name, visibility, serverId, JSON.stringify(spec)],
+        [current.id, c.organizationId, name, visibility, serverId, JSON.stringify(newSpec)],
       );
       await recordAudit(tx, {
         organizationId: c.organizationId,
@@ -379,7 +516,8 @@ export class ServicesService {
     });
   }
 
-  async deleteService(c: Caller, idText: string): Promise<void> {
+  /** Deletes the service; its agent removes the instance, and its volumes too when purgeData. */
+  async deleteService(c: Caller, idText: string, purgeData = false): Promise<void> {
     await this.db.tx(async (tx) => {
       const service = await this.getService(c, idText, tx);
       // The agent stops and removes the instance; the intent outlives the service row.
@@ -390,7 +528,7 @@ export class ServicesService {
           serviceId: service.id,
           deploymentId: service.desiredDeploymentId,
           op: "delete",
-          args: { purge_data: false },
+          args: { purge_data: purgeData },
         });
       await this.config.removeServiceConfig(tx, c.organizationId, service.id);
       await tx.query("DELETE FROM services WHERE id = $1 AND organization_id = $2", [
@@ -402,7 +540,7 @@ export class ServicesService {
         actor: c.actor,
         action: "service.delete",
         target: { type: "service", id: service.id },
-        details: { slug: service.slug },
+        details: { slug: service.slug, purge_data: purgeData },
       });
       await appendEvent(tx, {
         organizationId: c.organizationId,

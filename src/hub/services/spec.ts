@@ -6,6 +6,8 @@ export type RestartPolicy = "always" | "on-failure" | "never";
 
 export interface ServiceSpec {
   driver: Driver;
+  /** Set only by the template catalogue (a managed database): the agent runs its bootstrap. */
+  template?: string;
   exec?: { command: string; args: string[]; workingDirectory: string; port: number };
   docker?: { image: string; command: string[]; port: number };
   healthCheck: { type: "" | "tcp" | "http"; path: string };
