@@ -183,8 +183,8 @@ describe("public service routes", () => {
     const svc = (await api(t.hub.url, token).services.getService({ serviceId })).service!;
     const dbId = "0190a000-0000-7000-8000-0000000000db";
     await t.hub.db.query(
-      `INSERT INTO services (id, organization_id, project_id, environment_id, slug, name, kind, visibility, spec)
-       VALUES ($1, $2, $3, $4, 'pg', 'PG', 'database', 'PRIVATE', '{}')`,
+      `INSERT INTO services (id, organization_id, project_id, environment_id, slug, name, kind, template_id, visibility, spec)
+       VALUES ($1, $2, $3, $4, 'pg', 'PG', 'database', 'postgres16', 'PRIVATE', '{}')`,
       [dbId, org, svc.projectId, svc.environmentId],
     );
     await expect(
