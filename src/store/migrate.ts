@@ -42,12 +42,12 @@ export function loadMigrations(dir: string = defaultMigrationsDir()): Migration[
       };
     })
     .sort((a, b) => a.version - b.version);
-  // Numbers are reserved per branch of work (two branches never share one), so a build may
-  // hold 0018 before 0010 exists: gaps are allowed, a number used twice is not.
+  // 1..N without gaps: a build missing a number would otherwise apply a later-merged lower one
+  // after higher ones on databases that already moved on, out of the order it was written for.
   migrations.forEach((m, i) => {
-    if (i > 0 && migrations[i - 1]!.version === m.version)
+    if (m.version !== i + 1)
       throw new Error(
-        `migration number ${m.version} is used by two files (${migrations[i - 1]!.name}, ${m.name})`,
+        `migration numbers must run 1..N without gaps or repeats; found ${m.version} (${m.name}) at position ${i + 1}`,
       );
   });
   return migrations;
