@@ -400,10 +400,16 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       },
       { get: (c, ref, q, field) => gateways.get(c, ref, q, field) },
       {
-        check: async (c, id, q, field) => ({ id: (await services.getService(c, id, q, field)).id }),
+        check: async (c, id, q, field) => {
+          const s = await services.getService(c, id, q, field);
+          return { id: s.id, kind: s.kind };
+        },
         endpoint: async (organizationId, serviceId) => {
           const reader = { organizationId, actor: { type: "token" as const, id: "gateway-sync" } };
           const s = await services.getService(reader, serviceId).catch(() => undefined);
+          // A managed database is never a gateway's upstream, even if a row naming one was
+          // written past the API: its endpoint is not handed to a gateway.
+          if (s?.kind === "database") return null;
           return s?.observed.endpoint ?? null;
         },
       },
@@ -433,7 +439,10 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     const serviceDomains = new ServiceDomains(
       db,
       {
-        check: async (c, id, q, field) => ({ id: (await services.getService(c, id, q, field)).id }),
+        check: async (c, id, q, field) => {
+          const s = await services.getService(c, id, q, field);
+          return { id: s.id, kind: s.kind };
+        },
       },
       options.gatewayBaseDomain ?? "localhost",
       (organizationId, serviceId) => serviceRoutes.reconcileService(organizationId, serviceId),

@@ -14,8 +14,8 @@ export interface GatewayLookupPort {
 }
 
 export interface ServiceLookupPort {
-  /** Throws not-found unless the service belongs to the caller's organization. */
-  check(c: Caller, id: string, q: Queryable, field: string): Promise<{ id: string }>;
+  /** Throws not-found unless the service belongs to the caller's organization; kind "database" is a managed database. */
+  check(c: Caller, id: string, q: Queryable, field: string): Promise<{ id: string; kind: string }>;
   /** The service's observed endpoint (host:port or URL) as its agent reports it, or null. */
   endpoint(organizationId: string, serviceId: string): Promise<string | null>;
 }

@@ -181,13 +181,21 @@ export class ApisService {
     return this.db.tx(async (tx) => {
       if (kind === "RestApi") {
         const up = (definition as RestApiDefinition).upstream;
-        if ("service" in up)
-          await this.services.check(
+        if ("service" in up) {
+          const target = await this.services.check(
             c,
             checkId("definition_json.upstream.service", up.service),
             tx,
             "definition_json.upstream.service",
           );
+          // A managed database is never reachable through a gateway (issue 5): it speaks the
+          // PostgreSQL protocol, not HTTP, and its credentials must not face the public side.
+          if (target.kind === "database")
+            throw invalid(
+              "definition_json.upstream.service",
+              "is a managed database: it cannot be an API's upstream; siblings reach it privately (flotilla db connect-info)",
+            );
+        }
       }
       let providerId: string | null = null;
       if (kind === "LlmProxy") {

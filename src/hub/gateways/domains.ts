@@ -23,8 +23,8 @@ const HOSTNAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[
 export const MAX_CUSTOM_DOMAINS = 19;
 
 export interface ServiceCheckPort {
-  /** Throws not-found unless the service belongs to the caller's organization. */
-  check(c: Caller, id: string, q: Queryable, field: string): Promise<{ id: string }>;
+  /** Throws not-found unless the service belongs to the caller's organization; kind "database" is a managed database. */
+  check(c: Caller, id: string, q: Queryable, field: string): Promise<{ id: string; kind: string }>;
 }
 
 export class ServiceDomains {
@@ -56,6 +56,12 @@ export class ServiceDomains {
     const hostname = this.checkHostname(rawHostname);
     const domain = await this.db.tx(async (tx) => {
       const s = await this.services.check(c, serviceId, tx, "service_id");
+      // A managed database is PRIVATE for life (a CHECK in 0004), so a domain could never route to it.
+      if (s.kind === "database")
+        throw invalid(
+          "service_id",
+          "is a managed database: it is never PUBLIC and cannot have a domain; siblings reach it privately (flotilla db connect-info)",
+        );
       const { rows: count } = await tx.query<{ n: number }>(
         "SELECT count(*)::int AS n FROM service_domains WHERE service_id = $1",
         [s.id],
