@@ -3,6 +3,7 @@
 // its output in a log file, and pid files so a restarted agent adopts what still runs instead of doubling it.
 import { type ChildProcess, spawn } from "node:child_process";
 import {
+  chmodSync,
   chownSync,
   closeSync,
   copyFileSync,
@@ -163,6 +164,37 @@ class Instance {
   constructor(public spec: ExecRun) {}
 }
 
+/**
+ * The agent's directory as the exec driver lays it out. As root, workloads run as the workload
+ * user, which must walk down to its volumes and backups: the data directory and those two parents
+ * are traverse-only for others (0711: no listing), each service's directory inside is the
+ * workload user's own (0700). Everything else stays the agent's alone: instances/ (pid files
+ * with the sealed env) and logs/ are 0700, agent.json and the dispatch ledger 0600. Modes are
+ * set on every start, so a directory made by an older agent (0700 or 0755) is corrected.
+ */
+export function prepareDataDir(dataDir: string): void {
+  const asRoot = process.getuid?.() === 0;
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  for (const d of ["instances", "logs"]) {
+    mkdirSync(join(dataDir, d), { recursive: true, mode: 0o700 });
+    chmodSync(join(dataDir, d), 0o700);
+  }
+  for (const d of ["volumes", "backups"]) {
+    mkdirSync(join(dataDir, d), { recursive: true, mode: 0o711 });
+    chmodSync(join(dataDir, d), 0o711);
+  }
+  if (!asRoot) return;
+  // Anything else at the top (agent.json, the dispatch ledger, what an older agent left) keeps
+  // no group or other bits: with the directory traversable, a known name must open nothing.
+  for (const name of readdirSync(dataDir)) {
+    if (name === "volumes" || name === "backups") continue;
+    const path = join(dataDir, name);
+    const mode = statSync(path).mode & 0o777;
+    if (mode & 0o077) chmodSync(path, mode & 0o700);
+  }
+  chmodSync(dataDir, 0o711);
+}
+
 export class ExecDriver implements Driver {
   readonly name = "exec" as const;
   private readonly instances = new Map<string, Instance>();
@@ -175,8 +207,7 @@ export class ExecDriver implements Driver {
     /** 32 bytes that seal the env in pid files; the agent derives it from its server secret. */
     private readonly sealKey: Buffer,
   ) {
-    for (const d of ["instances", "volumes", "logs"])
-      mkdirSync(join(dataDir, d), { recursive: true, mode: 0o755 });
+    prepareDataDir(dataDir);
     // A chatty long-running instance must not fill the disk between two starts.
     this.rotation = setInterval(() => {
       for (const serviceId of this.instances.keys()) this.rotate(serviceId);
@@ -252,7 +283,10 @@ export class ExecDriver implements Driver {
     for (const v of spec.volumes) {
       // Volumes are directories under the agent's data dir that outlive deployments.
       const dir = join(this.dataDir, "volumes", spec.serviceId, v.name);
-      mkdirSync(dir, { recursive: true });
+      // The service's directory is traversable (its volumes' names are no secret); each
+      // volume is the workload user's alone.
+      mkdirSync(join(this.dataDir, "volumes", spec.serviceId), { recursive: true, mode: 0o711 });
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
       if (process.getuid?.() === 0) chownSync(dir, this.user.uid, this.user.gid);
       volumeEnv[`FLOTILLA_VOLUME_${v.name.toUpperCase().replace(/-/g, "_")}`] = dir;
       volumeDirs[v.name] = dir;

@@ -175,7 +175,7 @@ function checkReachable(dir: string, user: WorkloadUser): void {
     const bit = s.uid === user.uid ? 0o100 : s.gid === user.gid ? 0o010 : 0o001;
     if (!(s.mode & bit))
       throw new Error(
-        `the workload user ${user.name} cannot reach ${dir}: ${d} is not traversable for it (mode ${(s.mode & 0o777).toString(8)}); chmod o+x ${d}, or give the agent a --data-dir under a traversable path`,
+        `the workload user ${user.name} cannot reach ${dir}: ${d} is not traversable for it (mode ${(s.mode & 0o777).toString(8)}); run \`chmod o+x ${d}\` (traverse only, no listing), or give Flotilla a --data-dir under a traversable path such as /var/lib/flotilla`,
       );
   }
 }
@@ -339,8 +339,8 @@ async function sha256Of(file: string): Promise<string> {
 }
 
 function prepareBackupDir(dir: string, user: WorkloadUser) {
-  // The parent is shared by every service's directory: traversable, like volumes/.
-  mkdirSync(dirname(dir), { recursive: true, mode: 0o755 });
+  // The parent is shared by every service's directory: traverse-only, like volumes/.
+  mkdirSync(dirname(dir), { recursive: true, mode: 0o711 });
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   if (process.getuid?.() === 0) chownSync(dir, user.uid, user.gid);
 }

@@ -82,12 +82,13 @@ export class Ledger {
 
   /** Marks a dispatch as started before any effect, so a crash mid-way is never re-run blind. */
   begin(id: string): void {
-    appendFileSync(this.file, `${JSON.stringify({ id, started: true })}\n`);
+    appendFileSync(this.file, `${JSON.stringify({ id, started: true })}\n`, { mode: 0o600 });
   }
 
   /** Appends the outcome before the hub is told, so a crash after telling cannot forget it. */
   record(id: string, outcome: Outcome): void {
-    appendFileSync(this.file, `${JSON.stringify({ id, ...outcome })}\n`);
+    // Outcomes carry job output: the file is the agent's alone (the mode applies on creation).
+    appendFileSync(this.file, `${JSON.stringify({ id, ...outcome })}\n`, { mode: 0o600 });
     this.remember(id, outcome);
   }
 

@@ -24,6 +24,7 @@ import {
   parseEmbeddedSource,
   type TableCopy,
 } from "../store/index.js";
+import { openDataDirForWorkloads } from "./data-dir.js";
 import {
   help,
   intOption,
@@ -475,6 +476,7 @@ export async function upCommand(argv: string[]): Promise<number> {
         },
         logger,
       );
+  if (!values["no-agent"]) openDataDirForWorkloads(dataDir, "agent");
   const local = values["no-agent"]
     ? undefined
     : localAgent(hub, join(dataDir, "agent"), stringOption(values, "workload-user")!, logger);
