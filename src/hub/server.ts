@@ -79,7 +79,7 @@ import {
   natsBus,
 } from "./events/index.js";
 import { FleetService } from "./fleet/index.js";
-import { GatewaysService, ServiceDomains, ServiceRoutes } from "./gateways/index.js";
+import { GatewayProber, GatewaysService, ServiceDomains, ServiceRoutes } from "./gateways/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
@@ -578,8 +578,15 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         .catch((err) =>
           logger.warn({ err, dispatch: d.id }, "routing failed; the sweep delivers it"),
         );
-    // Gateways join the fleet view with a prober of their own when they exist.
-    const fleet = new FleetService([new AgentProber(servers, control, dispatchRouter)]);
+    // Gateways' event streams are created below with the HTTP server; the prober asks them late.
+    let gatewayStreams: GatewaySync | undefined;
+    const fleet = new FleetService([
+      new AgentProber(servers, control, dispatchRouter),
+      new GatewayProber(gateways, {
+        ping: async (id, deadlineMs) =>
+          gatewayStreams ? gatewayStreams.ping(id, deadlineMs) : null,
+      }),
+    ]);
     if (options.nats) {
       if (db.engine !== "postgres")
         throw new FlotillaError(
@@ -787,9 +794,25 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       gateways,
       routes: serviceRoutes,
       events: bus,
+      ...(backbone ? { feed: "consumer" as const } : {}),
       logger,
     });
     await gatewaySync.register(app);
+    gatewayStreams = gatewaySync;
+    if (backbone) {
+      // The gateway fan-out: a durable per replica (scope "replica"), so every replica hears
+      // every deploy/undeploy event and hands it to the gateways whose event stream it holds.
+      // It runs even with --nats-consumers off: only this replica can reach its sockets.
+      await eventsSvc.addConsumer({
+        ...(options.nats?.consumer ?? {}),
+        name: "gateway-fanout",
+        scope: "replica",
+        accepts: (type) => gatewaySync.carries(type),
+        handler: async (e) => {
+          gatewaySync.deliver(e);
+        },
+      });
+    }
     // Public service routes follow their services: every service event re-converges that
     // service's routes (the rows are the truth; a lost event waits for the periodic sweep).
     const routeSweep = (organizationId?: string) =>
