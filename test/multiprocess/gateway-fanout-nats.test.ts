@@ -179,6 +179,20 @@ describe("gateway fan-out over NATS across two hub replicas", () => {
       false,
     );
 
+    // The fleet view, asked of each replica: B pings the stream it holds, A knows the gateway
+    // only from its last request.
+    const member = async (hub: FlotillaProcess) => {
+      const r = await rpc(
+        hub.url,
+        "FleetService/GetFleetStatus",
+        { kinds: ["gateway"], refresh: true },
+        token,
+      );
+      return (r.members as Array<Record<string, unknown>>).find((m) => m.id === gatewayId);
+    };
+    expect(await member(b)).toMatchObject({ kind: "gateway", health: "ok", probe: "channel" });
+    expect(await member(a)).toMatchObject({ health: "online", probe: "heartbeat" });
+
     // B dies; a change made meanwhile through A is recovered by the reconcile on reconnect.
     b.child.kill("SIGKILL");
     await b.exited;
@@ -186,6 +200,13 @@ describe("gateway fan-out over NATS across two hub replicas", () => {
     await a.waitForLog((r) => r.msg === "gateway connected" && r.gatewayId === gatewayId, 30_000);
     await eventually(async () => (await status(gw, "/orders/x")) === 404, "orders undeployed");
     await eventually(async () => (await gw.ready()).converged === true, "converged on A");
+
+    // (A refresh within a second of A's last probe round is answered from that round.)
+    const onA = await eventually(async () => {
+      const m = await member(a);
+      return m?.probe === "channel" ? m : null;
+    }, "A probes the gateway over the stream it now holds");
+    expect(onA).toMatchObject({ health: "ok" });
 
     // Held by A now: A's own durable delivers, again without a reconcile.
     const settled = await syncFacts(gw);
