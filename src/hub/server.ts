@@ -20,6 +20,7 @@ import {
   type IncomingContext,
   type Logger,
   type Metrics,
+  notFound,
 } from "../shared/index.js";
 import {
   type Db,
@@ -105,6 +106,7 @@ import {
 } from "./servers/index.js";
 import {
   CREDENTIAL_KEYS,
+  lockServiceRow,
   type ObservedStatus,
   publicFacts,
   publicServiceIds,
@@ -163,10 +165,15 @@ export interface HubOptions {
   databaseSweepIntervalMs?: number;
   /** How long shutdown waits for in-flight requests before closing the store. Default 10 s. */
   shutdownGraceMs?: number;
-  /** PUBLIC services are routed at <service>-<env>.<this> on their data plane's gateways. Default "localhost". */
+  /** PUBLIC services are routed at <service>-<env>-<project>.<this> on their data plane's gateways. Default "localhost". */
   gatewayBaseDomain?: string;
   /** How often every public service route is re-converged. Default 60 s. */
   routeSweepIntervalMs?: number;
+  /**
+   * The gateway (by name) that runs on this hub's host, the only one handed loopback endpoints;
+   * `flotilla up` sets "local". Unset, loopback endpoints are routed to no gateway.
+   */
+  sameHostGateway?: string;
   /**
    * The NATS JetStream event backbone (PostgreSQL only): the outbox relay publishes to it and this
    * replica runs the durable consumers (audit projection, webhooks) unless `consumers` is false.
@@ -419,7 +426,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
             actor: { type: "token" as const, id: "route-controller" },
           };
           const env = await projects.getEnvironment(reader, f.environmentId, q);
-          return { ...f, environmentSlug: env.slug };
+          const project = await projects.getProject(reader, env.projectId, q);
+          return { ...f, environmentSlug: env.slug, projectSlug: project.slug };
         },
         publicServices: (q, organizationId) => publicServiceIds(q, organizationId),
         dataPlane: async (q, organizationId, serverId) => {
@@ -429,11 +437,20 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       },
       options.gatewayBaseDomain ?? "localhost",
+      {
+        ...(options.sameHostGateway ? { sameHostGateway: options.sameHostGateway } : {}),
+        logger,
+      },
     );
     const serviceDomains = new ServiceDomains(
       db,
       {
         check: async (c, id, q, field) => ({ id: (await services.getService(c, id, q, field)).id }),
+        lock: async (c, id, q, field) => {
+          const s = await services.getService(c, id, q, field);
+          if (!(await lockServiceRow(q, c.organizationId, s.id))) throw notFound(`service ${s.id}`);
+          return { id: s.id };
+        },
       },
       options.gatewayBaseDomain ?? "localhost",
       (organizationId, serviceId) => serviceRoutes.reconcileService(organizationId, serviceId),
@@ -816,9 +833,9 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     // Public service routes follow their services: every service event re-converges that
     // service's routes (the rows are the truth; a lost event waits for the periodic sweep).
     const routeSweep = (organizationId?: string) =>
-      serviceRoutes
-        .sweep(organizationId)
-        .catch((err) => logger.warn({ err }, "route sweep failed"));
+      (organizationId ? serviceRoutes.sweep(organizationId) : serviceRoutes.sweepExclusive()).catch(
+        (err) => logger.warn({ err }, "route sweep failed"),
+      );
     const ROUTE_EVENTS = new Set([
       "service.created",
       "service.updated",
@@ -828,7 +845,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     const unsubscribeRoutes = bus.subscribe((e) => {
       if (!ROUTE_EVENTS.has(e.type)) return;
       serviceRoutes
-        .reconcileService(e.organizationId, e.subjectId)
+        .reconcileService(e.organizationId, e.subjectId, { changedSince: new Date(e.occurredAt) })
         .catch((err) => logger.warn({ err, serviceId: e.subjectId }, "route reconcile failed"));
     });
     void routeSweep();
