@@ -202,7 +202,10 @@ describe("direct route to an agent's admin endpoint", () => {
       v: 1,
       type: "dispatch",
       id: "00000000-0000-4000-8000-00000000c1ea",
-      ctx: { correlation: "plain" },
+      ctx: {
+        correlation: "plain",
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+      },
       op: "stop",
       service_id: null,
       deployment_id: null,
