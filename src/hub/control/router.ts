@@ -117,12 +117,12 @@ const ADMIN_SHAPES: Record<AdminAction, (v: Record<string, unknown>) => unknown>
 };
 
 /** The agent's own error code, when it is one of the short tokens it sends (never free text). */
-function agentCode(body: string): string {
+function agentCode(body: string): string | undefined {
   try {
     const code = (JSON.parse(body) as { code?: unknown }).code;
-    return typeof code === "string" && /^[a-z_.]{1,64}$/.test(code) ? ` (${code})` : "";
+    return typeof code === "string" && /^[a-z_.]{1,64}$/.test(code) ? code : undefined;
   } catch {
-    return "";
+    return undefined;
   }
 }
 
@@ -350,7 +350,7 @@ export class DispatchRouter {
     if (res.status !== 200)
       throw new FlotillaError(
         res.status === 401 ? "agent.unavailable" : "resource.conflict",
-        `the agent refused ${action} (HTTP ${res.status})${agentCode(res.body)}`,
+        `the agent refused ${action} (HTTP ${res.status}${agentCode(res.body) ? `, ${agentCode(res.body)}` : ""})`,
       );
     let parsed: unknown;
     try {

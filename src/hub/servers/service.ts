@@ -221,23 +221,6 @@ export class ServersService {
   }
 
   /**
-   * The key a hub signs direct requests to this server's agent with (derived from its secret,
-   * which never leaves this process); null for an unknown server.
-   */
-  async directKey(serverId: string): Promise<Buffer | null> {
-    const { rows } = await this.db.query<{ secret_sealed: Buffer; secret_key_id: string }>(
-      "SELECT secret_sealed, secret_key_id FROM servers WHERE id = $1",
-      [serverId],
-    );
-    const row = rows[0];
-    if (!row) return null;
-    return directKey(
-      this.sealer.open(row.secret_sealed, row.secret_key_id, secretAad(serverId)),
-      serverId,
-    );
-  }
-
-  /**
    * Both keys of the direct route to this server's agent, derived from its secret (which never
    * leaves this process): the request signing key and the dispatch sealing key; null for an
    * unknown server.
