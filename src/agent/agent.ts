@@ -15,6 +15,7 @@ import {
   authProof,
   contextFromFrame,
   directKey,
+  directSealKey,
   FrameError,
   type HubFrame,
   type Logger,
@@ -665,6 +666,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
           log,
           // Derived per request: a reload may have replaced the secret.
           signingKey: () => directKey(secret, serverId),
+          sealingKey: () => directSealKey(secret, serverId),
           dispatch: directDispatch,
         });
   const advertisedAdminUrl =
