@@ -1,5 +1,5 @@
-// The agent's admin API: probes, Prometheus metrics, status, drain, resume, reload, and the signed
-// direct-dispatch endpoint a hub replica uses when none holds this agent's control channel.
+// The agent's admin API: probes, Prometheus metrics, status, drain, resume, reload, and the signed,
+// sealed direct-dispatch endpoint a hub replica uses when none holds this agent's control channel.
 import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import {
@@ -10,7 +10,9 @@ import {
   FrameError,
   type HubFrame,
   type Logger,
+  openDirectRequest,
   parseHubFrame,
+  sealDirectAnswer,
   verifyDirect,
 } from "../shared/index.js";
 import type { AgentStatus } from "./agent.js";
@@ -34,6 +36,11 @@ export interface AdminOptions {
   log: Logger;
   /** The key hub requests are signed with (derived from the server's secret). */
   signingKey: () => Buffer;
+  /**
+   * The key a direct dispatch and its answer are sealed with (derived from the server's secret
+   * under its own label): the dispatch carries decrypted secrets over plain HTTP.
+   */
+  sealingKey: () => Buffer;
   /** Runs a dispatch once (the ledger decides) and answers its outcome. */
   dispatch: (
     frame: Extract<HubFrame, { type: "dispatch" }>,
@@ -122,9 +129,17 @@ export async function serveAdmin(
       if (route === "GET /metrics")
         return reply(200, metrics(status()), "text/plain; version=0.0.4");
       if (route === `POST ${AGENT_DIRECT_DISPATCH_PATH}`) {
+        const sealingKey = o.sealingKey();
+        // Only a sealed frame is taken: a plain one would mean its secrets crossed in clear.
+        const opened = openDirectRequest(sealingKey, path, body);
+        if (opened === null)
+          return reply(400, {
+            code: "frame.malformed",
+            message: "a direct dispatch must be sealed under this server's key",
+          });
         let frame: HubFrame;
         try {
-          frame = parseHubFrame(body.toString("utf8"));
+          frame = parseHubFrame(opened);
           if (frame.type !== "dispatch")
             throw new FrameError("frame.malformed", "only a dispatch frame is accepted here");
         } catch (err) {
@@ -133,7 +148,9 @@ export async function serveAdmin(
         const outcome = await o.dispatch(frame);
         if ("deferred" in outcome)
           return reply(409, { code: "server.draining", message: outcome.deferred });
-        return reply(200, outcome);
+        // Sealed and bound to the dispatch id and the time: the hub records no answer it
+        // cannot open, so one forged on the path never completes the dispatch.
+        return reply(200, sealDirectAnswer(sealingKey, frame.id, outcome));
       }
       const action = ACTIONS[route];
       if (!action) return reply(404, { code: "resource.not_found", message: `no ${route} here` });

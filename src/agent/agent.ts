@@ -4,7 +4,7 @@ import { hkdfSync } from "node:crypto";
 import { statfsSync } from "node:fs";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
-import { availableParallelism, totalmem } from "node:os";
+import { availableParallelism, networkInterfaces, totalmem } from "node:os";
 import WebSocket from "ws";
 import {
   type AdminAction,
@@ -15,6 +15,7 @@ import {
   authProof,
   contextFromFrame,
   directKey,
+  directSealKey,
   FrameError,
   type HubFrame,
   type Logger,
@@ -61,6 +62,12 @@ export interface AgentOptions {
    * (route() "direct"). Sent in the hello; unset, no hub delivers directly.
    */
   adminAdvertiseUrl?: string;
+  /**
+   * The address reported for PUBLIC services (they bind 0.0.0.0), which gateways on other hosts
+   * proxy to. Default: this host's first non-internal IPv4 address (loopback when it has none);
+   * `flotilla up` passes 127.0.0.1.
+   */
+  advertiseHost?: string;
   /** Reconnect backoff bounds. Defaults 250 ms doubling to 10 s, with ±20% jitter. */
   minBackoffMs?: number;
   maxBackoffMs?: number;
@@ -84,6 +91,18 @@ export interface Agent {
   connected(): Promise<void>;
   isConnected(): boolean;
   close(): Promise<void>;
+}
+
+/**
+ * The first non-internal IPv4 address of this host (interfaces in the order the OS lists them),
+ * or 127.0.0.1 when it has none: what PUBLIC services are advertised at by default.
+ */
+export function defaultAdvertiseHost(
+  interfaces: ReturnType<typeof networkInterfaces> = networkInterfaces(),
+): string {
+  for (const addresses of Object.values(interfaces))
+    for (const a of addresses ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
+  return "127.0.0.1";
 }
 
 function facts(dataDir: string, drivers: string[]): AgentFacts {
@@ -258,7 +277,15 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   const sealKey = Buffer.from(
     hkdfSync("sha256", secret, serverId, "flotilla/agent-pid-env/v1", 32),
   );
-  const execDriver = new ExecDriver(o.dataDir, workloadUser, sendStatus, log, sealKey);
+  const advertiseHost = o.advertiseHost ?? defaultAdvertiseHost();
+  const execDriver = new ExecDriver(
+    o.dataDir,
+    workloadUser,
+    sendStatus,
+    log,
+    sealKey,
+    advertiseHost,
+  );
   const drivers: Driver[] = [execDriver];
   if (await dockerAvailable()) drivers.push(await DockerDriver.create(sendStatus, log));
   const driverNames = drivers.map((d) => d.name);
@@ -639,6 +666,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
           log,
           // Derived per request: a reload may have replaced the secret.
           signingKey: () => directKey(secret, serverId),
+          sealingKey: () => directSealKey(secret, serverId),
           dispatch: directDispatch,
         });
   const advertisedAdminUrl =

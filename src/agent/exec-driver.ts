@@ -206,6 +206,8 @@ export class ExecDriver implements Driver {
     private readonly logger: Logger,
     /** 32 bytes that seal the env in pid files; the agent derives it from its server secret. */
     private readonly sealKey: Buffer,
+    /** Reported for PUBLIC instances (they bind 0.0.0.0) so gateways on other hosts reach them. */
+    private readonly advertiseHost = "127.0.0.1",
   ) {
     prepareDataDir(dataDir);
     // A chatty long-running instance must not fill the disk between two starts.
@@ -216,6 +218,11 @@ export class ExecDriver implements Driver {
   }
 
   private readonly rotation: NodeJS.Timeout;
+
+  /** PUBLIC binds 0.0.0.0 and is reported at the advertised host; PRIVATE stays on loopback. */
+  private endpointHost(spec: { visibility?: string }): string {
+    return spec.visibility === "PUBLIC" ? this.advertiseHost : "127.0.0.1";
+  }
 
   private pidFile(serviceId: string) {
     return join(this.dataDir, "instances", `${serviceId}.json`);
@@ -231,7 +238,7 @@ export class ExecDriver implements Driver {
     const spec = execRun(run);
     const existing = this.instances.get(spec.serviceId);
     if (existing && !existing.stopping && isAlive(existing.pid, existing.startTime))
-      return { endpoint: `127.0.0.1:${existing.port}` };
+      return { endpoint: `${this.endpointHost(existing.spec)}:${existing.port}` };
     if (existing) clearTimeout(existing.restartTimer);
     const instance = existing ?? new Instance(spec);
     instance.spec = spec;
@@ -403,7 +410,7 @@ export class ExecDriver implements Driver {
       // 25 ms: a database that starts in ~30 ms is connectable a poll later, not 100 ms later.
       await new Promise((r) => setTimeout(r, template ? 25 : 100));
     }
-    const endpoint = port ? `${host === "0.0.0.0" ? "127.0.0.1" : host}:${port}` : "";
+    const endpoint = port ? `${this.endpointHost(spec)}:${port}` : "";
     this.report({
       serviceId: spec.serviceId,
       deploymentId: spec.deploymentId,

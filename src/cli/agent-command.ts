@@ -54,6 +54,12 @@ const AGENT: OptionSpecs = {
     description:
       "URL hub replicas use to reach the admin API when none holds this agent's channel ({port} is replaced by the bound port)",
   },
+  "advertise-host": {
+    type: "string",
+    env: "FLOTILLA_AGENT_ADVERTISE_HOST",
+    description:
+      "Address reported for PUBLIC services, which gateways on other hosts proxy to (default: this host's first non-internal IPv4 address, else 127.0.0.1)",
+  },
   "log-level": {
     type: "string",
     env: "FLOTILLA_LOG_LEVEL",
@@ -75,9 +81,21 @@ export async function agentCommand(argv: string[]): Promise<number> {
   const hub = stringOption(values, "hub");
   const joinToken = stringOption(values, "join-token");
   const adminAdvertiseUrl = stringOption(values, "admin-advertise-url");
+  const advertiseHost = stringOption(values, "advertise-host");
+  // Becomes the host of "host:port" endpoints: a DNS name or IPv4 address, or [IPv6] in brackets.
+  if (
+    advertiseHost !== undefined &&
+    !/^([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])$/.test(advertiseHost)
+  )
+    throw new FlotillaError(
+      "config.invalid",
+      `--advertise-host: "${advertiseHost.slice(0, 60)}" is not a host name, an IPv4 address or a bracketed [IPv6] address`,
+      { field: "advertise-host" },
+    );
   const agent = await startAgent({
     dataDir,
     logger,
+    ...(advertiseHost ? { advertiseHost } : {}),
     workloadUser: stringOption(values, "workload-user")!,
     adminPort: intOption(values, "admin-port", { min: 0, max: 65535 })!,
     adminHost: stringOption(values, "admin-host")!,

@@ -1,4 +1,4 @@
-// `flotilla fleet status`: every agent's health as the hub probes it (gateways join later).
+// `flotilla fleet status`: every agent's and gateway's health as the hub probes it.
 import { toJson } from "@bufbuild/protobuf";
 import { GetFleetStatusResponseSchema } from "../gen/flotilla/v1/fleet_pb.js";
 import { FlotillaError } from "../shared/index.js";
@@ -8,7 +8,7 @@ import { printJson, printTable } from "./output.js";
 
 const SPECS: OptionSpecs = {
   ...CONNECTION,
-  kind: { type: "string", description: "Only members of this kind (agent)" },
+  kind: { type: "string", description: "Only members of this kind (agent or gateway)" },
   refresh: {
     type: "boolean",
     description: "Probe again instead of using answers under 5 s old (at most once a second)",
@@ -20,7 +20,7 @@ export async function fleetCommand(argv: string[]): Promise<number> {
   const [sub = "status"] = positionals;
   if (values.help)
     return help(
-      "flotilla fleet [status] [--kind agent] [--refresh]\n\nEvery agent of your organization, probed by the hub: over its control channel, at its advertised admin endpoint, or from its heartbeat. Exits 1 when any member is unreachable.",
+      "flotilla fleet [status] [--kind agent|gateway] [--refresh]\n\nEvery agent and gateway of your organization, probed by the hub: an agent over its control channel, at its advertised admin endpoint, or from its heartbeat; a gateway by a ping over its event stream, or from its last request. Exits 1 when any member is unreachable.",
       SPECS,
     );
   if (sub !== "status")

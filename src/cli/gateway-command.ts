@@ -13,7 +13,12 @@ import {
 } from "./options.js";
 
 const GATEWAY: OptionSpecs = {
-  hub: { type: "string", env: "FLOTILLA_HUB", description: "Hub URL" },
+  hub: {
+    type: "string",
+    env: "FLOTILLA_HUB",
+    description:
+      "Hub URL; several comma-separated (replicas): a lost event stream moves to the next",
+  },
   token: {
     type: "string",
     env: "FLOTILLA_GATEWAY_TOKEN",
@@ -79,7 +84,8 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     );
   const hubUrl = stringOption(values, "hub");
   const token = stringOption(values, "token");
-  if (!hubUrl) throw new FlotillaError("validation.failed", "--hub is required", { field: "hub" });
+  if (!hubUrl?.replace(/[,\s]/g, ""))
+    throw new FlotillaError("validation.failed", "--hub is required", { field: "hub" });
   if (!token)
     throw new FlotillaError("validation.failed", "--token is required", { field: "token" });
   const accessLog = stringOption(values, "access-log");

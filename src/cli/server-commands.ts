@@ -140,13 +140,14 @@ const UP: OptionSpecs = {
     type: "string",
     env: "FLOTILLA_GATEWAY_BASE_DOMAIN",
     default: "localhost",
-    description: "PUBLIC services are routed at <service>-<env>.<this> on their gateways",
+    description: "PUBLIC services are routed at <service>-<env>-<project>.<this> on their gateways",
   },
   "gateway-port": {
     type: "string",
     env: "FLOTILLA_GATEWAY_PORT",
     default: "8000",
-    description: "Port of the local gateway (PUBLIC services at <service>-<env>.<base domain>)",
+    description:
+      "Port of the local gateway (PUBLIC services at <service>-<env>-<project>.<base domain>)",
   },
   "workload-user": {
     type: "string",
@@ -244,7 +245,7 @@ const HUB: OptionSpecs = {
     type: "string",
     env: "FLOTILLA_GATEWAY_BASE_DOMAIN",
     default: "localhost",
-    description: "PUBLIC services are routed at <service>-<env>.<this> on their gateways",
+    description: "PUBLIC services are routed at <service>-<env>-<project>.<this> on their gateways",
   },
   "database-url": {
     type: "string",
@@ -464,6 +465,8 @@ export async function upCommand(argv: string[]): Promise<number> {
     admin: admin(values),
     logger,
     gatewayBaseDomain: stringOption(values, "gateway-base-domain")!,
+    // The local gateway runs in this process, beside the embedded agent: loopback reaches it.
+    sameHostGateway: "local",
   });
   const gateway = values["no-gateway"]
     ? undefined
@@ -491,7 +494,7 @@ export async function upCommand(argv: string[]): Promise<number> {
         : "  A local agent (server `local`) joins the first organization and runs what you deploy.",
       values["no-gateway"]
         ? ""
-        : `  A local gateway (\`local\`) on port ${stringOption(values, "gateway-port")} serves PUBLIC services at <service>-<env>.${stringOption(values, "gateway-base-domain")}.`,
+        : `  A local gateway (\`local\`) on port ${stringOption(values, "gateway-port")} serves PUBLIC services at <service>-<env>-<project>.${stringOption(values, "gateway-base-domain")}.`,
     ].filter(Boolean),
     async () => {
       await gateway?.stop();
@@ -530,6 +533,8 @@ function localAgent(hub: Hub, agentDir: string, workloadUser: string, logger: Lo
         workloadUser,
         logger: logger.child({ component: "agent" }),
         ...(joinToken ? { joinToken } : {}),
+        // Everything of `flotilla up` runs on this host: PUBLIC services stay on loopback.
+        advertiseHost: "127.0.0.1",
       });
     } catch (err) {
       logger.error({ err }, "the local agent could not start; retrying in 10 s");

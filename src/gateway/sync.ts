@@ -24,6 +24,7 @@ export interface SyncLogger {
 }
 
 export interface HubSyncOptions {
+  /** One hub URL, or several comma-separated (replicas): a lost event stream moves to the next. */
   hubUrl: string;
   token: string;
   store: LocalStore;
@@ -83,10 +84,19 @@ export class HubSync {
     lastEventToSwapMs: 0,
   };
 
-  constructor(private readonly o: HubSyncOptions) {}
+  private readonly hubs: string[];
+  private hubIndex = 0;
 
+  constructor(private readonly o: HubSyncOptions) {
+    this.hubs = o.hubUrl
+      .split(",")
+      .map((u) => u.trim().replace(/\/+$/, ""))
+      .filter(Boolean);
+  }
+
+  /** The hub replica this gateway talks to now; requests and the event stream follow it. */
   private get base(): string {
-    return this.o.hubUrl.replace(/\/+$/, "");
+    return this.hubs[this.hubIndex % this.hubs.length]!;
   }
 
   private async call(method: "GET" | "POST", path: string, body?: unknown): Promise<Buffer> {
@@ -396,6 +406,8 @@ export class HubSync {
       this.socket = undefined;
       this.stats.connected = false;
       if (this.stopped) return;
+      // Several replicas: the next attempt goes to the next one (a dead replica is skipped).
+      if (this.hubs.length > 1) this.hubIndex = (this.hubIndex + 1) % this.hubs.length;
       const delay = this.backoff(this.reconnectAttempts++);
       this.reconnectTimer = setTimeout(() => this.connect(), delay);
       this.reconnectTimer.unref();

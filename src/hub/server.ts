@@ -20,6 +20,7 @@ import {
   type IncomingContext,
   type Logger,
   type Metrics,
+  notFound,
 } from "../shared/index.js";
 import {
   type Db,
@@ -79,7 +80,7 @@ import {
   natsBus,
 } from "./events/index.js";
 import { FleetService } from "./fleet/index.js";
-import { GatewaysService, ServiceDomains, ServiceRoutes } from "./gateways/index.js";
+import { GatewayProber, GatewaysService, ServiceDomains, ServiceRoutes } from "./gateways/index.js";
 import {
   DEFAULT_LOGIN_LIMITS,
   IdentityService,
@@ -105,6 +106,7 @@ import {
 } from "./servers/index.js";
 import {
   CREDENTIAL_KEYS,
+  lockServiceRow,
   type ObservedStatus,
   publicFacts,
   publicServiceIds,
@@ -163,10 +165,15 @@ export interface HubOptions {
   databaseSweepIntervalMs?: number;
   /** How long shutdown waits for in-flight requests before closing the store. Default 10 s. */
   shutdownGraceMs?: number;
-  /** PUBLIC services are routed at <service>-<env>.<this> on their data plane's gateways. Default "localhost". */
+  /** PUBLIC services are routed at <service>-<env>-<project>.<this> on their data plane's gateways. Default "localhost". */
   gatewayBaseDomain?: string;
   /** How often every public service route is re-converged. Default 60 s. */
   routeSweepIntervalMs?: number;
+  /**
+   * The gateway (by name) that runs on this hub's host, the only one handed loopback endpoints;
+   * `flotilla up` sets "local". Unset, loopback endpoints are routed to no gateway.
+   */
+  sameHostGateway?: string;
   /**
    * The NATS JetStream event backbone (PostgreSQL only): the outbox relay publishes to it and this
    * replica runs the durable consumers (audit projection, webhooks) unless `consumers` is false.
@@ -425,7 +432,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
             actor: { type: "token" as const, id: "route-controller" },
           };
           const env = await projects.getEnvironment(reader, f.environmentId, q);
-          return { ...f, environmentSlug: env.slug };
+          const project = await projects.getProject(reader, env.projectId, q);
+          return { ...f, environmentSlug: env.slug, projectSlug: project.slug };
         },
         publicServices: (q, organizationId) => publicServiceIds(q, organizationId),
         dataPlane: async (q, organizationId, serverId) => {
@@ -435,12 +443,21 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         },
       },
       options.gatewayBaseDomain ?? "localhost",
+      {
+        ...(options.sameHostGateway ? { sameHostGateway: options.sameHostGateway } : {}),
+        logger,
+      },
     );
     const serviceDomains = new ServiceDomains(
       db,
       {
         check: async (c, id, q, field) => {
           const s = await services.getService(c, id, q, field);
+          return { id: s.id, kind: s.kind };
+        },
+        lock: async (c, id, q, field) => {
+          const s = await services.getService(c, id, q, field);
+          if (!(await lockServiceRow(q, c.organizationId, s.id))) throw notFound(`service ${s.id}`);
           return { id: s.id, kind: s.kind };
         },
       },
@@ -587,8 +604,15 @@ export async function startHub(options: HubOptions): Promise<Hub> {
         .catch((err) =>
           logger.warn({ err, dispatch: d.id }, "routing failed; the sweep delivers it"),
         );
-    // Gateways join the fleet view with a prober of their own when they exist.
-    const fleet = new FleetService([new AgentProber(servers, control, dispatchRouter)]);
+    // Gateways' event streams are created below with the HTTP server; the prober asks them late.
+    let gatewayStreams: GatewaySync | undefined;
+    const fleet = new FleetService([
+      new AgentProber(servers, control, dispatchRouter),
+      new GatewayProber(gateways, {
+        ping: async (id, deadlineMs) =>
+          gatewayStreams ? gatewayStreams.ping(id, deadlineMs) : null,
+      }),
+    ]);
     if (options.nats) {
       if (db.engine !== "postgres")
         throw new FlotillaError(
@@ -796,15 +820,31 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       gateways,
       routes: serviceRoutes,
       events: bus,
+      ...(backbone ? { feed: "consumer" as const } : {}),
       logger,
     });
     await gatewaySync.register(app);
+    gatewayStreams = gatewaySync;
+    if (backbone) {
+      // The gateway fan-out: a durable per replica (scope "replica"), so every replica hears
+      // every deploy/undeploy event and hands it to the gateways whose event stream it holds.
+      // It runs even with --nats-consumers off: only this replica can reach its sockets.
+      await eventsSvc.addConsumer({
+        ...(options.nats?.consumer ?? {}),
+        name: "gateway-fanout",
+        scope: "replica",
+        accepts: (type) => gatewaySync.carries(type),
+        handler: async (e) => {
+          gatewaySync.deliver(e);
+        },
+      });
+    }
     // Public service routes follow their services: every service event re-converges that
     // service's routes (the rows are the truth; a lost event waits for the periodic sweep).
     const routeSweep = (organizationId?: string) =>
-      serviceRoutes
-        .sweep(organizationId)
-        .catch((err) => logger.warn({ err }, "route sweep failed"));
+      (organizationId ? serviceRoutes.sweep(organizationId) : serviceRoutes.sweepExclusive()).catch(
+        (err) => logger.warn({ err }, "route sweep failed"),
+      );
     const ROUTE_EVENTS = new Set([
       "service.created",
       "service.updated",
@@ -814,7 +854,7 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     const unsubscribeRoutes = bus.subscribe((e) => {
       if (!ROUTE_EVENTS.has(e.type)) return;
       serviceRoutes
-        .reconcileService(e.organizationId, e.subjectId)
+        .reconcileService(e.organizationId, e.subjectId, { changedSince: new Date(e.occurredAt) })
         .catch((err) => logger.warn({ err, serviceId: e.subjectId }, "route reconcile failed"));
     });
     void routeSweep();

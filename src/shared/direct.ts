@@ -1,6 +1,9 @@
 // Signed hub-to-agent HTTP requests (route() "direct", admin calls): an HMAC over the request
-// under a key derived from the server's secret, so the secret itself never crosses the wire.
+// under a key derived from the server's secret, so the secret itself never crosses the wire; a
+// direct dispatch and its answer are also sealed (AES-256-GCM) under a second derived key, since
+// the admin endpoint is plain HTTP and a dispatch carries decrypted service secrets.
 import { createHash, createHmac, hkdfSync, timingSafeEqual } from "node:crypto";
+import { openBox, sealBox } from "./aead.js";
 
 /** Headers of a signed request: when it was signed (ms since the epoch) and the HMAC. */
 export const DIRECT_TIMESTAMP_HEADER = "x-flotilla-timestamp";
@@ -18,6 +21,107 @@ export const DIRECT_MAX_SKEW_MS = 60_000;
 /** The signing key: HKDF over the server's secret, domain-separated from its other uses. */
 export function directKey(secret: string, serverId: string): Buffer {
   return Buffer.from(hkdfSync("sha256", secret, serverId, "flotilla/agent-direct/v1", 32));
+}
+
+/**
+ * The sealing key of direct dispatches and their answers: HKDF over the same secret with its own
+ * label, so it is never the signing key (one key, one use).
+ */
+export function directSealKey(secret: string, serverId: string): Buffer {
+  return Buffer.from(hkdfSync("sha256", secret, serverId, "flotilla/agent-direct-seal/v1", 32));
+}
+
+/** What goes over the wire for a sealed direct dispatch or answer: the AEAD box, base64. */
+interface SealedBody {
+  v: 1;
+  sealed: string;
+}
+
+/**
+ * Associated data: the direction and where the box belongs, so a request cannot be reflected as
+ * an answer, nor an answer to one dispatch passed off as another's.
+ */
+const requestAad = (path: string) => `flotilla/agent-direct/request\n${path}`;
+const answerAad = (dispatchId: string) => `flotilla/agent-direct/answer\n${dispatchId}`;
+
+function sealedText(body: string | Buffer): Buffer | null {
+  try {
+    const parsed = JSON.parse(body.toString()) as Partial<SealedBody>;
+    if (parsed?.v !== 1 || typeof parsed.sealed !== "string") return null;
+    return Buffer.from(parsed.sealed, "base64");
+  } catch {
+    return null;
+  }
+}
+
+/** The body of a direct dispatch POST to `path`: the frame's JSON, sealed. */
+export function sealDirectRequest(key: Buffer, path: string, frame: string): string {
+  return JSON.stringify({ v: 1, sealed: sealBox(key, frame, requestAad(path)).toString("base64") });
+}
+
+/** The frame's JSON from a sealed dispatch body, or null when it is not sealed under `key`. */
+export function openDirectRequest(key: Buffer, path: string, body: string | Buffer): string | null {
+  const box = sealedText(body);
+  if (!box) return null;
+  try {
+    return openBox(key, box, requestAad(path));
+  } catch {
+    return null;
+  }
+}
+
+/** An agent's outcome for a dispatch, as the hub records it. */
+export interface DirectOutcome {
+  ok: boolean;
+  result?: unknown;
+  error?: string;
+}
+
+/** The agent's answer to dispatch `dispatchId`, sealed and stamped with when it was given. */
+export function sealDirectAnswer(
+  key: Buffer,
+  dispatchId: string,
+  outcome: DirectOutcome,
+  now = Date.now(),
+): string {
+  const inner = JSON.stringify({ id: dispatchId, at: now, outcome });
+  return JSON.stringify({
+    v: 1,
+    sealed: sealBox(key, inner, answerAad(dispatchId)).toString("base64"),
+  });
+}
+
+/**
+ * The outcome in an answer to `dispatchId`, or why it is refused: not sealed under `key`, about
+ * another dispatch, stamped outside DIRECT_MAX_SKEW_MS, or not an outcome.
+ */
+export function openDirectAnswer(
+  key: Buffer,
+  dispatchId: string,
+  body: string,
+  now = Date.now(),
+): { outcome: DirectOutcome } | { refused: string } {
+  const box = sealedText(body);
+  if (!box) return { refused: "the answer is not sealed" };
+  let inner: { id?: unknown; at?: unknown; outcome?: Partial<DirectOutcome> };
+  try {
+    inner = JSON.parse(openBox(key, box, answerAad(dispatchId)));
+  } catch {
+    return { refused: "the answer does not open under this server's key" };
+  }
+  if (inner.id !== dispatchId) return { refused: "the answer is about another dispatch" };
+  if (typeof inner.at !== "number" || Math.abs(now - inner.at) > DIRECT_MAX_SKEW_MS)
+    return { refused: "the answer's timestamp is outside the accepted window" };
+  const o = inner.outcome;
+  if (!o || typeof o.ok !== "boolean" || (o.error !== undefined && typeof o.error !== "string"))
+    return { refused: "the answer carries no outcome" };
+  return {
+    outcome: {
+      ok: o.ok,
+      ...(o.result !== undefined ? { result: o.result } : {}),
+      ...(o.error !== undefined ? { error: o.error } : {}),
+    },
+  };
 }
 
 function canonical(timestamp: string, method: string, path: string, body: string | Buffer) {

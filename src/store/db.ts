@@ -50,4 +50,8 @@ export const LOCK_KEYS = {
   migrations: 0x666c_0001,
   dispatchReaper: 0x666c_0002,
   databaseBackups: 0x666c_0005,
+  /** One replica at a time sweeps the public service routes (every 60 s). */
+  routeSweep: 0x666c_0006,
+  /** Class of pg_advisory_xact_lock(class, hashtext(label)): one derived route hostname at a time. */
+  routeHostnames: 0x666c_0007,
 } as const;

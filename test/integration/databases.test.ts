@@ -80,8 +80,8 @@ for (const engine of ENGINES) {
       expect(await t.hub.dispatches.claim(id, "test-hub")).not.toBeNull();
       expect(
         ok
-          ? await t.hub.dispatches.complete(id, result)
-          : await t.hub.dispatches.fail(id, error, result),
+          ? await t.hub.dispatches.complete(id, "test-hub", result)
+          : await t.hub.dispatches.fail(id, "test-hub", error, result),
       ).toBe(true);
     };
     const createDb = (name: string, extra: Record<string, unknown> = {}) =>

@@ -77,14 +77,47 @@ describe("dispatch claims on PostgreSQL", () => {
     const d = await db.tx((tx) =>
       store.insert(tx, { organizationId: org, serverId: server, op: "job" }),
     );
-    expect(await store.complete(d.id, { ok: 1 })).toBe(false); // not claimed yet
+    expect(await store.complete(d.id, "a", { ok: 1 })).toBe(false); // not claimed yet
     expect(await store.claim(d.id, "a")).not.toBeNull();
     expect(await store.claim(d.id, "b")).toBeNull();
-    expect(await store.complete(d.id, { ok: 1 })).toBe(true);
-    expect(await store.fail(d.id, "late failure")).toBe(false);
-    expect(await store.complete(d.id, { ok: 2 })).toBe(false);
+    expect(await store.complete(d.id, "a", { ok: 1 })).toBe(true);
+    expect(await store.fail(d.id, "a", "late failure")).toBe(false);
+    expect(await store.complete(d.id, "a", { ok: 2 })).toBe(false);
     const row = await store.get(d.id);
     expect(row).toMatchObject({ state: "done", result: { ok: 1 }, error: null, attempts: 1 });
+  });
+
+  it("release, complete and fail move a dispatch only for the replica that holds its claim", async () => {
+    const d = await db.tx((tx) =>
+      store.insert(tx, { organizationId: org, serverId: server, op: "job" }),
+    );
+    expect(await store.claim(d.id, "a")).not.toBeNull();
+    // Replica a's lease ran out and the dispatch went to b (the reaper, then b's claim).
+    await db.query(
+      "UPDATE dispatches SET deadline_at = now() - interval '1 second' WHERE id = $1",
+      [d.id],
+    );
+    await store.reap(5);
+    expect(await store.claim(d.id, "b")).not.toBeNull();
+    // a's late answer or release must not touch b's delivery.
+    expect(await store.release(d.id, "a")).toBe(false);
+    expect(await store.complete(d.id, "a", { from: "a" })).toBe(false);
+    expect(await store.fail(d.id, "a", "a gave up")).toBe(false);
+    expect(await store.get(d.id)).toMatchObject({
+      state: "in_progress",
+      claimedBy: "b",
+      result: null,
+      error: null,
+    });
+    expect(await store.release(d.id, "b")).toBe(true);
+    expect(await store.get(d.id)).toMatchObject({ state: "pending", claimedBy: null });
+    expect(await store.claim(d.id, "b")).not.toBeNull();
+    expect(await store.fail(d.id, "b", "the job failed", { exit: 1 })).toBe(true);
+    expect(await store.get(d.id)).toMatchObject({
+      state: "failed",
+      error: "the job failed",
+      result: { exit: 1 },
+    });
   });
 
   it("six concurrent batch claims of one server hand each of 300 dispatches out exactly once, oldest first", async () => {

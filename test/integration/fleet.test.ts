@@ -148,7 +148,7 @@ describe("fleet status", () => {
 
   it("refuses an unknown kind, too many kinds, and a kinds field of the wrong type", async () => {
     const unknown = await fleet(tokenA)
-      .getFleetStatus({ kinds: ["gateway"] })
+      .getFleetStatus({ kinds: ["satellite"] })
       .catch((e) => ConnectError.from(e));
     expect(unknown).toBeInstanceOf(ConnectError);
     expect((unknown as ConnectError).code).toBe(Code.InvalidArgument);

@@ -1,5 +1,5 @@
 // Public service routes: a PUBLIC service placed on a server that reports an endpoint gets a route
-// at <service>-<env>.<base domain> on the gateways of its server's data plane (and no other); a
+// at <service>-<env>-<project>.<base domain> on the gateways of its server's data plane (and no other); a
 // PRIVATE service never holds a DEPLOYED route, and the database itself refuses one (also for a
 // managed database service, which is always PRIVATE).
 import { createClient } from "@connectrpc/connect";
@@ -18,6 +18,7 @@ describe("public service routes", () => {
   let serviceId: string;
   let defaultGateway: string;
   let euGateway: string;
+  let derived: string;
 
   const routes = async (id: string) =>
     (
@@ -70,6 +71,7 @@ describe("public service routes", () => {
       slug: `shop-${suffix()}`,
     });
     expect(project).toBeTruthy();
+    derived = `web-production-${project!.slug}.apps.example.test`;
     const created = await a.services.createService({
       environmentId: production!.id,
       name: "Web",
@@ -85,7 +87,8 @@ describe("public service routes", () => {
       serviceId,
       deploymentId: created.service!.desiredDeploymentId,
       status: "running",
-      endpoint: "127.0.0.1:41234",
+      // Routable: a loopback endpoint goes to no gateway of a hub not run by `flotilla up`.
+      endpoint: "10.0.0.5:41234",
       serverId,
     });
   }, 60_000);
@@ -94,7 +97,7 @@ describe("public service routes", () => {
     await t?.stop();
   });
 
-  it("a running PUBLIC service gets a route on its data plane's gateways only, at <service>-<env>.<base>", async () => {
+  it("a running PUBLIC service gets a route on its data plane's gateways only, at <service>-<env>-<project>.<base>", async () => {
     const rows = (await eventually(
       async () => {
         const r = await routes(serviceId);
@@ -107,8 +110,8 @@ describe("public service routes", () => {
     expect(rows[0]).toMatchObject({
       gateway_id: defaultGateway,
       state: "DEPLOYED",
-      hostnames: ["web-production.apps.example.test"],
-      endpoint: "127.0.0.1:41234",
+      hostnames: [derived],
+      endpoint: "10.0.0.5:41234",
     });
     expect(rows.find((r) => r.gateway_id === euGateway)).toBeUndefined();
     // Converging again changes nothing.
@@ -129,10 +132,7 @@ describe("public service routes", () => {
     const gateways = createClient(GatewayService, transport);
     const added = await gateways.addServiceDomain({ serviceId, hostname: "Shop.Example.COM." });
     expect(added.domain!.hostname).toBe("shop.example.com");
-    expect((await routes(serviceId))[0]!.hostnames).toEqual([
-      "web-production.apps.example.test",
-      "shop.example.com",
-    ]);
+    expect((await routes(serviceId))[0]!.hostnames).toEqual([derived, "shop.example.com"]);
     const before = await routes(serviceId);
     for (const [hostname, code] of [
       ["not a host", "validation.failed"],
@@ -153,7 +153,7 @@ describe("public service routes", () => {
     expect(foreign.metadata.get("flotilla-error-code")).toBe("resource.not_found");
     expect(await routes(serviceId)).toEqual(before);
     await gateways.removeServiceDomain({ serviceId, hostname: "shop.example.com" });
-    expect((await routes(serviceId))[0]!.hostnames).toEqual(["web-production.apps.example.test"]);
+    expect((await routes(serviceId))[0]!.hostnames).toEqual([derived]);
     expect((await gateways.listServiceDomains({ serviceId })).domains).toEqual([]);
   });
 

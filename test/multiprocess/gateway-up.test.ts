@@ -1,5 +1,5 @@
 // `flotilla up` runs a gateway too: a PUBLIC service deployed on the embedded default is reachable
-// through it at <service>-<env>.localhost, and stops being reachable once it turns PRIVATE.
+// through it at <service>-<env>-<project>.localhost, and stops being reachable once it turns PRIVATE.
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { request } from "node:http";
@@ -90,7 +90,7 @@ describe("flotilla up with its local gateway", () => {
     });
     const serviceId = created.service.id as string;
     await rpc("ServicesService/Deploy", { serviceId });
-    const host = `pub-${project.production.slug}.localhost`;
+    const host = `pub-${project.production.slug}-${project.project.slug}.localhost`;
     const served = await eventually(
       async () => {
         const r = await viaGateway(gatewayPort, host, "/");

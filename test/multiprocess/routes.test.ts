@@ -8,7 +8,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AGENT_DIRECT_DISPATCH_PATH, directKey, signDirect } from "../../src/shared/index.js";
+import {
+  AGENT_DIRECT_DISPATCH_PATH,
+  directKey,
+  directSealKey,
+  openDirectAnswer,
+  sealDirectRequest,
+  signDirect,
+} from "../../src/shared/index.js";
 import { createTestDatabase, type TestDatabase } from "../support/pg.js";
 import {
   CLI,
@@ -323,16 +330,20 @@ describe("route() and the synchronous wait across replicas", () => {
     ).rows[0]!.admin_url;
     const secret = JSON.parse(readFileSync(join(dir, "y", "agent.json"), "utf8")).secret as string;
     const key = directKey(secret, serverIds.y!);
-    const frame = JSON.stringify({
-      v: 1,
-      type: "dispatch",
-      id: r.dispatch.id,
-      ctx: { correlation: "replay", traceparent: TRACEPARENT },
-      op: "stop",
-      service_id: services.y,
-      deployment_id: null,
-      args: {},
-    });
+    const sealKey = directSealKey(secret, serverIds.y!);
+    const seal = (text: string) => sealDirectRequest(sealKey, AGENT_DIRECT_DISPATCH_PATH, text);
+    const frame = seal(
+      JSON.stringify({
+        v: 1,
+        type: "dispatch",
+        id: r.dispatch.id,
+        ctx: { correlation: "replay", traceparent: TRACEPARENT },
+        op: "stop",
+        service_id: services.y,
+        deployment_id: null,
+        args: {},
+      }),
+    );
     const post = (headers: Record<string, string>, body = frame) =>
       fetch(new URL(AGENT_DIRECT_DISPATCH_PATH, adminUrl), {
         method: "POST",
@@ -341,7 +352,12 @@ describe("route() and the synchronous wait across replicas", () => {
       });
     const replay = await post(signDirect(key, "POST", AGENT_DIRECT_DISPATCH_PATH, frame));
     expect(replay.status).toBe(200);
-    expect(await replay.json()).toMatchObject({ ok: true });
+    // The answer is sealed for this dispatch: it opens under the server's key, and only for it.
+    const answer = await replay.text();
+    expect(openDirectAnswer(sealKey, r.dispatch.id, answer)).toMatchObject({
+      outcome: { ok: true },
+    });
+    expect(openDirectAnswer(sealKey, swept, answer)).toHaveProperty("refused");
     expect(ledgerStarts("y", r.dispatch.id)).toBe(1);
 
     // Unsigned, mis-signed, stale, or signed over another body: refused, nothing run.
@@ -352,14 +368,30 @@ describe("route() and the synchronous wait across replicas", () => {
     );
     const stale = signDirect(key, "POST", AGENT_DIRECT_DISPATCH_PATH, frame, Date.now() - 120_000);
     expect((await post(stale)).status).toBe(401);
-    const other = frame.replace(r.dispatch.id, "00000000-0000-4000-8000-000000000001");
+    const other = seal(
+      JSON.stringify({
+        v: 1,
+        type: "dispatch",
+        id: "00000000-0000-4000-8000-000000000001",
+        ctx: { correlation: "replay", traceparent: TRACEPARENT },
+        op: "stop",
+        service_id: services.y,
+        deployment_id: null,
+        args: {},
+      }),
+    );
     expect(
       (await post(signDirect(key, "POST", AGENT_DIRECT_DISPATCH_PATH, frame), other)).status,
     ).toBe(401);
-    // Signed, but not a dispatch frame: a clear 400.
-    const junk = '{"v":1,"type":"dispatch"}';
+    // Signed and sealed, but not a dispatch frame: a clear 400.
+    const junk = seal('{"v":1,"type":"dispatch"}');
     const bad = await post(signDirect(key, "POST", AGENT_DIRECT_DISPATCH_PATH, junk), junk);
     expect(bad.status).toBe(400);
+    // Signed, but the frame in clear (its secrets would have crossed unsealed): refused too.
+    const plain = '{"v":1,"type":"dispatch"}';
+    expect(
+      (await post(signDirect(key, "POST", AGENT_DIRECT_DISPATCH_PATH, plain), plain)).status,
+    ).toBe(400);
     expect(ledgerStarts("y", "00000000-0000-4000-8000-000000000001")).toBe(0);
   }, 90_000);
 

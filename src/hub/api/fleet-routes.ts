@@ -1,4 +1,4 @@
-// Connect handlers for FleetService: the fleet health view (probed agents, later gateways).
+// Connect handlers for FleetService: the fleet health view (probed agents and gateways).
 import type { ConnectRouter } from "@connectrpc/connect";
 import { FleetService as FleetRpc } from "../../gen/flotilla/v1/fleet_pb.js";
 import type { FleetService } from "../fleet/index.js";

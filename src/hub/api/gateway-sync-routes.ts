@@ -1,5 +1,6 @@
 // The gateways' internal sync endpoints (authenticated by a gateway token) and their event stream:
 // expected set, content archive, existence check, config hash, status reports, WebSocket events.
+import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { WebSocket } from "ws";
 import {
@@ -24,6 +25,12 @@ export interface GatewaySyncOptions {
   /** Public service routes: part of each gateway's expected set. */
   routes: ServiceRoutes;
   events: EventBus;
+  /**
+   * Where deploy/undeploy events come from. "bus" (default): this replica's bus subscription.
+   * "consumer": the caller feeds them through deliver() (with NATS, a per-replica durable
+   * consumer, so each event is acknowledged to the stream only once handed to the sockets).
+   */
+  feed?: "bus" | "consumer";
   logger: Logger;
   /** An unacknowledged event is sent again after this long. Default 5 s. */
   resendAfterMs?: number;
@@ -67,7 +74,8 @@ function idsFrom(body: unknown): string[] | string {
   return ids.map((i) => (i as string).toLowerCase());
 }
 
-const EVENT_TYPES = new Set([
+/** The event types a gateway's event stream carries. */
+const GATEWAY_EVENT_TYPES: ReadonlySet<string> = new Set([
   "api.deployed",
   "api.undeployed",
   "service_route.deployed",
@@ -195,7 +203,8 @@ export class GatewaySync {
       void this.accept(socket, request);
     });
     // Durable first: these are outbox rows already committed; the frame only wakes the gateway.
-    this.unsubscribe = this.o.events.subscribe((e) => this.deliver(e));
+    if ((this.o.feed ?? "bus") === "bus")
+      this.unsubscribe = this.o.events.subscribe((e) => this.deliver(e));
   }
 
   private async accept(socket: WebSocket, request: FastifyRequest): Promise<void> {
@@ -243,8 +252,9 @@ export class GatewaySync {
     if (conn.socket.readyState === conn.socket.OPEN) conn.socket.send(JSON.stringify(frame));
   }
 
-  private deliver(e: StoredEvent): void {
-    if (!EVENT_TYPES.has(e.type)) return;
+  /** Sends a deploy/undeploy event to this replica's sockets of its gateway; returns how many. */
+  deliver(e: StoredEvent): number {
+    if (!GATEWAY_EVENT_TYPES.has(e.type)) return 0;
     const p = e.payload as {
       gateway_id: string;
       api_id: string;
@@ -253,8 +263,10 @@ export class GatewaySync {
       state: ExpectedRow["state"];
       deployed_at: number;
     };
+    let sent = 0;
     for (const conn of this.connections) {
       if (conn.gateway.id !== p.gateway_id) continue;
+      sent++;
       const frame: HubToGatewayFrame = {
         type: "event",
         id: e.id,
@@ -280,6 +292,48 @@ export class GatewaySync {
       };
       attempt(1);
     }
+    return sent;
+  }
+
+  /**
+   * Pings this replica's event stream of a gateway and resolves with the round trip in ms; null
+   * when no stream of it is held here. Rejects when no pong comes within deadlineMs.
+   */
+  async ping(gatewayId: string, deadlineMs: number): Promise<number | null> {
+    const conn = [...this.connections].find(
+      (c) => c.gateway.id === gatewayId && c.socket.readyState === c.socket.OPEN,
+    );
+    if (!conn) return null;
+    const payload = Buffer.from(randomUUID());
+    const started = performance.now();
+    return new Promise<number>((resolve, reject) => {
+      const done = () => {
+        clearTimeout(timer);
+        conn.socket.off("pong", onPong);
+        conn.socket.off("close", onClose);
+      };
+      const onPong = (data: Buffer) => {
+        if (!payload.equals(data)) return;
+        done();
+        resolve(performance.now() - started);
+      };
+      const onClose = () => {
+        done();
+        reject(new Error("the event stream closed during the ping"));
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`no pong on the event stream within ${deadlineMs} ms`));
+      }, deadlineMs);
+      conn.socket.on("pong", onPong);
+      conn.socket.on("close", onClose);
+      conn.socket.ping(payload);
+    });
+  }
+
+  /** Whether events of this type go to gateways (the fan-out consumer skips the others). */
+  carries(eventType: string): boolean {
+    return GATEWAY_EVENT_TYPES.has(eventType);
   }
 
   /** Connected gateways (this replica). */

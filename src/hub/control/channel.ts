@@ -322,7 +322,7 @@ export class ControlChannel {
       for (const [i, d] of batch.entries()) {
         if (this.sessions.get(serverId) !== session || session.draining) {
           // The agent went away or started draining: the rest wait, pending, as before the claim.
-          for (const rest of batch.slice(i)) await this.o.dispatches.release(rest.id);
+          for (const rest of batch.slice(i)) await this.o.dispatches.release(rest.id, this.o.hubId);
           return;
         }
         this.o.observe?.claimed(d.op);
@@ -340,6 +340,7 @@ export class ControlChannel {
     } catch (err) {
       await this.o.dispatches.fail(
         d.id,
+        this.o.hubId,
         `could not prepare the dispatch: ${(err as Error).message}`,
       );
       return;
@@ -349,7 +350,7 @@ export class ControlChannel {
       this.sessions.get(session.serverId) !== session ||
       session.socket.readyState !== session.socket.OPEN
     ) {
-      await this.o.dispatches.release(d.id);
+      await this.o.dispatches.release(d.id, this.o.hubId);
       return;
     }
     this.sendDispatch(session, d, args);
@@ -598,7 +599,9 @@ export class ControlChannel {
             "frame.malformed",
             `dispatch ${frame.id} is not addressed to this server`,
           );
-        await this.o.dispatches.release(d.id);
+        // Only while this replica holds the claim: a defer about another replica's delivery
+        // leaves it to that replica (or the reaper).
+        await this.o.dispatches.release(d.id, this.o.hubId);
         this.o.logger.info(
           { dispatch: d.id, reason: frame.reason },
           "dispatch deferred by the agent",

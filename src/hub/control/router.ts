@@ -1,7 +1,7 @@
 // route() for a dispatch, as ARCHITECTURE.md "Multi-replica hub" lays it out: local (this replica
 // holds the agent's socket) -> forward (another live replica does; the NOTIFY written with the
 // intent wakes it) -> direct (no live replica holds it, but the agent advertises an admin endpoint:
-// deliver there, signed) -> undeliverable (stays pending, drained when the agent reconnects).
+// deliver there, sealed and signed) -> undeliverable (stays pending, drained when the agent reconnects).
 import {
   type AdminAction,
   AGENT_DIRECT_DISPATCH_PATH,
@@ -9,7 +9,9 @@ import {
   contextToFrame,
   FlotillaError,
   type Logger,
+  openDirectAnswer,
   runWithContext,
+  sealDirectRequest,
   signDirect,
 } from "../../shared/index.js";
 import type { InternalHttpClient } from "../internal/index.js";
@@ -43,11 +45,85 @@ export interface RouterOptions {
 }
 
 /** How long the agent has to answer a direct dispatch: as on the channel (see deadlineSeconds). */
-function directDeadlineMs(d: Dispatch): number {
+function directDeadlineMs(d: Pick<Dispatch, "op" | "args">): number {
   const timeoutMs = Number(d.args.timeout_ms);
   return d.op === "job" && Number.isFinite(timeoutMs) && timeoutMs > 0
     ? timeoutMs + 60_000
     : 300_000;
+}
+
+/**
+ * The claim's lease outlives the HTTP call by this much (seconds), so the reaper never hands the
+ * dispatch to another replica while this one still waits for the agent's answer: a minute covers
+ * the release/complete round trip after the deadline and clock drift between hub and database.
+ */
+const DIRECT_LEASE_MARGIN_SECONDS = 60;
+
+/** The claim's lease of a direct dispatch: its HTTP deadline plus the margin. */
+export function directLeaseSeconds(d: Pick<Dispatch, "op" | "args">): number {
+  return Math.ceil(directDeadlineMs(d) / 1000) + DIRECT_LEASE_MARGIN_SECONDS;
+}
+
+/** What an admin action answers, checked field by field: nothing else reaches the caller. */
+const ADMIN_SHAPES: Record<AdminAction, (v: Record<string, unknown>) => unknown> = {
+  status: (v) => {
+    const instances = v.instances;
+    if (
+      typeof v.version !== "string" ||
+      typeof v.server_id !== "string" ||
+      typeof v.connected !== "boolean" ||
+      typeof v.draining !== "boolean" ||
+      typeof v.dispatches_in_flight !== "number" ||
+      !Array.isArray(instances)
+    )
+      return undefined;
+    const picked = [];
+    for (const i of instances as Array<Record<string, unknown> | null>) {
+      if (
+        !i ||
+        typeof i.serviceId !== "string" ||
+        typeof i.deploymentId !== "string" ||
+        typeof i.pid !== "number" ||
+        typeof i.port !== "number"
+      )
+        return undefined;
+      picked.push({
+        serviceId: i.serviceId,
+        deploymentId: i.deploymentId,
+        pid: i.pid,
+        port: i.port,
+      });
+    }
+    return {
+      version: v.version.slice(0, 64),
+      server_id: v.server_id.slice(0, 64),
+      connected: v.connected,
+      draining: v.draining,
+      dispatches_in_flight: v.dispatches_in_flight,
+      instances: picked,
+    };
+  },
+  drain: (v) =>
+    typeof v.drained === "boolean" && typeof v.finished_in_flight === "number"
+      ? { drained: v.drained, finished_in_flight: v.finished_in_flight }
+      : undefined,
+  resume: (v) => (typeof v.draining === "boolean" ? { draining: v.draining } : undefined),
+  reload: (v) =>
+    typeof v.reloaded === "boolean" &&
+    typeof v.reconnecting === "boolean" &&
+    typeof v.instances === "number"
+      ? { reloaded: v.reloaded, reconnecting: v.reconnecting, instances: v.instances }
+      : undefined,
+};
+
+/** The agent's own error code, when it is one of the short tokens it sends (never free text). */
+function agentCode(body: string): string | undefined {
+  try {
+    const code = (JSON.parse(body) as { code?: unknown }).code;
+    return typeof code === "string" && /^[a-z_.]{1,64}$/.test(code) ? code : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export class DispatchRouter {
@@ -101,22 +177,23 @@ export class DispatchRouter {
   }
 
   /**
-   * Claims the dispatch (compare-and-set, so one replica delivers it), posts it to the agent's
-   * admin endpoint signed with the server's derived key, and records the outcome. A dispatch the
-   * agent never received goes back to pending; one whose answer was lost stays in progress for
-   * the sweep (the agent's ledger answers a resend without running it again).
+   * Claims the dispatch (compare-and-set, so one replica delivers it, with a lease longer than
+   * the HTTP deadline), posts it sealed to the agent's admin endpoint, signed with the server's
+   * derived key, and records the outcome only if the answer opens under that key and is bound
+   * to this dispatch. A dispatch the agent never received, or whose answer does not verify,
+   * goes back to pending (the agent's ledger answers a resend without running it again); one
+   * whose answer was lost stays in progress for the sweep.
    */
   async deliverDirect(
     id: string,
     adminUrl: string,
   ): Promise<"done" | "failed" | "pending" | "lost"> {
-    let claimed = await this.o.dispatches.claim(id, this.o.hubId);
+    const pending = await this.o.dispatches.get(id).catch(() => null);
+    if (pending?.state !== "pending") return "lost";
+    const claimed = await this.o.dispatches.claim(id, this.o.hubId, directLeaseSeconds(pending));
     if (!claimed) return "lost";
+    const holder = this.o.hubId;
     const deadlineMs = directDeadlineMs(claimed);
-    // A job's lease is its own timeout plus a minute, not the default five minutes.
-    if (claimed.op === "job")
-      claimed =
-        (await this.o.dispatches.retake(claimed.id, this.o.hubId, deadlineMs / 1000)) ?? claimed;
     this.o.observe?.claimed(claimed.op);
     const ctx = this.contextOf(claimed);
     return runWithContext(ctx, async () => {
@@ -127,16 +204,17 @@ export class DispatchRouter {
       } catch (err) {
         await this.o.dispatches.fail(
           claimed.id,
+          holder,
           `could not prepare the dispatch: ${(err as Error).message}`,
         );
         return "failed";
       }
-      const key = await this.o.servers.directKey(claimed.serverId);
-      if (!key) {
-        await this.o.dispatches.fail(claimed.id, "the server was deleted");
+      const keys = await this.o.servers.directKeys(claimed.serverId);
+      if (!keys) {
+        await this.o.dispatches.fail(claimed.id, holder, "the server was deleted");
         return "failed";
       }
-      const body = JSON.stringify({
+      const frame = JSON.stringify({
         v: 1,
         type: "dispatch",
         id: claimed.id,
@@ -146,6 +224,8 @@ export class DispatchRouter {
         deployment_id: claimed.deploymentId,
         args,
       });
+      // Sealed: the arguments hold decrypted secrets and the admin endpoint is plain HTTP.
+      const body = sealDirectRequest(keys.sealing, AGENT_DIRECT_DISPATCH_PATH, frame);
       log.info(
         {
           dispatch: claimed.id,
@@ -166,7 +246,7 @@ export class DispatchRouter {
           // The agent's ledger answers a repeat of one dispatch id without running it again.
           idempotent: true,
           context: ctx,
-          sign: (method, path, text) => signDirect(key, method, path, text),
+          sign: (method, path, text) => signDirect(keys.signing, method, path, text),
         });
       } catch (err) {
         log.warn(
@@ -175,39 +255,39 @@ export class DispatchRouter {
         );
         // Not known to have reached the agent: back to pending (not an attempt); if it did
         // reach it, the ledger answers the next delivery.
-        await this.o.dispatches.release(claimed.id);
+        await this.o.dispatches.release(claimed.id, holder);
         return "pending";
       }
-      let answer: {
-        ok?: boolean;
-        result?: unknown;
-        error?: string;
-        code?: string;
-        message?: string;
-      } = {};
-      try {
-        answer = JSON.parse(res.body);
-      } catch {}
       if (res.status === 409) {
-        await this.o.dispatches.release(claimed.id);
-        log.info(
-          { dispatch: claimed.id, reason: answer.message },
-          "dispatch deferred by the agent",
-        );
+        await this.o.dispatches.release(claimed.id, holder);
+        log.info({ dispatch: claimed.id }, "dispatch deferred by the agent");
         return "pending";
       }
-      if (res.status !== 200 || typeof answer.ok !== "boolean") {
-        await this.o.dispatches.release(claimed.id);
+      if (res.status !== 200) {
+        await this.o.dispatches.release(claimed.id, holder);
         log.warn(
-          { dispatch: claimed.id, status: res.status, reason: answer.message },
+          { dispatch: claimed.id, status: res.status, code: agentCode(res.body) },
           "the agent refused a direct dispatch; it waits for the agent",
         );
         return "pending";
       }
+      const opened = openDirectAnswer(keys.sealing, claimed.id, res.body);
+      if ("refused" in opened) {
+        // Forged or tampered on the path (or an agent without the sealing key): never recorded.
+        // Back to pending: the next delivery is answered from the agent's ledger.
+        await this.o.dispatches.release(claimed.id, holder);
+        log.warn(
+          { dispatch: claimed.id, refused: opened.refused },
+          "a direct answer did not verify; the dispatch waits for the agent",
+        );
+        return "pending";
+      }
+      const answer = opened.outcome;
       const recorded = answer.ok
-        ? await this.o.dispatches.complete(claimed.id, answer.result ?? null)
+        ? await this.o.dispatches.complete(claimed.id, holder, answer.result ?? null)
         : await this.o.dispatches.fail(
             claimed.id,
+            holder,
             answer.error ?? "the agent reported a failure",
             answer.result,
           );
@@ -253,8 +333,8 @@ export class DispatchRouter {
           ? `the agent of server ${serverId} is connected to another hub replica and advertises no admin endpoint; ask that replica, or start the agent with --admin-advertise-url`
           : `the agent of server ${serverId} is not connected; try again when it is online`,
       );
-    const key = await this.o.servers.directKey(serverId);
-    if (!key) throw new FlotillaError("resource.not_found", `server ${serverId} not found`);
+    const keys = await this.o.servers.directKeys(serverId);
+    if (!keys) throw new FlotillaError("resource.not_found", `server ${serverId} not found`);
     const method = action === "status" ? "GET" : "POST";
     const res = await this.o.http.call({
       method,
@@ -263,18 +343,27 @@ export class DispatchRouter {
       deadlineMs,
       // Status is a read; drain, resume and reload are safe to repeat (they set a state).
       idempotent: true,
-      sign: (m, path, text) => signDirect(key, m, path, text),
+      sign: (m, path, text) => signDirect(keys.signing, m, path, text),
     });
-    let answer: unknown;
-    try {
-      answer = JSON.parse(res.body);
-    } catch {
-      answer = res.body;
-    }
+    // The endpoint is whatever the agent advertised: none of its text reaches the caller, only
+    // the fields an answer to this action has.
     if (res.status !== 200)
       throw new FlotillaError(
         res.status === 401 ? "agent.unavailable" : "resource.conflict",
-        `the agent refused ${action} (HTTP ${res.status}): ${(answer as { message?: string })?.message ?? ""}`.trim(),
+        `the agent refused ${action} (HTTP ${res.status}${agentCode(res.body) ? `, ${agentCode(res.body)}` : ""})`,
+      );
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(res.body);
+    } catch {}
+    const answer =
+      parsed && typeof parsed === "object" && !Array.isArray(parsed)
+        ? ADMIN_SHAPES[action](parsed as Record<string, unknown>)
+        : undefined;
+    if (answer === undefined)
+      throw new FlotillaError(
+        "agent.unavailable",
+        `the agent at server ${serverId}'s admin endpoint answered ${action} with something that is not its answer`,
       );
     return answer;
   }

@@ -1,5 +1,5 @@
 // Public entry of the fleet module: the fleet health view and the prober port each kind of
-// member (agents now, gateways later) implements.
+// member (agents, gateways) implements.
 export type { FleetProber, FleetTarget, ProbeResult } from "./ports.js";
 export {
   type FleetMember,

@@ -1,6 +1,6 @@
-// Ports the fleet module consumes: one prober per kind of member (agents today; gateways plug in
-// the same way when they exist). The composition root wires the agent prober to the servers
-// module and the dispatch router.
+// Ports the fleet module consumes: one prober per kind of member (agents, gateways). The
+// composition root wires the agent prober to the servers module and the dispatch router, the
+// gateway prober to the gateways module and this replica's gateway event streams.
 
 /** One member of the fleet as the owning module lists it. */
 export interface FleetTarget {

@@ -25,6 +25,11 @@ export const MAX_CUSTOM_DOMAINS = 19;
 export interface ServiceCheckPort {
   /** Throws not-found unless the service belongs to the caller's organization; kind "database" is a managed database. */
   check(c: Caller, id: string, q: Queryable, field: string): Promise<{ id: string; kind: string }>;
+  /**
+   * The same check, then the service's row locked (FOR UPDATE) until the transaction ends: two
+   * concurrent adds to one service count its domains one after the other.
+   */
+  lock(c: Caller, id: string, q: Queryable, field: string): Promise<{ id: string; kind: string }>;
 }
 
 export class ServiceDomains {
@@ -47,7 +52,7 @@ export class ServiceDomains {
     if (hostname === this.baseDomain || hostname.endsWith(`.${this.baseDomain}`))
       throw invalid(
         "hostname",
-        `names under ${this.baseDomain} are the derived <service>-<env> names; choose a domain of your own`,
+        `names under ${this.baseDomain} are the derived <service>-<env>-<project> names; choose a domain of your own`,
       );
     return hostname;
   }
@@ -55,7 +60,9 @@ export class ServiceDomains {
   async add(c: Caller, serviceId: string, rawHostname: string): Promise<ServiceDomain> {
     const hostname = this.checkHostname(rawHostname);
     const domain = await this.db.tx(async (tx) => {
-      const s = await this.services.check(c, serviceId, tx, "service_id");
+      // Locked before counting: two concurrent adds would otherwise both see 18 and reach 21
+      // hostnames, over the route's CHECK of 20, and every later reconcile of the service fails.
+      const s = await this.services.lock(c, serviceId, tx, "service_id");
       // A managed database is PRIVATE for life (a CHECK in 0004), so a domain could never route to it.
       if (s.kind === "database")
         throw invalid(
@@ -87,13 +94,14 @@ export class ServiceDomains {
         });
         return { id: rows[0]!.id, serviceId: s.id, hostname, createdAt: rows[0]!.created_at };
       } catch (err) {
+        // Worded the same whoever holds it (this organization or another), so the answer does
+        // not tell another tenant's domains apart. First come, first served until DNS
+        // ownership verification exists.
         if (isUniqueViolation(err))
           throw new FlotillaError(
             "resource.already_exists",
-            `${hostname} is already routed to a service`,
-            {
-              field: "hostname",
-            },
+            `${hostname} cannot be added: it is already in use; choose another hostname`,
+            { field: "hostname" },
           );
         throw err;
       }

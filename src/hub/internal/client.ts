@@ -1,6 +1,6 @@
 // The one client for every internal HTTP call a hub replica makes (hub -> agent admin today,
-// hub -> gateway later): explicit deadline, retries only when the call is idempotent (jittered,
-// capped), pooled keep-alive connections per origin in a bounded LRU with an idle TTL, and the
+// hub -> gateway later): explicit deadline, a cap on the answer's size, retries only when the
+// call is idempotent (jittered, capped), pooled keep-alive connections per origin in a bounded LRU with an idle TTL, and the
 // request context (x-correlation-id, traceparent, x-tenant-id) on every request.
 import { Pool } from "undici";
 import {
@@ -31,6 +31,51 @@ export interface InternalCall {
   sign?: (method: string, path: string, body: string) => Record<string, string>;
   /** Default: the current request's context, or a new one. */
   context?: RequestContext;
+  /** The answer's body is read up to this many bytes; past it the call fails. Default 1 MiB. */
+  maxResponseBytes?: number;
+}
+
+/**
+ * An answer larger than its cap: the peer (an endpoint an agent advertised, so not trusted) is
+ * cut off rather than buffered, and the call is not retried (a second attempt would be as big).
+ */
+export class InternalResponseTooLarge extends FlotillaError {
+  constructor(
+    readonly origin: string,
+    readonly limitBytes: number,
+  ) {
+    super(
+      "agent.unavailable",
+      `${origin} answered with more than ${limitBytes} bytes; the answer was cut off`,
+    );
+    this.name = "InternalResponseTooLarge";
+  }
+}
+
+/**
+ * 1 MiB: a dispatch answer is bounded like a frame on the channel (MAX_FRAME_BYTES), and a status
+ * or a gateway's list is far smaller.
+ */
+export const DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024;
+
+/** Reads a body up to `limit` bytes, destroying the stream past it. */
+async function readCapped(
+  body: AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown },
+  limit: number,
+  origin: string,
+): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += chunk.byteLength;
+    if (size > limit) {
+      const err = new InternalResponseTooLarge(origin, limit);
+      body.destroy(err);
+      throw err;
+    }
+    chunks.push(Buffer.from(chunk));
+  }
+  return Buffer.concat(chunks).toString("utf8");
 }
 
 export interface InternalResponse {
@@ -101,6 +146,7 @@ export class InternalHttpClient {
     const body = c.body ?? "";
     const deadline = Date.now() + c.deadlineMs;
     const retries = c.idempotent ? (c.retries ?? 2) : 0;
+    const maxBytes = c.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
     const context = contextToHttpHeaders(c.context ?? contextOrNew());
     let lastError: unknown;
     for (let attempt = 0; attempt <= retries; attempt++) {
@@ -129,13 +175,19 @@ export class InternalHttpClient {
           headersTimeout: remaining,
           bodyTimeout: remaining,
         });
-        const text = await res.body.text();
+        const declared = Number(res.headers["content-length"]);
+        if (Number.isFinite(declared) && declared > maxBytes) {
+          res.body.destroy();
+          throw new InternalResponseTooLarge(url.origin, maxBytes);
+        }
+        const text = await readCapped(res.body, maxBytes, url.origin);
         if (RETRYABLE_STATUS.has(res.statusCode) && attempt < retries) {
           lastError = new Error(`HTTP ${res.statusCode}`);
           continue;
         }
         return { status: res.statusCode, body: text, attempts: attempt + 1 };
       } catch (err) {
+        if (err instanceof InternalResponseTooLarge) throw err;
         lastError = err;
       } finally {
         entry.inFlight--;

@@ -203,36 +203,44 @@ export class DispatchStore {
     return rows[0] ? toDispatch(rows[0]) : null;
   }
 
-  /** in_progress -> pending, not counted as an attempt: the agent declined it before starting. */
-  async release(id: string): Promise<boolean> {
+  /**
+   * in_progress -> pending, not counted as an attempt: the agent declined it before starting.
+   * A compare-and-set on the claim's holder too: a replica whose claim was reaped and handed to
+   * another never releases the new holder's delivery.
+   */
+  async release(id: string, holder: string): Promise<boolean> {
     const { rows } = await this.db.query(
       `UPDATE dispatches SET state = 'pending', claimed_by = NULL, attempts = greatest(attempts - 1, 0),
               deadline_at = NULL, updated_at = now()
-       WHERE id = $1 AND state = 'in_progress' RETURNING id`,
-      [id],
+       WHERE id = $1 AND state = 'in_progress' AND claimed_by = $2 RETURNING id`,
+      [id, holder],
     );
     return rows.length > 0;
   }
 
-  async complete(id: string, result: unknown): Promise<boolean> {
+  /** in_progress -> done, only while `holder` still holds the claim (see release). */
+  async complete(id: string, holder: string, result: unknown): Promise<boolean> {
     const { rows } = await this.db.query(
       `WITH done AS (
-         UPDATE dispatches SET state = 'done', result = $2, error = NULL, updated_at = now()
-         WHERE id = $1 AND state = 'in_progress' RETURNING id, notify_done)
+         UPDATE dispatches SET state = 'done', result = $3, error = NULL, updated_at = now()
+         WHERE id = $1 AND state = 'in_progress' AND claimed_by = $2 RETURNING id, notify_done)
        SELECT id, CASE WHEN notify_done THEN pg_notify('${DISPATCH_DONE_CHANNEL}', id::text) END FROM done`,
-      [id, JSON.stringify(result ?? null)],
+      [id, holder, JSON.stringify(result ?? null)],
     );
     return rows.length > 0;
   }
 
-  /** in_progress -> failed, with what the agent returned (a job's exit code and output). */
-  async fail(id: string, error: string, result?: unknown): Promise<boolean> {
+  /**
+   * in_progress -> failed, with what the agent returned (a job's exit code and output), only
+   * while `holder` still holds the claim (see release).
+   */
+  async fail(id: string, holder: string, error: string, result?: unknown): Promise<boolean> {
     const { rows } = await this.db.query(
       `WITH failed AS (
-         UPDATE dispatches SET state = 'failed', error = $2, result = coalesce($3, result), updated_at = now()
-         WHERE id = $1 AND state = 'in_progress' RETURNING id, notify_done)
+         UPDATE dispatches SET state = 'failed', error = $3, result = coalesce($4, result), updated_at = now()
+         WHERE id = $1 AND state = 'in_progress' AND claimed_by = $2 RETURNING id, notify_done)
        SELECT id, CASE WHEN notify_done THEN pg_notify('${DISPATCH_DONE_CHANNEL}', id::text) END FROM failed`,
-      [id, error.slice(0, 4000), result === undefined ? null : JSON.stringify(result)],
+      [id, holder, error.slice(0, 4000), result === undefined ? null : JSON.stringify(result)],
     );
     return rows.length > 0;
   }

@@ -7,6 +7,7 @@ import {
   type Caller,
   checkSlug,
   directKey,
+  directSealKey,
   FlotillaError,
   invalid,
   isUniqueViolation,
@@ -220,20 +221,19 @@ export class ServersService {
   }
 
   /**
-   * The key a hub signs direct requests to this server's agent with (derived from its secret,
-   * which never leaves this process); null for an unknown server.
+   * Both keys of the direct route to this server's agent, derived from its secret (which never
+   * leaves this process): the request signing key and the dispatch sealing key; null for an
+   * unknown server.
    */
-  async directKey(serverId: string): Promise<Buffer | null> {
+  async directKeys(serverId: string): Promise<{ signing: Buffer; sealing: Buffer } | null> {
     const { rows } = await this.db.query<{ secret_sealed: Buffer; secret_key_id: string }>(
       "SELECT secret_sealed, secret_key_id FROM servers WHERE id = $1",
       [serverId],
     );
     const row = rows[0];
     if (!row) return null;
-    return directKey(
-      this.sealer.open(row.secret_sealed, row.secret_key_id, secretAad(serverId)),
-      serverId,
-    );
+    const secret = this.sealer.open(row.secret_sealed, row.secret_key_id, secretAad(serverId));
+    return { signing: directKey(secret, serverId), sealing: directSealKey(secret, serverId) };
   }
 
   /** Affinity and reachability of one server, for route(): no tenant check (internal use). */

@@ -6,7 +6,12 @@ export type {
   LifecycleOp,
   PlacementPort,
 } from "./ports.js";
-export { type PublicFacts, publicFacts, publicServiceIds } from "./public.js";
+export {
+  lockServiceRow,
+  type PublicFacts,
+  publicFacts,
+  publicServiceIds,
+} from "./public.js";
 export {
   type CreateDatabaseInput,
   type CreateServiceInput,

@@ -57,3 +57,19 @@ export async function publicServiceIds(
   );
   return rows.map((r) => ({ organizationId: r.organization_id, id: r.id }));
 }
+
+/**
+ * Locks one service's row (FOR UPDATE) for the caller's transaction; false when it does not
+ * exist in the organization. Other modules serialize per-service writes on it.
+ */
+export async function lockServiceRow(
+  q: Queryable,
+  organizationId: string,
+  serviceId: string,
+): Promise<boolean> {
+  const { rows } = await q.query(
+    "SELECT id FROM services WHERE id = $1 AND organization_id = $2 FOR UPDATE",
+    [serviceId, organizationId],
+  );
+  return rows.length > 0;
+}

@@ -19,7 +19,7 @@ export const file_flotilla_v1_fleet: GenFile = /*@__PURE__*/
  */
 export type GetFleetStatusRequest = Message<"flotilla.v1.GetFleetStatusRequest"> & {
   /**
-   * Which kinds of member: "agent" (the only kind today). Empty: every kind.
+   * Which kinds of member: "agent", "gateway". Empty: every kind.
    *
    * @generated from field: repeated string kinds = 1;
    */
@@ -46,14 +46,14 @@ export const GetFleetStatusRequestSchema: GenMessage<GetFleetStatusRequest> = /*
  */
 export type FleetMember = Message<"flotilla.v1.FleetMember"> & {
   /**
-   * "agent".
+   * "agent" or "gateway".
    *
    * @generated from field: string kind = 1;
    */
   kind: string;
 
   /**
-   * The server's id for an agent.
+   * The server's id for an agent; the gateway's id for a gateway.
    *
    * @generated from field: string id = 2;
    */
@@ -74,8 +74,9 @@ export type FleetMember = Message<"flotilla.v1.FleetMember"> & {
   health: string;
 
   /**
-   * How it was probed: "channel" (this replica holds its control channel), "direct" (its
-   * advertised admin endpoint, signed), "heartbeat" (its last heartbeat only), "none".
+   * How it was probed: "channel" (this replica holds its control channel, or for a gateway its
+   * event stream, pinged), "direct" (an agent's advertised admin endpoint, signed), "heartbeat"
+   * (its last heartbeat only; a gateway's last authenticated request), "none".
    *
    * @generated from field: string probe = 5;
    */
@@ -155,8 +156,7 @@ export const GetFleetStatusResponseSchema: GenMessage<GetFleetStatusResponse> = 
   messageDesc(file_flotilla_v1_fleet, 2);
 
 /**
- * The fleet's health as the hub sees it: every agent (and, once they exist, every gateway)
- * probed with a bounded number of probes at once, the answers cached briefly so that many
+ * The fleet's health as the hub sees it: every agent and every gateway probed with a bounded number of probes at once, the answers cached briefly so that many
  * dashboards refreshing do not multiply the probes.
  *
  * @generated from service flotilla.v1.FleetService
