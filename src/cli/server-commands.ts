@@ -215,7 +215,6 @@ const NATS: OptionSpecs = {
   "webhook-allow-hosts": {
     type: "string",
     env: "FLOTILLA_WEBHOOK_ALLOW_HOSTS",
-    default: "",
     description:
       "Comma-separated host names or IP addresses webhooks may reach whatever they resolve to",
   },
