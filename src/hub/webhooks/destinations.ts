@@ -65,9 +65,12 @@ const CLASSES: Array<[Exclude<AddressClass, "public">, BlockList]> = [
   ],
 ];
 
-/** An IPv4-mapped IPv6 address (::ffff:127.0.0.1, ::ffff:7f00:1) as the IPv4 address it carries. */
+/**
+ * An IPv6 address carrying an IPv4 one (mapped ::ffff:127.0.0.1 or ::ffff:7f00:1, the deprecated
+ * compatible ::7f00:1, NAT64 64:ff9b::7f00:1) as that IPv4 address: classified by where it leads.
+ */
 function unmapped(address: string): string {
-  const m = /^::ffff:(?:0:)?(.+)$/i.exec(address);
+  const m = /^(?:::ffff:(?:0:)?|64:ff9b::|::)(.+)$/i.exec(address);
   if (!m) return address;
   const rest = m[1]!;
   if (isIP(rest) === 4) return rest;
