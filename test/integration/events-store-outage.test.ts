@@ -1,6 +1,7 @@
 // A store outage over a consumer's last delivery loses no event: on a NATS server of this test's own
 // and real PostgreSQL, the handler and the quarantine insert both fail while an outage flag is set
-// (a PL/pgSQL check raises); once it clears, every event ends processed or quarantined.
+// (a PL/pgSQL check raises); once it clears, every event ends processed or quarantined, even when
+// the replica that met the outage shut down meanwhile.
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -183,5 +184,47 @@ describe("a store outage over a consumer's final delivery", () => {
     expect(b.processed).toBe(0);
     expect(b.quarantined).toHaveLength(1);
     expect(b.quarantined[0]!.reason).toMatch(/the handler has a bug|the store is down/);
+  });
+
+  it("a replica that shuts down during the outage, after its final delivery failed to quarantine, leaves the event to the next one", async () => {
+    const spec = {
+      name: "outage2",
+      maxDeliver: MAX_DELIVER,
+      retryDelayMs: 20,
+      ackWaitMs: 2000,
+      accepts: (type: string) => type === "project.renamed",
+      handler: async (_e: unknown, tools: { tx: { query(sql: string): Promise<unknown> } }) => {
+        await tools.tx.query("SELECT test_store_check()");
+      },
+    };
+    await t.hub.db.query("UPDATE test_store_outage SET down = true");
+    const first = await t.hub.eventsService.addConsumer(spec);
+    const id = await renamedEvent();
+    await eventually(
+      async () =>
+        t.logs.some(
+          (l) =>
+            l.consumer === "outage2" &&
+            l.msg === "cannot quarantine; redelivering" &&
+            String((l.err as { message?: string } | undefined)?.message).includes(id),
+        ),
+      30_000,
+      "the final delivery failing to quarantine",
+    );
+    await first.stop();
+    await t.hub.db.query("UPDATE test_store_outage SET down = false");
+    // The next replica's consumer (same durable) gets the event the stopped one never recorded.
+    await t.hub.eventsService.addConsumer(spec);
+    await eventually(
+      async () =>
+        (
+          await t.hub.db.query(
+            "SELECT 1 FROM event_processed WHERE consumer = 'outage2' AND event_id = $1",
+            [id],
+          )
+        ).rows.length === 1,
+      30_000,
+      "the event processed by the next consumer",
+    );
   });
 });
