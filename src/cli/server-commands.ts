@@ -207,6 +207,19 @@ const NATS: OptionSpecs = {
     default: "5000",
     description: "First webhook retry after this, doubling per attempt",
   },
+  "webhook-allow-private": {
+    type: "string",
+    env: "FLOTILLA_WEBHOOK_ALLOW_PRIVATE",
+    default: "false",
+    description:
+      "true | false: let webhooks reach loopback and private networks (link-local stays refused)",
+  },
+  "webhook-allow-hosts": {
+    type: "string",
+    env: "FLOTILLA_WEBHOOK_ALLOW_HOSTS",
+    description:
+      "Comma-separated host names or IP addresses webhooks may reach whatever they resolve to",
+  },
 };
 
 /** The NATS options of `flotilla hub`; none without --nats-url. */
@@ -215,11 +228,22 @@ function natsOptions(values: Record<string, string | boolean | undefined>): Part
   const consumers = stringOption(values, "nats-consumers") ?? "on";
   if (consumers !== "on" && consumers !== "off")
     throw new FlotillaError("config.invalid", "--nats-consumers must be on or off");
+  const allowPrivate = stringOption(values, "webhook-allow-private") ?? "false";
+  if (allowPrivate !== "true" && allowPrivate !== "false")
+    throw new FlotillaError(
+      "config.invalid",
+      "--webhook-allow-private (FLOTILLA_WEBHOOK_ALLOW_PRIVATE) must be true or false",
+    );
   // Fault injection for the crash tests only: SIGKILL the relay between publish and mark.
   const killAfter = process.env.FLOTILLA_FAULT_KILL_AFTER_PUBLISHED;
   return {
     webhooks: {
       backoffBaseMs: intOption(values, "webhook-backoff-base-ms", { min: 10, max: 3_600_000 })!,
+      allowPrivateNetworks: allowPrivate === "true",
+      allowHosts: (stringOption(values, "webhook-allow-hosts") ?? "")
+        .split(",")
+        .map((h) => h.trim())
+        .filter(Boolean),
     },
     ...(killAfter ? { relay: { killAfterPublished: Number(killAfter) } } : {}),
     ...(url

@@ -65,6 +65,7 @@ export function openPostgres(url: string, settings: Partial<PoolSettings> = {}):
   // An idle client losing its server is reported here; the pool drops it and opens another.
   pool.on("error", () => {});
   let listenerReconnects = 0;
+  const listener = new SharedListener(clientConfig, () => listenerReconnects++);
   const dedicated = async () => {
     const client = new pg.Client(clientConfig);
     client.on("error", () => {});
@@ -105,75 +106,7 @@ export function openPostgres(url: string, settings: Partial<PoolSettings> = {}):
         client.release();
       }
     },
-    async listen(channel, fn, onReconnect) {
-      // A dedicated connection that comes back: on loss (a restart, pg_terminate_backend) it
-      // reconnects with backoff (250 ms doubling to 10 s) and LISTENs again. Notifications sent
-      // while it was away are lost, so the caller is told, to re-read what it may have missed.
-      // One connection at a time: a loss is acted on once, and every client opened is ended.
-      const clients = new Set<pg.Client>();
-      let closed = false;
-      let backoff = 250;
-      let timer: NodeJS.Timeout | undefined;
-      const schedule = () => {
-        if (closed || timer) return;
-        timer = setTimeout(() => {
-          timer = undefined;
-          reopen();
-        }, backoff);
-        timer.unref();
-        backoff = Math.min(backoff * 2, 10_000);
-      };
-      const open = async (): Promise<void> => {
-        const c = new pg.Client(clientConfig);
-        clients.add(c);
-        let ready = false;
-        c.on("notification", (msg) => {
-          if (msg.channel === channel) fn(msg.payload ?? "");
-        });
-        c.on("error", () => {});
-        c.once("end", () => {
-          clients.delete(c);
-          // Before LISTEN succeeded, the failing open() reports the loss itself.
-          if (ready && !closed) {
-            listenerReconnects++;
-            schedule();
-          }
-        });
-        try {
-          await c.connect();
-          await c.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
-        } catch (err) {
-          await c.end().catch(() => {});
-          throw err;
-        }
-        if (closed) {
-          await c.end().catch(() => {});
-          return;
-        }
-        ready = true;
-        backoff = 250;
-      };
-      const reopen = () => {
-        if (closed) return;
-        open().then(
-          () => {
-            if (!closed) onReconnect?.();
-          },
-          () => schedule(),
-        );
-      };
-      try {
-        await open();
-      } catch (err) {
-        closed = true;
-        throw err;
-      }
-      return async () => {
-        closed = true;
-        clearTimeout(timer);
-        await Promise.all([...clients].map((c) => c.end().catch(() => {})));
-      };
-    },
+    listen: (channel, fn, onReconnect) => listener.subscribe(channel, fn, onReconnect),
     async tryExclusiveLock(key, fn) {
       const client = await dedicated();
       try {
@@ -208,7 +141,132 @@ export function openPostgres(url: string, settings: Partial<PoolSettings> = {}):
       await pool.query("SELECT 1");
     },
     async close() {
+      await listener.close();
       await pool.end();
     },
   };
+}
+
+interface Subscription {
+  channel: string;
+  fn: (payload: string) => void;
+  onReconnect: (() => void) | undefined;
+}
+
+/**
+ * One dedicated LISTEN connection per store, shared by every channel the process listens on (a
+ * hub listens on seven: dispatches, events, outbox, principals, ...; one connection each would
+ * cost a replica seven of PostgreSQL's default 100). On loss (a restart, pg_terminate_backend)
+ * it reconnects with backoff (250 ms doubling to 10 s), LISTENs every channel again and calls
+ * each subscriber's onReconnect: notifications sent meanwhile are lost, so they re-read.
+ */
+class SharedListener {
+  private readonly subs = new Set<Subscription>();
+  private client: pg.Client | undefined;
+  private opening: Promise<pg.Client> | undefined;
+  private readonly listening = new Set<string>();
+  private backoff = 250;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly config: pg.ClientConfig,
+    private readonly countReconnect: () => void,
+  ) {}
+
+  async subscribe(
+    channel: string,
+    fn: (payload: string) => void,
+    onReconnect?: () => void,
+  ): Promise<() => Promise<void>> {
+    const sub: Subscription = { channel, fn, onReconnect };
+    this.subs.add(sub);
+    try {
+      const client = this.client ?? (await this.open());
+      if (!this.listening.has(channel)) {
+        await client.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+        this.listening.add(channel);
+      }
+    } catch (err) {
+      this.subs.delete(sub);
+      throw err;
+    }
+    return async () => {
+      if (!this.subs.delete(sub)) return;
+      if ([...this.subs].some((s) => s.channel === channel)) return;
+      this.listening.delete(channel);
+      if (this.subs.size === 0) await this.end();
+      else await this.client?.query(`UNLISTEN ${pg.escapeIdentifier(channel)}`).catch(() => {});
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.subs.clear();
+    await this.end();
+  }
+
+  /** Opens the connection (once, however many subscribers ask at the same moment). */
+  private open(): Promise<pg.Client> {
+    this.opening ??= (async () => {
+      const c = new pg.Client(this.config);
+      c.on("error", () => {});
+      c.on("notification", (msg) => {
+        for (const s of this.subs) if (s.channel === msg.channel) s.fn(msg.payload ?? "");
+      });
+      try {
+        await c.connect();
+        this.listening.clear();
+        for (const channel of new Set([...this.subs].map((s) => s.channel))) {
+          await c.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+          this.listening.add(channel);
+        }
+      } catch (err) {
+        await c.end().catch(() => {});
+        throw err;
+      }
+      c.once("end", () => {
+        if (this.client !== c) return;
+        this.client = undefined;
+        this.listening.clear();
+        if (!this.closed && this.subs.size > 0) {
+          this.countReconnect();
+          this.schedule();
+        }
+      });
+      this.client = c;
+      this.backoff = 250;
+      return c;
+    })().finally(() => {
+      this.opening = undefined;
+    });
+    return this.opening;
+  }
+
+  private schedule(): void {
+    if (this.closed || this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      if (this.closed || this.subs.size === 0) return;
+      // A new subscriber may have reopened it already; the others still missed what was sent.
+      (this.client ? Promise.resolve(this.client) : this.open()).then(
+        () => {
+          for (const s of [...this.subs]) s.onReconnect?.();
+        },
+        () => this.schedule(),
+      );
+    }, this.backoff);
+    this.timer.unref();
+    this.backoff = Math.min(this.backoff * 2, 10_000);
+  }
+
+  private async end(): Promise<void> {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.opening?.catch(() => {});
+    const c = this.client;
+    this.client = undefined;
+    this.listening.clear();
+    await c?.end().catch(() => {});
+  }
 }

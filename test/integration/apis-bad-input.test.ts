@@ -5,6 +5,7 @@
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import WebSocket from "ws";
 import { ApiKind, ApiService, GatewayService } from "../../src/gen/flotilla/v1/apis_pb.js";
 import { GATEWAY_SYNC } from "../../src/shared/index.js";
 import type { Queryable } from "../../src/store/index.js";
@@ -495,5 +496,34 @@ describe("APIs and gateways: bad input, isolation, sealing, timestamps", () => {
     const listed = await a.apis.listApiDeployments({ api: restId });
     expect(listed.deployments[0]).toMatchObject({ observedStatus: "deployed", observedReason: "" });
     await a.apis.undeployApi({ api: restId, gateway: gatewayId });
+  });
+
+  it("a gateway that hangs up while its token is checked leaves no connection behind", async () => {
+    const url = `${t.hub.url.replace(/^http/, "ws")}${GATEWAY_SYNC.events}`;
+    // The embedded store runs one statement at a time: holding a transaction open keeps the hub
+    // checking the tokens while ten gateways open the event stream and drop it.
+    let release: () => void = () => {};
+    const held = t.hub.db.tx(() => new Promise<void>((r) => (release = r)));
+    await Promise.all(
+      Array.from(
+        { length: 10 },
+        () =>
+          new Promise<void>((resolve) => {
+            const ws = new WebSocket(url, { headers: { authorization: `Bearer ${gatewayToken}` } });
+            ws.on("upgrade", () => ws.terminate());
+            ws.on("error", () => resolve());
+            ws.on("close", () => resolve());
+          }),
+      ),
+    );
+    release();
+    await held;
+    // One that stays is registered, so the count below is not empty for want of trying.
+    const stays = new WebSocket(url, { headers: { authorization: `Bearer ${gatewayToken}` } });
+    await new Promise((resolve) => stays.once("message", resolve));
+    for (let i = 0; i < 50 && t.hub.gatewaySync.connected().length !== 1; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    expect(t.hub.gatewaySync.connected()).toEqual([gatewayId]);
+    stays.close();
   });
 });

@@ -302,7 +302,7 @@ for (const engine of ENGINES) {
             wrong.push(describeOutcome(key, o));
         }
         expect(wrong).toEqual([]);
-      });
+      }, 240_000); // a whole tenant is seeded per RPC (some calls destroy what they name): ~60 seeds
 
       it("a user who owns both A and A2, signed in to A2, gets NotFound for A's objects", async () => {
         const before = await stateOfA();

@@ -10,6 +10,7 @@ import {
   ensureStream,
   eventsStreamContract,
   nanos,
+  SERVER_MAX_DELIVER,
   streamConfig,
 } from "../../src/hub/events/index.js";
 import { createLogger, FlotillaError, traceIdOf } from "../../src/shared/index.js";
@@ -135,7 +136,7 @@ describe("hub startup against NATS", () => {
     expect((await jsm.streams.info(name)).config).toEqual(before);
   });
 
-  it("creates the durables with the configured ack_wait, max_deliver and max_ack_pending, and updates them on a restart with other values", async () => {
+  it("creates the durables with the configured ack_wait and max_ack_pending and an unlimited server-side max_deliver, and updates them on a restart (an older hub's finite max_deliver too)", async () => {
     const jsm = await jetstreamManager(nc);
     const stream = unique();
     created.push(stream);
@@ -149,16 +150,22 @@ describe("hub startup against NATS", () => {
       expect([c.ack_policy, c.ack_wait, c.max_deliver, c.max_ack_pending]).toEqual([
         "explicit",
         nanos(20_000),
-        7,
+        SERVER_MAX_DELIVER,
         4,
       ]);
     }
+    // A durable an older hub created with a finite max_deliver (which drops messages past it).
+    await jsm.consumers.update(stream, "audit", { max_deliver: 7 });
     const second = await startTestHub("postgres", {
       nats: { ...nats, consumer: { ackWaitMs: 45_000, maxDeliver: 3, concurrency: 9 } },
     });
     await second.stop();
     const c = (await jsm.consumers.info(stream, "audit")).config;
-    expect([c.ack_wait, c.max_deliver, c.max_ack_pending]).toEqual([nanos(45_000), 3, 9]);
+    expect([c.ack_wait, c.max_deliver, c.max_ack_pending]).toEqual([
+      nanos(45_000),
+      SERVER_MAX_DELIVER,
+      9,
+    ]);
   });
 
   it("refuses to start when NATS cannot be reached, naming the setting", async () => {

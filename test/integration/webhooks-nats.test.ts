@@ -65,7 +65,13 @@ beforeAll(async () => {
   receiverUrl = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`;
   t = await startTestHub("postgres", {
     nats: { url: NATS_URL, stream, subjectRoot: stream.toLowerCase() },
-    webhooks: { backoffBaseMs: 50, backoffMaxMs: 200, pollIntervalMs: 50 },
+    // The fake receiver listens on loopback, which webhooks refuse unless the operator allows it.
+    webhooks: {
+      backoffBaseMs: 50,
+      backoffMaxMs: 200,
+      pollIntervalMs: 50,
+      allowHosts: ["127.0.0.1"],
+    },
   });
   token = (await bootstrapOwner(t.hub)).token;
 });

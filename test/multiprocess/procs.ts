@@ -128,7 +128,10 @@ export async function startFlotilla(
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("FLOTILLA_")) env[k] = v;
   // Hub replicas of one installation share a master key; `up` generates its own beside its data.
   const key = command === "hub" ? { FLOTILLA_MASTER_KEY: TEST_MASTER_KEY } : {};
-  Object.assign(env, { FLOTILLA_LOG_LEVEL: "info" }, key, options.env);
+  // Two test files run at once, each with up to three replicas, against PostgreSQL's default 100
+  // connections: a replica's pool of 8 (the default is 20) leaves room for all of them.
+  const pool = command === "agent" ? {} : { FLOTILLA_DB_POOL_MAX: "8" };
+  Object.assign(env, { FLOTILLA_LOG_LEVEL: "info" }, pool, key, options.env);
   const listen = listens
     ? ["--host", "127.0.0.1", "--port", String(port), "--grpc-port", String(grpcPort)]
     : [];

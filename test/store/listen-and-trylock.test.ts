@@ -47,6 +47,44 @@ describe("postgres adapter: resilient LISTEN and try-lock", () => {
     }
   });
 
+  it("every channel shares one LISTEN connection, and each comes back after it is cut", async () => {
+    const channels = ["flotilla_test_a", "flotilla_test_b", "flotilla_test_c"];
+    const heard = new Map<string, string[]>(channels.map((c) => [c, []]));
+    const reconnected = new Map<string, number>(channels.map((c) => [c, 0]));
+    const unlisten = await Promise.all(
+      channels.map((c) =>
+        db.listen(
+          c,
+          (p) => heard.get(c)!.push(p),
+          () => reconnected.set(c, reconnected.get(c)! + 1),
+        ),
+      ),
+    );
+    const listeners = async () =>
+      (
+        await db.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity
+           WHERE datname = current_database() AND query ILIKE '%LISTEN%' AND pid <> pg_backend_pid()`,
+        )
+      ).rows[0]!.n;
+    try {
+      expect(await listeners()).toBe(1);
+      await db.query(
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'`,
+      );
+      for (let i = 0; i < 150 && [...reconnected.values()].some((n) => n < 1); i++) await sleep(20);
+      expect([...reconnected.values()]).toEqual([1, 1, 1]);
+      for (const c of channels) await db.query("SELECT pg_notify($1, $1)", [c]);
+      for (let i = 0; i < 50 && [...heard.values()].some((h) => h.length < 1); i++) await sleep(20);
+      expect(Object.fromEntries(heard)).toEqual(Object.fromEntries(channels.map((c) => [c, [c]])));
+      expect(await listeners()).toBe(1);
+    } finally {
+      await Promise.all(unlisten.map((u) => u()));
+    }
+    expect(await listeners()).toBe(0);
+  });
+
   it("tryExclusiveLock skips (ran: false) while another connection holds the lock, and runs once it is free", async () => {
     const key = 0x7e57_0001;
     let release: () => void = () => {};

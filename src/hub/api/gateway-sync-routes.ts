@@ -213,6 +213,9 @@ export class GatewaySync {
       socket.close(4401, "invalid gateway token");
       return;
     }
+    // The gateway may have hung up while its token was checked: its "close" has fired already,
+    // so registering it now would keep a dead connection, its ping timer and resends forever.
+    if (socket.readyState !== socket.OPEN) return;
     const conn: Connection = { socket, gateway, pending: new Map() };
     this.connections.add(conn);
     let alive = true;

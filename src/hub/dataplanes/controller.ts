@@ -8,6 +8,7 @@ import {
   type LinkResult,
   PROVISIONER_CONTRACT_VERSION,
   type Provisioner,
+  withoutNul,
 } from "./provisioners.js";
 
 /** The NOTIFY channel the links trigger signals on; the payload is the data plane id. */
@@ -289,21 +290,23 @@ export class DataPlaneController {
     signal.addEventListener("abort", onStop, { once: true });
     let results: LinkResult[];
     try {
-      results = await provisioner.provision(
-        {
-          version: PROVISIONER_CONTRACT_VERSION,
-          dataPlane: {
-            id,
-            organizationId: plane.organization_id,
-            name: plane.name,
-            region: plane.region,
+      results = withoutNul(
+        await provisioner.provision(
+          {
+            version: PROVISIONER_CONTRACT_VERSION,
+            dataPlane: {
+              id,
+              organizationId: plane.organization_id,
+              name: plane.name,
+              region: plane.region,
+            },
+            links: desired,
           },
-          links: desired,
-        },
-        run.signal,
+          run.signal,
+        ),
       );
     } catch (err) {
-      const error = (err as Error).message.slice(0, MAX_ERROR);
+      const error = withoutNul((err as Error).message).slice(0, MAX_ERROR);
       if (lost) {
         this.stats.claimsLost++;
         this.o.logger.warn(
@@ -386,7 +389,19 @@ export class DataPlaneController {
         return { applied: rowCount, requestedNow: Number(done[0].requested) };
       });
     } catch (err) {
-      if (!(err instanceof ClaimLost)) throw err;
+      if (!(err instanceof ClaimLost)) {
+        // The results could not be written (the store refused a value, or is down): a failed run
+        // like any other, so the error is recorded and the retry waits for the backoff rather
+        // than rerunning the provisioner every lease.
+        const error =
+          `recording the provisioner's results failed: ${withoutNul((err as Error).message)}`.slice(
+            0,
+            MAX_ERROR,
+          );
+        await this.fail(id, token, claim.attempts, error);
+        report({ ok: false, error });
+        return;
+      }
       this.stats.claimsLost++;
       this.o.logger.warn(
         { dataPlaneId: id },
@@ -425,13 +440,22 @@ export class DataPlaneController {
       Math.min(this.backoff.capMs, this.backoff.baseMs * 2 ** Math.min(attempts, 20)) *
         (0.5 + Math.random() / 2),
     );
-    await this.o.db.query(
-      `UPDATE data_plane_converge_requests
-       SET claimed_by = NULL, claimed_until = NULL, attempts = attempts + 1, last_error = $3,
-           next_attempt_at = now() + make_interval(secs => $4)
-       WHERE data_plane_id = $1 AND claimed_by = $2`,
-      [id, token, error, delayMs / 1000],
-    );
+    try {
+      await this.o.db.query(
+        `UPDATE data_plane_converge_requests
+         SET claimed_by = NULL, claimed_until = NULL, attempts = attempts + 1, last_error = $3,
+             next_attempt_at = now() + make_interval(secs => $4)
+         WHERE data_plane_id = $1 AND claimed_by = $2`,
+        [id, token, withoutNul(error), delayMs / 1000],
+      );
+    } catch (err) {
+      // The store is down: the claim lapses with its lease, and the local retry below still
+      // waits for the backoff before claiming again.
+      this.o.logger.error(
+        { err, dataPlaneId: id, error },
+        "could not record the data plane's converge failure",
+      );
+    }
     this.o.logger.warn(
       { dataPlaneId: id, error, retryInMs: delayMs },
       "data plane converge failed; retrying later",

@@ -214,6 +214,22 @@ export function parseResults(stdout: string): LinkResult[] {
   return out;
 }
 
+/**
+ * What a provisioner returned, without U+0000: PostgreSQL text and jsonb refuse it ("invalid byte
+ * sequence" / "unsupported Unicode escape sequence"), and one NUL in a detail, an error or a
+ * stderr tail would otherwise make every write of the run fail. Strings, keys and nested values.
+ */
+export function withoutNul<T>(value: T): T {
+  if (typeof value === "string") return value.replaceAll("\u0000", "") as T;
+  if (Array.isArray(value)) return value.map((v) => withoutNul(v)) as T;
+  if (value && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[withoutNul(k)] = withoutNul(v);
+    return out as T;
+  }
+  return value;
+}
+
 export type ProvisionerConfig =
   | { kind: "local" }
   | ({ kind: "command" } & CommandProvisionerOptions);

@@ -45,9 +45,13 @@ export interface ConsumerSpec {
   concurrency?: number;
   /** Redelivered if not acked within this. Default 30 s. */
   ackWaitMs?: number;
-  /** Deliveries before the message is quarantined. Default 5. */
+  /**
+   * Failed deliveries before the message is quarantined. Default 5. Counted by this helper, not
+   * by the server: the durable's own max_deliver is unlimited, so a message whose quarantine
+   * cannot be recorded (the store is down) is redelivered until it is processed or quarantined.
+   */
   maxDeliver?: number;
-  /** Wait before a failed message is redelivered, times the delivery count. Default 1 s. */
+  /** Wait before a failed message is redelivered, times the delivery count (at most 60 s). Default 1 s. */
   retryDelayMs?: number;
   /**
    * shared (default): one durable for all replicas, each event handled by one of them.
@@ -67,6 +71,15 @@ export const CONSUMER_DEFAULTS = {
 
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 const REPLICA_INACTIVE_MS = 3600_000;
+/**
+ * The durable's max_deliver: unlimited. JetStream never redelivers past max_deliver, so a server
+ * limit would drop a message whose last delivery met a store outage (neither processed nor
+ * quarantined); the helper counts deliveries itself and terms a message only once its quarantine
+ * row is written.
+ */
+export const SERVER_MAX_DELIVER = -1;
+/** The longest wait before a redelivery: a store outage of an hour costs ~60 deliveries per message, not thousands. */
+const MAX_RETRY_DELAY_MS = 60_000;
 
 export interface ConsumerHost {
   db: Db;
@@ -120,7 +133,7 @@ export class EventConsumer {
       // while it runs (what it missed before, it reads from the database when it starts).
       deliver_policy: this.spec.scope === "replica" ? DeliverPolicy.New : DeliverPolicy.All,
       ack_wait: nanos(this.ackWaitMs),
-      max_deliver: this.maxDeliver,
+      max_deliver: SERVER_MAX_DELIVER,
       max_ack_pending: this.concurrency,
       ...(this.spec.filterSubject ? { filter_subject: this.spec.filterSubject } : {}),
       ...(this.spec.scope === "replica" ? { inactive_threshold: nanos(REPLICA_INACTIVE_MS) } : {}),
@@ -245,7 +258,7 @@ export class EventConsumer {
             "event handler failed; will be redelivered",
           );
           this.host.observe?.(this.spec.name, "retried");
-          m.nak((this.spec.retryDelayMs ?? CONSUMER_DEFAULTS.retryDelayMs) * m.info.deliveryCount);
+          m.nak(this.retryDelay(m.info.deliveryCount));
         }
       } finally {
         clearInterval(heartbeat);
@@ -276,7 +289,17 @@ export class EventConsumer {
     });
   }
 
-  /** Records the message in quarantine, then terminates it; if recording fails, it is redelivered instead. */
+  private retryDelay(attempt: number): number {
+    const base = this.spec.retryDelayMs ?? CONSUMER_DEFAULTS.retryDelayMs;
+    return Math.min(base * Math.max(1, attempt), MAX_RETRY_DELAY_MS);
+  }
+
+  /**
+   * Records the message in quarantine, then terminates it. If recording fails (the store is down,
+   * usually the same outage that failed the handler), the message is redelivered instead: the
+   * server's max_deliver is unlimited, so that redelivery comes, runs the handler again (which may
+   * now succeed) and, failing, tries the quarantine again. A message is never terminated unrecorded.
+   */
   private async poison(
     m: JsMsg,
     event: StoredEvent | null,
@@ -309,7 +332,8 @@ export class EventConsumer {
         { err, consumer: this.durable, stream_seq: m.seq },
         "cannot quarantine; redelivering",
       );
-      m.nak(this.spec.retryDelayMs ?? CONSUMER_DEFAULTS.retryDelayMs);
+      this.host.observe?.(this.spec.name, "retried");
+      m.nak(this.retryDelay(m.info.deliveryCount - this.maxDeliver + 1));
       return;
     }
     m.term(reason.slice(0, 200));

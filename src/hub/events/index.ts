@@ -12,6 +12,7 @@ export {
   EventConsumer,
   type HandlerTools,
   payloadRef,
+  SERVER_MAX_DELIVER,
 } from "./consumer.js";
 export { type ConsumerOutcome, type EventMetrics, eventMetrics } from "./metrics.js";
 export { NatsBackbone, type NatsOptions, type NatsReadiness } from "./nats.js";

@@ -1,4 +1,10 @@
 // Public entry of the webhooks module: endpoints, signed deliveries with retries, and the signature helpers.
+export {
+  classifyAddress,
+  type DestinationPolicy,
+  DestinationRefused,
+  resolveDestination,
+} from "./destinations.js";
 export type { Sealer, WebhookAudit } from "./ports.js";
 export {
   DEFAULT_EVENT_TYPES,

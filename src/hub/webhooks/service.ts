@@ -12,6 +12,12 @@ import {
 } from "../../shared/index.js";
 import type { Db, Queryable } from "../../store/index.js";
 import type { StoredEvent } from "../outbox/index.js";
+import {
+  checkDestinationUrl,
+  type DestinationPolicy,
+  postPinned,
+  resolveDestination,
+} from "./destinations.js";
 import type { Sealer, WebhookAudit } from "./ports.js";
 import { SIGNATURE_HEADER, signWebhook } from "./signing.js";
 
@@ -45,7 +51,7 @@ export interface WebhookDelivery {
   createdAt: Date;
 }
 
-export interface DeliveryOptions {
+export interface DeliveryOptions extends DestinationPolicy {
   /** First retry after this, doubling per attempt (with jitter). Default 5 s. */
   backoffBaseMs?: number;
   /** Longest wait between attempts. Default 1 hour. */
@@ -163,6 +169,7 @@ export class WebhooksService {
     input: { url: string; eventTypes: string[]; description?: string },
   ): Promise<{ endpoint: WebhookEndpoint; secret: string }> {
     const url = checkUrl(input.url);
+    checkDestinationUrl(url, this.options);
     const eventTypes = checkEventTypes(input.eventTypes);
     const description = input.description ?? "";
     if (description.length > 200) throw invalid("description", "is at most 200 characters");
@@ -423,11 +430,13 @@ export class WebhooksService {
     let error: string | null = null;
     try {
       const secret = this.sealer.open(d.secret_sealed, d.secret_key_id, aad(d.endpoint_id));
-      const res = await fetch(d.url, {
-        method: "POST",
+      const url = new URL(d.url);
+      // Checked at every attempt, after resolution, and sent to the checked address: an endpoint
+      // whose name now resolves to a refused address (or a rebinding DNS answer) gets nothing.
+      const to = await resolveDestination(url, this.options);
+      status = await postPinned(url, to, {
         body,
-        redirect: "manual",
-        signal: AbortSignal.timeout(timeoutMs),
+        timeoutMs,
         headers: {
           "content-type": "application/json",
           "user-agent": "flotilla-webhooks/1",
@@ -438,8 +447,6 @@ export class WebhooksService {
           ...contextToHttpHeaders({ correlationId: d.correlation_id, traceparent: d.traceparent }),
         },
       });
-      status = res.status;
-      await res.body?.cancel().catch(() => {});
       if (status < 200 || status > 299) error = `HTTP ${status}`;
     } catch (err) {
       error =
