@@ -64,6 +64,11 @@ export function nextTraceparent(incoming: string | undefined): string {
   return `00-${hex(16)}-${hex(8)}-01`;
 }
 
+/** The incoming correlation id when it is well-formed, else a new one. */
+export function correlationOf(incoming: string | undefined): string {
+  return incoming && CORRELATION.test(incoming) ? incoming : hex(16);
+}
+
 function headerValue(h: string | string[] | undefined): string | undefined {
   return Array.isArray(h) ? h[0] : h;
 }
@@ -177,8 +182,7 @@ export class ReverseProxy {
       colon > 0 && !hostHeader.endsWith("]") ? hostHeader.slice(0, colon) : hostHeader
     ).toLowerCase();
     const incomingCorrelation = headerValue(req.headers["x-correlation-id"]);
-    const correlation =
-      incomingCorrelation && CORRELATION.test(incomingCorrelation) ? incomingCorrelation : hex(16);
+    const correlation = correlationOf(incomingCorrelation);
     const traceparent = nextTraceparent(headerValue(req.headers.traceparent));
     const route = this.o.table().match(host, path);
     let errorText: string | undefined;
