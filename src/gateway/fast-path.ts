@@ -498,7 +498,8 @@ class ClientConn {
       const data = this.pending;
       const end = data.indexOf("\r\n\r\n");
       if (end === -1) {
-        if (data.length > MAX_HEAD_BYTES) this.handOff();
+        // Too large, or lines ended by a bare LF: node:http decides (431, 400, or serves it).
+        if (data.length > MAX_HEAD_BYTES || data.indexOf("\n\n") !== -1) this.handOff();
         return;
       }
       const ex = this.fast.parse(this, data.toString("latin1", 0, end));

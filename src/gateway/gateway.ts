@@ -55,13 +55,14 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
       censor: "[redacted]",
     },
   });
-  // Access logs go through an asynchronous destination: a log line never waits on stdout.
+  // Access logs go through an asynchronous destination: a log line never waits on stdout. Lines
+  // are written 4 KB at a time (~25 lines) instead of one write per request; close() flushes.
   const access =
     o.accessLog === false
       ? null
       : pino(
           { base: null, timestamp: pino.stdTimeFunctions.isoTime },
-          pino.destination({ sync: false }),
+          pino.destination({ sync: false, minLength: 4096 }),
         );
 
   const registry = new Registry();

@@ -4,7 +4,8 @@
 // allowlist, authenticate consumer keys and rate-limit them with a token bucket.
 import { createHash, randomBytes } from "node:crypto";
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
-import { type Dispatcher, Pool } from "undici";
+import type { Dispatcher, Pool } from "undici";
+import { undici } from "./lazy.js";
 import type { LlmProxyRoute, Route, RouteTable } from "./routes.js";
 
 const HOP_BY_HOP = new Set([
@@ -161,7 +162,7 @@ export class ReverseProxy {
   private pool(origin: string): Pool {
     let p = this.pools.get(origin);
     if (!p) {
-      p = new Pool(origin, {
+      p = new (undici().Pool)(origin, {
         connections: this.o.connectionsPerOrigin ?? 128,
         pipelining: 1,
         keepAliveTimeout: 30_000,

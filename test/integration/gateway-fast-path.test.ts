@@ -222,6 +222,9 @@ describe("gateway fast path", () => {
       t.includes("\r\n\r\n"),
     );
     expect(bad).toMatch(/^HTTP\/1\.1 400 /);
+    // Bare LF line endings never complete a CRLF head: node:http gets them at once, not at a timeout.
+    const lf = await raw("GET /main/lf HTTP/1.1\nhost: a\n\n", (t) => t.includes("\r\n\r\n"));
+    expect(lf).toMatch(/^HTTP\/1\.1 (200|400) /);
   });
 
   it("answers 502 when the upstream refuses and 504 when it does not answer in time", async () => {
