@@ -4,7 +4,8 @@
 // allowlist, authenticate consumer keys and rate-limit them with a token bucket.
 import { createHash, randomBytes } from "node:crypto";
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
-import { type Dispatcher, Pool } from "undici";
+import type { Dispatcher, Pool } from "undici";
+import { undici } from "./lazy.js";
 import type { LlmProxyRoute, Route, RouteTable } from "./routes.js";
 
 const HOP_BY_HOP = new Set([
@@ -62,6 +63,11 @@ export function nextTraceparent(incoming: string | undefined): string {
   if (m && m[1] !== "ff" && !/^0+$/.test(m[2]!) && !/^0+$/.test(m[3]!))
     return `00-${m[2]}-${hex(8)}-${m[4]}`;
   return `00-${hex(16)}-${hex(8)}-01`;
+}
+
+/** The incoming correlation id when it is well-formed, else a new one. */
+export function correlationOf(incoming: string | undefined): string {
+  return incoming && CORRELATION.test(incoming) ? incoming : hex(16);
 }
 
 function headerValue(h: string | string[] | undefined): string | undefined {
@@ -156,7 +162,7 @@ export class ReverseProxy {
   private pool(origin: string): Pool {
     let p = this.pools.get(origin);
     if (!p) {
-      p = new Pool(origin, {
+      p = new (undici().Pool)(origin, {
         connections: this.o.connectionsPerOrigin ?? 128,
         pipelining: 1,
         keepAliveTimeout: 30_000,
@@ -177,8 +183,7 @@ export class ReverseProxy {
       colon > 0 && !hostHeader.endsWith("]") ? hostHeader.slice(0, colon) : hostHeader
     ).toLowerCase();
     const incomingCorrelation = headerValue(req.headers["x-correlation-id"]);
-    const correlation =
-      incomingCorrelation && CORRELATION.test(incomingCorrelation) ? incomingCorrelation : hex(16);
+    const correlation = correlationOf(incomingCorrelation);
     const traceparent = nextTraceparent(headerValue(req.headers.traceparent));
     const route = this.o.table().match(host, path);
     let errorText: string | undefined;

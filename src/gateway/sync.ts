@@ -1,8 +1,7 @@
 // The gateway's sync with its hub: reconcile at startup, on every (re)connect of the event stream
 // and when the config hash differs; apply deploy/undeploy events as they come, acknowledged after
 // the local write; report observed status per deployment. Retries with backoff, forever.
-import { request } from "undici";
-import WebSocket from "ws";
+import type WebSocket from "ws";
 import type { DeploymentContent } from "../shared/index.js";
 import {
   DEFAULT_CONTENT_BATCH,
@@ -14,6 +13,7 @@ import {
   type StatusReport,
   UnsafeArchiveError,
 } from "../shared/index.js";
+import { undici, ws } from "./lazy.js";
 import type { ConfigStore } from "./routes.js";
 import type { LocalStore, StoredRow } from "./store.js";
 
@@ -100,7 +100,7 @@ export class HubSync {
   }
 
   private async call(method: "GET" | "POST", path: string, body?: unknown): Promise<Buffer> {
-    const res = await request(`${this.base}${path}`, {
+    const res = await undici().request(`${this.base}${path}`, {
       method,
       headers: {
         authorization: `Bearer ${this.o.token}`,
@@ -360,7 +360,7 @@ export class HubSync {
   private connect(): void {
     if (this.stopped) return;
     const wsUrl = `${this.base.replace(/^http/, "ws")}${GATEWAY_SYNC.events}`;
-    const socket = new WebSocket(wsUrl, {
+    const socket = new (ws().WebSocket)(wsUrl, {
       headers: { authorization: `Bearer ${this.o.token}` },
       handshakeTimeout: 10_000,
     });
@@ -389,7 +389,7 @@ export class HubSync {
         )
         .then(
           () => {
-            if (socket.readyState === WebSocket.OPEN)
+            if (socket.readyState === socket.OPEN)
               socket.send(
                 JSON.stringify({ type: "ack", id: frame.type === "event" ? frame.id : "" }),
               );

@@ -44,6 +44,10 @@ describe("the gateway process's import graph", () => {
     expect(rel.filter((f) => FORBIDDEN_DIRS.some((d) => f.startsWith(d)))).toEqual([]);
     expect([...packages].filter((p) => FORBIDDEN_PACKAGES.some((r) => r.test(p)))).toEqual([]);
     expect(packages).toContain("better-sqlite3");
-    expect(packages).toContain("undici");
+    expect(packages).toContain("pino");
+    // undici and ws load on first use (src/gateway/lazy.ts), after the data port serves.
+    expect(rel).toContain("src/gateway/lazy.ts");
+    expect(packages).not.toContain("undici");
+    expect(packages).not.toContain("ws");
   });
 });

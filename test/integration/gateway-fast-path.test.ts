@@ -1,0 +1,238 @@
+// The gateway's raw-socket fast path behaves like the node:http path it bypasses: headers are
+// rewritten the same way both ways, chunked and close-delimited bodies arrive whole, keep-alive
+// and pipelining work, failures answer 502/504, and every other request on the same connection
+// is served by node:http (bodies, unknown paths). In process, hub unreachable, store pre-filled.
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer, type IncomingMessage, type Server } from "node:http";
+import { type AddressInfo, connect, createServer as createNetServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Gateway, LocalStore, startGateway } from "../../src/gateway/index.js";
+
+const seen: Array<{
+  method: string;
+  url: string;
+  headers: IncomingMessage["headers"];
+  body: string;
+}> = [];
+let upstream: Server;
+let silent: ReturnType<typeof createNetServer>;
+let gateway: Gateway;
+let dir: string;
+
+function row(apiId: string, path: string, url: string, extra: Record<string, unknown> = {}) {
+  const deploymentId = `${apiId}-d`;
+  return {
+    apiId,
+    deploymentId,
+    kind: "RestApi",
+    state: "DEPLOYED" as const,
+    deployedAt: 1,
+    content: JSON.stringify({
+      apiId,
+      deploymentId,
+      name: apiId,
+      kind: "RestApi",
+      definition: { contextPath: path, upstream: { url }, ...extra },
+    }),
+  };
+}
+
+beforeAll(async () => {
+  upstream = createServer((req, res) => {
+    let body = "";
+    req.setEncoding("utf8");
+    req.on("data", (c) => {
+      body += c;
+    });
+    req.on("end", () => {
+      seen.push({ method: req.method!, url: req.url!, headers: req.headers, body });
+      if (req.url!.startsWith("/base/chunked")) {
+        res.writeHead(200, { "content-type": "text/plain", "x-up": "1", connection: "x-up" });
+        res.write("first-");
+        setTimeout(() => res.end("second"), 20);
+      } else if (req.url!.startsWith("/base/empty")) {
+        res.writeHead(204, { "x-empty": "yes" });
+        res.end();
+      } else {
+        const text = JSON.stringify({ url: req.url });
+        res.writeHead(200, {
+          "content-type": "application/json",
+          "content-length": Buffer.byteLength(text),
+        });
+        res.end(text);
+      }
+    });
+  });
+  await new Promise<void>((r) => upstream.listen(0, "127.0.0.1", () => r()));
+  // Accepts connections and never answers: the timeout case.
+  silent = createNetServer((s) => s.resume());
+  await new Promise<void>((r) => silent.listen(0, "127.0.0.1", () => r()));
+  const up = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+  const closedPort = await new Promise<number>((resolve) => {
+    const s = createNetServer().listen(0, "127.0.0.1", () => {
+      const p = (s.address() as AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+  dir = mkdtempSync(join(tmpdir(), "flotilla-gw-fast-"));
+  const store = new LocalStore(dir, "fgw_fast-token");
+  store.upsert(row("api-main", "/main", `${up}/base`));
+  store.upsert(row("api-down", "/down", `http://127.0.0.1:${closedPort}`));
+  store.upsert(
+    row("api-slow", "/slow", `http://127.0.0.1:${(silent.address() as AddressInfo).port}`, {
+      timeoutMs: 300,
+    }),
+  );
+  store.close();
+  gateway = await startGateway({
+    hubUrl: "http://127.0.0.1:1",
+    token: "fgw_fast-token",
+    port: 0,
+    host: "127.0.0.1",
+    dataDir: dir,
+    accessLog: false,
+    logLevel: "silent",
+  });
+});
+
+afterAll(async () => {
+  await gateway?.close();
+  await new Promise<void>((r) => upstream.close(() => r()));
+  await new Promise<void>((r) => silent.close(() => r()));
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Sends raw bytes on one connection and reads until `responses` complete responses arrived. */
+function raw(payload: string, until: (text: string) => boolean): Promise<string> {
+  const port = Number(new URL(gateway.url).port);
+  return new Promise((resolve, reject) => {
+    const s = connect(port, "127.0.0.1");
+    let text = "";
+    s.setEncoding("latin1");
+    s.on("data", (d) => {
+      text += d;
+      if (until(text)) {
+        s.destroy();
+        resolve(text);
+      }
+    });
+    s.on("error", reject);
+    s.on("close", () => resolve(text));
+    s.write(payload);
+  });
+}
+
+describe("gateway fast path", () => {
+  it("forwards a GET with the same header rewriting as node:http: hop-by-hop out, context in", async () => {
+    const res = await fetch(`${gateway.url}/main/items?x=1`, {
+      headers: {
+        "x-correlation-id": "corr-123",
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "x-forwarded-for": "10.0.0.9",
+        "x-custom": "kept",
+        "proxy-authorization": "Basic c2VjcmV0",
+      },
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ url: "/base/items?x=1" });
+    expect(res.headers.get("x-correlation-id")).toBe("corr-123");
+    expect(res.headers.get("traceparent")).toMatch(
+      /^00-0af7651916cd43dd8448eb211c80319c-[0-9a-f]{16}-01$/,
+    );
+    const up = seen.at(-1)!;
+    expect(up.headers.host).toBe(`127.0.0.1:${(upstream.address() as AddressInfo).port}`);
+    expect(up.headers["x-forwarded-for"]).toBe("10.0.0.9, 127.0.0.1");
+    expect(up.headers["x-forwarded-host"]).toBe(new URL(gateway.url).host);
+    expect(up.headers["x-forwarded-proto"]).toBe("http");
+    expect(up.headers["x-correlation-id"]).toBe("corr-123");
+    expect(up.headers["x-custom"]).toBe("kept");
+    expect(up.headers["proxy-authorization"]).toBeUndefined();
+    expect(up.headers.traceparent).toBe(res.headers.get("traceparent"));
+  });
+
+  it("generates a correlation id and a new trace when the client sends none (or a malformed one)", async () => {
+    const res = await fetch(`${gateway.url}/main/a`, {
+      headers: { "x-correlation-id": "bad id with spaces" },
+    });
+    expect(res.headers.get("x-correlation-id")).toMatch(/^[0-9a-f]{32}$/);
+    expect(res.headers.get("traceparent")).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+    await res.arrayBuffer();
+  });
+
+  it("re-frames a chunked upstream body as chunked, strips the headers its Connection names, and keeps the connection", async () => {
+    const text = await raw(
+      "GET /main/chunked HTTP/1.1\r\nhost: a.example\r\n\r\nGET /main/after HTTP/1.1\r\nhost: a.example\r\n\r\n",
+      (t) => t.includes('{"url":"/base/after"}'),
+    );
+    const end = text.indexOf("\r\n0\r\n\r\n");
+    const first = text.slice(0, end + 2);
+    expect(first).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(first).toContain("transfer-encoding: chunked\r\n");
+    expect(first).not.toContain("x-up:");
+    let rest = first.slice(first.indexOf("\r\n\r\n") + 4);
+    let body = "";
+    while (rest.length > 0) {
+      const eol = rest.indexOf("\r\n");
+      const size = Number.parseInt(rest.slice(0, eol), 16);
+      body += rest.slice(eol + 2, eol + 2 + size);
+      rest = rest.slice(eol + 2 + size + 2);
+    }
+    expect(body).toBe("first-second");
+    expect(text).toContain('{"url":"/base/after"}');
+  });
+
+  it("answers pipelined GETs in order on one connection", async () => {
+    const text = await raw(
+      "GET /main/1 HTTP/1.1\r\nhost: a\r\n\r\nGET /main/2 HTTP/1.1\r\nhost: a\r\n\r\nGET /main/3 HTTP/1.1\r\nhost: a\r\n\r\n",
+      (t) => t.includes('"/base/3"'),
+    );
+    expect(text.indexOf('"/base/1"')).toBeLessThan(text.indexOf('"/base/2"'));
+    expect(text.indexOf('"/base/2"')).toBeLessThan(text.indexOf('"/base/3"'));
+  });
+
+  it("passes a 204 without a body and serves the next request on the connection", async () => {
+    const text = await raw(
+      "GET /main/empty HTTP/1.1\r\nhost: a\r\n\r\nGET /main/next HTTP/1.1\r\nhost: a\r\n\r\n",
+      (t) => t.includes('"/base/next"'),
+    );
+    expect(text).toMatch(/^HTTP\/1\.1 204 No Content\r\n/);
+    expect(text).toContain("x-empty: yes\r\n");
+    expect(text).toContain('"/base/next"');
+  });
+
+  it("hands a POST with a body to node:http on the same connection, after a fast GET", async () => {
+    const text = await raw(
+      "GET /main/g HTTP/1.1\r\nhost: a\r\n\r\nPOST /main/p HTTP/1.1\r\nhost: a\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello",
+      (t) => t.includes('"/base/p"'),
+    );
+    expect(text).toContain('"/base/g"');
+    expect(text).toContain('"/base/p"');
+    const post = seen.find((s) => s.url === "/base/p")!;
+    expect(post.method).toBe("POST");
+    expect(post.body).toBe("hello");
+  });
+
+  it("lets node:http answer what it must: 404 for no route, 400 for a malformed request", async () => {
+    const missing = await fetch(`${gateway.url}/nothing-here`);
+    expect(missing.status).toBe(404);
+    expect(((await missing.json()) as { code: string }).code).toBe("route.not_found");
+    const bad = await raw("GET /main/x HTTP/1.1\r\nhost: a\r\nbad header\r\n\r\n", (t) =>
+      t.includes("\r\n\r\n"),
+    );
+    expect(bad).toMatch(/^HTTP\/1\.1 400 /);
+    // Bare LF line endings never complete a CRLF head: node:http gets them at once, not at a timeout.
+    const lf = await raw("GET /main/lf HTTP/1.1\nhost: a\n\n", (t) => t.includes("\r\n\r\n"));
+    expect(lf).toMatch(/^HTTP\/1\.1 (200|400) /);
+  });
+
+  it("answers 502 when the upstream refuses and 504 when it does not answer in time", async () => {
+    const down = await fetch(`${gateway.url}/down/x`);
+    expect(down.status).toBe(502);
+    expect(((await down.json()) as { code: string }).code).toBe("upstream.unavailable");
+    const slow = await fetch(`${gateway.url}/slow/x`);
+    expect(slow.status).toBe(504);
+    expect(((await slow.json()) as { code: string }).code).toBe("upstream.timeout");
+  });
+});
