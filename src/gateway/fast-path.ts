@@ -10,7 +10,7 @@ import {
   nextTraceparent,
   type ProxyObserver,
 } from "./proxy.js";
-import type { Route, RouteTable } from "./routes.js";
+import { isUnsafePath, type Route, type RouteTable } from "./routes.js";
 
 /** Request heads larger than node:http's default limit go to node:http (which answers 431). */
 const MAX_HEAD_BYTES = 16 * 1024;
@@ -605,6 +605,8 @@ export class FastPath {
     const host = (
       colon > 0 && !hostHeader.endsWith("]") ? hostHeader.slice(0, colon) : hostHeader
     ).toLowerCase();
+    // Refused on the general path, with its answer.
+    if (isUnsafePath(path)) return undefined;
     const route = this.o.table().match(host, path);
     if (!route?.upstream.origin.startsWith("http://")) return undefined;
     const rest = path.slice(route.prefix.length) || "/";

@@ -6,7 +6,7 @@ import { createHash, randomBytes } from "node:crypto";
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
 import type { Dispatcher, Pool } from "undici";
 import { undici } from "./lazy.js";
-import type { LlmProxyRoute, Route, RouteTable } from "./routes.js";
+import { isUnsafePath, type LlmProxyRoute, type Route, type RouteTable } from "./routes.js";
 
 const HOP_BY_HOP = new Set([
   "connection",
@@ -201,6 +201,19 @@ export class ReverseProxy {
       });
     });
     const context = { "x-correlation-id": correlation, traceparent };
+    if (isUnsafePath(path)) {
+      const body = JSON.stringify({
+        code: "request.malformed",
+        message: "the path has a dot segment or an encoded separator; send it normalized",
+      });
+      res.writeHead(400, {
+        "content-type": "application/json",
+        "content-length": Buffer.byteLength(body),
+        ...context,
+      });
+      res.end(body);
+      return;
+    }
     if (!route) {
       const body = JSON.stringify({
         code: "route.not_found",
@@ -324,7 +337,23 @@ export class ReverseProxy {
         return;
       }
       body = read;
-      if ((headerValue(req.headers["content-type"]) ?? "").includes("json") && body.length > 0) {
+      // The allowlist is only as good as the body it reads: an upstream may parse any body as
+      // JSON whatever it is labelled, so a body that is not JSON is refused, not waved through.
+      const mediaType = (headerValue(req.headers["content-type"]) ?? "application/json")
+        .split(";")[0]!
+        .trim()
+        .toLowerCase();
+      if (body.length > 0 && mediaType !== "application/json" && !mediaType.endsWith("+json")) {
+        openAiError(
+          res,
+          415,
+          "unsupported_media_type",
+          "this gateway checks the model of every request, so it accepts only JSON bodies",
+          context,
+        );
+        return;
+      }
+      if (body.length > 0) {
         let parsed: { model?: unknown };
         try {
           parsed = JSON.parse(body.toString("utf8"));

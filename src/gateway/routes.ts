@@ -311,3 +311,16 @@ export class ConfigStore {
     return this.routes.size;
   }
 }
+
+// "." or ".." as a whole segment, an encoded dot, slash or backslash, or a backslash.
+const UNSAFE_PATH = /(^|\/)\.{1,2}(\/|$)|%2e|%2f|%5c|\\/i;
+
+/**
+ * Whether a request path could mean something else to the upstream than to the route table: an
+ * upstream that resolves dot segments or decodes separators would serve `/orders/../admin` as
+ * `/admin`, past the route's prefix and its operations. Clients that follow RFC 3986 remove dot
+ * segments before sending, so such paths are refused rather than normalized.
+ */
+export function isUnsafePath(path: string): boolean {
+  return UNSAFE_PATH.test(path);
+}

@@ -235,4 +235,25 @@ describe("gateway fast path", () => {
     expect(slow.status).toBe(504);
     expect(((await slow.json()) as { code: string }).code).toBe("upstream.timeout");
   });
+
+  it("refuses a path with dot segments or encoded separators on both paths, sending nothing upstream", async () => {
+    const before = seen.length;
+    for (const [method, path] of [
+      ["GET", "/main/files/../../admin"],
+      ["GET", "/main/./x"],
+      ["GET", "/main/%2e%2e/admin"],
+      ["GET", "/main/a%2Fb"],
+      ["POST", "/main/files/../../admin"],
+    ] as const) {
+      const text = await raw(
+        `${method} ${path} HTTP/1.1\r\nhost: x\r\ncontent-length: ${method === "POST" ? 2 : 0}\r\n\r\n${method === "POST" ? "{}" : ""}`,
+        (t) => t.includes("\r\n\r\n") && t.includes("}"),
+      );
+      expect(text.split("\r\n")[0], `${method} ${path}`).toBe("HTTP/1.1 400 Bad Request");
+      expect(text).toContain('"code":"request.malformed"');
+    }
+    expect(seen.length).toBe(before);
+    // A dot inside a segment is an ordinary name.
+    expect((await fetch(`${gateway.url}/main/v1.2/.well-known`)).status).toBe(200);
+  });
 });

@@ -212,6 +212,19 @@ describe("LLM provider and proxy through a gateway process", () => {
     expect(fake.seen.length).toBe(before);
   });
 
+  it("the allowlist cannot be dodged by the content type: other casing is checked, other types refused", async () => {
+    const before = fake.seen.length;
+    const post = (contentType: string | undefined) =>
+      fetch(`${gw.url}/llm/chat/completions`, {
+        method: "POST",
+        headers: contentType ? { "content-type": contentType } : {},
+        body: JSON.stringify({ model: "gpt-unlisted", messages: [] }),
+      });
+    expect((await post("Application/JSON; charset=utf-8")).status).toBe(403);
+    expect((await post("text/plain")).status).toBe(415);
+    expect(fake.seen.length).toBe(before);
+  });
+
   it("the proxy streams server-sent events through unbuffered", async () => {
     const stream = await client("/ai", consumerKey).chat.completions.create({
       model: "fake-small",
