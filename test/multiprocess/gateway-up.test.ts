@@ -1,5 +1,6 @@
 // `flotilla up` runs a gateway too: a PUBLIC service deployed on the embedded default is reachable
 // through it at <service>-<env>-<project>.localhost, and stops being reachable once it turns PRIVATE.
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { request } from "node:http";
@@ -68,6 +69,8 @@ describe("flotilla up with its local gateway", () => {
 
   afterAll(async () => {
     await killAll();
+    // Workloads outlive their agent by design (the next start adopts them): end this test's own.
+    spawnSync("pkill", ["-KILL", "-f", marker]);
     rmSync(dir, { recursive: true, force: true });
   });
 
