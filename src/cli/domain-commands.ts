@@ -408,15 +408,27 @@ export async function servicesCommand(argv: string[]): Promise<number> {
   }
   if (sub === "update") {
     const current = service.spec!;
-    const hasSpecChange =
-      command.length > 0 || Object.keys(SPEC_OPTIONS).some((k) => values[k] !== undefined);
+    // Only what was given changes: every other field of the spec keeps its current value.
+    // (--public and --server are the service's, not its spec's.)
+    const given = Object.fromEntries(
+      Object.entries(values).filter(
+        ([k, v]) => v !== undefined && k in SPEC_OPTIONS && k !== "public" && k !== "server",
+      ),
+    );
+    const hasSpecChange = command.length > 0 || Object.keys(given).length > 0;
+    const health = current.healthCheck?.type
+      ? `${current.healthCheck.type}${current.healthCheck.type === "http" ? `:${current.healthCheck.path}` : ""}`
+      : undefined;
     const spec = hasSpecChange
       ? specFrom(
           {
             port: String(current.exec?.port ?? current.docker?.port ?? 0),
             image: current.docker?.image,
             workdir: current.exec?.workingDirectory,
-            ...values,
+            health,
+            restart: Object.entries(RESTART).find(([, p]) => p === current.restartPolicy)?.[0],
+            volume: current.volumes.map((v) => `${v.name}:${v.mountPath}`).join(",") || undefined,
+            ...given,
           },
           command.length > 0
             ? command

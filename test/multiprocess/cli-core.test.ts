@@ -68,6 +68,40 @@ describe("core domain from the CLI and from the API", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  it("services update changes only what it is given: --public keeps the port, health and restart policy", async () => {
+    await flotillaJson("projects", "create", "Keep");
+    await flotillaJson(
+      "services",
+      "create",
+      "kept",
+      "--env",
+      "keep/production",
+      "--port",
+      "3000",
+      "--health",
+      "http:/healthz",
+      "--restart",
+      "on-failure",
+      "--volume",
+      "data:/data",
+      "--",
+      "node",
+      "server.js",
+    );
+    const spec = {
+      exec: { command: "node", args: ["server.js"], port: 3000 },
+      healthCheck: { type: "http", path: "/healthz" },
+      restartPolicy: "RESTART_POLICY_ON_FAILURE",
+      volumes: [{ name: "data", mountPath: "/data" }],
+    };
+    const made = await flotillaJson("services", "update", "keep/kept", "--public");
+    expect(made.visibility).toBe("VISIBILITY_PUBLIC");
+    expect(made.spec).toMatchObject(spec);
+    const moved = await flotillaJson("services", "update", "keep/kept", "--port", "4000");
+    expect(moved.visibility).toBe("VISIBILITY_PUBLIC");
+    expect(moved.spec).toMatchObject({ ...spec, exec: { ...spec.exec, port: 4000 } });
+  });
+
   it("creates a project and service, sets a variable and a secret, deploys, lists history and rolls back", async () => {
     const created = await flotillaJson("projects", "create", "Demo");
     expect(created.project.slug).toBe("demo");
