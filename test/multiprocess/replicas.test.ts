@@ -1,4 +1,5 @@
-// Three hub replicas and three agents on one PostgreSQL, as real processes: 1,000 jobs sent to
+// Three hub replicas and three agents on one PostgreSQL, as real processes: 1,000 mixed operations
+// (jobs, and every fourth a stop: a lifecycle dispatch, queued behind the service's others) sent to
 // replicas chosen at random, one replica killed with SIGKILL and the LISTEN connections cut in the
 // middle. Every job reaches a terminal state, and each ran exactly once (the agents' ledgers, their
 // execution logs, are read back); the agent of the dead replica comes back through another one.
@@ -102,7 +103,7 @@ describe("three hub replicas, three agents, a replica killed mid-run", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it("1,000 jobs through random replicas all finish, each run exactly once, across a SIGKILL and cut listeners", async () => {
+  it("1,000 jobs and stops through random replicas all finish, each run exactly once, across a SIGKILL and cut listeners", async () => {
     const alive = new Set([0, 1, 2]);
     let sent = 0;
     let killedAt = 0;
@@ -128,7 +129,11 @@ describe("three hub replicas, three agents, a replica killed mid-run", () => {
         // not retried (its intent may or may not have committed: either way it is accounted).
         const choices = [...alive];
         const hub = hubs[choices[Math.floor(Math.random() * choices.length)]!]!;
-        await rpc(hub, "ServicesService/RunJob", { serviceId, command: "true" }).catch(() => {});
+        const op =
+          n % 4 === 3
+            ? rpc(hub, "ServicesService/StopService", { serviceId })
+            : rpc(hub, "ServicesService/RunJob", { serviceId, command: "true" });
+        await op.catch(() => {});
       }
     };
     await Promise.all(Array.from({ length: CONCURRENCY }, submit));
@@ -138,15 +143,16 @@ describe("three hub replicas, three agents, a replica killed mid-run", () => {
     let open = Number.POSITIVE_INFINITY;
     while (open > 0 && Date.now() < deadline) {
       const { rows } = await db.query(
-        "SELECT count(*)::int AS n FROM dispatches WHERE op = 'job' AND state NOT IN ('done', 'failed')",
+        "SELECT count(*)::int AS n FROM dispatches WHERE op IN ('job', 'stop') AND state NOT IN ('done', 'failed')",
       );
       open = rows[0].n;
       if (open > 0) await sleep(250);
     }
     expect(open).toBe(0);
-    const { rows: all } = await db.query<{ id: string; state: string; server_id: string }>(
-      "SELECT id, state, server_id FROM dispatches WHERE op = 'job'",
+    const { rows: all } = await db.query<{ id: string; state: string; op: string }>(
+      "SELECT id, state, op FROM dispatches WHERE op IN ('job', 'stop')",
     );
+    expect(all.filter((d) => d.op === "stop").length).toBeGreaterThanOrEqual((JOBS / 4) * 0.95);
     expect(all.length).toBeGreaterThanOrEqual(JOBS * 0.95);
     expect(all.filter((d) => d.state !== "done")).toEqual([]);
 
@@ -170,7 +176,7 @@ describe("three hub replicas, three agents, a replica killed mid-run", () => {
       30_000,
     );
     const recoveryMs = Date.parse(String(back.time)) - killedAt;
-    console.log(JSON.stringify({ jobs: all.length, recoveryMs }));
+    console.log(JSON.stringify({ operations: all.length, recoveryMs }));
     expect(recoveryMs).toBeLessThan(30_000);
   }, 300_000);
 });
