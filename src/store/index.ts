@@ -13,3 +13,4 @@ export { acquireLockFile, type LockFile } from "./lockfile.js";
 export { loadMigrations, type Migration, type MigrationReport, migrate } from "./migrate.js";
 export { DEFAULT_POOL_SETTINGS, openPostgres, type PgDb, type PoolSettings } from "./pg.js";
 export { openPglite, type PgliteDb } from "./pglite.js";
+export { WakeLoop, type WakeLoopOptions } from "./wake-loop.js";

@@ -1,6 +1,6 @@
 // The outbox relay: publishes committed, unpublished events to the bus and marks them published.
 import type { Logger } from "../../shared/index.js";
-import type { Db } from "../../store/index.js";
+import { type Db, WakeLoop } from "../../store/index.js";
 import type { EventBus } from "./bus.js";
 import { EVENT_COLUMNS, OUTBOX_CHANNEL, type StoredEvent, toEvent } from "./events.js";
 
@@ -28,11 +28,7 @@ export interface RelayOptions {
 }
 
 export class OutboxRelay {
-  private running = false;
-  private draining: Promise<void> | null = null;
-  private again = false;
-  private timer: NodeJS.Timeout | undefined;
-  private unlisten: (() => Promise<void>) | undefined;
+  private readonly loop: WakeLoop;
   private failures = 0;
   private backoffUntil = 0;
   private published = 0;
@@ -42,63 +38,46 @@ export class OutboxRelay {
     private readonly bus: EventBus,
     private readonly logger: Logger,
     private readonly options: RelayOptions = {},
-  ) {}
+  ) {
+    this.loop = new WakeLoop(db, {
+      channel: OUTBOX_CHANNEL,
+      pollIntervalMs: options.pollIntervalMs ?? 1000,
+      pass: () => this.drainPass(),
+      // While the bus is down, wake-ups wait for the backoff: the outbox absorbs the outage.
+      ready: () => Date.now() >= this.backoffUntil,
+    });
+  }
 
-  async start(): Promise<void> {
-    this.running = true;
-    this.unlisten = await this.db.listen(
-      OUTBOX_CHANNEL,
-      () => this.wake(),
-      () => this.wake(),
-    );
-    const tick = () => {
-      this.timer = setTimeout(() => {
-        this.wake();
-        if (this.running) tick();
-      }, this.options.pollIntervalMs ?? 1000);
-      this.timer.unref();
-    };
-    tick();
-    this.wake();
+  start(): Promise<void> {
+    return this.loop.start();
   }
 
   /** Coalesces wake-ups: one drain at a time, and exactly one more if woken during it. */
   wake(): void {
-    if (!this.running) return;
-    // While the bus is down, wake-ups wait for the backoff: the outbox absorbs the outage.
-    if (Date.now() < this.backoffUntil) return;
-    if (this.draining) {
-      this.again = true;
-      return;
+    this.loop.wake();
+  }
+
+  private async drainPass(): Promise<void> {
+    try {
+      await this.drainAll();
+      if (this.failures > 0)
+        this.logger.info({ failures: this.failures }, "outbox relay recovered");
+      this.failures = 0;
+    } catch (err) {
+      this.failures += 1;
+      this.options.observe?.failed();
+      const base = this.options.backoffBaseMs ?? 250;
+      const cap = this.options.backoffMaxMs ?? 30_000;
+      // Full jitter over the upper half: replicas that failed together do not retry together.
+      const ceiling = Math.min(cap, base * 2 ** Math.min(this.failures - 1, 20));
+      const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+      this.backoffUntil = Date.now() + delay;
+      setTimeout(() => this.wake(), delay).unref();
+      this.logger.warn(
+        { err, failures: this.failures, retryInMs: delay },
+        "outbox relay drain failed; backing off",
+      );
     }
-    this.draining = this.drainAll()
-      .then(() => {
-        if (this.failures > 0)
-          this.logger.info({ failures: this.failures }, "outbox relay recovered");
-        this.failures = 0;
-      })
-      .catch((err) => {
-        this.failures += 1;
-        this.options.observe?.failed();
-        const base = this.options.backoffBaseMs ?? 250;
-        const cap = this.options.backoffMaxMs ?? 30_000;
-        // Full jitter over the upper half: replicas that failed together do not retry together.
-        const ceiling = Math.min(cap, base * 2 ** Math.min(this.failures - 1, 20));
-        const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
-        this.backoffUntil = Date.now() + delay;
-        setTimeout(() => this.wake(), delay).unref();
-        this.logger.warn(
-          { err, failures: this.failures, retryInMs: delay },
-          "outbox relay drain failed; backing off",
-        );
-      })
-      .finally(() => {
-        this.draining = null;
-        if (this.again) {
-          this.again = false;
-          this.wake();
-        }
-      });
   }
 
   /** Publishes everything pending now; resolves when the outbox is empty. */
@@ -138,10 +117,7 @@ export class OutboxRelay {
     });
   }
 
-  async stop(): Promise<void> {
-    this.running = false;
-    clearTimeout(this.timer);
-    await this.draining;
-    await this.unlisten?.();
+  stop(): Promise<void> {
+    return this.loop.stop();
   }
 }

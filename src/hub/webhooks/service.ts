@@ -10,7 +10,7 @@ import {
   type Logger,
   uuidv7,
 } from "../../shared/index.js";
-import type { Db, Queryable } from "../../store/index.js";
+import { type Db, type Queryable, WakeLoop } from "../../store/index.js";
 import type { StoredEvent } from "../outbox/index.js";
 import {
   checkDestinationUrl,
@@ -149,11 +149,7 @@ const toDelivery = (r: DeliveryRow): WebhookDelivery => ({
 const aad = (endpointId: string) => `webhook:${endpointId}`;
 
 export class WebhooksService {
-  private running = false;
-  private timer: NodeJS.Timeout | undefined;
-  private unlisten: (() => Promise<void>) | undefined;
-  private pass: Promise<void> | null = null;
-  private again = false;
+  private readonly loop: WakeLoop;
 
   constructor(
     private readonly db: Db,
@@ -161,7 +157,17 @@ export class WebhooksService {
     private readonly audit: WebhookAudit,
     private readonly logger: Logger,
     private readonly options: DeliveryOptions = {},
-  ) {}
+  ) {
+    this.loop = new WakeLoop(db, {
+      channel: WEBHOOK_CHANNEL,
+      pollIntervalMs: options.pollIntervalMs ?? 1000,
+      pass: () =>
+        this.deliverDue().then(
+          () => undefined,
+          (err) => this.logger.warn({ err }, "webhook delivery pass failed; will retry"),
+        ),
+    });
+  }
 
   /** Creates an endpoint; the signing secret is returned once and stored sealed. */
   async create(
@@ -335,40 +341,12 @@ export class WebhooksService {
   }
 
   /** Starts this replica's delivery worker: woken by NOTIFY, polling as a fallback. */
-  async start(): Promise<void> {
-    this.running = true;
-    this.unlisten = await this.db.listen(
-      WEBHOOK_CHANNEL,
-      () => this.wake(),
-      () => this.wake(),
-    );
-    const tick = () => {
-      this.timer = setTimeout(() => {
-        this.wake();
-        if (this.running) tick();
-      }, this.options.pollIntervalMs ?? 1000);
-      this.timer.unref();
-    };
-    tick();
-    this.wake();
+  start(): Promise<void> {
+    return this.loop.start();
   }
 
   wake(): void {
-    if (!this.running) return;
-    if (this.pass) {
-      this.again = true;
-      return;
-    }
-    this.pass = this.deliverDue()
-      .then(() => undefined)
-      .catch((err) => this.logger.warn({ err }, "webhook delivery pass failed; will retry"))
-      .finally(() => {
-        this.pass = null;
-        if (this.again) {
-          this.again = false;
-          this.wake();
-        }
-      });
+    this.loop.wake();
   }
 
   /** Claims due deliveries (a lease, so a dead replica's claims come back) and sends them. */
@@ -495,10 +473,7 @@ export class WebhooksService {
     );
   }
 
-  async stop(): Promise<void> {
-    this.running = false;
-    clearTimeout(this.timer);
-    await this.pass;
-    await this.unlisten?.();
+  stop(): Promise<void> {
+    return this.loop.stop();
   }
 }
