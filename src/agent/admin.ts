@@ -12,6 +12,7 @@ import {
   type Logger,
   openDirectRequest,
   parseHubFrame,
+  readBody,
   sealDirectAnswer,
   verifyDirect,
 } from "../shared/index.js";
@@ -51,24 +52,6 @@ const isLoopback = (address: string | undefined) =>
   !!address &&
   (address === "::1" || address.startsWith("127.") || address.startsWith("::ffff:127."));
 
-function readBody(req: IncomingMessage): Promise<Buffer | null> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on("data", (c: Buffer) => {
-      size += c.length;
-      if (size > MAX_DIRECT_BODY_BYTES) {
-        resolve(null);
-        req.destroy();
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on("end", () => resolve(Buffer.concat(chunks)));
-    req.on("error", reject);
-  });
-}
-
 /** Plain node:http, not Fastify: the agent must stay small (its RSS target is 60 MB idle). */
 export async function serveAdmin(
   o: AdminOptions,
@@ -84,7 +67,8 @@ export async function serveAdmin(
     const route = `${req.method} ${path}`;
     const signed = req.headers[DIRECT_SIGNATURE_HEADER] !== undefined;
     const handle = async () => {
-      const body = req.method === "GET" ? Buffer.alloc(0) : await readBody(req);
+      const body =
+        req.method === "GET" ? Buffer.alloc(0) : await readBody(req, MAX_DIRECT_BODY_BYTES);
       if (body === null)
         return reply(413, {
           code: "request.too_large",

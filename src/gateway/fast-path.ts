@@ -7,6 +7,7 @@ import { connect, type Socket } from "node:net";
 import {
   type AccessLogRecord,
   correlationOf,
+  HOP_BY_HOP,
   nextTraceparent,
   type ProxyObserver,
 } from "./proxy.js";
@@ -23,19 +24,6 @@ const UPSTREAM_IDLE_MS = 30_000;
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const BAD_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
 const TARGET = /^\/[\x21-\x7e]*$/;
-/** Stripped both ways (as in proxy.ts); the gateway's own context headers replace any incoming ones. */
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-  "host",
-]);
 /** Request headers whose presence sends the request to node:http (bodies, upgrades, 100-continue). */
 const SLOW_REQUEST_HEADERS = new Set(["content-length", "transfer-encoding", "upgrade", "expect"]);
 

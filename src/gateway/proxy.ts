@@ -5,10 +5,12 @@
 import { createHash, randomBytes } from "node:crypto";
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
 import type { Dispatcher, Pool } from "undici";
+import { readBody } from "../shared/index.js";
 import { undici } from "./lazy.js";
 import { isUnsafePath, type LlmProxyRoute, type Route, type RouteTable } from "./routes.js";
 
-const HOP_BY_HOP = new Set([
+/** Stripped both ways; the gateway's own context headers replace any incoming ones. */
+export const HOP_BY_HOP = new Set([
   "connection",
   "keep-alive",
   "proxy-authenticate",
@@ -125,24 +127,6 @@ function openAiError(
     ...extra,
   });
   res.end(body);
-}
-
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer | null> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on("data", (c: Buffer) => {
-      size += c.length;
-      if (size > limit) {
-        resolve(null);
-        req.destroy();
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on("end", () => resolve(Buffer.concat(chunks)));
-    req.on("error", reject);
-  });
 }
 
 export interface ProxyOptions {

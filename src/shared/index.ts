@@ -8,6 +8,7 @@ export * from "./direct.js";
 export * from "./errors.js";
 export * from "./frames.js";
 export * from "./gateway-protocol.js";
+export * from "./http-body.js";
 export * from "./ids.js";
 export * from "./log.js";
 export * from "./metrics.js";
