@@ -2,6 +2,7 @@
 // change nothing, equal timestamps resolve by deploymentId the same way in any order, one bad
 // definition fails alone, and an archive with entries outside their directory is rejected whole
 // (served by a hostile stand-in for the hub: the real hub never writes such an archive).
+import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -11,6 +12,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { ConfigStore, HubSync, LocalStore, type StoredRow } from "../../src/gateway/index.js";
 import {
   type DeploymentContent,
+  expectedRowLine,
   GATEWAY_SYNC,
   readTar,
   type StatusReport,
@@ -86,6 +88,21 @@ describe("the gateway's local store guard", () => {
     expect(store.upsert({ ...row(DEP_A, 1500, "UNDEPLOYED") })).toBe(true);
     expect(store.get(API)).toMatchObject({ state: "UNDEPLOYED", deployedAt: 1500 });
     expect(store.get(API)?.content).toContain(DEP_A);
+  });
+
+  it("the config hash follows every write that changes a row, and only those", () => {
+    const store = newStore();
+    const empty = store.configHash();
+    store.upsert(row(DEP_A, 1000));
+    const one = store.configHash();
+    expect(one).not.toBe(empty);
+    // A losing write changes nothing, so the hash stays.
+    store.upsert(row(DEP_A, 900));
+    expect(store.configHash()).toBe(one);
+    store.upsert(row(DEP_A, 1500, "UNDEPLOYED"));
+    expect(store.configHash()).not.toBe(one);
+    expect(store.delete(API, DEP_A)).toBe(true);
+    expect(store.configHash()).toBe(empty);
   });
 
   it("an LLM API's content (with its credential) is sealed at rest; another token cannot read it", () => {
@@ -227,6 +244,122 @@ describe("archives and events from the hub", () => {
     await expect(sync.reconcileOnce()).rejects.toThrow(UnsafeArchiveError);
     expect(store.all()).toEqual([]);
     expect(sync.stats.archivesRejected).toBe(1);
+  });
+
+  /** A stand-in hub serving these APIs (one deployment each); no WebSocket; `fail` answers 500. */
+  async function standInHub(apis: string[], fail: Set<string> = new Set()) {
+    const rows = apis.map((apiId, i) => ({
+      apiId,
+      deploymentId: `${apiId.slice(0, -4)}d${String(i).padStart(3, "0")}`,
+      kind: "RestApi",
+      state: "DEPLOYED" as const,
+      deployedAt: 1000 + i,
+    }));
+    const configHash = createHash("sha256")
+      .update(rows.map(expectedRowLine).sort().join("\n"))
+      .digest("hex");
+    const server = createServer((req, res) => {
+      const url = req.url ?? "";
+      if (url.startsWith(GATEWAY_SYNC.deployments)) {
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ gatewayId: "g", configHash, deployments: rows }));
+        return;
+      }
+      if (url.startsWith(GATEWAY_SYNC.content)) {
+        let body = "";
+        req.on("data", (c) => {
+          body += c;
+        });
+        req.on("end", () => {
+          const ids = (JSON.parse(body) as { deploymentIds: string[] }).deploymentIds;
+          if (ids.some((id) => fail.has(id))) {
+            res.writeHead(500);
+            res.end("stand-in failure");
+            return;
+          }
+          const entries = rows
+            .filter((r) => ids.includes(r.deploymentId))
+            .map((r) => ({
+              path: `${r.deploymentId}/api.json`,
+              body: Buffer.from(content(r.apiId, r.deploymentId, `/${r.deploymentId}`)),
+            }));
+          res.writeHead(200, { "content-type": "application/x-tar" });
+          res.end(writeTar(entries));
+        });
+        return;
+      }
+      // The event stream (an upgrade request lands here: no upgrade handler) and the rest.
+      res.writeHead(404);
+      res.end();
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    return { server, rows, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
+  }
+  const apiIds = (n: number) =>
+    Array.from(
+      { length: n },
+      (_, i) => `0190a000-0000-7000-8000-00000000${String(i).padStart(4, "0")}`,
+    );
+
+  it("a sync failing part-way serves exactly what it wrote: store and routes agree", async () => {
+    const ids = apiIds(12);
+    const hub = await standInHub(ids);
+    hub.server.close();
+    const failing = await standInHub(ids, new Set([hub.rows[7]!.deploymentId]));
+    try {
+      const store = newStore();
+      const config = new ConfigStore({ report: () => {} });
+      const sync = new HubSync({
+        hubUrl: failing.url,
+        token: "fgw_x",
+        store,
+        config,
+        logger: { info() {}, warn() {}, error() {} },
+        batchSize: 1,
+      });
+      await expect(sync.reconcileOnce()).rejects.toThrow(/answered 500/);
+      await config.settled();
+      const written = store.all().filter((r) => r.content !== null);
+      expect(written.length).toBeGreaterThan(0);
+      expect(written.map((r) => r.deploymentId)).not.toContain(hub.rows[7]!.deploymentId);
+      expect(config.table.size).toBe(written.length);
+      for (const r of written)
+        expect(config.table.match("any", `/${r.deploymentId}/x`)?.apiId).toBe(r.apiId);
+    } finally {
+      failing.server.close();
+    }
+  });
+
+  it("a hub whose event stream does not open is still synced, once, and the stream retried", async () => {
+    const hub = await standInHub(apiIds(3));
+    const store = newStore();
+    const config = new ConfigStore({ report: () => {} });
+    const warnings: string[] = [];
+    const sync = new HubSync({
+      hubUrl: hub.url,
+      token: "fgw_x",
+      store,
+      config,
+      logger: { info() {}, warn: (_o, msg) => warnings.push(msg), error() {} },
+      backoffMinMs: 20,
+      backoffMaxMs: 40,
+    });
+    try {
+      sync.start();
+      const deadline = Date.now() + 10_000;
+      while (sync.stats.reconciles === 0 && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
+      await config.settled();
+      expect(sync.stats.connected).toBe(false);
+      expect(config.table.size).toBe(3);
+      // Reconnect attempts go on; none of them starts another pass once one has succeeded.
+      await new Promise((r) => setTimeout(r, 300));
+      expect(sync.stats.reconciles).toBe(1);
+      expect(warnings).not.toContain("reconcile failed; retrying");
+    } finally {
+      await sync.stop();
+      hub.server.close();
+    }
   });
 
   it("an event older than the stored row is ignored; a newer one applies", async () => {
