@@ -88,6 +88,7 @@ export class HubSync {
 
   private readonly hubs: string[];
   private hubIndex = 0;
+  private readonly sleeping = new Set<() => void>();
   private readonly agents = {
     http: new HttpAgent({ keepAlive: true }),
     https: new HttpsAgent({ keepAlive: true }),
@@ -110,11 +111,15 @@ export class HubSync {
    * undici: loading it costs ~20 MB of RSS, which a gateway whose traffic never leaves the fast
    * path would otherwise carry for these few calls.
    */
-  private call(method: "GET" | "POST", path: string, body?: unknown): Promise<Buffer> {
+  private call(
+    method: "GET" | "POST",
+    path: string,
+    body?: unknown,
+    timeoutMs = this.o.requestTimeoutMs ?? 30_000,
+  ): Promise<Buffer> {
     const url = new URL(`${this.base}${path}`);
     const secure = url.protocol === "https:";
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const timeoutMs = this.o.requestTimeoutMs ?? 30_000;
     return new Promise((resolve, reject) => {
       const req = (secure ? httpsRequest : httpRequest)(
         url,
@@ -232,12 +237,13 @@ export class HubSync {
   /** The config store's reporter: observed status goes to the hub in batches. */
   readonly reporter = (r: StatusReport) => this.report(r);
 
-  private async flushReports(): Promise<void> {
+  /** Sends up to 500 waiting reports; `last` is stop()'s final attempt, with its own timeout. */
+  private async flushReports(last?: { lastMs: number }): Promise<void> {
     this.reportTimer = undefined;
-    if (this.stopped || this.reports.size === 0) return;
+    if ((this.stopped && !last) || this.reports.size === 0) return;
     const batch = [...this.reports.values()].slice(0, 500);
     try {
-      await this.call("POST", GATEWAY_SYNC.status, { reports: batch });
+      await this.call("POST", GATEWAY_SYNC.status, { reports: batch }, last?.lastMs);
       for (const r of batch) if (this.reports.get(r.apiId) === r) this.reports.delete(r.apiId);
     } catch (err) {
       this.o.logger.warn({ err: (err as Error).message }, "status report failed; will retry");
@@ -395,8 +401,18 @@ export class HubSync {
     return ceiling / 2 + Math.random() * (ceiling / 2);
   }
 
+  /** A backoff pause; stop() ends every one at once (a pause can be 15 s). */
   private sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => setTimeout(resolve, ms).unref());
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.sleeping.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      timer.unref();
+      this.sleeping.add(done);
+    });
   }
 
   /** Applies one deploy/undeploy event through the guard; stale or equal-and-losing events change nothing. */
@@ -534,14 +550,22 @@ export class HubSync {
     this.socket?.terminate();
   }
 
+  /**
+   * Stops at once, whatever the hub is doing: pauses end, and requests in flight are cut (a hub
+   * that stopped answering would otherwise hold the shutdown for the 30 s request timeout). The
+   * status reports still waiting get one last request of at most 2 s.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.hashTimer);
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.reportTimer);
     this.socket?.close();
+    for (const wake of [...this.sleeping]) wake();
+    this.agents.http.destroy();
+    this.agents.https.destroy();
     await this.running?.catch(() => {});
-    await this.flushReports().catch(() => {});
+    await this.flushReports({ lastMs: 2000 }).catch(() => {});
     this.agents.http.destroy();
     this.agents.https.destroy();
   }

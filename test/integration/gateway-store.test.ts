@@ -362,6 +362,76 @@ describe("archives and events from the hub", () => {
     }
   });
 
+  it("stop() returns at once while the hub holds a request unanswered; waiting reports still go", async () => {
+    const received: unknown[] = [];
+    let listAsked!: () => void;
+    const asked = new Promise<void>((r) => {
+      listAsked = r;
+    });
+    // Answers status reports; never answers the deployment list (a hub that hangs mid-sync).
+    const hanging = createServer((req, res) => {
+      if (req.url?.startsWith(GATEWAY_SYNC.status)) {
+        let body = "";
+        req.on("data", (c) => {
+          body += c;
+        });
+        req.on("end", () => {
+          received.push(JSON.parse(body));
+          res.writeHead(200, { "content-type": "application/json" });
+          res.end("{}");
+        });
+        return;
+      }
+      if (req.url?.startsWith(GATEWAY_SYNC.deployments)) return listAsked();
+      res.writeHead(404);
+      res.end();
+    });
+    await new Promise<void>((r) => hanging.listen(0, "127.0.0.1", () => r()));
+    const sync = new HubSync({
+      hubUrl: `http://127.0.0.1:${(hanging.address() as AddressInfo).port}`,
+      token: "fgw_x",
+      store: newStore(),
+      config: new ConfigStore({ report: () => {} }),
+      logger: { info() {}, warn() {}, error() {} },
+    });
+    try {
+      sync.start();
+      await asked;
+      sync.reporter({ apiId: API, deploymentId: DEP_A, deployedAt: 1, status: "deployed" });
+      const started = Date.now();
+      await sync.stop();
+      // The request timeout is 30 s; a stop that waited for it would take that long.
+      expect(Date.now() - started).toBeLessThan(5_000);
+      expect(received).toEqual([
+        { reports: [{ apiId: API, deploymentId: DEP_A, deployedAt: 1, status: "deployed" }] },
+      ]);
+    } finally {
+      hanging.closeAllConnections();
+      hanging.close();
+    }
+  });
+
+  it("stop() ends a backoff pause at once", async () => {
+    const sync = new HubSync({
+      hubUrl: "http://127.0.0.1:9",
+      token: "fgw_x",
+      store: newStore(),
+      config: new ConfigStore({ report: () => {} }),
+      logger: { info() {}, warn() {}, error() {} },
+      backoffMinMs: 60_000,
+      backoffMaxMs: 60_000,
+    });
+    sync.start();
+    const deadline = Date.now() + 5_000;
+    while (sync.stats.reconcileFailures === 0 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 10));
+    expect(sync.stats.reconcileFailures).toBe(1);
+    const started = Date.now();
+    await sync.stop();
+    // The pause after the failure is 30 to 60 s.
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
+
   it("an event older than the stored row is ignored; a newer one applies", async () => {
     const store = newStore();
     const config = new ConfigStore({ report: () => {} });
