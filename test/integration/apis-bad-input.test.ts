@@ -466,6 +466,16 @@ describe("APIs and gateways: bad input, isolation, sealing, timestamps", () => {
           })
         ).status,
       ).toBe(400);
+      // Past what a Date holds: refused here, not failed in the database.
+      expect(
+        (
+          await call(GATEWAY_SYNC.status, gatewayToken, {
+            reports: [
+              { apiId: restId, deploymentId: UNKNOWN, deployedAt: 9e15, status: "deployed" },
+            ],
+          })
+        ).status,
+      ).toBe(400);
       // Another gateway's (or nobody's) deployment ids: nothing exists, nothing is served.
       const exists = await call(GATEWAY_SYNC.exists, gatewayToken, { deploymentIds: [UNKNOWN] });
       expect(await exists.json()).toEqual({ existing: [] });
@@ -475,26 +485,36 @@ describe("APIs and gateways: bad input, isolation, sealing, timestamps", () => {
   it("a gateway's status report is observed state: an older report never overwrites a newer one", async () => {
     const d = (await a.apis.deployApi({ api: restId, gateway: gatewayId })).deployment!;
     const ms = Number(d.deployedAt!.seconds) * 1000 + d.deployedAt!.nanos / 1e6;
-    const report = (deployedAt: number, status: string, reason?: string) =>
+    const one = (deployedAt: number, status: string, reason?: string) => ({
+      apiId: restId,
+      deploymentId: d.deploymentId,
+      deployedAt,
+      status,
+      ...(reason ? { reason } : {}),
+    });
+    const report = (...reports: ReturnType<typeof one>[]) =>
       fetch(`${t.hub.url}${GATEWAY_SYNC.status}`, {
         method: "POST",
         headers: { authorization: `Bearer ${gatewayToken}`, "content-type": "application/json" },
-        body: JSON.stringify({
-          reports: [
-            {
-              apiId: restId,
-              deploymentId: d.deploymentId,
-              deployedAt,
-              status,
-              ...(reason ? { reason } : {}),
-            },
-          ],
-        }),
+        body: JSON.stringify({ reports }),
       });
-    await report(ms, "deployed");
-    await report(ms - 5000, "failed", "late news about an old deployment");
+    expect((await report(one(ms, "deployed"))).status).toBe(200);
+    await report(one(ms - 5000, "failed", "late news about an old deployment"));
     const listed = await a.apis.listApiDeployments({ api: restId });
     expect(listed.deployments[0]).toMatchObject({ observedStatus: "deployed", observedReason: "" });
+    // One batch naming the API three times ends as applying them in order would: the last of
+    // those with the latest deployedAt (a reason's NUL bytes dropped: PostgreSQL text has none).
+    const batch = await report(
+      one(ms, "failed", "first"),
+      one(ms - 5000, "undeployed"),
+      one(ms, "failed", "sec\u0000ond"),
+    );
+    expect(batch.status).toBe(200);
+    const again = await a.apis.listApiDeployments({ api: restId });
+    expect(again.deployments[0]).toMatchObject({
+      observedStatus: "failed",
+      observedReason: "second",
+    });
     await a.apis.undeployApi({ api: restId, gateway: gatewayId });
   });
 

@@ -187,6 +187,9 @@ export class GatewaySync {
           typeof x.deploymentId !== "string" ||
           !isUuid(x.deploymentId) ||
           !Number.isSafeInteger(x.deployedAt) ||
+          // A Date holds at most 8.64e15 ms; a larger one would fail in the database, not here.
+          (x.deployedAt as number) < 0 ||
+          (x.deployedAt as number) > 8.64e15 ||
           !REPORT_STATUSES.has(String(x.status)) ||
           (x.reason !== undefined && typeof x.reason !== "string")
         )

@@ -619,30 +619,38 @@ export class ApisService {
    * deployments the gateway does not have are ignored. Returns how many rows changed.
    */
   async recordReports(gatewayId: string, reports: GatewayReport[]): Promise<number> {
-    let changed = 0;
-    await this.db.tx(async (tx) => {
-      for (const r of reports) {
-        const { rowCount } = await tx.query(
-          `INSERT INTO api_deployment_status (gateway_id, api_id, organization_id, deployment_id, observed_deployed_at, status, reason, observed_at)
-           SELECT d.gateway_id, d.api_id, d.organization_id, $3, $4, $5, $6, now()
-           FROM api_deployments d WHERE d.gateway_id = $1 AND d.api_id = $2
-           ON CONFLICT (gateway_id, api_id) DO UPDATE SET
-             deployment_id = excluded.deployment_id, observed_deployed_at = excluded.observed_deployed_at,
-             status = excluded.status, reason = excluded.reason, observed_at = excluded.observed_at
-           WHERE api_deployment_status.observed_deployed_at <= excluded.observed_deployed_at`,
-          [
-            gatewayId,
-            r.apiId,
-            r.deploymentId,
-            new Date(r.deployedAt),
-            r.status,
-            r.reason?.slice(0, 1000) ?? null,
-          ],
-        );
-        changed += rowCount ?? 0;
-      }
-    });
-    return changed;
+    // One statement for the batch (500 round trips took ~150 ms of a pool connection and held
+    // back a deploy's event behind a full sync's reports). ON CONFLICT may touch a row once per
+    // statement, so a batch naming an API twice keeps what applying them in order would leave:
+    // the last report among those with the latest deployedAt.
+    const latest = new Map<string, GatewayReport>();
+    for (const r of reports) {
+      const kept = latest.get(r.apiId);
+      if (!kept || kept.deployedAt <= r.deployedAt) latest.set(r.apiId, r);
+    }
+    if (latest.size === 0) return 0;
+    const rows = [...latest.values()];
+    const { rowCount } = await this.db.query(
+      `INSERT INTO api_deployment_status (gateway_id, api_id, organization_id, deployment_id, observed_deployed_at, status, reason, observed_at)
+       SELECT d.gateway_id, d.api_id, d.organization_id, r.deployment_id, r.deployed_at, r.status, r.reason, now()
+       FROM unnest($2::uuid[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[])
+         AS r (api_id, deployment_id, deployed_at, status, reason)
+       JOIN api_deployments d ON d.gateway_id = $1 AND d.api_id = r.api_id
+       ON CONFLICT (gateway_id, api_id) DO UPDATE SET
+         deployment_id = excluded.deployment_id, observed_deployed_at = excluded.observed_deployed_at,
+         status = excluded.status, reason = excluded.reason, observed_at = excluded.observed_at
+       WHERE api_deployment_status.observed_deployed_at <= excluded.observed_deployed_at`,
+      [
+        gatewayId,
+        rows.map((r) => r.apiId),
+        rows.map((r) => r.deploymentId),
+        rows.map((r) => new Date(r.deployedAt).toISOString()),
+        rows.map((r) => r.status),
+        // PostgreSQL text cannot hold NUL; a gateway's reason is free text.
+        rows.map((r) => r.reason?.replaceAll("\0", "").slice(0, 1000) ?? null),
+      ],
+    );
+    return rowCount ?? 0;
   }
 }
 
