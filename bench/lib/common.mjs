@@ -324,7 +324,12 @@ export const round = (n, digits = 2) =>
  * One slice of load from autocannon, run in this process (the servers are children). Returns
  * autocannon's raw result (encoded histograms), so slices can be merged with summarize().
  */
-export function loadSlice({ url, headers, body, connections, durationS }) {
+/**
+ * POSTs `body` for `durationS` over `connections`. Without `ratePerS`, as fast as answers come
+ * (the most the target serves); with it, at that many requests a second across all connections
+ * (the latency a user sees at that load).
+ */
+export function loadSlice({ url, headers, body, connections, durationS, ratePerS }) {
   return autocannon({
     url,
     method: "POST",
@@ -334,6 +339,7 @@ export function loadSlice({ url, headers, body, connections, durationS }) {
     duration: durationS,
     pipelining: 1,
     skipAggregateResult: true,
+    ...(ratePerS ? { overallRate: ratePerS } : {}),
   });
 }
 

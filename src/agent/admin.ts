@@ -10,6 +10,7 @@ import {
   FrameError,
   type HubFrame,
   type Logger,
+  notLocalOperator,
   openDirectRequest,
   parseHubFrame,
   readBody,
@@ -95,11 +96,20 @@ export async function serveAdmin(
             message: `not signed by the hub: ${refused}`,
           });
         }
-      } else if (!isLoopback(req.socket.remoteAddress) && !/^GET \/(health|ready)$/.test(route)) {
-        return reply(401, {
-          code: "auth.unauthenticated",
-          message: "only loopback callers may use the admin API unsigned",
-        });
+      } else if (!/^GET \/(health|ready)$/.test(route)) {
+        if (!isLoopback(req.socket.remoteAddress))
+          return reply(401, {
+            code: "auth.unauthenticated",
+            message: "only loopback callers may use the admin API unsigned",
+          });
+        const stranger = notLocalOperator(req.headers);
+        if (stranger) {
+          log.warn({ route, stranger }, "unsigned admin call from loopback refused");
+          return reply(401, {
+            code: "auth.unauthenticated",
+            message: `unsigned admin calls are taken from this host's operator only, and ${stranger}`,
+          });
+        }
       }
       if (route === "GET /health") return reply(200, { status: "ok" });
       if (route === "GET /ready") {

@@ -4,6 +4,7 @@ import { createServer, type Server } from "node:http";
 import { type AddressInfo, createServer as createNetServer } from "node:net";
 import { pino } from "pino";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { notLocalOperator } from "../shared/index.js";
 import { FastPath } from "./fast-path.js";
 import { type AccessLogRecord, type ProxyObserver, ReverseProxy } from "./proxy.js";
 import { ConfigStore, type Route } from "./routes.js";
@@ -193,6 +194,19 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
 
   const admin = createServer(async (req, res) => {
     const path = (req.url ?? "/").split("?")[0];
+    // Loopback only, and not through a proxy or from a browser: a route of this very gateway
+    // with a 127.0.0.1 upstream would otherwise show any tenant every API it holds (/status).
+    const stranger = path === "/health" ? undefined : notLocalOperator(req.headers);
+    if (stranger) {
+      res.writeHead(403, { "content-type": "application/json" });
+      res.end(
+        JSON.stringify({
+          code: "auth.permission_denied",
+          message: `the admin port answers this host's operator only, and ${stranger}`,
+        }),
+      );
+      return;
+    }
     if (path === "/health") {
       res.writeHead(200, { "content-type": "application/json" });
       res.end(JSON.stringify({ status: "ok" }));

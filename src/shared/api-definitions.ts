@@ -1,6 +1,8 @@
 // API definitions (RestApi, LlmProvider, LlmProxy): their shapes and checks, shared by the hub
 // (on create) and the gateway (on apply), so both sides agree on what is valid.
+import { isIP } from "node:net";
 import { invalid } from "./errors.js";
+import { classifyAddress } from "./net-address.js";
 
 export const API_KINDS = ["RestApi", "LlmProvider", "LlmProxy"] as const;
 export type ApiKindName = (typeof API_KINDS)[number];
@@ -102,6 +104,14 @@ function checkUrl(field: string, s: string): string {
     throw invalid(field, "must be an http:// or https:// URL");
   if (url.username || url.password) throw invalid(field, "must not carry credentials");
   if (url.search || url.hash) throw invalid(field, "must not have a query or fragment");
+  // Loopback and private networks are where upstreams live; link-local is the cloud metadata
+  // service (169.254.169.254: the gateway host's credentials), and the rest is no HTTP server.
+  const host = url.hostname.replace(/^\[|\]$/g, "");
+  if (isIP(host) !== 0) {
+    const kind = classifyAddress(host);
+    if (kind === "link-local" || kind === "unspecified" || kind === "reserved")
+      throw invalid(field, `must not point at ${host} (${kind} address)`);
+  }
   return s.replace(/\/+$/, "");
 }
 

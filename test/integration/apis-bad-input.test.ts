@@ -134,6 +134,23 @@ describe("APIs and gateways: bad input, isolation, sealing, timestamps", () => {
       [{ contextPath: "/a/../b", upstream: { url: "http://x" } }, "definition_json.contextPath"],
       [{ contextPath: "/a", upstream: { url: "ftp://x" } }, "definition_json.upstream.url"],
       [{ contextPath: "/a", upstream: { url: "http://u:p@x" } }, "definition_json.upstream.url"],
+      // The cloud metadata service (the gateway host's credentials), and no-server addresses.
+      [
+        { contextPath: "/a", upstream: { url: "http://169.254.169.254/latest" } },
+        "definition_json.upstream.url",
+      ],
+      [
+        { contextPath: "/a", upstream: { url: "http://[fe80::1]:80" } },
+        "definition_json.upstream.url",
+      ],
+      [
+        { contextPath: "/a", upstream: { url: "http://0.0.0.0:80" } },
+        "definition_json.upstream.url",
+      ],
+      [
+        { contextPath: "/a", upstream: { url: "http://[::ffff:169.254.169.254]" } },
+        "definition_json.upstream.url",
+      ],
       [{ contextPath: "/a", upstream: {} }, "definition_json.upstream"],
       [{ contextPath: 7, upstream: { url: "http://x" } }, "definition_json.contextPath"],
       [

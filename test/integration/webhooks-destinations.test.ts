@@ -8,12 +8,8 @@ import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebhooksService } from "../../src/gen/flotilla/v1/events_pb.js";
-import {
-  classifyAddress,
-  DestinationRefused,
-  resolveDestination,
-} from "../../src/hub/webhooks/index.js";
-import { uuidv7 } from "../../src/shared/index.js";
+import { DestinationRefused, resolveDestination } from "../../src/hub/webhooks/index.js";
+import { classifyAddress, uuidv7 } from "../../src/shared/index.js";
 import { expectError } from "../support/core.js";
 import { bootstrapOwner, startTestHub, type TestHub } from "../support/hub.js";
 

@@ -1,6 +1,5 @@
 // Public entry of the webhooks module: endpoints, signed deliveries with retries, and the signature helpers.
 export {
-  classifyAddress,
   type DestinationPolicy,
   DestinationRefused,
   resolveDestination,

@@ -1,0 +1,120 @@
+// Loopback-only admin ports take unsigned calls from this host's operator, not from look-alikes
+// that also connect from 127.0.0.1: a request relayed by a proxy (a gateway route whose upstream
+// is the admin port) or sent by a web page in a local browser is refused and changes nothing.
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { serveAdmin } from "../../src/agent/admin.js";
+import { type Gateway, LocalStore, startGateway } from "../../src/gateway/index.js";
+import { type AdminAction, createLogger } from "../../src/shared/index.js";
+
+const closers: Array<() => Promise<unknown>> = [];
+afterAll(async () => {
+  for (const close of closers.reverse()) await close();
+});
+
+/** The headers that mark a request as relayed or browser-sent, one at a time. */
+const LOOK_ALIKES: Array<Record<string, string>> = [
+  { "x-forwarded-for": "203.0.113.7" },
+  { forwarded: "for=203.0.113.7" },
+  { via: "1.1 some-proxy" },
+  { origin: "https://evil.example" },
+  { "sec-fetch-site": "cross-site" },
+];
+
+describe("the agent's admin API", () => {
+  it("refuses unsigned calls that were relayed or browser-sent (401, nothing done) and takes the operator's", async () => {
+    const actions: AdminAction[] = [];
+    const admin = await serveAdmin({
+      port: 0,
+      host: "127.0.0.1",
+      status: () => ({
+        version: "test",
+        server_id: "s",
+        connected: true,
+        draining: false,
+        dispatches_in_flight: 0,
+        instances: [],
+      }),
+      admin: async (action) => {
+        actions.push(action);
+        return {};
+      },
+      log: createLogger({ level: "silent" }),
+      signingKey: () => Buffer.alloc(32, 1),
+      sealingKey: () => Buffer.alloc(32, 2),
+      dispatch: async () => ({ ok: true }),
+    });
+    closers.push(() => admin.close());
+    for (const headers of LOOK_ALIKES) {
+      const drain = await fetch(`${admin.url}/drain`, { method: "POST", headers });
+      expect(drain.status, JSON.stringify(headers)).toBe(401);
+      expect(((await drain.json()) as { code: string }).code).toBe("auth.unauthenticated");
+      expect((await fetch(`${admin.url}/status`, { headers })).status).toBe(401);
+    }
+    expect(actions).toEqual([]);
+    // Probes stay open whatever carries them.
+    const health = await fetch(`${admin.url}/health`, { headers: LOOK_ALIKES[0] });
+    expect(health.status).toBe(200);
+    // The operator on this host (curl, the CLI) is served.
+    expect((await fetch(`${admin.url}/drain`, { method: "POST" })).status).toBe(200);
+    expect(actions).toEqual(["drain"]);
+  });
+});
+
+describe("the gateway's admin port", () => {
+  async function freePort(): Promise<number> {
+    const s = createServer();
+    await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
+    const { port } = s.address() as { port: number };
+    await new Promise((r) => s.close(r));
+    return port;
+  }
+
+  it("answers 403 to a route of the gateway itself whose upstream is its admin port, on both data paths", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "flotilla-admin-self-"));
+    closers.push(async () => rmSync(dir, { recursive: true, force: true }));
+    const adminPort = await freePort();
+    const apiId = "0190a000-0000-7000-8000-0000000000f1";
+    const deploymentId = "0190a000-0000-7000-8000-0000000000f2";
+    const store = new LocalStore(dir, "fgw_self");
+    store.upsert({
+      apiId,
+      deploymentId,
+      kind: "RestApi",
+      state: "DEPLOYED",
+      deployedAt: 1,
+      content: JSON.stringify({
+        apiId,
+        deploymentId,
+        name: "self",
+        kind: "RestApi",
+        definition: { contextPath: "/self", upstream: { url: `http://127.0.0.1:${adminPort}` } },
+      }),
+    });
+    store.close();
+    const gateway: Gateway = await startGateway({
+      hubUrl: "http://127.0.0.1:9",
+      token: "fgw_self",
+      port: 0,
+      adminPort,
+      host: "127.0.0.1",
+      dataDir: dir,
+      accessLog: false,
+      logLevel: "silent",
+    });
+    closers.push(() => gateway.close());
+    // A plain GET takes the raw-socket fast path; a POST takes node:http and undici.
+    const viaFastPath = await fetch(`${gateway.url}/self/status`);
+    expect(viaFastPath.status).toBe(403);
+    expect(await viaFastPath.text()).not.toContain(apiId);
+    const viaSlowPath = await fetch(`${gateway.url}/self/drop-stream`, { method: "POST" });
+    expect(viaSlowPath.status).toBe(403);
+    // Straight from this host, the admin port answers.
+    const direct = await fetch(`${gateway.adminUrl}/status`);
+    expect(direct.status).toBe(200);
+    expect(await direct.text()).toContain(apiId);
+  });
+});
