@@ -163,6 +163,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   // node:http serves what the fast path hands it (bodies, LLM routes, errors, anything unusual);
   // it never listens itself: the data port is the fast path's.
   const slow: Server = createServer({ keepAliveTimeout: DATA_KEEP_ALIVE_MS }, proxy.handle);
+  slow.on("upgrade", proxy.upgrade);
   const fast = new FastPath({
     table: () => config.table,
     observer,
@@ -297,6 +298,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
       closing ??= (async () => {
         await hubSync.stop();
         fast.close();
+        proxy.endTunnels();
         slow.close(() => {}); // Not listening: this only stops its tracking and closes idle connections.
         // Connections busy with a response get 5 s to finish it, then are cut.
         const cut = setTimeout(() => {

@@ -3,7 +3,15 @@
 // access logs and per-route metrics; LLM routes inject credentials, enforce the model
 // allowlist, authenticate consumer keys and rate-limit them with a token bucket.
 import { createHash, randomBytes } from "node:crypto";
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
+import {
+  request as httpRequest,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type ServerResponse,
+  STATUS_CODES,
+} from "node:http";
+import { request as httpsRequest } from "node:https";
+import type { Duplex } from "node:stream";
 import type { Dispatcher, Pool } from "undici";
 import { readBody } from "../shared/index.js";
 import { undici } from "./lazy.js";
@@ -138,6 +146,8 @@ export interface ProxyOptions {
 
 export class ReverseProxy {
   private readonly pools = new Map<string, Pool>();
+  /** Upgraded connections joined to their upstream, each by the function that ends it. */
+  private readonly tunnels = new Set<() => void>();
   /** Token buckets per (proxy api, consumer key hash). */
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
 
@@ -156,8 +166,8 @@ export class ReverseProxy {
     return p;
   }
 
-  readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
-    const started = performance.now();
+  /** What every request starts with: where it goes, and the context it carries there. */
+  private arrival(req: IncomingMessage) {
     const url = req.url ?? "/";
     const q = url.indexOf("?");
     const path = q === -1 ? url : url.slice(0, q);
@@ -166,10 +176,171 @@ export class ReverseProxy {
     const host = (
       colon > 0 && !hostHeader.endsWith("]") ? hostHeader.slice(0, colon) : hostHeader
     ).toLowerCase();
-    const incomingCorrelation = headerValue(req.headers["x-correlation-id"]);
-    const correlation = correlationOf(incomingCorrelation);
+    const correlation = correlationOf(headerValue(req.headers["x-correlation-id"]));
     const traceparent = nextTraceparent(headerValue(req.headers.traceparent));
-    const route = this.o.table().match(host, path);
+    return {
+      url,
+      q,
+      path,
+      host,
+      correlation,
+      traceparent,
+      route: this.o.table().match(host, path),
+      context: { "x-correlation-id": correlation, traceparent },
+    };
+  }
+
+  /**
+   * A WebSocket (or any HTTP/1.1 Upgrade) on a RestApi or service route: the upstream's 101 is
+   * relayed and the two sockets are joined both ways until either side closes; an upstream that
+   * refuses the upgrade has its answer relayed as is. LLM routes take no upgrades (400).
+   */
+  readonly upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const started = performance.now();
+    const { url, q, path, host, correlation, traceparent, route, context } = this.arrival(req);
+    let status = 0;
+    let errorText: string | undefined;
+    let recorded = false;
+    const record = () => {
+      if (recorded) return;
+      recorded = true;
+      this.o.observer.done(route, {
+        method: req.method ?? "GET",
+        host,
+        path,
+        status,
+        ms: Math.round((performance.now() - started) * 100) / 100,
+        api: route?.name ?? null,
+        correlation,
+        traceparent,
+        ...(errorText ? { error: errorText } : {}),
+      });
+    };
+    socket.on("error", () => socket.destroy());
+    const refuse = (code: number, errorCode: string, message: string) => {
+      status = code;
+      const body = JSON.stringify({ code: errorCode, message });
+      socket.end(
+        `HTTP/1.1 ${code} ${STATUS_CODES[code]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-correlation-id: ${correlation}\r\ntraceparent: ${traceparent}\r\nconnection: close\r\n\r\n${body}`,
+      );
+      record();
+    };
+    if (isUnsafePath(path)) {
+      refuse(
+        400,
+        "request.malformed",
+        "the path has a dot segment or an encoded separator; send it normalized",
+      );
+      return;
+    }
+    if (!route) {
+      refuse(404, "route.not_found", `no API is deployed at ${path.slice(0, 200)}`);
+      return;
+    }
+    if (route.kind !== "RestApi" && route.kind !== "ServiceRoute") {
+      refuse(400, "route.upgrade_refused", `${route.name} is an LLM API: no upgrades`);
+      return;
+    }
+    const rest = path.slice(route.prefix.length) || "/";
+    const method = req.method ?? "GET";
+    if (
+      route.kind === "RestApi" &&
+      route.operations &&
+      !route.operations.some((op) => op.method === method && op.pattern.test(rest))
+    ) {
+      refuse(
+        405,
+        "route.operation_not_allowed",
+        `${method} ${rest.slice(0, 200)} is not an operation of ${route.name}`,
+      );
+      return;
+    }
+    // The path goes as is: resolving it against the origin as a URL would let `//host/x` name
+    // another host.
+    const origin = new URL(route.upstream.origin);
+    const headers = forwardHeaders(req, context);
+    // The upgrade itself is hop-by-hop, and the one thing this request must carry on.
+    headers.connection = "upgrade";
+    headers.upgrade = headerValue(req.headers.upgrade) ?? "websocket";
+    const up = (origin.protocol === "https:" ? httpsRequest : httpRequest)({
+      protocol: origin.protocol,
+      hostname: origin.hostname.replace(/^\[|\]$/g, ""),
+      port: origin.port || (origin.protocol === "https:" ? 443 : 80),
+      path: `${route.upstream.basePath}${rest}${q === -1 ? "" : url.slice(q)}`,
+      method,
+      headers,
+      agent: false,
+      timeout: route.upstream.timeoutMs,
+    });
+    up.on("upgrade", (res, upSocket, upHead) => {
+      status = res.statusCode ?? 101;
+      up.setTimeout(0);
+      upSocket.setTimeout(0);
+      const lines = [`HTTP/1.1 ${status} ${res.statusMessage ?? "Switching Protocols"}`];
+      for (let i = 0; i < res.rawHeaders.length; i += 2) {
+        const name = res.rawHeaders[i]!;
+        const lower = name.toLowerCase();
+        if (lower !== "connection" && lower !== "upgrade" && HOP_BY_HOP.has(lower)) continue;
+        if (lower === "x-correlation-id" || lower === "traceparent") continue;
+        lines.push(`${name}: ${res.rawHeaders[i + 1]}`);
+      }
+      lines.push(`x-correlation-id: ${correlation}`, `traceparent: ${traceparent}`);
+      socket.write(`${lines.join("\r\n")}\r\n\r\n`);
+      if (upHead.length) socket.write(upHead);
+      if (head.length) upSocket.write(head);
+      // Either side closing or failing ends both: no half of a WebSocket outlives the other.
+      const end = () => {
+        socket.destroy();
+        upSocket.destroy();
+        this.tunnels.delete(end);
+        record();
+      };
+      this.tunnels.add(end);
+      upSocket.on("error", end).on("close", end);
+      socket.on("error", end).on("close", end);
+      upSocket.pipe(socket);
+      socket.pipe(upSocket);
+    });
+    up.on("response", (res) => {
+      // The upstream answered without switching: its answer goes back as is, then the connection ends.
+      status = res.statusCode ?? 502;
+      const lines = [`HTTP/1.1 ${status} ${res.statusMessage ?? ""}`];
+      const out = { ...responseHeaders(res.headers), ...context, connection: "close" };
+      for (const [name, value] of Object.entries(out))
+        for (const v of Array.isArray(value) ? value : [value]) lines.push(`${name}: ${v}`);
+      socket.write(`${lines.join("\r\n")}\r\n\r\n`);
+      res.pipe(socket);
+      res.on("end", record);
+    });
+    up.on("timeout", () => {
+      errorText = "upstream timeout";
+      up.destroy();
+      if (!recorded && status === 0)
+        refuse(
+          504,
+          "upstream.timeout",
+          `the upstream of ${route.name} did not answer in ${route.upstream.timeoutMs} ms`,
+        );
+    });
+    up.on("error", (err: Error & { code?: string }) => {
+      if (status !== 0) return;
+      errorText = err.message;
+      refuse(
+        502,
+        "upstream.unavailable",
+        `the upstream of ${route.name} is unreachable (${err.code ?? "error"})`,
+      );
+    });
+    // The client leaving before the upstream answers cancels the upstream request.
+    socket.once("close", () => {
+      if (status === 0) up.destroy();
+    });
+    up.end();
+  };
+
+  readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const started = performance.now();
+    const { url, q, path, host, correlation, traceparent, route, context } = this.arrival(req);
     let errorText: string | undefined;
     res.on("finish", () => {
       this.o.observer.done(route, {
@@ -184,7 +355,6 @@ export class ReverseProxy {
         ...(errorText ? { error: errorText } : {}),
       });
     });
-    const context = { "x-correlation-id": correlation, traceparent };
     if (isUnsafePath(path)) {
       const body = JSON.stringify({
         code: "request.malformed",
@@ -450,7 +620,16 @@ export class ReverseProxy {
     );
   }
 
+  /**
+   * Ends the joined WebSockets: they last as long as their clients like, so no shutdown could
+   * wait for them (clients reconnect, to another gateway if this one is gone).
+   */
+  endTunnels(): void {
+    for (const end of [...this.tunnels]) end();
+  }
+
   async close(): Promise<void> {
+    this.endTunnels();
     await Promise.all([...this.pools.values()].map((p) => p.close().catch(() => {})));
   }
 }

@@ -1,14 +1,8 @@
-// Loopback-only admin ports take unsigned calls from this host's operator, not from look-alikes
-// that also connect from 127.0.0.1: a request relayed by a proxy (a gateway route whose upstream
-// is the admin port) or sent by a web page in a local browser is refused and changes nothing.
-import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { serveAdmin } from "../../src/agent/admin.js";
-import { type Gateway, LocalStore, startGateway } from "../../src/gateway/index.js";
 import { type AdminAction, createLogger } from "../../src/shared/index.js";
+import { startStoredGateway } from "../support/gateway.js";
 
 const closers: Array<() => Promise<unknown>> = [];
 afterAll(async () => {
@@ -74,38 +68,33 @@ describe("the gateway's admin port", () => {
   }
 
   it("answers 403 to a route of the gateway itself whose upstream is its admin port, on both data paths", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "flotilla-admin-self-"));
-    closers.push(async () => rmSync(dir, { recursive: true, force: true }));
     const adminPort = await freePort();
     const apiId = "0190a000-0000-7000-8000-0000000000f1";
     const deploymentId = "0190a000-0000-7000-8000-0000000000f2";
-    const store = new LocalStore(dir, "fgw_self");
-    store.upsert({
-      apiId,
-      deploymentId,
-      kind: "RestApi",
-      state: "DEPLOYED",
-      deployedAt: 1,
-      content: JSON.stringify({
-        apiId,
-        deploymentId,
-        name: "self",
-        kind: "RestApi",
-        definition: { contextPath: "/self", upstream: { url: `http://127.0.0.1:${adminPort}` } },
-      }),
-    });
-    store.close();
-    const gateway: Gateway = await startGateway({
-      hubUrl: "http://127.0.0.1:9",
-      token: "fgw_self",
-      port: 0,
-      adminPort,
-      host: "127.0.0.1",
-      dataDir: dir,
-      accessLog: false,
-      logLevel: "silent",
-    });
-    closers.push(() => gateway.close());
+    const stored = await startStoredGateway(
+      [
+        {
+          apiId,
+          deploymentId,
+          kind: "RestApi",
+          state: "DEPLOYED",
+          deployedAt: 1,
+          content: JSON.stringify({
+            apiId,
+            deploymentId,
+            name: "self",
+            kind: "RestApi",
+            definition: {
+              contextPath: "/self",
+              upstream: { url: `http://127.0.0.1:${adminPort}` },
+            },
+          }),
+        },
+      ],
+      { adminPort },
+    );
+    closers.push(() => stored.close());
+    const gateway = stored.gateway;
     // A plain GET takes the raw-socket fast path; a POST takes node:http and undici.
     const viaFastPath = await fetch(`${gateway.url}/self/status`);
     expect(viaFastPath.status).toBe(403);

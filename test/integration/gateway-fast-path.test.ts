@@ -1,14 +1,8 @@
-// The gateway's raw-socket fast path behaves like the node:http path it bypasses: headers are
-// rewritten the same way both ways, chunked and close-delimited bodies arrive whole, keep-alive
-// and pipelining work, failures answer 502/504, and every other request on the same connection
-// is served by node:http (bodies, unknown paths). In process, hub unreachable, store pre-filled.
-import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import { type AddressInfo, connect, createServer as createNetServer } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Gateway, LocalStore, startGateway } from "../../src/gateway/index.js";
+import type { Gateway } from "../../src/gateway/index.js";
+import { deployedRow, type StoredGateway, startStoredGateway } from "../support/gateway.js";
 
 const seen: Array<{
   method: string;
@@ -19,25 +13,10 @@ const seen: Array<{
 let upstream: Server;
 let silent: ReturnType<typeof createNetServer>;
 let gateway: Gateway;
-let dir: string;
+let stored: StoredGateway;
 
-function row(apiId: string, path: string, url: string, extra: Record<string, unknown> = {}) {
-  const deploymentId = `${apiId}-d`;
-  return {
-    apiId,
-    deploymentId,
-    kind: "RestApi",
-    state: "DEPLOYED" as const,
-    deployedAt: 1,
-    content: JSON.stringify({
-      apiId,
-      deploymentId,
-      name: apiId,
-      kind: "RestApi",
-      definition: { contextPath: path, upstream: { url }, ...extra },
-    }),
-  };
-}
+const row = (apiId: string, path: string, url: string, extra: Record<string, unknown> = {}) =>
+  deployedRow(apiId, { contextPath: path, upstream: { url }, ...extra });
 
 beforeAll(async () => {
   upstream = createServer((req, res) => {
@@ -76,32 +55,20 @@ beforeAll(async () => {
       s.close(() => resolve(p));
     });
   });
-  dir = mkdtempSync(join(tmpdir(), "flotilla-gw-fast-"));
-  const store = new LocalStore(dir, "fgw_fast-token");
-  store.upsert(row("api-main", "/main", `${up}/base`));
-  store.upsert(row("api-down", "/down", `http://127.0.0.1:${closedPort}`));
-  store.upsert(
+  stored = await startStoredGateway([
+    row("api-main", "/main", `${up}/base`),
+    row("api-down", "/down", `http://127.0.0.1:${closedPort}`),
     row("api-slow", "/slow", `http://127.0.0.1:${(silent.address() as AddressInfo).port}`, {
       timeoutMs: 300,
     }),
-  );
-  store.close();
-  gateway = await startGateway({
-    hubUrl: "http://127.0.0.1:1",
-    token: "fgw_fast-token",
-    port: 0,
-    host: "127.0.0.1",
-    dataDir: dir,
-    accessLog: false,
-    logLevel: "silent",
-  });
+  ]);
+  gateway = stored.gateway;
 });
 
 afterAll(async () => {
-  await gateway?.close();
+  await stored?.close();
   await new Promise<void>((r) => upstream.close(() => r()));
   await new Promise<void>((r) => silent.close(() => r()));
-  rmSync(dir, { recursive: true, force: true });
 });
 
 /** Sends raw bytes on one connection and reads until `responses` complete responses arrived. */
