@@ -16,6 +16,7 @@ import {
   contextFromFrame,
   directKey,
   directSealKey,
+  FLOTILLA_VERSION,
   FrameError,
   type HubFrame,
   type Logger,
@@ -37,7 +38,7 @@ import {
   saveCredentials,
 } from "./state.js";
 
-export const AGENT_VERSION = "0.1.0";
+export const AGENT_VERSION = FLOTILLA_VERSION;
 
 export interface AgentOptions {
   /**

@@ -9,7 +9,9 @@ import {
   DEFAULT_CONTENT_BATCH,
   type DeploymentsResponse,
   type ExpectedRow,
+  FLOTILLA_VERSION,
   GATEWAY_SYNC,
+  GATEWAY_VERSION_HEADER,
   type HubToGatewayFrame,
   readTar,
   type StatusReport,
@@ -454,7 +456,10 @@ export class HubSync {
     if (this.stopped) return;
     const wsUrl = `${this.base.replace(/^http/, "ws")}${GATEWAY_SYNC.events}`;
     const socket = new (ws().WebSocket)(wsUrl, {
-      headers: { authorization: `Bearer ${this.o.token}` },
+      headers: {
+        authorization: `Bearer ${this.o.token}`,
+        [GATEWAY_VERSION_HEADER]: FLOTILLA_VERSION,
+      },
       handshakeTimeout: 10_000,
     });
     this.socket = socket;

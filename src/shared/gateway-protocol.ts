@@ -1,6 +1,12 @@
 // The gateway sync protocol between hub and gateway: paths, bodies and WebSocket frames. Shared
 // so both sides agree; it imports nothing, so the gateway process loads no hub code.
 
+/** This build's version, as agents and gateways report it (package.json's; a unit test keeps them equal). */
+export const FLOTILLA_VERSION = "0.1.0";
+
+/** The header a gateway names its version in, on the event stream's upgrade request. */
+export const GATEWAY_VERSION_HEADER = "x-flotilla-gateway-version";
+
 export const GATEWAY_SYNC = {
   /** GET ?since=<ms>: the expected set (or rows changed after since) and the full set's hash. */
   deployments: "/internal/gateway/v1/deployments",

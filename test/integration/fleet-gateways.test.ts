@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { GatewayService } from "../../src/gen/flotilla/v1/apis_pb.js";
 import { FleetService } from "../../src/gen/flotilla/v1/fleet_pb.js";
-import { GATEWAY_SYNC } from "../../src/shared/index.js";
+import { FLOTILLA_VERSION, GATEWAY_SYNC, GATEWAY_VERSION_HEADER } from "../../src/shared/index.js";
 import { bootstrapOwner, clients, PASSWORD, startTestHub, type TestHub } from "../support/hub.js";
 
 describe("fleet status of gateways", () => {
@@ -31,9 +31,16 @@ describe("fleet status of gateways", () => {
   const fleet = (token: string) => createClient(FleetService, transport(token));
 
   /** The gateway's event stream, opened with its token (autoPong false: a stream that never answers pings). */
-  async function openStream(gatewayToken: string, autoPong = true): Promise<WebSocket> {
+  async function openStream(
+    gatewayToken: string,
+    autoPong = true,
+    version?: string,
+  ): Promise<WebSocket> {
     const ws = new WebSocket(`${t.hub.url.replace(/^http/, "ws")}${GATEWAY_SYNC.events}`, {
-      headers: { authorization: `Bearer ${gatewayToken}` },
+      headers: {
+        authorization: `Bearer ${gatewayToken}`,
+        ...(version === undefined ? {} : { [GATEWAY_VERSION_HEADER]: version }),
+      },
       autoPong,
     });
     sockets.push(ws);
@@ -62,13 +69,15 @@ describe("fleet status of gateways", () => {
     ).sessionToken;
     const gateways = createClient(GatewayService, transport(tokenA));
     const tokens: Record<string, string> = {};
-    for (const name of ["streaming", "silent", "polling", "never"]) {
+    for (const name of ["streaming", "silent", "polling", "never", "unversioned", "garbled"]) {
       const r = await gateways.createGateway({ name });
       ids[name] = r.gateway!.id;
       tokens[name] = r.token;
     }
-    await openStream(tokens.streaming!);
-    await openStream(tokens.silent!, false);
+    await openStream(tokens.streaming!, true, FLOTILLA_VERSION);
+    await openStream(tokens.silent!, false, FLOTILLA_VERSION);
+    await openStream(tokens.unversioned!);
+    await openStream(tokens.garbled!, true, `<img src=x onerror=alert(1)>${"9".repeat(80)}`);
     // A request without a stream: what a gateway held by another replica looks like from here.
     const polled = await fetch(`${t.hub.url}${GATEWAY_SYNC.configHash}`, {
       headers: { authorization: `Bearer ${tokens.polling}` },
@@ -84,7 +93,14 @@ describe("fleet status of gateways", () => {
   it("reports each gateway with how it was probed: channel ping, no pong, last request, never seen", async () => {
     const r = await fleet(tokenA).getFleetStatus({ kinds: ["gateway"], refresh: true });
     const byName = new Map(r.members.map((m) => [m.name, m]));
-    expect([...byName.keys()].sort()).toEqual(["never", "polling", "silent", "streaming"]);
+    expect([...byName.keys()].sort()).toEqual([
+      "garbled",
+      "never",
+      "polling",
+      "silent",
+      "streaming",
+      "unversioned",
+    ]);
     for (const m of r.members) expect(m.kind).toBe("gateway");
     expect(byName.get("streaming")).toMatchObject({
       id: ids.streaming,
@@ -103,13 +119,15 @@ describe("fleet status of gateways", () => {
       probe: "none",
       detail: "has never connected",
     });
-    // A gateway reports no version to the hub: the field stays empty rather than guessed.
-    expect(byName.get("streaming")!.version).toBe("");
+    // The version a gateway names on its stream; none, or one that is no version, stays empty.
+    expect(byName.get("streaming")!.version).toBe(FLOTILLA_VERSION);
+    expect(byName.get("unversioned")).toMatchObject({ health: "ok", version: "" });
+    expect(byName.get("garbled")).toMatchObject({ health: "ok", version: "" });
   });
 
   it("lists gateways beside agents when no kind is named, and only agents when asked for agents", async () => {
     const all = await fleet(tokenA).getFleetStatus({ refresh: true });
-    expect(all.members.filter((m) => m.kind === "gateway")).toHaveLength(4);
+    expect(all.members.filter((m) => m.kind === "gateway")).toHaveLength(6);
     const agents = await fleet(tokenA).getFleetStatus({ kinds: ["agent"], refresh: true });
     expect(agents.members.filter((m) => m.kind === "gateway")).toEqual([]);
   });

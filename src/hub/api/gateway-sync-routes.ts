@@ -7,6 +7,7 @@ import {
   type DeploymentsResponse,
   type ExpectedRow,
   GATEWAY_SYNC,
+  GATEWAY_VERSION_HEADER,
   type GatewayToHubFrame,
   type HubToGatewayFrame,
   isUuid,
@@ -52,7 +53,12 @@ interface Connection {
   socket: WebSocket;
   gateway: Gateway;
   pending: Map<string, Pending>;
+  /** What the gateway said it runs, when it said (and it looked like a version). */
+  version: string | undefined;
 }
+
+/** A version as a gateway may name it: short and plain, so it is safe to show and log. */
+const VERSION = /^[0-9A-Za-z.+_-]{1,64}$/;
 
 function bearer(request: FastifyRequest): string {
   const value = request.headers.authorization ?? "";
@@ -219,7 +225,13 @@ export class GatewaySync {
     // The gateway may have hung up while its token was checked: its "close" has fired already,
     // so registering it now would keep a dead connection, its ping timer and resends forever.
     if (socket.readyState !== socket.OPEN) return;
-    const conn: Connection = { socket, gateway, pending: new Map() };
+    const claimed = request.headers[GATEWAY_VERSION_HEADER];
+    const conn: Connection = {
+      socket,
+      gateway,
+      pending: new Map(),
+      version: typeof claimed === "string" && VERSION.test(claimed) ? claimed : undefined,
+    };
     this.connections.add(conn);
     let alive = true;
     const ping = setInterval(() => {
@@ -302,17 +314,21 @@ export class GatewaySync {
   }
 
   /**
-   * Pings this replica's event stream of a gateway and resolves with the round trip in ms; null
-   * when no stream of it is held here. Rejects when no pong comes within deadlineMs.
+   * Pings this replica's event stream of a gateway and resolves with the round trip in ms and the
+   * version the gateway named when it connected; null when no stream of it is held here. Rejects
+   * when no pong comes within deadlineMs.
    */
-  async ping(gatewayId: string, deadlineMs: number): Promise<number | null> {
+  async ping(
+    gatewayId: string,
+    deadlineMs: number,
+  ): Promise<{ latencyMs: number; version: string | undefined } | null> {
     const conn = [...this.connections].find(
       (c) => c.gateway.id === gatewayId && c.socket.readyState === c.socket.OPEN,
     );
     if (!conn) return null;
     const payload = Buffer.from(randomUUID());
     const started = performance.now();
-    return new Promise<number>((resolve, reject) => {
+    return new Promise((resolve, reject) => {
       const done = () => {
         clearTimeout(timer);
         conn.socket.off("pong", onPong);
@@ -321,7 +337,7 @@ export class GatewaySync {
       const onPong = (data: Buffer) => {
         if (!payload.equals(data)) return;
         done();
-        resolve(performance.now() - started);
+        resolve({ latencyMs: performance.now() - started, version: conn.version });
       };
       const onClose = () => {
         done();

@@ -5,8 +5,14 @@ import type { GatewaysService } from "./service.js";
 
 /** What the gateway prober needs from the replica's gateway event streams (GatewaySync). */
 export interface GatewayStreamsPort {
-  /** Round trip of a ping on this replica's event stream of the gateway, in ms; null if none is held here. */
-  ping(gatewayId: string, deadlineMs: number): Promise<number | null>;
+  /**
+   * A ping on this replica's event stream of the gateway: the round trip in ms and the version the
+   * gateway named; null if no stream of it is held here.
+   */
+  ping(
+    gatewayId: string,
+    deadlineMs: number,
+  ): Promise<{ latencyMs: number; version: string | undefined } | null>;
 }
 
 /**
@@ -34,14 +40,19 @@ export class GatewayProber implements FleetProber {
   }
 
   async probe(t: FleetTarget, deadlineMs: number): Promise<ProbeResult> {
-    let latencyMs: number | null;
+    let pong: Awaited<ReturnType<GatewayStreamsPort["ping"]>>;
     try {
-      latencyMs = await this.streams.ping(t.id, deadlineMs);
+      pong = await this.streams.ping(t.id, deadlineMs);
     } catch (err) {
       return { health: "unreachable", probe: "channel", detail: (err as Error).message };
     }
-    if (latencyMs !== null)
-      return { health: "ok", probe: "channel", latencyMs: Math.round(latencyMs * 100) / 100 };
+    if (pong !== null)
+      return {
+        health: "ok",
+        probe: "channel",
+        latencyMs: Math.round(pong.latencyMs * 100) / 100,
+        ...(pong.version ? { version: pong.version } : {}),
+      };
     const seen = t.lastHeartbeat;
     if (seen && Date.now() - seen.getTime() < GATEWAY_FRESHNESS_MS)
       return {
