@@ -106,6 +106,33 @@ describe("synchronous wait over asynchronous delivery", () => {
     expect((await t.hub.dispatches.get(id)).state).toBe("pending");
   });
 
+  it("stops waiting when the client hangs up, and leaves the work pending", async () => {
+    const before = await written(serviceId);
+    const hangUp = new AbortController();
+    const call = a.services
+      .stopService({ serviceId, waitSeconds: 30 }, { timeoutMs: 0, signal: hangUp.signal })
+      .catch((e) => e);
+    const id = await written(serviceId, before);
+    await sleep(200);
+    hangUp.abort();
+    await call;
+    // The hub's own record of the call: it ended long before the 30 s wait, because the call
+    // was cancelled, not because the dispatch finished.
+    const deadline = Date.now() + 5_000;
+    let ended: Record<string, unknown> | undefined;
+    while (!ended && Date.now() < deadline) {
+      ended = t.logs.find(
+        (r) =>
+          r.msg === "rpc" &&
+          r.rpc === "flotilla.v1.ServicesService/StopService" &&
+          r.code === "server.draining",
+      );
+      if (!ended) await sleep(50);
+    }
+    expect(ended).toBeDefined();
+    expect((await t.hub.dispatches.get(id)).state).toBe("pending");
+  });
+
   it("answers a failed outcome with the agent's reason", async () => {
     const before = await written(serviceId);
     const call = a.services.stopService({ serviceId, waitSeconds: 30 }, { timeoutMs: 0 });
