@@ -5,6 +5,7 @@ import type { AddressInfo } from "node:net";
 import {
   type AdminAction,
   AGENT_DIRECT_DISPATCH_PATH,
+  DIRECT_ANSWER_SIGNATURE_HEADER,
   DIRECT_SIGNATURE_HEADER,
   DIRECT_TIMESTAMP_HEADER,
   FrameError,
@@ -15,6 +16,7 @@ import {
   parseHubFrame,
   readBody,
   sealDirectAnswer,
+  signDirectAnswer,
   verifyDirect,
 } from "../shared/index.js";
 import type { AgentStatus } from "./agent.js";
@@ -59,10 +61,25 @@ export async function serveAdmin(
 ): Promise<{ url: string; close(): Promise<void> }> {
   const { status, admin, log } = o;
   const server = createServer((req, res) => {
+    // Set once a signed request verified: the answer is signed back, bound to that request.
+    let answerSignedFor: string | undefined;
     const reply = (code: number, body: unknown, type = "application/json") => {
       if (res.headersSent) return;
-      res.writeHead(code, { "content-type": type });
-      res.end(typeof body === "string" ? body : JSON.stringify(body));
+      const text = typeof body === "string" ? body : JSON.stringify(body);
+      res.writeHead(code, {
+        "content-type": type,
+        ...(answerSignedFor
+          ? {
+              [DIRECT_ANSWER_SIGNATURE_HEADER]: signDirectAnswer(
+                o.signingKey(),
+                answerSignedFor,
+                code,
+                text,
+              ),
+            }
+          : {}),
+      });
+      res.end(text);
     };
     const path = (req.url ?? "/").split("?")[0]!;
     const route = `${req.method} ${path}`;
@@ -96,6 +113,7 @@ export async function serveAdmin(
             message: `not signed by the hub: ${refused}`,
           });
         }
+        answerSignedFor = header(req, DIRECT_SIGNATURE_HEADER);
       } else if (!/^GET \/(health|ready)$/.test(route)) {
         if (!isLoopback(req.socket.remoteAddress))
           return reply(401, {

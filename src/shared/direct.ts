@@ -144,6 +144,39 @@ export function signDirect(
   return { [DIRECT_TIMESTAMP_HEADER]: timestamp, [DIRECT_SIGNATURE_HEADER]: signature };
 }
 
+/** The header an agent signs its answer to a signed admin request in. */
+export const DIRECT_ANSWER_SIGNATURE_HEADER = "x-flotilla-answer-signature";
+
+/**
+ * The agent's signature over its answer (status and body) to a signed admin request, bound to
+ * that request's signature: an answer forged on the path, or replayed from an earlier request
+ * (each request's signature differs by its timestamp), does not verify.
+ */
+export function signDirectAnswer(
+  key: Buffer,
+  requestSignature: string,
+  status: number,
+  body: string | Buffer,
+): string {
+  return createHmac("sha256", key)
+    .update(`flotilla/agent-admin/answer\n${requestSignature}\n${status}\n`)
+    .update(body)
+    .digest("hex");
+}
+
+/** Whether an admin answer carries the agent's signature for this request. */
+export function verifyDirectAnswer(
+  key: Buffer,
+  requestSignature: string,
+  status: number,
+  body: string | Buffer,
+  signature: string | undefined,
+): boolean {
+  if (!signature || !/^[0-9a-f]{64}$/.test(signature)) return false;
+  const expected = Buffer.from(signDirectAnswer(key, requestSignature, status, body), "hex");
+  return timingSafeEqual(expected, Buffer.from(signature, "hex"));
+}
+
 /** Why a signed request is refused, or null when it is good. */
 export function verifyDirect(
   key: Buffer,

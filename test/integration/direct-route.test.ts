@@ -3,7 +3,12 @@
 // is capped and reduced to its expected shape, and the claim's lease outlives the HTTP deadline.
 // Real PostgreSQL, the real agent admin server (src/agent/admin.ts) behind a recording TCP proxy;
 // the agent's executor and the misbehaving endpoints are fakes, named as such.
-import { createServer, type Server as HttpServer, type ServerResponse } from "node:http";
+import {
+  createServer,
+  type Server as HttpServer,
+  type IncomingMessage,
+  type ServerResponse,
+} from "node:http";
 import type { AddressInfo } from "node:net";
 import {
   createConnection,
@@ -18,12 +23,15 @@ import { InternalHttpClient, InternalResponseTooLarge } from "../../src/hub/inte
 import { type Dispatch, DispatchStore, ServersService } from "../../src/hub/servers/index.js";
 import {
   createLogger,
+  DIRECT_ANSWER_SIGNATURE_HEADER,
+  DIRECT_SIGNATURE_HEADER,
   directKey,
   directSealKey,
   FlotillaError,
   type HubFrame,
   sealDirectAnswer,
   signDirect,
+  signDirectAnswer,
 } from "../../src/shared/index.js";
 import { migrate, openPostgres, type PgDb } from "../../src/store/index.js";
 import { createTestDatabase, type TestDatabase } from "../support/pg.js";
@@ -153,12 +161,12 @@ describe("direct route to an agent's admin endpoint", () => {
 
   /** A fake agent endpoint answering every request with `answer`. */
   async function fakeEndpoint(
-    answer: (res: ServerResponse, body: string) => void,
+    answer: (res: ServerResponse, body: string, req: IncomingMessage) => void,
   ): Promise<string> {
     const s: HttpServer = createServer((req, res) => {
       const chunks: Buffer[] = [];
       req.on("data", (c: Buffer) => chunks.push(c));
-      req.on("end", () => answer(res, Buffer.concat(chunks).toString("utf8")));
+      req.on("end", () => answer(res, Buffer.concat(chunks).toString("utf8"), req));
     });
     await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", () => resolve()));
     closers.push(
@@ -335,45 +343,111 @@ describe("direct route to an agent's admin endpoint", () => {
     expect(written).toBeLessThan(64 * 1024 * 1024);
   });
 
+  /** An endpoint answering as the agent of the next server row would, its answers signed. */
+  async function signingEndpoint(status: number, text: string) {
+    const serverId = `00000000-0000-7000-8000-${String(serverSeq + 1).padStart(12, "0")}`;
+    const url = await fakeEndpoint((res, _body, req) => {
+      const requestSignature = String(req.headers[DIRECT_SIGNATURE_HEADER]);
+      res.writeHead(status, {
+        "content-type": "application/json",
+        [DIRECT_ANSWER_SIGNATURE_HEADER]: signDirectAnswer(
+          directKey(SECRET, serverId),
+          requestSignature,
+          status,
+          text,
+        ),
+      });
+      res.end(text);
+    });
+    expect(await server(url)).toBe(serverId);
+    return serverId;
+  }
+
+  it("an admin answer not signed by the agent for this very request is refused, whatever it says", async () => {
+    const good = JSON.stringify({
+      version: "9.9.9",
+      server_id: "s",
+      connected: true,
+      draining: false,
+      dispatches_in_flight: 0,
+      instances: [],
+    });
+    // Forged on the path: no signature, a malformed one, one under another key.
+    const forgeries: Array<(requestSignature: string) => string | undefined> = [
+      () => undefined,
+      () => "not-hex",
+      (sig) => signDirectAnswer(directKey("another-secret", "x"), sig, 200, good),
+    ];
+    for (const forge of forgeries) {
+      const url = await fakeEndpoint((res, _body, req) => {
+        const signature = forge(String(req.headers[DIRECT_SIGNATURE_HEADER]));
+        res.writeHead(200, {
+          "content-type": "application/json",
+          ...(signature ? { [DIRECT_ANSWER_SIGNATURE_HEADER]: signature } : {}),
+        });
+        res.end(good);
+      });
+      const err = await router.admin(await server(url), "status", 5000).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(FlotillaError);
+      expect((err as FlotillaError).code).toBe("agent.unavailable");
+      expect((err as Error).message).toContain("not signed by its agent");
+    }
+    // Replayed: a genuine answer to an earlier request, sent again for a later one.
+    let first: { signature: string } | undefined;
+    const replayId = `00000000-0000-7000-8000-${String(serverSeq + 1).padStart(12, "0")}`;
+    const replaying = await fakeEndpoint((res, _body, req) => {
+      first ??= {
+        signature: signDirectAnswer(
+          directKey(SECRET, replayId),
+          String(req.headers[DIRECT_SIGNATURE_HEADER]),
+          200,
+          good,
+        ),
+      };
+      res.writeHead(200, {
+        "content-type": "application/json",
+        [DIRECT_ANSWER_SIGNATURE_HEADER]: first.signature,
+      });
+      res.end(good);
+    });
+    expect(await server(replaying)).toBe(replayId);
+    expect(await router.admin(replayId, "status", 5000)).toMatchObject({ version: "9.9.9" });
+    await new Promise((r) => setTimeout(r, 5));
+    const replayed = await router.admin(replayId, "status", 5000).catch((e: unknown) => e);
+    expect((replayed as Error).message).toContain("not signed by its agent");
+  });
+
   it("admin status returns only the fields of an agent status, never the endpoint's own text", async () => {
     const answers = [
       "<html>this text must not reach the caller</html>",
       JSON.stringify({ message: "this text must not reach the caller" }),
     ];
     for (const text of answers) {
-      const url = await fakeEndpoint((res) => {
-        res.writeHead(200, { "content-type": "application/json" });
-        res.end(text);
-      });
-      const serverId = await server(url);
+      const serverId = await signingEndpoint(200, text);
       const err = await router.admin(serverId, "status", 5000).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(FlotillaError);
       expect((err as Error).message).not.toContain("must not reach");
     }
-    const refusing = await fakeEndpoint((res) => {
-      res.writeHead(500, { "content-type": "application/json" });
-      res.end(JSON.stringify({ code: "internal", message: "this text must not reach the caller" }));
-    });
-    const refusedErr = await router
-      .admin(await server(refusing), "status", 5000)
-      .catch((e: unknown) => e);
+    const refusing = await signingEndpoint(
+      500,
+      JSON.stringify({ code: "internal", message: "this text must not reach the caller" }),
+    );
+    const refusedErr = await router.admin(refusing, "status", 5000).catch((e: unknown) => e);
     expect((refusedErr as Error).message).not.toContain("must not reach");
 
-    const url = await fakeEndpoint((res) => {
-      res.writeHead(200, { "content-type": "application/json" });
-      res.end(
-        JSON.stringify({
-          version: "1.2.3",
-          server_id: "s",
-          connected: true,
-          draining: false,
-          dispatches_in_flight: 2,
-          instances: [{ serviceId: "a", deploymentId: "b", pid: 3, port: 4, extra: "dropped" }],
-          injected: "dropped",
-        }),
-      );
-    });
-    expect(await router.admin(await server(url), "status", 5000)).toEqual({
+    const shaped = await signingEndpoint(
+      200,
+      JSON.stringify({
+        version: "1.2.3",
+        server_id: "s",
+        connected: true,
+        draining: false,
+        dispatches_in_flight: 2,
+        instances: [{ serviceId: "a", deploymentId: "b", pid: 3, port: 4, extra: "dropped" }],
+        injected: "dropped",
+      }),
+    );
+    expect(await router.admin(shaped, "status", 5000)).toEqual({
       version: "1.2.3",
       server_id: "s",
       connected: true,

@@ -7,12 +7,15 @@ import {
   AGENT_DIRECT_DISPATCH_PATH,
   contextFromRow,
   contextToFrame,
+  DIRECT_ANSWER_SIGNATURE_HEADER,
+  DIRECT_SIGNATURE_HEADER,
   FlotillaError,
   type Logger,
   openDirectAnswer,
   runWithContext,
   sealDirectRequest,
   signDirect,
+  verifyDirectAnswer,
 } from "../../shared/index.js";
 import type { InternalHttpClient } from "../internal/index.js";
 import {
@@ -345,6 +348,26 @@ export class DispatchRouter {
       idempotent: true,
       sign: (m, path, text) => signDirect(keys.signing, m, path, text),
     });
+    // Signed by the agent for this very request: an answer forged or replayed on the path (plain
+    // HTTP) is not taken, whatever it says.
+    // (A 401 is the agent not taking our signature: it signs nothing back then, and a forged
+    // one can only refuse, which dropping the request could do as well.)
+    const requestSignature = res.signed[DIRECT_SIGNATURE_HEADER];
+    if (
+      res.status !== 401 &&
+      (!requestSignature ||
+        !verifyDirectAnswer(
+          keys.signing,
+          requestSignature,
+          res.status,
+          res.body,
+          res.headers[DIRECT_ANSWER_SIGNATURE_HEADER],
+        ))
+    )
+      throw new FlotillaError(
+        "agent.unavailable",
+        `the answer to ${action} from server ${serverId}'s admin endpoint is not signed by its agent`,
+      );
     // The endpoint is whatever the agent advertised: none of its text reaches the caller, only
     // the fields an answer to this action has.
     if (res.status !== 200)

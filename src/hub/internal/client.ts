@@ -82,6 +82,10 @@ export interface InternalResponse {
   status: number;
   body: string;
   attempts: number;
+  /** The response's headers (the first value of each). */
+  headers: Record<string, string>;
+  /** What `sign` added to the request that was answered (each attempt is signed anew). */
+  signed: Record<string, string>;
 }
 
 export interface InternalClientOptions {
@@ -161,6 +165,7 @@ export class InternalHttpClient {
       const entry = this.poolFor(url.origin);
       entry.inFlight++;
       try {
+        const signed = c.sign?.(c.method, url.pathname, body) ?? {};
         const res = await entry.pool.request({
           method: c.method,
           path,
@@ -168,7 +173,7 @@ export class InternalHttpClient {
             ...context,
             ...(c.body !== undefined ? { "content-type": "application/json" } : {}),
             ...c.headers,
-            ...c.sign?.(c.method, url.pathname, body),
+            ...signed,
           },
           ...(c.body !== undefined ? { body } : {}),
           signal: AbortSignal.timeout(remaining),
@@ -185,7 +190,10 @@ export class InternalHttpClient {
           lastError = new Error(`HTTP ${res.statusCode}`);
           continue;
         }
-        return { status: res.statusCode, body: text, attempts: attempt + 1 };
+        const headers: Record<string, string> = {};
+        for (const [name, value] of Object.entries(res.headers))
+          if (value !== undefined) headers[name] = Array.isArray(value) ? value[0]! : value;
+        return { status: res.statusCode, body: text, attempts: attempt + 1, headers, signed };
       } catch (err) {
         if (err instanceof InternalResponseTooLarge) throw err;
         lastError = err;
