@@ -9,6 +9,7 @@ import {
   type OptionSpecs,
   parseOptions,
   stringOption,
+  tlsOptions,
   untilStopSignal,
 } from "./options.js";
 
@@ -35,6 +36,16 @@ const GATEWAY: OptionSpecs = {
     env: "FLOTILLA_GATEWAY_HOST",
     default: "0.0.0.0",
     description: "Address the data port binds",
+  },
+  "tls-cert": {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_TLS_CERT",
+    description: "PEM certificate file: the data port speaks HTTPS (HTTP/1.1)",
+  },
+  "tls-key": {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_TLS_KEY",
+    description: "PEM private key file for --tls-cert",
   },
   "admin-port": {
     type: "string",
@@ -104,6 +115,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     hashCheckIntervalMs: intOption(values, "hash-check-seconds", { min: 1, max: 86_400 })! * 1000,
     accessLog: accessLog === "on",
     logLevel: stringOption(values, "log-level")!,
+    tls: tlsOptions(values),
   });
   await untilStopSignal();
   await gateway.close();

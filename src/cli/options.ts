@@ -1,4 +1,5 @@
 // Command-line options: every option also reads a FLOTILLA_* environment variable; flags win.
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { FlotillaError } from "../shared/index.js";
 
@@ -101,4 +102,26 @@ export function stopSignal(): AbortSignal {
 export function help(usage: string, specs: OptionSpecs): number {
   process.stdout.write(`${helpFor(usage, specs)}\n`);
   return 0;
+}
+
+/** --tls-cert and --tls-key, read: both or neither (config.invalid naming the flag otherwise). */
+export function tlsOptions(
+  values: Record<string, string | boolean | undefined>,
+): { cert: Buffer; key: Buffer } | undefined {
+  const cert = stringOption(values, "tls-cert");
+  const key = stringOption(values, "tls-key");
+  if (!cert && !key) return undefined;
+  if (!cert || !key)
+    throw new FlotillaError("config.invalid", "--tls-cert and --tls-key go together");
+  const read = (flag: string, file: string) => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new FlotillaError(
+        "config.invalid",
+        `--${flag}: cannot read ${file}: ${(err as Error).message}`,
+      );
+    }
+  };
+  return { cert: read("tls-cert", cert), key: read("tls-key", key) };
 }

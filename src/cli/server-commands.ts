@@ -31,6 +31,7 @@ import {
   type OptionSpecs,
   parseOptions,
   stringOption,
+  tlsOptions,
   untilStopSignal,
 } from "./options.js";
 import { localGateway } from "./up-gateway.js";
@@ -362,25 +363,6 @@ function masterKeys(
   if (keyFile && existsSync(pendingKeyFile(keyFile)))
     previous.push(loadOrCreateKeyFile(pendingKeyFile(keyFile)));
   return { masterKey, previousMasterKeys: previous };
-}
-
-function tlsOptions(values: Record<string, string | boolean | undefined>): HubOptions["tls"] {
-  const cert = stringOption(values, "tls-cert");
-  const key = stringOption(values, "tls-key");
-  if (!cert && !key) return undefined;
-  if (!cert || !key)
-    throw new FlotillaError("config.invalid", "--tls-cert and --tls-key go together");
-  const read = (flag: string, file: string) => {
-    try {
-      return readFileSync(file);
-    } catch (err) {
-      throw new FlotillaError(
-        "config.invalid",
-        `--${flag}: cannot read ${file}: ${(err as Error).message}`,
-      );
-    }
-  };
-  return { cert: read("tls-cert", cert), key: read("tls-key", key) };
 }
 
 function listenOptions(values: Record<string, string | boolean | undefined>, defaultHost: string) {

@@ -49,6 +49,8 @@ export interface FastPathOptions {
   keepAliveTimeoutMs: number;
   /** Upstream connections per origin. Default 128. */
   connectionsPerOrigin?: number;
+  /** The data port speaks TLS: upstreams are told x-forwarded-proto https. */
+  tls?: boolean;
 }
 
 /** One proxied request: the client side's state while its upstream answers. */
@@ -525,7 +527,11 @@ export class FastPath {
   readonly clients = new Set<ClientConn>();
   private closing = false;
 
-  constructor(readonly o: FastPathOptions) {}
+  private readonly proto: "http" | "https";
+
+  constructor(readonly o: FastPathOptions) {
+    this.proto = o.tls ? "https" : "http";
+  }
 
   /** The data port's connection listener. */
   readonly onConnection = (socket: Socket): void => {
@@ -613,7 +619,7 @@ export class FastPath {
     return {
       client,
       route,
-      head: `GET ${upstreamPath} HTTP/1.1\r\nhost: ${pool.hostHeader}\r\nconnection: keep-alive\r\n${forwarded}x-forwarded-for: ${forwardedFor ? `${forwardedFor}, ${peer}` : peer}\r\nx-forwarded-host: ${hostHeader}\r\nx-forwarded-proto: http\r\nx-correlation-id: ${correlation}\r\ntraceparent: ${traceparent}\r\n\r\n`,
+      head: `GET ${upstreamPath} HTTP/1.1\r\nhost: ${pool.hostHeader}\r\nconnection: keep-alive\r\n${forwarded}x-forwarded-for: ${forwardedFor ? `${forwardedFor}, ${peer}` : peer}\r\nx-forwarded-host: ${hostHeader}\r\nx-forwarded-proto: ${this.proto}\r\nx-correlation-id: ${correlation}\r\ntraceparent: ${traceparent}\r\n\r\n`,
       started: performance.now(),
       record: {
         method: "GET",

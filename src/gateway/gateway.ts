@@ -2,6 +2,7 @@
 // background; the data port proxies, the admin port serves /health, /ready and /metrics.
 import { createServer, type Server } from "node:http";
 import { type AddressInfo, createServer as createNetServer } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
 import { pino } from "pino";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { notLocalOperator } from "../shared/index.js";
@@ -28,6 +29,8 @@ export interface GatewayOptions {
   accessLog?: boolean;
   logLevel?: string;
   connectionsPerOrigin?: number;
+  /** Serve the data port over TLS (HTTP/1.1) with this certificate and key (PEM). */
+  tls?: { cert: string | Buffer; key: string | Buffer };
 }
 
 export interface Gateway {
@@ -170,8 +173,21 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     fallback: slow,
     keepAliveTimeoutMs: DATA_KEEP_ALIVE_MS,
     ...(o.connectionsPerOrigin ? { connectionsPerOrigin: o.connectionsPerOrigin } : {}),
+    tls: Boolean(o.tls),
   });
-  const data = createNetServer(fast.onConnection);
+  // With TLS, the fast path reads and writes the decrypted stream: a TLSSocket is a Socket.
+  const data = o.tls
+    ? createTlsServer(
+        {
+          cert: o.tls.cert,
+          key: o.tls.key,
+          ALPNProtocols: ["http/1.1"],
+          // Node's default (120 s) for a handshake that never completes.
+          handshakeTimeout: 10_000,
+        },
+        fast.onConnection,
+      )
+    : createNetServer(fast.onConnection);
   await new Promise<void>((resolve, reject) => {
     data.once("error", reject);
     data.listen(o.port, o.host ?? "0.0.0.0", () => resolve());
@@ -278,7 +294,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   });
   const dataPort = (data.address() as AddressInfo).port;
   const adminPort = (admin.address() as AddressInfo).port;
-  const url = `http://127.0.0.1:${dataPort}`;
+  const url = `${o.tls ? "https" : "http"}://127.0.0.1:${dataPort}`;
   const adminUrl = `http://127.0.0.1:${adminPort}`;
   logger.info(
     { url, adminUrl, routes: config.table.size, startupMs: Math.round(startupMs * 10) / 10 },

@@ -103,7 +103,7 @@ function forwardHeaders(
   const peer = req.socket.remoteAddress ?? "";
   out["x-forwarded-for"] = forwardedFor ? `${forwardedFor}, ${peer}` : peer;
   out["x-forwarded-host"] = headerValue(req.headers.host) ?? "";
-  out["x-forwarded-proto"] = "http";
+  out["x-forwarded-proto"] = "encrypted" in req.socket && req.socket.encrypted ? "https" : "http";
   for (const k in extra) out[k] = extra[k]!;
   return out;
 }

@@ -1,6 +1,5 @@
 // With TLS, one port serves the Connect protocol over HTTP/1.1 and gRPC over HTTP/2 (ALPN).
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
@@ -8,6 +7,7 @@ import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IdentityService } from "../../src/gen/flotilla/v1/identity_pb.js";
 import { PASSWORD, startTestHub, type TestHub } from "../support/hub.js";
+import { selfSignedCert } from "../support/tls.js";
 
 describe("hub over TLS", () => {
   let dir: string;
@@ -17,29 +17,9 @@ describe("hub over TLS", () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "flotilla-tls-"));
-    execFileSync(
-      "openssl",
-      [
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=localhost",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        "-keyout",
-        join(dir, "key.pem"),
-        "-out",
-        join(dir, "cert.pem"),
-      ],
-      { stdio: "ignore" },
-    );
-    cert = readFileSync(join(dir, "cert.pem"));
-    t = await startTestHub("pglite", { tls: { cert, key: readFileSync(join(dir, "key.pem")) } });
+    const pair = selfSignedCert(dir);
+    cert = pair.cert;
+    t = await startTestHub("pglite", { tls: { cert, key: pair.key } });
     const client = createClient(
       IdentityService,
       createConnectTransport({ baseUrl: t.hub.url, httpVersion: "1.1", nodeOptions: { ca: cert } }),
