@@ -311,6 +311,11 @@ export class ReverseProxy {
       socket.write(`${lines.join("\r\n")}\r\n\r\n`);
       res.pipe(socket);
       res.on("end", record);
+      // Cut short by the upstream: the client must not wait for the rest.
+      res.on("close", () => {
+        if (!res.complete) socket.destroy();
+        record();
+      });
     });
     up.on("timeout", () => {
       errorText = "upstream timeout";
