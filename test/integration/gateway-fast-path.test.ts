@@ -181,10 +181,35 @@ describe("gateway fast path", () => {
     expect(post.body).toBe("hello");
   });
 
-  it("lets node:http answer what it must: 404 for no route, 400 for a malformed request", async () => {
-    const missing = await fetch(`${gateway.url}/nothing-here`);
+  it("answers a GET to no route 404 itself, and serves the next request on that connection", async () => {
+    const missing = await fetch(`${gateway.url}/nothing-here`, {
+      headers: { "x-correlation-id": "corr-404" },
+    });
     expect(missing.status).toBe(404);
-    expect(((await missing.json()) as { code: string }).code).toBe("route.not_found");
+    expect(missing.headers.get("x-correlation-id")).toBe("corr-404");
+    expect(await missing.json()).toEqual({
+      code: "route.not_found",
+      message: "no API is deployed at /nothing-here",
+    });
+    // Pipelined on one connection: the 404, then a routed GET, then a POST (node:http's).
+    const text = await raw(
+      "GET /nowhere HTTP/1.1\r\nhost: a\r\n\r\nGET /main/after-404 HTTP/1.1\r\nhost: a\r\n\r\n" +
+        "POST /main/p2 HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nok",
+      (t) => t.includes('"/base/p2"'),
+    );
+    const answers = text.split(/(?=HTTP\/1\.1 )/);
+    expect(answers.map((a) => a.slice(0, 12))).toEqual([
+      "HTTP/1.1 404",
+      "HTTP/1.1 200",
+      "HTTP/1.1 200",
+    ]);
+    expect(answers[0]).toContain('"code":"route.not_found"');
+    // The fast path's own framing (its lowercase keep-alive header): the connection stayed there.
+    expect(answers[1]).toContain("keep-alive: timeout=");
+    expect(answers[1]).toContain('"/base/after-404"');
+  });
+
+  it("lets node:http answer what it must: 400 for a malformed request", async () => {
     const bad = await raw("GET /main/x HTTP/1.1\r\nhost: a\r\nbad header\r\n\r\n", (t) =>
       t.includes("\r\n\r\n"),
     );
