@@ -1,5 +1,6 @@
-// Serves the Connect routes on Fastify, like @connectrpc/connect-fastify, with one difference:
-// decode and size errors that Connect raises before any interceptor runs get the catalogue's codes.
+// Serves the Connect routes on Fastify, like @connectrpc/connect-fastify, with two differences:
+// decode and size errors that Connect raises before any interceptor runs get the catalogue's
+// codes, and unary Connect calls over HTTP/1.1 reach Connect's handler through a leaner adapter.
 
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
 import {
