@@ -1,7 +1,8 @@
 // The gateway's data path: an HTTP reverse proxy on undici pools, streaming both ways, with
 // timeouts, hop-by-hop headers stripped, correlation and trace context carried or generated,
 // access logs and per-route metrics; LLM routes inject credentials, enforce the model
-// allowlist, authenticate consumer keys and rate-limit them with a token bucket.
+// allowlist, authenticate consumer keys and rate-limit them with a token bucket; WebSocket
+// upgrades are joined to their upstream.
 import { createHash, randomBytes } from "node:crypto";
 import {
   request as httpRequest,
