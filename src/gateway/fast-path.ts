@@ -513,6 +513,15 @@ class ClientConn {
         this.socket.resume();
       if ("noRoute" in ex) {
         this.answerNoRoute(ex);
+        // A client that pipelines and never reads: stop reading until it takes its answers.
+        if (this.socket.writableLength > MAX_PENDING_BYTES) {
+          this.socket.pause();
+          this.socket.once("drain", () => {
+            this.socket.resume();
+            this.next();
+          });
+          return;
+        }
         continue;
       }
       this.exchange = ex;

@@ -1,13 +1,19 @@
 // The gateway process: local store first (serves at once), then sync with the hub in the
 // background; the data port proxies, the admin port serves /health, /ready and /metrics.
-import { createServer, type Server } from "node:http";
-import { type AddressInfo, createServer as createNetServer } from "node:net";
+import { createServer, type IncomingMessage, type Server } from "node:http";
+import { type AddressInfo, createServer as createNetServer, type Socket } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
 import { pino } from "pino";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { notLocalOperator } from "../shared/index.js";
 import { FastPath } from "./fast-path.js";
-import { type AccessLogRecord, type ProxyObserver, ReverseProxy } from "./proxy.js";
+import {
+  type AccessLogRecord,
+  headWithoutUpgrade,
+  isWebSocketUpgrade,
+  type ProxyObserver,
+  ReverseProxy,
+} from "./proxy.js";
 import { ConfigStore, type Route } from "./routes.js";
 import { LocalStore } from "./store.js";
 import { HubSync } from "./sync.js";
@@ -166,7 +172,15 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   // node:http serves what the fast path hands it (bodies, LLM routes, errors, anything unusual);
   // it never listens itself: the data port is the fast path's.
   const slow: Server = createServer({ keepAliveTimeout: DATA_KEEP_ALIVE_MS }, proxy.handle);
-  slow.on("upgrade", proxy.upgrade);
+  slow.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    if (isWebSocketUpgrade(req)) return proxy.upgrade(req, socket, head);
+    // node:http sends every request asking for an upgrade here once anyone listens; an upgrade
+    // other than WebSocket is optional to the client (h2c): served as the plain request it is.
+    socket.pause();
+    socket.unshift(Buffer.concat([headWithoutUpgrade(req), head]));
+    slow.emit("connection", socket);
+    socket.resume();
+  });
   const fast = new FastPath({
     table: () => config.table,
     observer,
@@ -211,9 +225,15 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
 
   const admin = createServer(async (req, res) => {
     const path = (req.url ?? "/").split("?")[0];
-    // Loopback only, and not through a proxy or from a browser: a route of this very gateway
-    // with a 127.0.0.1 upstream would otherwise show any tenant every API it holds (/status).
-    const stranger = path === "/health" ? undefined : notLocalOperator(req.headers);
+    // Not through a proxy or from a browser: a route of this very gateway with a 127.0.0.1
+    // upstream would otherwise show any tenant every API it holds (/status). Probes and scrapes
+    // (/ready, /metrics) may name the address they reach (--admin-host); /status and
+    // /drop-stream answer only a Host of this host (a rebound DNS name is not).
+    const sensitive = path === "/status" || path === "/drop-stream";
+    const stranger =
+      path === "/health"
+        ? undefined
+        : notLocalOperator(req.headers, { hostMustBeLoopback: sensitive });
     if (stranger) {
       res.writeHead(403, { "content-type": "application/json" });
       res.end(

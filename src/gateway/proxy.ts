@@ -81,6 +81,38 @@ export function correlationOf(incoming: string | undefined): string {
   return incoming && CORRELATION.test(incoming) ? incoming : hex(16);
 }
 
+/** A WebSocket opening handshake (RFC 6455): GET, `Upgrade: websocket` and a key. */
+export function isWebSocketUpgrade(req: IncomingMessage): boolean {
+  return (
+    req.method === "GET" &&
+    (headerValue(req.headers.upgrade) ?? "").toLowerCase() === "websocket" &&
+    req.headers["sec-websocket-key"] !== undefined
+  );
+}
+
+/**
+ * The request head as the client sent it, minus its Upgrade (and what Connection names of it):
+ * for serving an optional upgrade (h2c) as the plain request it also is.
+ */
+export function headWithoutUpgrade(req: IncomingMessage): Buffer {
+  const connection = (headerValue(req.headers.connection) ?? "")
+    .split(",")
+    .map((t) => t.trim())
+    .filter(Boolean);
+  const dropped = new Set(["upgrade", ...connection.map((t) => t.toLowerCase())]);
+  // What Connection says of this connection itself stays: keep-alive, close.
+  const kept = connection.filter((t) => ["keep-alive", "close"].includes(t.toLowerCase()));
+  const lines = [`${req.method} ${req.url} HTTP/${req.httpVersion}`];
+  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+    const name = req.rawHeaders[i]!;
+    const lower = name.toLowerCase();
+    if (lower === "connection" || dropped.has(lower)) continue;
+    lines.push(`${name}: ${req.rawHeaders[i + 1]}`);
+  }
+  if (kept.length) lines.push(`Connection: ${kept.join(", ")}`);
+  return Buffer.from(`${lines.join("\r\n")}\r\n\r\n`, "latin1");
+}
+
 function headerValue(h: string | string[] | undefined): string | undefined {
   return Array.isArray(h) ? h[0] : h;
 }
@@ -147,8 +179,10 @@ export interface ProxyOptions {
 
 export class ReverseProxy {
   private readonly pools = new Map<string, Pool>();
-  /** Upgraded connections joined to their upstream, each by the function that ends it. */
+  /** Upgraded connections (joined to their upstream, or waiting for its 101), each by the function that ends it. */
   private readonly tunnels = new Set<() => void>();
+  /** Set by endTunnels(): upgrades still arriving are cut. */
+  private closing = false;
   /** Token buckets per (proxy api, consumer key hash). */
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
 
@@ -192,11 +226,21 @@ export class ReverseProxy {
   }
 
   /**
-   * A WebSocket (or any HTTP/1.1 Upgrade) on a RestApi or service route: the upstream's 101 is
-   * relayed and the two sockets are joined both ways until either side closes; an upstream that
-   * refuses the upgrade has its answer relayed as is. LLM routes take no upgrades (400).
+   * A WebSocket on a RestApi or service route: the upstream's 101 is relayed and the two sockets
+   * are joined both ways until either side closes; an upstream that refuses the upgrade has its
+   * answer relayed as is. LLM routes take no upgrades (400). Only WebSocket: any other upgrade
+   * (h2c) would turn the tunnel into a channel for requests no route check ever saw; the
+   * gateway serves those as plain requests (isWebSocketUpgrade).
    */
   readonly upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    // Until it is joined (or refused), ended by endTunnels() like a joined one.
+    const pending = () => socket.destroy();
+    this.tunnels.add(pending);
+    socket.once("close", () => this.tunnels.delete(pending));
     const started = performance.now();
     const { url, q, path, host, correlation, traceparent, route, context } = this.arrival(req);
     let status = 0;
@@ -296,7 +340,9 @@ export class ReverseProxy {
         this.tunnels.delete(end);
         record();
       };
+      this.tunnels.delete(pending);
       this.tunnels.add(end);
+      if (this.closing) return end();
       upSocket.on("error", end).on("close", end);
       socket.on("error", end).on("close", end);
       upSocket.pipe(socket);
@@ -631,6 +677,7 @@ export class ReverseProxy {
    * wait for them (clients reconnect, to another gateway if this one is gone).
    */
   endTunnels(): void {
+    this.closing = true;
     for (const end of [...this.tunnels]) end();
   }
 

@@ -307,7 +307,20 @@ export class HubSync {
     // every 1,000 rows (a table rebuild per 50-row answer would build 200 tables for a sync of
     // 10,000) and once at the end.
     const byDeployment = new Map(toFetch.map((d) => [d.deploymentId, d]));
-    let unapplied: StoredRow[] = [];
+    let unapplied: string[] = [];
+    // Events apply between two answers (an undeploy of a row written here, say): what reaches
+    // the routes is what the store holds when they are applied, never the row as written.
+    const applyWritten = () => {
+      const rows: StoredRow[] = [];
+      const gone: string[] = [];
+      for (const apiId of unapplied) {
+        const row = this.o.store.get(apiId);
+        if (row) rows.push(row);
+        else gone.push(apiId);
+      }
+      unapplied = [];
+      this.o.config.apply(rows, gone);
+    };
     const write = (contents: Map<string, string>) => {
       const rows: StoredRow[] = [];
       for (const [deploymentId, content] of contents) {
@@ -316,17 +329,14 @@ export class HubSync {
       }
       const changed = this.o.store.upsertMany(rows);
       result.fetched += changed.length;
-      unapplied = unapplied.concat(changed);
-      if (unapplied.length >= 1000) {
-        this.o.config.apply(unapplied);
-        unapplied = [];
-      }
+      for (const r of changed) unapplied.push(r.apiId);
+      if (unapplied.length >= 1000) applyWritten();
     };
     try {
       await this.fetchContent([...byDeployment.keys()], write);
     } finally {
       // Rows written before a failed request are served too: the store and the routes agree.
-      if (unapplied.length) this.o.config.apply(unapplied);
+      if (unapplied.length) applyWritten();
     }
 
     // 3. State-only updates: same deployment, new state or timestamp (undeploys), or rows this
@@ -405,6 +415,7 @@ export class HubSync {
 
   /** A backoff pause; stop() ends every one at once (a pause can be 15 s). */
   private sleep(ms: number): Promise<void> {
+    if (this.stopped) return Promise.resolve();
     return new Promise((resolve) => {
       const done = () => {
         clearTimeout(timer);

@@ -93,6 +93,17 @@ export function checkHttpUrl(field: string, v: unknown): string {
   return checked;
 }
 
+/**
+ * Cloud metadata services outside link-local: GCP's names, AWS's IPv6 address (in fd00::/8,
+ * private by class) and Alibaba's (in 100.64/10, private by class).
+ */
+const METADATA_HOSTS = new Set([
+  "metadata.google.internal",
+  "metadata.goog",
+  "fd00:ec2::254",
+  "100.100.100.200",
+]);
+
 function checkUrl(field: string, s: string): string {
   let url: URL;
   try {
@@ -106,7 +117,13 @@ function checkUrl(field: string, s: string): string {
   if (url.search || url.hash) throw invalid(field, "must not have a query or fragment");
   // Loopback and private networks are where upstreams live; link-local is the cloud metadata
   // service (169.254.169.254: the gateway host's credentials), and the rest is no HTTP server.
-  const host = url.hostname.replace(/^\[|\]$/g, "");
+  // Names are not resolved here: one that resolves to a metadata address later is not caught.
+  const host = url.hostname
+    .replace(/^\[|\]$/g, "")
+    .replace(/\.$/, "")
+    .toLowerCase();
+  if (METADATA_HOSTS.has(host))
+    throw invalid(field, `must not point at ${host} (a cloud metadata service)`);
   if (isIP(host) !== 0) {
     const kind = classifyAddress(host);
     if (kind === "link-local" || kind === "unspecified" || kind === "reserved")

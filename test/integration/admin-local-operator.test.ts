@@ -1,3 +1,4 @@
+import { request } from "node:http";
 import { createServer } from "node:net";
 import { afterAll, describe, expect, it } from "vitest";
 import { serveAdmin } from "../../src/agent/admin.js";
@@ -16,7 +17,29 @@ const LOOK_ALIKES: Array<Record<string, string>> = [
   { via: "1.1 some-proxy" },
   { origin: "https://evil.example" },
   { "sec-fetch-site": "cross-site" },
+  // A page whose DNS name was rebound to 127.0.0.1 sends its own name.
+  { host: "rebound.example:8082" },
 ];
+
+/** One request with exactly these headers (fetch may not set Host). */
+function send(
+  url: string,
+  headers: Record<string, string>,
+  method = "GET",
+): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method, headers }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (c: string) => {
+        text += c;
+      });
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
 
 describe("the agent's admin API", () => {
   it("refuses unsigned calls that were relayed or browser-sent (401, nothing done) and takes the operator's", async () => {
@@ -43,10 +66,10 @@ describe("the agent's admin API", () => {
     });
     closers.push(() => admin.close());
     for (const headers of LOOK_ALIKES) {
-      const drain = await fetch(`${admin.url}/drain`, { method: "POST", headers });
+      const drain = await send(`${admin.url}/drain`, headers, "POST");
       expect(drain.status, JSON.stringify(headers)).toBe(401);
-      expect(((await drain.json()) as { code: string }).code).toBe("auth.unauthenticated");
-      expect((await fetch(`${admin.url}/status`, { headers })).status).toBe(401);
+      expect((JSON.parse(drain.text) as { code: string }).code).toBe("auth.unauthenticated");
+      expect((await send(`${admin.url}/status`, headers)).status).toBe(401);
     }
     expect(actions).toEqual([]);
     // Probes stay open whatever carries them.
@@ -101,6 +124,11 @@ describe("the gateway's admin port", () => {
     expect(await viaFastPath.text()).not.toContain(apiId);
     const viaSlowPath = await fetch(`${gateway.url}/self/drop-stream`, { method: "POST" });
     expect(viaSlowPath.status).toBe(403);
+    // A rebound DNS name reads no deployments; a probe naming another address still gets /ready.
+    expect((await send(`${gateway.adminUrl}/status`, { host: "rebound.example" })).status).toBe(
+      403,
+    );
+    expect((await send(`${gateway.adminUrl}/ready`, { host: "10.0.0.5:8001" })).status).toBe(200);
     // Straight from this host, the admin port answers.
     const direct = await fetch(`${gateway.adminUrl}/status`);
     expect(direct.status).toBe(200);

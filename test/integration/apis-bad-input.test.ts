@@ -148,6 +148,18 @@ describe("APIs and gateways: bad input, isolation, sealing, timestamps", () => {
         "definition_json.upstream.url",
       ],
       [
+        { contextPath: "/a", upstream: { url: "http://Metadata.Google.Internal./x" } },
+        "definition_json.upstream.url",
+      ],
+      [
+        { contextPath: "/a", upstream: { url: "http://[fd00:ec2::254]" } },
+        "definition_json.upstream.url",
+      ],
+      [
+        { contextPath: "/a", upstream: { url: "http://100.100.100.200" } },
+        "definition_json.upstream.url",
+      ],
+      [
         { contextPath: "/a", upstream: { url: "http://[::ffff:169.254.169.254]" } },
         "definition_json.upstream.url",
       ],

@@ -247,7 +247,12 @@ describe("archives and events from the hub", () => {
   });
 
   /** A stand-in hub serving these APIs (one deployment each); no WebSocket; `fail` answers 500. */
-  async function standInHub(apis: string[], fail: Set<string> = new Set()) {
+  async function standInHub(
+    apis: string[],
+    fail: Set<string> = new Set(),
+    /** A content request naming this deployment is answered only once `until` resolves. */
+    hold?: { index: number; until: Promise<void> },
+  ) {
     const rows = apis.map((apiId, i) => ({
       apiId,
       deploymentId: `${apiId.slice(0, -4)}d${String(i).padStart(3, "0")}`,
@@ -270,8 +275,9 @@ describe("archives and events from the hub", () => {
         req.on("data", (c) => {
           body += c;
         });
-        req.on("end", () => {
+        req.on("end", async () => {
           const ids = (JSON.parse(body) as { deploymentIds: string[] }).deploymentIds;
+          if (hold && ids.includes(rows[hold.index]!.deploymentId)) await hold.until;
           if (ids.some((id) => fail.has(id))) {
             res.writeHead(500);
             res.end("stand-in failure");
@@ -327,6 +333,52 @@ describe("archives and events from the hub", () => {
         expect(config.table.match("any", `/${r.deploymentId}/x`)?.apiId).toBe(r.apiId);
     } finally {
       failing.server.close();
+    }
+  });
+
+  it("an undeploy event during a sync is not undone by the sync's rows written before it", async () => {
+    let release!: () => void;
+    const until = new Promise<void>((r) => {
+      release = r;
+    });
+    const ids = apiIds(2);
+    // The second content answer waits: the first row is written, the sync is still running.
+    const hub = await standInHub(ids, new Set(), { index: 1, until });
+    const store = newStore();
+    const config = new ConfigStore({ report: () => {} });
+    const sync = new HubSync({
+      hubUrl: hub.url,
+      token: "fgw_x",
+      store,
+      config,
+      logger: { info() {}, warn() {}, error() {} },
+      batchSize: 1,
+    });
+    try {
+      const pass = sync.reconcileOnce();
+      const first = hub.rows[0]!;
+      while (!store.get(first.apiId)) await new Promise((r) => setTimeout(r, 5));
+      await sync.applyEvent({
+        type: "event",
+        id: "e-undeploy",
+        event: "api.undeployed",
+        row: { ...first, state: "UNDEPLOYED", deployedAt: first.deployedAt + 1 },
+        ctx: {
+          correlation: "c",
+          traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        },
+      });
+      release();
+      await pass;
+      await config.settled();
+      expect(store.get(first.apiId)).toMatchObject({ state: "UNDEPLOYED" });
+      expect(config.table.match("any", `/${first.deploymentId}/x`)).toBeUndefined();
+      expect(config.table.match("any", `/${hub.rows[1]!.deploymentId}/x`)?.apiId).toBe(
+        hub.rows[1]!.apiId,
+      );
+    } finally {
+      release();
+      hub.server.close();
     }
   });
 
@@ -393,6 +445,9 @@ describe("archives and events from the hub", () => {
       store: newStore(),
       config: new ConfigStore({ report: () => {} }),
       logger: { info() {}, warn() {}, error() {} },
+      // The request cut by stop() fails, and the pass would pause before retrying: not for long.
+      backoffMinMs: 60_000,
+      backoffMaxMs: 60_000,
     });
     try {
       sync.start();

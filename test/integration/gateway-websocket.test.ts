@@ -23,7 +23,18 @@ const listen = (s: Server) =>
   );
 
 beforeAll(async () => {
-  upstream = createServer();
+  // Plain requests too: an upgrade other than WebSocket is served as the plain request it is.
+  upstream = createServer((req, res) => {
+    let body = "";
+    req.setEncoding("utf8");
+    req.on("data", (c: string) => {
+      body += c;
+    });
+    req.on("end", () => {
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.end(`${req.method} ${req.url} ${body} upgrade=${req.headers.upgrade ?? "none"}`);
+    });
+  });
   const wss = new WebSocketServer({ server: upstream });
   wss.on("connection", (socket, req) => {
     upgrades.push(req);
@@ -196,6 +207,37 @@ describe("WebSockets through the gateway", () => {
     } finally {
       await stoppable.close();
     }
+  });
+
+  it("serves an upgrade other than WebSocket (h2c) as the plain request, never as a tunnel", async () => {
+    const port = Number(new URL(gateway.url).port);
+    const exchange = (payload: string, done: string) =>
+      new Promise<string>((resolve, reject) => {
+        const s = connect(port, "127.0.0.1");
+        let text = "";
+        s.setEncoding("latin1");
+        s.on("data", (d) => {
+          text += d;
+          if (text.includes(done)) s.end();
+        });
+        s.on("error", reject);
+        s.on("close", () => resolve(text));
+        s.write(payload);
+      });
+    // What `curl --http2 -d hello` sends to an http:// URL.
+    const h2c = await exchange(
+      "POST /ws/echo HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n" +
+        "http2-settings: AAMAAABkAAQAAP__\r\ncontent-length: 5\r\n\r\nhello",
+      "upgrade=",
+    );
+    expect(h2c).toMatch(/^HTTP\/1\.1 200 /);
+    expect(h2c).toContain("POST /base/echo hello upgrade=none");
+    // A route that allows POST /only-post only: an h2c GET is that GET, refused, no tunnel.
+    const refused = await exchange(
+      "GET /ops/anything HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n",
+      "operation_not_allowed",
+    );
+    expect(refused).toMatch(/^HTTP\/1\.1 405 /);
   });
 
   it("relays an upstream that declines the upgrade as it answered", async () => {

@@ -115,6 +115,8 @@ function wholeBody(req: IncomingMessage, readMaxBytes: number): AsyncIterable<Ui
     async *[Symbol.asyncIterator]() {
       const chunks: Buffer[] = [];
       let size = 0;
+      // Gone before Connect asked: its "close" has fired already, and would not fire again.
+      if (req.destroyed) throw CLIENT_GONE;
       await new Promise<void>((resolve, reject) => {
         const stop = () => {
           req.off("data", onData);
