@@ -1,9 +1,9 @@
-import { request } from "node:http";
 import { createServer } from "node:net";
 import { afterAll, describe, expect, it } from "vitest";
 import { serveAdmin } from "../../src/agent/admin.js";
 import { type AdminAction, createLogger } from "../../src/shared/index.js";
 import { startStoredGateway } from "../support/gateway.js";
+import { requestText } from "../support/http.js";
 
 const closers: Array<() => Promise<unknown>> = [];
 afterAll(async () => {
@@ -21,25 +21,8 @@ const LOOK_ALIKES: Array<Record<string, string>> = [
   { host: "rebound.example:8082" },
 ];
 
-/** One request with exactly these headers (fetch may not set Host). */
-function send(
-  url: string,
-  headers: Record<string, string>,
-  method = "GET",
-): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { method, headers }, (res) => {
-      let text = "";
-      res.setEncoding("utf8");
-      res.on("data", (c: string) => {
-        text += c;
-      });
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
-    });
-    req.on("error", reject);
-    req.end();
-  });
-}
+const send = (url: string, headers: Record<string, string>, method = "GET") =>
+  requestText(url, { method, headers });
 
 describe("the agent's admin API", () => {
   it("refuses unsigned calls that were relayed or browser-sent (401, nothing done) and takes the operator's", async () => {

@@ -3,13 +3,13 @@
 // https, and plain HTTP on the TLS port gets no answer.
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
-import { request as httpsRequest } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket, { WebSocketServer } from "ws";
 import { deployedRow, type StoredGateway, startStoredGateway } from "../support/gateway.js";
+import { requestText } from "../support/http.js";
 import { selfSignedCert } from "../support/tls.js";
 
 let dir: string;
@@ -51,24 +51,12 @@ afterAll(async () => {
 });
 
 /** One HTTPS request trusting the test certificate. */
-function call(method: string, path: string, body?: string) {
-  return new Promise<{ status: number; text: string }>((resolve, reject) => {
-    const req = httpsRequest(
-      `${stored.gateway.url}${path}`,
-      { method, ca: cert, ...(body ? { headers: { "content-length": body.length } } : {}) },
-      (res) => {
-        let text = "";
-        res.setEncoding("utf8");
-        res.on("data", (c: string) => {
-          text += c;
-        });
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
-      },
-    );
-    req.on("error", reject);
-    req.end(body);
+const call = (method: string, path: string, body?: string) =>
+  requestText(`${stored.gateway.url}${path}`, {
+    method,
+    ca: cert,
+    ...(body ? { body, headers: { "content-length": body.length } } : {}),
   });
-}
 
 describe("the gateway over TLS", () => {
   it("serves its URL as https, on the fast path and on node:http, telling upstreams it was https", async () => {
