@@ -2,7 +2,7 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../../shared/index.js";
 import type { Db } from "../../store/index.js";
-import type { Provider } from "./links.js";
+import { lockDataPlane, type Provider } from "./links.js";
 import {
   type DesiredLink,
   type LinkResult,
@@ -366,6 +366,8 @@ export class DataPlaneController {
     let outcome: { applied: number; requestedNow: number } | undefined;
     try {
       outcome = await db.tx(async (tx) => {
+        // After the link changes committed on this data plane, before any waiting: see lockDataPlane.
+        await lockDataPlane(tx, id);
         // Observed columns only, and only where the generation is still the pinned one: a link
         // changed mid-converge keeps its reset (pending) status for the next converge to settle.
         // Writing these columns fires no trigger, so observing never requests another converge.

@@ -258,12 +258,30 @@ export interface PlaneState {
   converge: ConvergeState;
 }
 
+/** Locks a data plane's row (FOR NO KEY UPDATE: link inserts' foreign-key checks still pass). */
+export async function lockDataPlane(tx: Queryable, dataPlaneId: string): Promise<void> {
+  await tx.query("SELECT 1 FROM data_planes WHERE id = $1 FOR NO KEY UPDATE", [dataPlaneId]);
+}
+
 /** Links of data planes: list, add, update, remove. Data planes are resolved through DataPlanesService. */
 export class PrivateLinksService {
   constructor(
     private readonly db: Db,
     private readonly planes: DataPlanesService,
   ) {}
+
+  /**
+   * The data plane, its row locked for the rest of the transaction. Link changes and the
+   * controller's status write (which updates every link of the plane in one statement) take it
+   * first, so they serialize per data plane: without it a change of link B to link A's identity
+   * waited on the controller's new version of A while the controller waited on B's lock, and
+   * PostgreSQL broke the deadlock by failing the user's request (seen in CI).
+   */
+  private async lockedPlane(c: Caller, ref: string, tx: Queryable): Promise<DataPlane> {
+    const plane = await this.planes.get(c, ref, tx);
+    await lockDataPlane(tx, plane.id);
+    return plane;
+  }
 
   async list(c: Caller, dataPlaneRef: string): Promise<{ plane: DataPlane; links: PrivateLink[] }> {
     const plane = await this.planes.get(c, dataPlaneRef);
@@ -282,7 +300,7 @@ export class PrivateLinksService {
     const provider = checkProvider(input.provider);
     const config = checkLinkConfig(provider, input.config);
     return this.db.tx(async (tx) => {
-      const plane = await this.planes.get(c, input.dataPlane, tx);
+      const plane = await this.lockedPlane(c, input.dataPlane, tx);
       try {
         const { rows } = await tx.query<LinkRow>(
           `INSERT INTO data_plane_private_links (id, data_plane_id, provider, config)
@@ -316,7 +334,7 @@ export class PrivateLinksService {
     const id = checkId("id", input.id);
     const providerGiven = input.provider ? checkProvider(input.provider) : undefined;
     return this.db.tx(async (tx) => {
-      const plane = await this.planes.get(c, input.dataPlane, tx);
+      const plane = await this.lockedPlane(c, input.dataPlane, tx);
       const { rows: found } = await tx.query<LinkRow>(
         `SELECT ${LINK_COLUMNS} FROM data_plane_private_links WHERE id = $1 AND data_plane_id = $2
          FOR UPDATE`,
@@ -354,7 +372,7 @@ export class PrivateLinksService {
   async remove(c: Caller, input: { dataPlane: string; id: string }): Promise<void> {
     const id = checkId("id", input.id);
     await this.db.tx(async (tx) => {
-      const plane = await this.planes.get(c, input.dataPlane, tx);
+      const plane = await this.lockedPlane(c, input.dataPlane, tx);
       const { rows } = await tx.query<LinkRow>(
         `DELETE FROM data_plane_private_links WHERE id = $1 AND data_plane_id = $2
          RETURNING ${LINK_COLUMNS}`,
