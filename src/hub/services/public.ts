@@ -12,7 +12,13 @@ export interface PublicFacts {
   endpoint: string | null;
 }
 
-/** One service's facts, or null when it no longer exists. */
+/**
+ * One service's facts, or null when it no longer exists; the row is share-locked until the
+ * caller's transaction ends. The route controller decides from these facts and writes routes
+ * afterwards: without the lock a change committed in between (the service losing its server)
+ * was undone by a pass that had read the facts before it, and the next pass undid that again,
+ * two events too many per gateway (seen in CI).
+ */
 export async function publicFacts(
   q: Queryable,
   organizationId: string,
@@ -28,7 +34,7 @@ export async function publicFacts(
     observed_endpoint: string | null;
   }>(
     `SELECT id, organization_id, slug, environment_id, visibility, server_id, observed_endpoint
-     FROM services WHERE id = $1 AND organization_id = $2`,
+     FROM services WHERE id = $1 AND organization_id = $2 FOR SHARE`,
     [serviceId, organizationId],
   );
   const r = rows[0];
