@@ -25,6 +25,7 @@ import {
   connectJson,
   createDatabase,
   distribution,
+  envCount,
   freePorts,
   onCleanup,
   pidsMatching,
@@ -55,14 +56,6 @@ const BIN = process.env.FLOTILLA_POSTGRES_BINDIR || "/usr/lib/postgresql/15/bin"
 
 /** The issue's targets, reported beside the figures (never asserted). */
 const TARGETS = { createMaxMedianMs: 3000, backupMaxRatio: 1.5, restoreMaxRatio: 1.5 };
-
-function envCount(name, fallback) {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${name}=${raw} is not an integer >= 1`);
-  return n;
-}
 
 const cfg = settings();
 const CREATES = envCount("BENCH_DB_CREATES", 10);

@@ -14,6 +14,7 @@ import {
   connectJson,
   createDatabase,
   distribution,
+  envCount,
   freePorts,
   killMatching,
   onCleanup,
@@ -47,14 +48,6 @@ const TARGETS = {
   agentMaxIdleRssMb: 60,
   agentMaxRssMbWith20: 80,
 };
-
-function envCount(name, fallback) {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${name}=${raw} is not an integer >= 1`);
-  return n;
-}
 
 const cfg = settings();
 const DEPLOYS = envCount("BENCH_DEPLOYS", 20);

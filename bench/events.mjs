@@ -10,6 +10,7 @@ import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, headers as natsHeaders } from "@nats-io/transport-node";
 import {
   createDatabase,
+  envCount,
   onCleanup,
   progress,
   ROOT,
@@ -32,18 +33,12 @@ const { createLogger } = await import(dist("shared/index.js"));
 
 const TARGETS = { relayMinEventsPerS: 10_000, commitToConsumerMaxP99Ms: 50 };
 const NATS_URL = process.env.BENCH_NATS_URL || "nats://127.0.0.1:4222";
-const envInt = (name, fallback) => {
-  const raw = process.env[name];
-  const n = raw ? Number(raw) : fallback;
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${name}=${raw} is not an integer >= 1`);
-  return n;
-};
 /** Events committed up front for the throughput run. */
-const BACKLOG = envInt("BENCH_EVENTS_BACKLOG", 20_000);
+const BACKLOG = envCount("BENCH_EVENTS_BACKLOG", 20_000);
 /** Events committed one per transaction at a steady rate for the latency run. */
-const LATENCY_EVENTS = envInt("BENCH_EVENTS_LATENCY", 2_000);
-const LATENCY_RATE = envInt("BENCH_EVENTS_RATE", 500);
-const ROUNDS = envInt("BENCH_EVENTS_ROUNDS", 3);
+const LATENCY_EVENTS = envCount("BENCH_EVENTS_LATENCY", 2_000);
+const LATENCY_RATE = envCount("BENCH_EVENTS_RATE", 500);
+const ROUNDS = envCount("BENCH_EVENTS_ROUNDS", 3);
 
 const cfg = settings();
 const logger = createLogger({ level: "warn" });
@@ -162,8 +157,8 @@ async function natsTarget() {
   const bus = natsBus(backbone, logger);
   // The relay settings the hub uses on NATS (BENCH_RELAY_BATCH / BENCH_RELAY_CONCURRENCY override).
   const relayOptions = {
-    batchSize: envInt("BENCH_RELAY_BATCH", NATS_RELAY_OPTIONS.batchSize),
-    concurrency: envInt("BENCH_RELAY_CONCURRENCY", NATS_RELAY_OPTIONS.concurrency),
+    batchSize: envCount("BENCH_RELAY_BATCH", NATS_RELAY_OPTIONS.batchSize),
+    concurrency: envCount("BENCH_RELAY_CONCURRENCY", NATS_RELAY_OPTIONS.concurrency),
   };
   const relay = await relayThroughput(db, bus, relayOptions);
   const events = new EventsService(db, { eventById: async () => undefined }, backbone, {

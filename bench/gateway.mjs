@@ -13,6 +13,7 @@ import {
   CLI,
   connectJson,
   createDatabase,
+  envCount,
   freePorts,
   onCleanup,
   procStatusMb,
@@ -38,7 +39,7 @@ const TARGETS = {
   restartToServingMaxMs: 1000,
   oneChangeMaxMs: 100,
 };
-const DEPLOYMENTS = Number(process.env.BENCH_GATEWAY_DEPLOYMENTS || 10_000);
+const DEPLOYMENTS = envCount("BENCH_GATEWAY_DEPLOYMENTS", 10_000);
 const ONE_CHANGE_SAMPLES = 5;
 const ADMIN = { email: "bench-gw@example.com", password: "bench-gw-password-0123" };
 

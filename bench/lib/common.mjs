@@ -32,6 +32,15 @@ function envNumber(name, fallback, { min = 0 } = {}) {
   return value;
 }
 
+/** A count from the environment (an integer >= 1), or the fallback when unset; throws otherwise. */
+export function envCount(name, fallback) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${name}=${raw} is not an integer >= 1`);
+  return n;
+}
+
 /** Settings shared by every benchmark; see bench/README.md. */
 export function settings() {
   return {
