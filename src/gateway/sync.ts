@@ -13,6 +13,7 @@ import {
   GATEWAY_SYNC,
   GATEWAY_VERSION_HEADER,
   type HubToGatewayFrame,
+  readBody,
   readTar,
   type StatusReport,
   UnsafeArchiveError,
@@ -51,6 +52,12 @@ export interface ReconcileResult {
   stateOnly: number;
   converged: boolean;
 }
+
+/**
+ * No hub answer comes near this (a list of 100,000 deployments is ~20 MB, a content batch a few
+ * MB): a bound, not a setting.
+ */
+const MAX_HUB_ANSWER_BYTES = 256 * 1024 * 1024;
 
 export class HubError extends Error {
   constructor(
@@ -138,12 +145,12 @@ export class HubSync {
           timeout: timeoutMs,
         },
         (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (chunk: Buffer) => chunks.push(chunk));
-          res.on("error", reject);
-          res.on("end", () => {
-            const buf = Buffer.concat(chunks);
-            if (res.statusCode === 200) resolve(buf);
+          readBody(res, MAX_HUB_ANSWER_BYTES).then((buf) => {
+            if (buf === null)
+              reject(
+                new HubError(`${method} ${path}: the answer passed ${MAX_HUB_ANSWER_BYTES} bytes`),
+              );
+            else if (res.statusCode === 200) resolve(buf);
             else
               reject(
                 new HubError(
@@ -151,7 +158,7 @@ export class HubSync {
                   res.statusCode,
                 ),
               );
-          });
+          }, reject);
         },
       );
       req.on("timeout", () =>
