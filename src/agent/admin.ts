@@ -5,6 +5,7 @@ import type { AddressInfo } from "node:net";
 import {
   type AdminAction,
   AGENT_DIRECT_DISPATCH_PATH,
+  classifyAddress,
   DIRECT_ANSWER_SIGNATURE_HEADER,
   DIRECT_SIGNATURE_HEADER,
   DIRECT_TIMESTAMP_HEADER,
@@ -52,8 +53,7 @@ export interface AdminOptions {
 }
 
 const isLoopback = (address: string | undefined) =>
-  !!address &&
-  (address === "::1" || address.startsWith("127.") || address.startsWith("::ffff:127."));
+  !!address && classifyAddress(address) === "loopback";
 
 /** Plain node:http, not Fastify: the agent must stay small (its RSS target is 60 MB idle). */
 export async function serveAdmin(
