@@ -8,7 +8,12 @@ import WebSocket from "ws";
 import { GatewayService } from "../../src/gen/flotilla/v1/apis_pb.js";
 import { FleetService } from "../../src/gen/flotilla/v1/fleet_pb.js";
 import { FLOTILLA_VERSION, GATEWAY_SYNC, GATEWAY_VERSION_HEADER } from "../../src/shared/index.js";
-import { bootstrapOwner, clients, PASSWORD, startTestHub, type TestHub } from "../support/hub.js";
+import {
+  bootstrapOwner,
+  signInToNewOrganization,
+  startTestHub,
+  type TestHub,
+} from "../support/hub.js";
 
 describe("fleet status of gateways", () => {
   let t: TestHub;
@@ -57,16 +62,7 @@ describe("fleet status of gateways", () => {
     t = await startTestHub("postgres");
     const owner = await bootstrapOwner(t.hub);
     tokenA = owner.token;
-    const other = await clients(t.hub.url, { token: tokenA }).orgs.createOrganization({
-      name: "Fleet Gateways Two",
-    });
-    tokenB = (
-      await clients(t.hub.url).identity.login({
-        email: owner.email,
-        password: PASSWORD,
-        organizationSlug: other.organization!.slug,
-      })
-    ).sessionToken;
+    tokenB = await signInToNewOrganization(t.hub.url, tokenA, owner.email, "Fleet Gateways Two");
     const gateways = createClient(GatewayService, transport(tokenA));
     const tokens: Record<string, string> = {};
     for (const name of ["streaming", "silent", "polling", "never", "unversioned", "garbled"]) {

@@ -11,7 +11,12 @@ import { type Agent, startAgent } from "../../src/agent/index.js";
 import { FleetService } from "../../src/gen/flotilla/v1/fleet_pb.js";
 import { ServerService } from "../../src/gen/flotilla/v1/servers_pb.js";
 import { createLogger } from "../../src/shared/index.js";
-import { bootstrapOwner, clients, PASSWORD, startTestHub, type TestHub } from "../support/hub.js";
+import {
+  bootstrapOwner,
+  signInToNewOrganization,
+  startTestHub,
+  type TestHub,
+} from "../support/hub.js";
 
 describe("fleet status", () => {
   let t: TestHub;
@@ -61,16 +66,7 @@ describe("fleet status", () => {
     const owner = await bootstrapOwner(t.hub);
     tokenA = owner.token;
     // A second organization of the same owner: its fleet is its own.
-    const a2 = await clients(t.hub.url, { token: tokenA }).orgs.createOrganization({
-      name: "Fleet Two",
-    });
-    tokenA2 = (
-      await clients(t.hub.url).identity.login({
-        email: owner.email,
-        password: PASSWORD,
-        organizationSlug: a2.organization!.slug,
-      })
-    ).sessionToken;
+    tokenA2 = await signInToNewOrganization(t.hub.url, tokenA, owner.email, "Fleet Two");
     agent = await startAgent({
       hub: t.hub.url,
       joinToken: await joinTokenFor(tokenA, "connected"),

@@ -19,6 +19,7 @@ import {
   clients,
   PASSWORD,
   randomEmail,
+  signInToNewOrganization,
   startTestHub,
   type TestHub,
 } from "../support/hub.js";
@@ -141,15 +142,10 @@ for (const engine of ENGINES) {
       const email = randomEmail("other");
       const added = await orgs.addMember({ email, role: Role.VIEWER, initialPassword: PASSWORD });
       const first = await clients(t.hub.url).identity.login({ email, password: PASSWORD });
-      const beta = await clients(t.hub.url, { token: first.sessionToken }).orgs.createOrganization({
-        name: "Beta",
-      });
-      const second = await clients(t.hub.url).identity.login({
-        email,
-        password: PASSWORD,
-        organizationSlug: beta.organization!.slug,
-      });
-      other = api(t.hub.url, second.sessionToken);
+      other = api(
+        t.hub.url,
+        await signInToNewOrganization(t.hub.url, first.sessionToken, email, "Beta"),
+      );
       await orgs.removeMember({ userId: added.member!.user!.id });
     });
 

@@ -84,6 +84,25 @@ export const randomEmail = (label = "user") =>
   `${label}-${randomBytes(4).toString("hex")}@example.com`;
 export const PASSWORD = "correct-horse-battery-staple";
 
+/**
+ * Creates an organization as the holder of `token` (a user who signs in with `email` and
+ * PASSWORD), signs in to it, and returns that session's token.
+ */
+export async function signInToNewOrganization(
+  url: string,
+  token: string,
+  email: string,
+  name: string,
+): Promise<string> {
+  const created = await clients(url, { token }).orgs.createOrganization({ name });
+  const login = await clients(url).identity.login({
+    email,
+    password: PASSWORD,
+    organizationSlug: created.organization!.slug,
+  });
+  return login.sessionToken;
+}
+
 /** Bootstraps the first owner with the hub's setup token; returns the owner's session token. */
 export async function bootstrapOwner(
   hub: Hub,
