@@ -10,6 +10,7 @@ import {
   HOP_BY_HOP,
   nextTraceparent,
   type ProxyObserver,
+  routeNotFound,
 } from "./proxy.js";
 import { isUnsafePath, type Route, type RouteTable } from "./routes.js";
 
@@ -531,10 +532,7 @@ class ClientConn {
 
   /** The same 404 node:http's path answers, written here; the connection stays on the fast path. */
   private answerNoRoute({ record, started }: NoRoute): void {
-    const body = JSON.stringify({
-      code: "route.not_found",
-      message: `no API is deployed at ${record.path.slice(0, 200)}`,
-    });
+    const body = JSON.stringify(routeNotFound(record.path));
     this.socket.write(
       `HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-correlation-id: ${record.correlation}\r\ntraceparent: ${record.traceparent}\r\n${this.keepAliveHeaders}\r\n${body}`,
       "latin1",

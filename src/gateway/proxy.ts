@@ -81,6 +81,11 @@ export function correlationOf(incoming: string | undefined): string {
   return incoming && CORRELATION.test(incoming) ? incoming : hex(16);
 }
 
+/** What a request no route matches is told, on every path (node:http, upgrades, the fast path). */
+export function routeNotFound(path: string): { code: "route.not_found"; message: string } {
+  return { code: "route.not_found", message: `no API is deployed at ${path.slice(0, 200)}` };
+}
+
 /** A WebSocket opening handshake (RFC 6455): GET, `Upgrade: websocket` and a key. */
 export function isWebSocketUpgrade(req: IncomingMessage): boolean {
   return (
@@ -279,7 +284,8 @@ export class ReverseProxy {
       return;
     }
     if (!route) {
-      refuse(404, "route.not_found", `no API is deployed at ${path.slice(0, 200)}`);
+      const answer = routeNotFound(path);
+      refuse(404, answer.code, answer.message);
       return;
     }
     if (route.kind !== "RestApi" && route.kind !== "ServiceRoute") {
@@ -421,10 +427,7 @@ export class ReverseProxy {
       return;
     }
     if (!route) {
-      const body = JSON.stringify({
-        code: "route.not_found",
-        message: `no API is deployed at ${path.slice(0, 200)}`,
-      });
+      const body = JSON.stringify(routeNotFound(path));
       res.writeHead(404, {
         "content-type": "application/json",
         "content-length": Buffer.byteLength(body),
