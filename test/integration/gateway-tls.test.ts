@@ -50,13 +50,15 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** One HTTPS request trusting the test certificate. */
-const call = (method: string, path: string, body?: string) =>
-  requestText(`${stored.gateway.url}${path}`, {
+/** One HTTPS request trusting the test certificate: its status and body. */
+const call = async (method: string, path: string, body?: string) => {
+  const { status, text } = await requestText(`${stored.gateway.url}${path}`, {
     method,
     ca: cert,
     ...(body ? { body, headers: { "content-length": body.length } } : {}),
   });
+  return { status, text };
+};
 
 describe("the gateway over TLS", () => {
   it("serves its URL as https, on the fast path and on node:http, telling upstreams it was https", async () => {

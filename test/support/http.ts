@@ -1,5 +1,5 @@
 // One HTTP(S) request with exactly the headers given (fetch may not set Host, nor trust a test CA).
-import { request as httpRequest } from "node:http";
+import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { request as httpsRequest } from "node:https";
 
 export function requestText(
@@ -7,10 +7,10 @@ export function requestText(
   o: {
     method?: string;
     headers?: Record<string, string | number>;
-    body?: string;
+    body?: string | Buffer;
     ca?: Buffer;
   } = {},
-): Promise<{ status: number; text: string }> {
+): Promise<{ status: number; text: string; headers: IncomingHttpHeaders }> {
   return new Promise((resolve, reject) => {
     const send = url.startsWith("https:") ? httpsRequest : httpRequest;
     const req = send(
@@ -22,7 +22,7 @@ export function requestText(
         res.on("data", (c: string) => {
           text += c;
         });
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, text, headers: res.headers }));
       },
     );
     req.on("error", reject);

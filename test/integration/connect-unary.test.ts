@@ -1,0 +1,142 @@
+// The hub serves unary Connect calls over HTTP/1.1 itself (src/hub/api/connect-fastify.ts) and
+// hands everything else to Connect's handler. A call carrying connect-timeout-ms always takes
+// Connect's handler, so each case here is sent twice, with and without it, and both answers must
+// be the same: status, body and headers, successes and every kind of refusal alike.
+import type { IncomingHttpHeaders } from "node:http";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { requestText } from "../support/http.js";
+import { bootstrapOwner, startTestHub, type TestHub } from "../support/hub.js";
+
+const MAX_BODY_BYTES = 4096;
+/**
+ * Headers that differ between any two calls (time, per-request ids, the connection), and the
+ * framing: Connect's handler re-sends the refusals it is corrected on (request.malformed,
+ * request.too_large) chunked, where the direct path knows their length.
+ */
+const PER_REQUEST = new Set([
+  "date",
+  "traceparent",
+  "x-request-id",
+  "keep-alive",
+  "connection",
+  "content-length",
+  "transfer-encoding",
+]);
+
+interface Case {
+  rpc: string;
+  contentType?: string;
+  body: string | Buffer;
+  headers?: Record<string, string>;
+  /** The status the answer must have (both paths). */
+  status: number;
+  /** A catalogue code the answer must carry in flotilla-error-code. */
+  errorCode?: string;
+}
+
+function comparable(headers: IncomingHttpHeaders): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(headers).filter(([k]) => !PER_REQUEST.has(k)));
+}
+
+describe("unary Connect calls served directly answer exactly as Connect's handler does", () => {
+  let t: TestHub;
+  let token: string;
+
+  beforeAll(async () => {
+    t = await startTestHub("postgres", { maxBodyBytes: MAX_BODY_BYTES });
+    token = (await bootstrapOwner(t.hub)).token;
+  }, 60_000);
+
+  afterAll(async () => {
+    await t?.stop();
+  });
+
+  const cases = (): Record<string, Case> => ({
+    "WhoAmI in JSON": {
+      rpc: "IdentityService/WhoAmI",
+      body: "{}",
+      headers: { authorization: `Bearer ${token}` },
+      status: 200,
+    },
+    "WhoAmI in binary protobuf": {
+      rpc: "IdentityService/WhoAmI",
+      contentType: "application/proto",
+      body: Buffer.alloc(0),
+      headers: { authorization: `Bearer ${token}` },
+      status: 200,
+    },
+    "WhoAmI with a charset in the content type": {
+      rpc: "IdentityService/WhoAmI",
+      contentType: "application/json; charset=utf-8",
+      body: "{}",
+      headers: { authorization: `Bearer ${token}` },
+      status: 200,
+    },
+    "a call without credentials (an error with metadata)": {
+      rpc: "IdentityService/WhoAmI",
+      body: "{}",
+      status: 401,
+    },
+    "malformed JSON": { rpc: "IdentityService/Login", body: "{", status: 400 },
+    "an empty JSON body": { rpc: "IdentityService/Login", body: "", status: 400 },
+    "a field of the wrong type": {
+      rpc: "IdentityService/Login",
+      body: JSON.stringify({ email: 5, password: "x" }),
+      status: 400,
+    },
+    "an undecodable binary body": {
+      rpc: "IdentityService/Login",
+      contentType: "application/proto",
+      body: Buffer.from([0xff, 0xff, 0xff, 0xff]),
+      status: 400,
+      errorCode: "request.malformed",
+    },
+    "a body over the limit": {
+      rpc: "IdentityService/Login",
+      body: JSON.stringify({ email: "a@example.com", password: "x".repeat(MAX_BODY_BYTES) }),
+      status: 400,
+      errorCode: "request.too_large",
+    },
+    "a validation error naming its field": {
+      rpc: "IdentityService/Login",
+      body: JSON.stringify({ email: "not-an-email", password: "x" }),
+      status: 400,
+    },
+  });
+
+  async function call(c: Case, viaConnect: boolean) {
+    return requestText(`${t.hub.url}/flotilla.v1.${c.rpc}`, {
+      method: "POST",
+      headers: {
+        "content-type": c.contentType ?? "application/json",
+        "x-correlation-id": "same-correlation-for-both",
+        ...(c.headers ?? {}),
+        ...(viaConnect ? { "connect-timeout-ms": "600000" } : {}),
+      },
+      body: c.body,
+    });
+  }
+
+  it("for successes, decode failures, size limits, validation and authentication errors", async () => {
+    for (const [name, c] of Object.entries(cases())) {
+      const direct = await call(c, false);
+      const connect = await call(c, true);
+      expect(direct.status, name).toBe(c.status);
+      if (c.errorCode) expect(direct.headers["flotilla-error-code"], name).toBe(c.errorCode);
+      expect(direct.text, name).toBe(connect.text);
+      expect(comparable(direct.headers), name).toEqual(comparable(connect.headers));
+    }
+  });
+
+  it("a compressed request body, which only Connect's handler negotiates, is refused as before", async () => {
+    const c: Case = {
+      rpc: "IdentityService/WhoAmI",
+      body: "{}",
+      headers: { authorization: `Bearer ${token}`, "content-encoding": "gzip" },
+      status: 0,
+    };
+    const answer = await call(c, false);
+    expect(answer.status).toBe(501);
+    expect(JSON.parse(answer.text).code).toBe("unimplemented");
+  });
+});
