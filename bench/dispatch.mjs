@@ -41,10 +41,6 @@ const REPLICAS = 3;
 const ADMIN_EMAIL = "bench@example.com";
 const ADMIN_PASSWORD = `bench-${randomBytes(8).toString("hex")}`;
 const LOG_LEVEL = process.env.BENCH_LOG_LEVEL || "warn";
-// BENCH_CPU_PROF_DIR: hubs and agents write V8 CPU profiles there (node --cpu-prof) on exit.
-const PROFILE = process.env.BENCH_CPU_PROF_DIR
-  ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF_DIR}`]
-  : [];
 const TARGETS = {
   crossP50MaxMs: 10,
   crossP99MaxMs: 50,
@@ -85,17 +81,7 @@ async function startHub(i, db, secrets, logDir) {
   const [port, grpcPort] = await freePorts(2);
   const proc = startNode(
     `hub-${i}`,
-    [
-      ...PROFILE,
-      CLI,
-      "hub",
-      "--host",
-      "127.0.0.1",
-      "--port",
-      String(port),
-      "--grpc-port",
-      String(grpcPort),
-    ],
+    [CLI, "hub", "--host", "127.0.0.1", "--port", String(port), "--grpc-port", String(grpcPort)],
     {
       logDir,
       env: {
@@ -121,7 +107,6 @@ async function startAgent(i, hubs, rpc, logDir, dataDir) {
   const proc = startNode(
     `agent-${i}`,
     [
-      ...PROFILE,
       CLI,
       "agent",
       "--hub",

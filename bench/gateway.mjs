@@ -12,6 +12,7 @@ import pg from "pg";
 import {
   CLI,
   connectJson,
+  cpuSeconds,
   createDatabase,
   envCount,
   freePorts,
@@ -228,9 +229,15 @@ async function main() {
   } else progress("nginx is not installed: skipped (apt-get install nginx; see bench/README.md)");
 
   const targets = [
-    { key: "gateway", url: `http://127.0.0.1:${gwPort}/bench/item` },
-    ...(nginx ? [{ key: "nginx", url: `http://127.0.0.1:${nginxPort}/bench/item` }] : []),
-    { key: "fastifyHttpProxy", url: `http://127.0.0.1:${fastifyPort}/bench/item` },
+    { key: "gateway", url: `http://127.0.0.1:${gwPort}/bench/item`, pid: gateway.pid },
+    ...(nginx
+      ? [{ key: "nginx", url: `http://127.0.0.1:${nginxPort}/bench/item`, pid: nginx.pid }]
+      : []),
+    {
+      key: "fastifyHttpProxy",
+      url: `http://127.0.0.1:${fastifyPort}/bench/item`,
+      pid: fastifyProxy.pid,
+    },
   ];
   for (const t of targets) {
     const check = await fetch(t.url);
@@ -246,15 +253,43 @@ async function main() {
   );
   for (const t of targets) await getSlice(t.url, cfg.connections, cfg.warmupS || 1);
   const slices = Object.fromEntries(targets.map((t) => [t.key, []]));
+  // Where the two cores went during each target's slices: the proxy (nginx: master and worker),
+  // the shared upstream, and autocannon in this process. On 2 cores all three compete, so a
+  // proxy's requests/s also depends on what the other two cost per request.
+  const cpu = Object.fromEntries(
+    targets.map((t) => [t.key, { proxyS: 0, upstreamS: 0, loadGeneratorS: 0, wallS: 0 }]),
+  );
+  const cpuNow = (t) => ({
+    proxyS: cpuSeconds(t.pid, { withChildren: t.key === "nginx" }) ?? 0,
+    upstreamS: cpuSeconds(upstream.pid) ?? 0,
+    loadGeneratorS: (() => {
+      const u = process.cpuUsage();
+      return (u.user + u.system) / 1e6;
+    })(),
+    wallS: performance.now() / 1000,
+  });
   for (let r = 0; r < cfg.rounds; r++) {
     const order = r % 2 === 0 ? targets : [...targets].reverse();
-    for (const t of order) slices[t.key].push(await getSlice(t.url, cfg.connections, sliceS));
+    for (const t of order) {
+      const before = cpuNow(t);
+      slices[t.key].push(await getSlice(t.url, cfg.connections, sliceS));
+      const after = cpuNow(t);
+      for (const k of Object.keys(before)) cpu[t.key][k] += after[k] - before[k];
+    }
   }
   const throughput = Object.fromEntries(
-    targets.map((t) => [
-      t.key,
-      summarize(slices[t.key], { url: t.url, connections: cfg.connections }),
-    ]),
+    targets.map((t) => {
+      const figures = summarize(slices[t.key], { url: t.url, connections: cfg.connections });
+      const c = cpu[t.key];
+      const pct = (s) => round((100 * s) / c.wallS, 0);
+      figures.cpu = {
+        proxyPct: pct(c.proxyS),
+        upstreamPct: pct(c.upstreamS),
+        loadGeneratorPct: pct(c.loadGeneratorS),
+        proxyUsPerRequest: round((1e6 * c.proxyS) / figures.requests, 1),
+      };
+      return [t.key, figures];
+    }),
   );
   const gatewayRssUnderLoadMb = procStatusMb(gateway.pid, "VmHWM");
   await fastifyProxy.stop();

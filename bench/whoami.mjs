@@ -8,9 +8,11 @@
 import { randomBytes } from "node:crypto";
 import { availableParallelism, loadavg } from "node:os";
 import { join } from "node:path";
+import pg from "pg";
 import {
   CLI,
   connectJson,
+  cpuSeconds,
   createDatabase,
   freePorts,
   loadSlice,
@@ -27,6 +29,7 @@ import {
   tempDir,
   waitReady,
 } from "./lib/common.mjs";
+import { constantRate } from "./lib/constant-rate.mjs";
 
 const ROUTE = "/flotilla.v1.IdentityService/WhoAmI";
 const ADMIN_EMAIL = "bench@example.com";
@@ -190,6 +193,7 @@ async function main() {
     pgHub,
     async () => {
       const db = await createDatabase(cfg.pgAdminUrl);
+      pgHub.database = db.name;
       progress(`created database ${db.name}`);
       return startFlotilla("hub", logDir, {
         FLOTILLA_DATABASE_URL: db.url,
@@ -244,12 +248,31 @@ async function main() {
     }
   }
 
+  // Where the CPU went while each target was measured: the server process, PostgreSQL's backends
+  // for the hub's database (its pool is open after the warm-up), and autocannon in this process.
+  const postgresPids = pgHub.error ? [] : await backendPids(pgHub.database);
+  const cpuNow = (target) => ({
+    serverS: cpuSeconds(target.proc.pid) ?? 0,
+    postgresS:
+      target === pgHub ? postgresPids.reduce((sum, pid) => sum + (cpuSeconds(pid) ?? 0), 0) : 0,
+    loadGeneratorS: (() => {
+      const u = process.cpuUsage();
+      return (u.user + u.system) / 1e6;
+    })(),
+    wallS: performance.now() / 1000,
+  });
+  for (const target of targets)
+    target.cpu = { serverS: 0, postgresS: 0, loadGeneratorS: 0, wallS: 0 };
+
   for (let r = 0; r < rounds; r++) {
     // Rotate the order so no target always runs first (or right after the heaviest one).
     const order = targets.map((_, i) => targets[(i + r) % targets.length]);
     for (const target of live(order)) {
       try {
+        const before = cpuNow(target);
         const raw = await slice(target, sliceS);
+        const after = cpuNow(target);
+        for (const k of Object.keys(before)) target.cpu[k] += after[k] - before[k];
         target.slices.push(raw);
         progress(
           `round ${r + 1}/${rounds} ${target.label}: ${round(raw.totalCompletedRequests / raw.duration, 0)} req/s`,
@@ -261,11 +284,12 @@ async function main() {
   }
 
   // The issue's target read as a user sees it: the hub on PostgreSQL offered 3,000 requests a
-  // second (not as many as it can take, where latency is only queueing: 64 connections over
-  // N req/s wait 64/N s on average), and what it achieved, with the latency at that load.
+  // second on a steady schedule (not as many as it can take, where latency is only queueing: 64
+  // connections over N req/s wait 64/N s on average), what it achieved, and the latency at that
+  // load counted from when each request was due.
   if (!pgHub.error) {
     try {
-      const raw = await loadSlice({
+      const atRate = await constantRate({
         url: pgHub.url,
         headers: pgHub.headers,
         body: "{}",
@@ -273,15 +297,7 @@ async function main() {
         durationS: cfg.durationS,
         ratePerS: TARGETS.pgHubMinRps,
       });
-      const atRate = summarize([raw], { url: pgHub.url, connections: cfg.connections });
-      pgHub.figures.atTargetRate = {
-        offeredRps: TARGETS.pgHubMinRps,
-        rps: atRate.rps,
-        p50Ms: atRate.p50Ms,
-        p99Ms: atRate.p99Ms,
-        non2xx: atRate.non2xx,
-        errors: atRate.errors,
-      };
+      pgHub.figures.atTargetRate = atRate;
       progress(
         `${pgHub.label} offered ${TARGETS.pgHubMinRps} req/s: ${atRate.rps} req/s, p50 ${atRate.p50Ms} ms, p99 ${atRate.p99Ms} ms`,
       );
@@ -304,9 +320,23 @@ async function main() {
       target.slices.length > 0
         ? summarize(target.slices, { url: target.url, connections: cfg.connections })
         : {};
+    const c = target.cpu;
+    const pct = (seconds) => round((100 * seconds) / c.wallS, 0);
+    const usPer = (seconds) => (load.requests ? round((1e6 * seconds) / load.requests, 1) : null);
     out[target.key] = {
       ...(target.error ? { error: target.error } : {}),
       ...load,
+      ...(c?.wallS
+        ? {
+            cpu: {
+              serverPct: pct(c.serverS),
+              ...(target === pgHub ? { postgresPct: pct(c.postgresS) } : {}),
+              loadGeneratorPct: pct(c.loadGeneratorS),
+              serverUsPerRequest: usPer(c.serverS),
+              ...(target === pgHub ? { postgresUsPerRequest: usPer(c.postgresS) } : {}),
+            },
+          }
+        : {}),
       ...target.figures,
     };
     if (!target.error) {
@@ -352,11 +382,13 @@ async function main() {
     ...out,
     meetsTargets: {
       pgHubRps: atLeast(out.pgHub.rps, TARGETS.pgHubMinRps),
-      pgHubP99: below(out.pgHub.p99Ms, TARGETS.pgHubMaxP99Ms),
-      pgHubAtTargetRate:
-        out.pgHub.atTargetRate &&
-        out.pgHub.atTargetRate.rps >= 0.98 * TARGETS.pgHubMinRps &&
-        out.pgHub.atTargetRate.p99Ms < TARGETS.pgHubMaxP99Ms,
+      // "Sustains 3,000 req/s with p99 under 20 ms": the latency while carrying that load. Flat
+      // out, 64 connections wait 64/N s on average whatever the server, so that p99 is reported
+      // (pgHub.p99Ms) but is not the target's.
+      pgHubP99AtTargetRate: out.pgHub.atTargetRate
+        ? out.pgHub.atTargetRate.rps >= 0.98 * TARGETS.pgHubMinRps &&
+          out.pgHub.atTargetRate.p99Ms < TARGETS.pgHubMaxP99Ms
+        : null,
       embeddedRps: atLeast(out.embedded.rps, TARGETS.embeddedMinRps),
       pgHubIdleRss: below(out.pgHub.idleRssMb, TARGETS.pgHubMaxIdleRssMb),
       upIdleRss: below(out.embedded.idleRssMb, TARGETS.upMaxIdleRssMb),
@@ -364,6 +396,21 @@ async function main() {
   };
   process.stdout.write(`${JSON.stringify(figures)}\n`);
   return targets.some((t) => t.error) ? 1 : 0;
+}
+
+/** The PostgreSQL backends connected to a database (the hub's pool). */
+async function backendPids(database) {
+  const client = new pg.Client({ connectionString: cfg.pgAdminUrl });
+  await client.connect();
+  try {
+    const { rows } = await client.query(
+      "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+      [database],
+    );
+    return rows.map((r) => r.pid);
+  } finally {
+    await client.end();
+  }
 }
 
 const ratio = (a, b) =>

@@ -130,6 +130,9 @@ export function tempDir(prefix, { keep = false } = {}) {
   return dir;
 }
 
+/** Children started with a CPU profile so far (numbers their profiles). */
+let profiled = 0;
+
 /**
  * Spawns `node <args>` with stdout and stderr going to a log file (the hub's JSON logs are real
  * output a deployment would write somewhere; a file costs the child what it costs in production
@@ -141,9 +144,22 @@ export function startNode(name, args, { env = {}, logDir }) {
   Object.assign(childEnv, env);
   const logFile = join(logDir, `${name}.log`);
   const fd = openSync(logFile, "a");
+  // BENCH_CPU_PROF_DIR: every child writes a V8 CPU profile there when it exits, named after it.
+  const profileDir = process.env.BENCH_CPU_PROF_DIR;
+  const nodeArgs = profileDir
+    ? [
+        "--cpu-prof",
+        `--cpu-prof-dir=${profileDir}`,
+        `--cpu-prof-name=${name}.${++profiled}.cpuprofile`,
+      ]
+    : [];
   let child;
   try {
-    child = spawn(process.execPath, args, { cwd: ROOT, env: childEnv, stdio: ["ignore", fd, fd] });
+    child = spawn(process.execPath, [...nodeArgs, ...args], {
+      cwd: ROOT,
+      env: childEnv,
+      stdio: ["ignore", fd, fd],
+    });
   } finally {
     closeSync(fd);
   }
@@ -188,6 +204,26 @@ export function startNode(name, args, { env = {}, logDir }) {
   };
   onCleanup(() => proc.stop());
   return proc;
+}
+
+/**
+ * CPU seconds (user + system) a process has used so far, with its child processes' when
+ * `withChildren` (an nginx master's worker), from /proc (clock ticks of 10 ms); null when gone.
+ */
+export function cpuSeconds(pid, { withChildren = false } = {}) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    let ticks = Number(fields[11]) + Number(fields[12]); // utime, stime
+    if (withChildren) {
+      const children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim();
+      for (const child of children ? children.split(" ") : [])
+        ticks += (cpuSeconds(Number(child)) ?? 0) * 100;
+    }
+    return ticks / 100;
+  } catch {
+    return null;
+  }
 }
 
 /** Polls GET url/ready until 200; throws if the process exits first or the deadline passes. */
@@ -330,15 +366,12 @@ export const round = (n, digits = 2) =>
   typeof n === "number" && Number.isFinite(n) ? Number(n.toFixed(digits)) : null;
 
 /**
- * One slice of load from autocannon, run in this process (the servers are children). Returns
- * autocannon's raw result (encoded histograms), so slices can be merged with summarize().
+ * One slice of load from autocannon, run in this process (the servers are children): POSTs
+ * `body` for `durationS` over `connections`, as fast as answers come (the most the target
+ * serves). Returns autocannon's raw result (encoded histograms), so slices can be merged with
+ * summarize(). Latency at a given rate is constantRate's (lib/constant-rate.mjs).
  */
-/**
- * POSTs `body` for `durationS` over `connections`. Without `ratePerS`, as fast as answers come
- * (the most the target serves); with it, at that many requests a second across all connections
- * (the latency a user sees at that load).
- */
-export function loadSlice({ url, headers, body, connections, durationS, ratePerS }) {
+export function loadSlice({ url, headers, body, connections, durationS }) {
   return autocannon({
     url,
     method: "POST",
@@ -348,7 +381,6 @@ export function loadSlice({ url, headers, body, connections, durationS, ratePerS
     duration: durationS,
     pipelining: 1,
     skipAggregateResult: true,
-    ...(ratePerS ? { overallRate: ratePerS } : {}),
   });
 }
 
