@@ -128,6 +128,39 @@ describe("unary Connect calls served directly answer exactly as Connect's handle
     }
   });
 
+  it("counts every call by method and code, times it, and logs one rpc line with its context", async () => {
+    const metric = async (name: string) => {
+      const text = (await requestText(`${t.hub.url}/metrics`)).text;
+      const line = text.split("\n").find((l) => l.startsWith(name));
+      return line ? Number(line.split(" ").pop()) : 0;
+    };
+    const ok =
+      'flotilla_rpc_requests_total{service="flotilla.v1.IdentityService",method="WhoAmI",code="ok"}';
+    const refused =
+      'flotilla_rpc_requests_total{service="flotilla.v1.IdentityService",method="WhoAmI",code="auth.unauthenticated"}';
+    const timed =
+      'flotilla_rpc_duration_seconds_count{service="flotilla.v1.IdentityService",method="WhoAmI"}';
+    const before = {
+      ok: await metric(ok),
+      refused: await metric(refused),
+      timed: await metric(timed),
+    };
+    const c = cases();
+    for (let i = 0; i < 3; i++) await call(c["WhoAmI in JSON"]!, false);
+    await call(c["a call without credentials (an error with metadata)"]!, false);
+    expect(await metric(ok)).toBe(before.ok + 3);
+    expect(await metric(refused)).toBe(before.refused + 1);
+    expect(await metric(timed)).toBe(before.timed + 4);
+    const lines = t.logs.filter(
+      (l) =>
+        l.msg === "rpc" &&
+        l.rpc === "flotilla.v1.IdentityService/WhoAmI" &&
+        l.correlation_id === "same-correlation-for-both",
+    );
+    expect(lines.some((l) => l.code === "ok" && typeof l.ms === "number" && l.tenant)).toBe(true);
+    expect(lines.some((l) => l.code === "auth.unauthenticated")).toBe(true);
+  });
+
   it("a compressed request body, which only Connect's handler negotiates, is refused as before", async () => {
     const c: Case = {
       rpc: "IdentityService/WhoAmI",

@@ -1,6 +1,7 @@
 // Deny-by-default authorization: every RPC declares a rule; the interceptor authenticates and enforces it.
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextKey, type Interceptor } from "@connectrpc/connect";
+import type { Counter, Histogram } from "prom-client";
 import {
   ApiService as ApiRpc,
   GatewayService as GatewayRpc,
@@ -201,6 +202,13 @@ export function createAuthInterceptor(deps: {
   logger: Logger;
   metrics: Metrics;
 }): Interceptor {
+  // The per-call line holds the RPC's name, a code and a duration, plus the context the mixin
+  // adds (tenant, ids): nothing a secret can be in, so it skips redaction, which ran every
+  // wildcard path over every field of every line (~4% of a WhoAmI's CPU in a profile).
+  const rpcLog = deps.logger.child({}, { redact: [] });
+  // Metric children per RPC (and code): the hot path does no label hashing.
+  const durations = new Map<string, Histogram.Internal<"service" | "method">>();
+  const counts = new Map<string, Counter.Internal>();
   return (next) => async (req) => {
     const incoming = req.contextValues.get(kIncoming) ?? contextFromHttpHeaders(req.header);
     const { claimedTenant, ...rest } = incoming;
@@ -251,16 +259,20 @@ export function createAuthInterceptor(deps: {
         throw connectErr;
       } finally {
         const seconds = (performance.now() - started) / 1000;
-        deps.metrics.rpcRequests.inc({
-          service: req.service.typeName,
-          method: req.method.name,
-          code,
-        });
-        deps.metrics.rpcDuration.observe(
-          { service: req.service.typeName, method: req.method.name },
-          seconds,
-        );
-        deps.logger.info({ rpc, code, ms: Math.round(seconds * 1e4) / 10 }, "rpc");
+        const labels = { service: req.service.typeName, method: req.method.name };
+        let count = counts.get(`${rpc} ${code}`);
+        if (!count) {
+          count = deps.metrics.rpcRequests.labels({ ...labels, code });
+          counts.set(`${rpc} ${code}`, count);
+        }
+        count.inc();
+        let duration = durations.get(rpc);
+        if (!duration) {
+          duration = deps.metrics.rpcDuration.labels(labels);
+          durations.set(rpc, duration);
+        }
+        duration.observe(seconds);
+        rpcLog.info({ rpc, code, ms: Math.round(seconds * 1e4) / 10 }, "rpc");
       }
     });
   };
