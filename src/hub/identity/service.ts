@@ -204,6 +204,10 @@ class PrincipalCache {
 
   constructor(private readonly ttlMs: number) {}
 
+  get enabled(): boolean {
+    return this.ttlMs > 0;
+  }
+
   get(credential: string): Principal | undefined {
     const e = this.entries.get(credential);
     if (!e) return undefined;
@@ -228,6 +232,11 @@ class PrincipalCache {
 
 export class IdentityService {
   private readonly principals: PrincipalCache;
+  /** Lookups in flight by credential, with the cache generation each began in. */
+  private readonly resolving = new Map<
+    string,
+    { generation: number; lookup: Promise<Principal | null> }
+  >();
 
   constructor(
     private readonly db: Db,
@@ -512,6 +521,21 @@ export class IdentityService {
     const known = this.principals.get(credential);
     if (known) return known;
     const generation = this.principals.generation;
+    // Calls that miss together share one lookup: when a busy credential's entry lapses, 64
+    // connections would otherwise each decrypt it and query (a stall every TTL, the p99 of
+    // bench/whoami at a steady load). Only a lookup begun since the last change to who may do
+    // what is joined: a call after a revocation never takes an answer read before it.
+    // With the cache off (--auth-cache-ms 0), every call reads for itself.
+    const inFlight = this.principals.enabled ? this.resolving.get(credential) : undefined;
+    if (inFlight?.generation === generation) return inFlight.lookup;
+    const lookup = this.resolve(credential, generation).finally(() => {
+      if (this.resolving.get(credential)?.lookup === lookup) this.resolving.delete(credential);
+    });
+    this.resolving.set(credential, { generation, lookup });
+    return lookup;
+  }
+
+  private async resolve(credential: string, generation: number): Promise<Principal | null> {
     const resolved = looksLikeApiToken(credential)
       ? await this.resolveApiToken(credential)
       : await this.resolveSession(credential);
