@@ -289,3 +289,18 @@ describe("the embedded data directory's lock file", () => {
     expect(readFileSync(path, "utf8")).toBe("4194304\n");
   });
 });
+
+describe("the embedded store's memory", () => {
+  it("runs PostgreSQL with 16 MB of shared buffers (it touches them all at start: 128 MB cost ~135 MB RSS), keeping the other defaults", async () => {
+    const db = await openPglite("memory://");
+    try {
+      const { rows } = await db.query<{ shared_buffers: string }>("SHOW shared_buffers");
+      expect(rows[0]!.shared_buffers).toBe("16MB");
+      // PGlite's own start parameters still apply (one of them: no parallel workers).
+      const workers = await db.query<{ max_worker_processes: string }>("SHOW max_worker_processes");
+      expect(workers.rows[0]!.max_worker_processes).toBe("0");
+    } finally {
+      await db.close();
+    }
+  });
+});
