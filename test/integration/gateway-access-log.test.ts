@@ -1,0 +1,88 @@
+// The gateway's access log: one JSON line per request, on the fast path (plain GETs, and the 404 of
+// a path no route matches) and on node:http (a POST), each with the request's correlation id, its
+// status and duration; lines wait in a batch and are all written when the gateway stops.
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { deployedRow, type StoredGateway, startStoredGateway } from "../support/gateway.js";
+import { requestText } from "../support/http.js";
+
+let upstream: Server;
+let stored: StoredGateway | undefined;
+const batches: string[] = [];
+
+beforeAll(async () => {
+  upstream = createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.end("ok");
+    });
+  });
+  await new Promise<void>((r) => upstream.listen(0, "127.0.0.1", () => r()));
+  const up = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+  stored = await startStoredGateway(
+    [deployedRow("logged-api", { contextPath: "/api", upstream: { url: up } })],
+    { accessLog: { write: (batch: string) => batches.push(batch) } },
+  );
+});
+
+afterAll(async () => {
+  await stored?.close();
+  upstream.closeAllConnections();
+  await new Promise<void>((r) => upstream.close(() => r()));
+});
+
+describe("the gateway's access log", () => {
+  it("writes one parseable line per request on both data paths, all of them by the time it stops", async () => {
+    const url = stored!.gateway.url;
+    const started = Date.now();
+    const get = await requestText(`${url}/api/items?x=1`, {
+      headers: { "x-correlation-id": "access-log-get" },
+    });
+    const post = await requestText(`${url}/api/items`, {
+      method: "POST",
+      headers: { "x-correlation-id": "access-log-post", "content-length": 2 },
+      body: "{}",
+    });
+    const missing = await requestText(`${url}/nowhere`, {
+      headers: { "x-correlation-id": "access-log-404" },
+    });
+    expect([get.status, post.status, missing.status]).toEqual([200, 200, 404]);
+    // Batched: nothing has to be written yet; stopping writes the rest.
+    await stored!.close();
+    stored = undefined;
+    const lines = batches
+      .join("")
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const byCorrelation = new Map(lines.map((l) => [l.correlation, l]));
+    expect(byCorrelation.get("access-log-get")).toMatchObject({
+      level: 30,
+      method: "GET",
+      path: "/api/items",
+      status: 200,
+      api: "logged-api",
+    });
+    expect(byCorrelation.get("access-log-post")).toMatchObject({
+      method: "POST",
+      status: 200,
+      api: "logged-api",
+    });
+    expect(byCorrelation.get("access-log-404")).toMatchObject({
+      method: "GET",
+      path: "/nowhere",
+      status: 404,
+      api: null,
+    });
+    for (const line of lines) {
+      expect(typeof line.ms).toBe("number");
+      expect(line.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/);
+      const at = Date.parse(line.time as string);
+      expect(new Date(at).toISOString()).toBe(line.time);
+      expect(at).toBeGreaterThanOrEqual(started - 1000);
+      expect(at).toBeLessThanOrEqual(Date.now());
+    }
+  });
+});
