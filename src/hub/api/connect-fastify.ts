@@ -93,8 +93,8 @@ type HandlerOptions = ReturnType<typeof validateUniversalHandlerOptions>;
 
 /**
  * A unary call in the Connect protocol over HTTP/1.1, served without Connect's per-call handler
- * but with its pieces (body limits, serializers, interceptors, error encoding), so the answer is
- * the same byte for byte. Connect's handler builds three AbortControllers per call and aborts one
+ * but with its pieces (body limits, serializers, interceptors, error encoding), so the answer has
+ * the same status, headers and body (test/integration/connect-unary.test.ts). Connect's handler builds three AbortControllers per call and aborts one
  * when the call ends, building a DOMException with its stack; it hands the body over through
  * async iterators and the answer back through another. In a profile of WhoAmI on PostgreSQL those
  * were about a fifth of the hub's CPU. The signal here is aborted only when the client leaves
@@ -202,7 +202,7 @@ async function readUnaryBody(
 
 /**
  * The request body as one chunk (empty when there is none). A body that grows past readMaxBytes
- * is returned as far as it came, for readAllBytes to refuse, and the rest is discarded unread.
+ * is returned as far as it came, for readUnaryBody to refuse, and the rest is discarded unread.
  */
 function wholeBody(req: IncomingMessage, readMaxBytes: number): Promise<Uint8Array> {
   // Gone before we asked: its "close" has fired already, and would not fire again.
