@@ -49,6 +49,7 @@ function schedule({ url, method, headers, body, ratePerS, durationS, agent }) {
   let non2xx = 0;
   let lastAt = 0;
   const startedAt = performance.now();
+  if (total === 0) return Promise.resolve({ offeredRps: ratePerS, requests: 0 });
   return new Promise((resolve) => {
     const complete = () => {
       finished++;

@@ -6,6 +6,8 @@ import type { AccessLogRecord } from "./proxy.js";
 export interface AccessLogSink {
   write(batch: string): unknown;
   flush?(): void;
+  /** Writes what the sink holds before the process exits (SonicBoom has it). */
+  flushSync?(): void;
 }
 
 /**
@@ -27,7 +29,18 @@ export class AccessLog {
   constructor(private readonly sink: AccessLogSink = pino.destination({ sync: false })) {
     this.timer = setInterval(() => this.flush(), AccessLog.FLUSH_MS);
     this.timer.unref();
+    process.once("exit", this.onExit);
   }
+
+  /** A process that exits without close() (an uncaught exception) still writes its last lines. */
+  private readonly onExit = () => {
+    this.flush();
+    try {
+      this.sink.flushSync?.();
+    } catch {
+      // A destination not ready yet, or already closed: nothing more can be written.
+    }
+  };
 
   record(rec: AccessLogRecord): void {
     const line = `{"level":30,"time":"${this.isoTime()}",${JSON.stringify(rec).slice(1)}\n`;
@@ -47,6 +60,7 @@ export class AccessLog {
 
   close(): void {
     clearInterval(this.timer);
+    process.off("exit", this.onExit);
     this.flush();
     this.sink.flush?.();
   }

@@ -3,6 +3,7 @@
 // Connect's handler, so each case here is sent twice, with and without it, and both answers must
 // be the same: status, body and headers, successes and every kind of refusal alike.
 import type { IncomingHttpHeaders } from "node:http";
+import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { requestText } from "../support/http.js";
 import { bootstrapOwner, startTestHub, type TestHub } from "../support/hub.js";
@@ -159,6 +160,26 @@ describe("unary Connect calls served directly answer exactly as Connect's handle
     );
     expect(lines.some((l) => l.code === "ok" && typeof l.ms === "number" && l.tenant)).toBe(true);
     expect(lines.some((l) => l.code === "auth.unauthenticated")).toBe(true);
+  });
+
+  it("a chunked body that grows past the limit is refused and its connection closed, though the upload never ends", async () => {
+    const { port } = new URL(t.hub.url);
+    const socket = connect(Number(port), "127.0.0.1");
+    let answer = "";
+    socket.setEncoding("latin1");
+    socket.on("data", (d: string) => {
+      answer += d;
+    });
+    const closed = new Promise<void>((r) => socket.once("close", () => r()));
+    const chunk = "x".repeat(MAX_BODY_BYTES + 1);
+    socket.write(
+      `POST /flotilla.v1.IdentityService/Login HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n${chunk.length.toString(16)}\r\n${chunk}\r\n`,
+    );
+    // No last chunk: the upload would go on for ever.
+    await closed;
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    expect(answer.toLowerCase()).toContain("flotilla-error-code: request.too_large");
+    expect(answer.toLowerCase()).toContain("connection: close");
   });
 
   it("a compressed request body, which only Connect's handler negotiates, is refused as before", async () => {

@@ -108,9 +108,14 @@ async function serveUnary(
   res: ServerResponse,
   contextValues: ContextValues,
 ): Promise<void> {
+  // From Node's parsed headers, as connect-node does: a repeated Authorization or Content-Type
+  // counts once (the first), repeated Cookie lines are joined with "; ".
   const requestHeader = new Headers();
-  const raw = req.rawHeaders;
-  for (let i = 0; i + 1 < raw.length; i += 2) requestHeader.append(raw[i]!, raw[i + 1]!);
+  for (const [key, value] of Object.entries(req.headers)) {
+    if (value === undefined) continue;
+    if (typeof value === "string") requestHeader.append(key, value);
+    else for (const v of value) requestHeader.append(key, v);
+  }
   const controller = new AbortController();
   const gone = () => {
     if (!res.writableFinished) controller.abort(CLIENT_GONE);
@@ -170,6 +175,12 @@ async function serveUnary(
   }
   const header = protoConnect.trailerMux(context.responseHeader, context.responseTrailer);
   header.set(protoConnect.headerUnaryContentLength, String(body.byteLength));
+  // A body that went past the limit was not read to its end: the connection cannot carry another
+  // request, and an upload that never ends must not hold it open.
+  if (!req.complete) {
+    header.set("connection", "close");
+    res.once("finish", () => req.socket.destroy());
+  }
   writeAnswer(status, header, body, res);
 }
 
@@ -261,7 +272,11 @@ export function connectOnFastify(app: FastifyInstance, options: ConnectOnFastify
   const router = createConnectRouter(options);
   const opt = validateUniversalHandlerOptions(options);
   // serveUnary answers as Connect would only with these defaults; otherwise Connect serves all.
-  const direct = opt.acceptCompression.length === 0 && !opt.requireConnectProtocolHeader;
+  const direct =
+    options.connect !== false &&
+    opt.acceptCompression.length === 0 &&
+    !opt.requireConnectProtocolHeader &&
+    !opt.shutdownSignal;
   const unaryMethods = new Map<string, UnaryMethod>();
   const recording: ConnectRouter = Object.create(router);
   Object.defineProperty(recording, "service", {
