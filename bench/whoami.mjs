@@ -249,7 +249,8 @@ async function main() {
   }
 
   // Where the CPU went while each target was measured: the server process, PostgreSQL's backends
-  // for the hub's database, and autocannon in this process. The backends are read again before each of its slices: the pool replaces connections (idle timeout, lifetime).
+  // for the hub's database, and autocannon in this process. The backends are read again before
+  // each of the hub's slices: its pool replaces connections (idle timeout, lifetime).
   let postgresPids = [];
   const cpuNow = (target) => ({
     serverS: cpuSeconds(target.proc.pid) ?? 0,
