@@ -104,7 +104,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     labelNames: ["fact"] as const,
     registers: [registry],
   });
-  // Label children cached per route: the hot path does no label hashing.
+  // Label children cached per route: label objects are built once per route, not per request.
   const children = new WeakMap<
     Route,
     { d: ReturnType<typeof duration.labels>; c: Map<string, ReturnType<typeof requests.labels>> }
