@@ -1,8 +1,10 @@
 // A small HTTP service to deploy with Flotilla: answers every request with $GREETING.
-// flotilla services create hello --env demo/production --port 8000 --health http:/healthz -- node examples/hello-server.mjs
+// flotilla services create hello --env demo/production --port 8000 --health http:/healthz -- node "$PWD/examples/hello-server.mjs"
+// (an absolute path: the agent runs it in the service's own directory). The agent sets PORT.
 import { createServer } from "node:http";
 
-const port = Number(process.env.PORT ?? 8000);
+// Without PORT (a service created without --port), not 8000: that is flotilla up's gateway.
+const port = Number(process.env.PORT ?? 3000);
 const host = process.env.HOST ?? "127.0.0.1";
 const greeting = process.env.GREETING ?? "hello";
 
