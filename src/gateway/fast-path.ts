@@ -639,21 +639,17 @@ export class FastPath {
     // Refused on the general path, with its answer.
     if (isUnsafePath(path)) return undefined;
     const route = this.o.table().match(host, path);
-    if (!route)
-      return {
-        noRoute: true,
-        started: performance.now(),
-        record: {
-          method: "GET",
-          host,
-          path,
-          status: 0,
-          ms: 0,
-          api: null,
-          correlation: correlationOf(correlationIn),
-          traceparent: nextTraceparent(traceparentIn),
-        },
-      };
+    const record = (api: string | null): AccessLogRecord => ({
+      method: "GET",
+      host,
+      path,
+      status: 0,
+      ms: 0,
+      api,
+      correlation: correlationOf(correlationIn),
+      traceparent: nextTraceparent(traceparentIn),
+    });
+    if (!route) return { noRoute: true, started: performance.now(), record: record(null) };
     if (!route.upstream.origin.startsWith("http://")) return undefined;
     const rest = path.slice(route.prefix.length) || "/";
     if (route.kind === "RestApi") {
@@ -664,8 +660,8 @@ export class FastPath {
         return undefined;
     } else if (route.kind !== "ServiceRoute") return undefined;
     const pool = this.pool(route.upstream.origin);
-    const correlation = correlationOf(correlationIn);
-    const traceparent = nextTraceparent(traceparentIn);
+    const rec = record(route.name);
+    const { correlation, traceparent } = rec;
     const peer = client.socket.remoteAddress ?? "";
     const upstreamPath = `${route.upstream.basePath}${rest}${q === -1 ? "" : url.slice(q)}`;
     return {
@@ -673,16 +669,7 @@ export class FastPath {
       route,
       head: `GET ${upstreamPath} HTTP/1.1\r\nhost: ${pool.hostHeader}\r\nconnection: keep-alive\r\n${forwarded}x-forwarded-for: ${forwardedFor ? `${forwardedFor}, ${peer}` : peer}\r\nx-forwarded-host: ${hostHeader}\r\nx-forwarded-proto: ${this.proto}\r\nx-correlation-id: ${correlation}\r\ntraceparent: ${traceparent}\r\n\r\n`,
       started: performance.now(),
-      record: {
-        method: "GET",
-        host,
-        path,
-        status: 0,
-        ms: 0,
-        api: route.name,
-        correlation,
-        traceparent,
-      },
+      record: rec,
       upstream: undefined,
       headSent: false,
       done: false,

@@ -2,4 +2,4 @@
 export { type Gateway, type GatewayOptions, startGateway } from "./gateway.js";
 export { ConfigStore, compileRoute, type Route, RouteTable } from "./routes.js";
 export { LocalStore, type StoredRow } from "./store.js";
-export { HubSync, type ReconcileResult } from "./sync.js";
+export { HubSync, type HubSyncOptions, type ReconcileResult } from "./sync.js";

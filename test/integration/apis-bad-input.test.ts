@@ -126,43 +126,28 @@ describe("APIs and gateways: bad input, isolation, sealing, timestamps", () => {
     definitionJson: typeof def === "string" ? def : JSON.stringify(def),
   });
 
+  /** A RestApi case whose upstream URL must be refused, naming that field. */
+  const refusedUpstream = (url: string): [unknown, string] => [
+    { contextPath: "/a", upstream: { url } },
+    "definition_json.upstream.url",
+  ];
+
   it("malformed, oversized and wrongly typed definitions are refused naming the field, changing nothing", async () => {
     const cases: Array<[unknown, string]> = [
       ["{not json", "definition_json"],
       [[], "definition_json"],
       [{ contextPath: "orders", upstream: { url: "http://x" } }, "definition_json.contextPath"],
       [{ contextPath: "/a/../b", upstream: { url: "http://x" } }, "definition_json.contextPath"],
-      [{ contextPath: "/a", upstream: { url: "ftp://x" } }, "definition_json.upstream.url"],
-      [{ contextPath: "/a", upstream: { url: "http://u:p@x" } }, "definition_json.upstream.url"],
+      refusedUpstream("ftp://x"),
+      refusedUpstream("http://u:p@x"),
       // The cloud metadata service (the gateway host's credentials), and no-server addresses.
-      [
-        { contextPath: "/a", upstream: { url: "http://169.254.169.254/latest" } },
-        "definition_json.upstream.url",
-      ],
-      [
-        { contextPath: "/a", upstream: { url: "http://[fe80::1]:80" } },
-        "definition_json.upstream.url",
-      ],
-      [
-        { contextPath: "/a", upstream: { url: "http://0.0.0.0:80" } },
-        "definition_json.upstream.url",
-      ],
-      [
-        { contextPath: "/a", upstream: { url: "http://Metadata.Google.Internal./x" } },
-        "definition_json.upstream.url",
-      ],
-      [
-        { contextPath: "/a", upstream: { url: "http://[fd00:ec2::254]" } },
-        "definition_json.upstream.url",
-      ],
-      [
-        { contextPath: "/a", upstream: { url: "http://100.100.100.200" } },
-        "definition_json.upstream.url",
-      ],
-      [
-        { contextPath: "/a", upstream: { url: "http://[::ffff:169.254.169.254]" } },
-        "definition_json.upstream.url",
-      ],
+      refusedUpstream("http://169.254.169.254/latest"),
+      refusedUpstream("http://[fe80::1]:80"),
+      refusedUpstream("http://0.0.0.0:80"),
+      refusedUpstream("http://Metadata.Google.Internal./x"),
+      refusedUpstream("http://[fd00:ec2::254]"),
+      refusedUpstream("http://100.100.100.200"),
+      refusedUpstream("http://[::ffff:169.254.169.254]"),
       [{ contextPath: "/a", upstream: {} }, "definition_json.upstream"],
       [{ contextPath: 7, upstream: { url: "http://x" } }, "definition_json.contextPath"],
       [

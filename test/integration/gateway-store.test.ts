@@ -9,7 +9,13 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { ConfigStore, HubSync, LocalStore, type StoredRow } from "../../src/gateway/index.js";
+import {
+  ConfigStore,
+  HubSync,
+  type HubSyncOptions,
+  LocalStore,
+  type StoredRow,
+} from "../../src/gateway/index.js";
 import {
   type DeploymentContent,
   expectedRowLine,
@@ -26,6 +32,17 @@ const newStore = () => {
   dirs.push(dir);
   return new LocalStore(dir, "fgw_test-token");
 };
+
+/** A HubSync on hubUrl with a quiet logger, and a fresh store and config unless given. */
+const syncTo = (hubUrl: string, o: Partial<HubSyncOptions> = {}) =>
+  new HubSync({
+    hubUrl,
+    token: "fgw_x",
+    store: o.store ?? newStore(),
+    config: o.config ?? new ConfigStore({ report: () => {} }),
+    logger: { info() {}, warn() {}, error() {} },
+    ...o,
+  });
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
@@ -234,9 +251,7 @@ describe("archives and events from the hub", () => {
     const store = newStore();
     const config = new ConfigStore({ report: () => {} });
     const logger = { info() {}, warn() {}, error() {} };
-    const sync = new HubSync({
-      hubUrl: `http://127.0.0.1:${(hostile.address() as AddressInfo).port}`,
-      token: "fgw_x",
+    const sync = syncTo(`http://127.0.0.1:${(hostile.address() as AddressInfo).port}`, {
       store,
       config,
       logger,
@@ -315,12 +330,9 @@ describe("archives and events from the hub", () => {
     try {
       const store = newStore();
       const config = new ConfigStore({ report: () => {} });
-      const sync = new HubSync({
-        hubUrl: failing.url,
-        token: "fgw_x",
+      const sync = syncTo(failing.url, {
         store,
         config,
-        logger: { info() {}, warn() {}, error() {} },
         batchSize: 1,
       });
       await expect(sync.reconcileOnce()).rejects.toThrow(/answered 500/);
@@ -346,12 +358,9 @@ describe("archives and events from the hub", () => {
     const hub = await standInHub(ids, new Set(), { index: 1, until });
     const store = newStore();
     const config = new ConfigStore({ report: () => {} });
-    const sync = new HubSync({
-      hubUrl: hub.url,
-      token: "fgw_x",
+    const sync = syncTo(hub.url, {
       store,
       config,
-      logger: { info() {}, warn() {}, error() {} },
       batchSize: 1,
     });
     try {
@@ -387,9 +396,7 @@ describe("archives and events from the hub", () => {
     const store = newStore();
     const config = new ConfigStore({ report: () => {} });
     const warnings: string[] = [];
-    const sync = new HubSync({
-      hubUrl: hub.url,
-      token: "fgw_x",
+    const sync = syncTo(hub.url, {
       store,
       config,
       logger: { info() {}, warn: (_o, msg) => warnings.push(msg), error() {} },
@@ -439,12 +446,7 @@ describe("archives and events from the hub", () => {
       res.end();
     });
     await new Promise<void>((r) => hanging.listen(0, "127.0.0.1", () => r()));
-    const sync = new HubSync({
-      hubUrl: `http://127.0.0.1:${(hanging.address() as AddressInfo).port}`,
-      token: "fgw_x",
-      store: newStore(),
-      config: new ConfigStore({ report: () => {} }),
-      logger: { info() {}, warn() {}, error() {} },
+    const sync = syncTo(`http://127.0.0.1:${(hanging.address() as AddressInfo).port}`, {
       // The request cut by stop() fails, and the pass would pause before retrying: not for long.
       backoffMinMs: 60_000,
       backoffMaxMs: 60_000,
@@ -467,12 +469,7 @@ describe("archives and events from the hub", () => {
   });
 
   it("stop() ends a backoff pause at once", async () => {
-    const sync = new HubSync({
-      hubUrl: "http://127.0.0.1:9",
-      token: "fgw_x",
-      store: newStore(),
-      config: new ConfigStore({ report: () => {} }),
-      logger: { info() {}, warn() {}, error() {} },
+    const sync = syncTo("http://127.0.0.1:9", {
       backoffMinMs: 60_000,
       backoffMaxMs: 60_000,
     });
@@ -490,12 +487,9 @@ describe("archives and events from the hub", () => {
   it("an event older than the stored row is ignored; a newer one applies", async () => {
     const store = newStore();
     const config = new ConfigStore({ report: () => {} });
-    const sync = new HubSync({
-      hubUrl: "http://127.0.0.1:9",
-      token: "fgw_x",
+    const sync = syncTo("http://127.0.0.1:9", {
       store,
       config,
-      logger: { info() {}, warn() {}, error() {} },
     });
     store.upsert(row(DEP_B, 2000));
     const ctx = {
