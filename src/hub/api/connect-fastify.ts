@@ -3,7 +3,7 @@
 // codes, and unary Connect calls over HTTP/1.1 are served directly (see serveUnary).
 
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
-import type { DescMessage } from "@bufbuild/protobuf";
+import { create, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
@@ -13,12 +13,14 @@ import {
   createConnectRouter,
   createServiceImplSpec,
   type HandlerContext,
+  type Interceptor,
   type MethodImplSpec,
+  type UnaryRequest,
+  type UnaryResponse,
 } from "@connectrpc/connect";
 import {
   createMethodSerializationLookup,
   createMethodUrl,
-  invokeUnaryImplementation,
   type MethodSerializationLookup,
   type UniversalServerResponse,
   validateUniversalHandlerOptions,
@@ -92,13 +94,160 @@ interface UnaryMethod {
 type HandlerOptions = ReturnType<typeof validateUniversalHandlerOptions>;
 
 /**
+ * A call's abort signal, made only when something asks for it. An AbortSignal outlives the
+ * young generation: with one per WhoAmI, 63% of what the hub promoted to the old generation was
+ * signals (213 -> 80 KB per scavenge at 3,000 req/s, `--trace-gc-nvp`), and the old generation's
+ * collections were the stalls behind the p99. Most handlers never read it. Aborted before it was
+ * made, it is made aborted.
+ */
+class CallSignal {
+  private controller: AbortController | undefined;
+  private reason: unknown;
+  private aborted = false;
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  /** The first reason wins, as with AbortController. */
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+  }
+}
+
+/** Where a call's signal comes from: its CallSignal, or the request an interceptor passed on. */
+interface SignalSource {
+  readonly signal: AbortSignal;
+}
+
+/**
+ * A HandlerContext whose signal is read from its source when asked. A class, not an object
+ * literal with a getter: a literal's getter is a new closure per call, and those kept each call's
+ * objects alive until the old generation's next collection (promotion went from 80 KB to 1.6 MB
+ * per scavenge, `--trace-gc-nvp`).
+ */
+class CallContext implements HandlerContext {
+  constructor(
+    readonly method: HandlerContext["method"],
+    readonly service: HandlerContext["service"],
+    readonly url: string,
+    private readonly source: SignalSource,
+    readonly requestHeader: Headers,
+    readonly responseHeader: Headers,
+    readonly responseTrailer: Headers,
+    readonly values: ContextValues,
+  ) {}
+  readonly protocolName = "connect";
+  readonly requestMethod = "POST";
+  timeoutMs(): undefined {
+    return undefined;
+  }
+  get signal(): AbortSignal {
+    return this.source.signal;
+  }
+}
+
+/** The UnaryRequest the interceptors see, with its signal read from the call when asked. */
+class CallRequest implements UnaryRequest {
+  readonly stream = false;
+  readonly requestMethod = "POST";
+  constructor(
+    readonly message: MessageShape<DescMessage>,
+    readonly method: UnaryRequest["method"],
+    readonly url: string,
+    private readonly call: CallSignal,
+    readonly header: Headers,
+    readonly contextValues: ContextValues,
+  ) {}
+  get service(): UnaryRequest["service"] {
+    return this.method.parent;
+  }
+  get signal(): AbortSignal {
+    return this.call.signal;
+  }
+}
+
+/**
+ * Connect's invokeUnaryImplementation, with the signal read only when the interceptors or the
+ * implementation read it (Connect's copies it into the request and the handler context at once).
+ * The rest is the same: the interceptors wrap the implementation in the order given, its answer
+ * is made a full message of the output type, and the headers and trailers the interceptors
+ * answer with become the response's.
+ */
+async function invokeUnary(
+  spec: MethodImplSpec & { kind: "unary" },
+  context: CallContext,
+  call: CallSignal,
+  input: MessageShape<DescMessage>,
+  interceptors: Interceptor[],
+): Promise<MessageShape<DescMessage>> {
+  const method = spec.method;
+  // Connect's AnyFn: what an interceptor wraps (it is not exported by name).
+  type AnyFn = Parameters<Interceptor>[0];
+  const implementation: AnyFn = async (unary) => {
+    const req = unary as UnaryRequest;
+    const handlerContext = new CallContext(
+      method,
+      req.service,
+      context.url,
+      req,
+      req.header,
+      context.responseHeader,
+      context.responseTrailer,
+      req.contextValues,
+    );
+    const output = await spec.impl(req.message, handlerContext);
+    const answer: UnaryResponse = {
+      stream: false,
+      message: create(method.output, output),
+      method,
+      service: method.parent,
+      header: context.responseHeader,
+      trailer: context.responseTrailer,
+    };
+    return answer;
+  };
+  let next = implementation;
+  for (let i = interceptors.length - 1; i >= 0; i--) next = interceptors[i]!(next);
+  const request = new CallRequest(
+    input,
+    method,
+    context.url,
+    call,
+    context.requestHeader,
+    context.values,
+  );
+  const res = (await next(request)) as UnaryResponse;
+  copyHeaders(res.header, context.responseHeader);
+  copyHeaders(res.trailer, context.responseTrailer);
+  return res.message;
+}
+
+/** Makes `to` hold exactly what `from` holds (Connect's copyHeaders). */
+function copyHeaders(from: Headers, to: Headers): void {
+  if (from === to) return;
+  for (const key of [...to.keys()]) to.delete(key);
+  from.forEach((value, key) => {
+    to.set(key, value);
+  });
+}
+
+/**
  * A unary call in the Connect protocol over HTTP/1.1, served without Connect's per-call handler
  * but with its pieces (body limits, serializers, interceptors, error encoding), so the answer has
- * the same status, headers and body (test/integration/connect-unary.test.ts). Connect's handler builds three AbortControllers per call and aborts one
- * when the call ends, building a DOMException with its stack; it hands the body over through
- * async iterators and the answer back through another. In a profile of WhoAmI on PostgreSQL those
- * were about a fifth of the hub's CPU. The signal here is aborted only when the client leaves
- * before its answer is written, or with the error a call failed with.
+ * the same status, headers and body (test/integration/connect-unary.test.ts). Connect's handler
+ * builds three AbortControllers per call and aborts one when the call ends, building a
+ * DOMException with its stack; it hands the body over through async iterators and the answer
+ * back through another. In a profile of WhoAmI on PostgreSQL those were about a fifth of the
+ * hub's CPU. The signal here is made only if read (CallSignal), and aborted only when the client
+ * leaves before its answer is written, or with the error a call failed with.
  */
 async function serveUnary(
   method: UnaryMethod,
@@ -116,31 +265,28 @@ async function serveUnary(
     if (typeof value === "string") requestHeader.append(key, value);
     else for (const v of value) requestHeader.append(key, v);
   }
-  const controller = new AbortController();
+  const call = new CallSignal();
   const gone = () => {
-    if (!res.writableFinished) controller.abort(CLIENT_GONE);
+    if (!res.writableFinished) call.abort(CLIENT_GONE);
   };
   res.once("close", gone);
   req.once("error", gone);
   const secure = "encrypted" in req.socket && req.socket.encrypted;
   const { spec } = method;
-  const context: HandlerContext = {
-    method: spec.method,
-    service: spec.method.parent,
-    protocolName: "connect",
-    requestMethod: "POST",
-    url: `${secure ? "https" : "http"}://${req.headers.host ?? "localhost"}${req.url ?? "/"}`,
-    timeoutMs: () => undefined,
-    signal: controller.signal,
+  const context = new CallContext(
+    spec.method,
+    spec.method.parent,
+    `${secure ? "https" : "http"}://${req.headers.host ?? "localhost"}${req.url ?? "/"}`,
+    call,
     requestHeader,
-    responseHeader: new Headers({
+    new Headers({
       [protoConnect.headerContentType]: binary
         ? protoConnect.contentTypeUnaryProto
         : protoConnect.contentTypeUnaryJson,
     }),
-    responseTrailer: new Headers(),
-    values: contextValues,
-  };
+    new Headers(),
+    contextValues,
+  );
   let status = 200;
   let body: Uint8Array;
   try {
@@ -150,14 +296,14 @@ async function serveUnary(
       requestHeader.get(protoConnect.headerUnaryContentLength),
     );
     const input = method.serialization.getI(binary).parse(bytes);
-    const output = await invokeUnaryImplementation(spec, context, input, opt.interceptors);
+    const output = await invokeUnary(spec, context, call, input, opt.interceptors);
     body = method.serialization.getO(binary).serialize(output);
   } catch (e) {
     const error =
       e instanceof ConnectError
         ? e
         : new ConnectError("internal error", Code.Internal, undefined, undefined, e);
-    if (!controller.signal.aborted) controller.abort(error);
+    call.abort(error);
     const header = context.responseHeader;
     header.set(protoConnect.headerContentType, protoConnect.contentTypeUnaryJson);
     for (const [key, value] of error.metadata) header.set(key, value);

@@ -75,6 +75,14 @@ export const ROLE_CAPABILITIES: Record<RoleName, ReadonlySet<Capability>> = {
   viewer: new Set(VIEWER),
 };
 
+/** Each role's capabilities in sorted order, as WhoAmI lists them (sorted once, not per call). */
+export const ROLE_CAPABILITY_LIST: Record<RoleName, readonly Capability[]> = {
+  owner: [...ROLE_CAPABILITIES.owner].sort(),
+  admin: [...ROLE_CAPABILITIES.admin].sort(),
+  developer: [...ROLE_CAPABILITIES.developer].sort(),
+  viewer: [...ROLE_CAPABILITIES.viewer].sort(),
+};
+
 export function hasCapability(role: RoleName, capability: Capability): boolean {
   return ROLE_CAPABILITIES[role].has(capability);
 }

@@ -7,7 +7,7 @@ import type { AuditEntry, AuditRecorder } from "./ports.js";
 import {
   type Capability,
   hasCapability,
-  ROLE_CAPABILITIES,
+  ROLE_CAPABILITY_LIST,
   ROLES,
   type RoleName,
 } from "./roles.js";
@@ -607,7 +607,7 @@ export class IdentityService {
   }
 
   capabilitiesOf(p: Principal): string[] {
-    return [...ROLE_CAPABILITIES[p.role]].sort();
+    return ROLE_CAPABILITY_LIST[p.role].slice();
   }
 
   async listMyOrganizations(

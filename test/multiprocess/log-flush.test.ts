@@ -1,0 +1,51 @@
+// createLogger writes to stdout asynchronously by default (a line never blocks the event loop on
+// write(2)). These prove a process that exits right after logging, on purpose or through an
+// uncaught error, still writes every line, in order: 20,000 lines (~3 MB) are far more than a
+// pipe holds, so without the flush at exit most would be lost.
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { describe, expect, it } from "vitest";
+import { ROOT } from "./procs.js";
+
+const LINES = 20_000;
+const SHARED = pathToFileURL(join(ROOT, "dist", "src", "shared", "index.js")).href;
+
+async function runLogging(ending: string): Promise<{ code: number | null; lines: string[] }> {
+  const script = `
+    import { createLogger } from ${JSON.stringify(SHARED)};
+    const log = createLogger({ name: "flush-test" });
+    for (let i = 0; i < ${LINES}; i++) log.info({ i }, "line");
+    ${ending}
+  `;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+    stdio: ["ignore", "pipe", "ignore"],
+  });
+  let out = "";
+  child.stdout.setEncoding("utf8");
+  child.stdout.on("data", (chunk: string) => {
+    out += chunk;
+  });
+  const code = await new Promise<number | null>((resolve) => child.once("close", resolve));
+  return { code, lines: out.split("\n").filter(Boolean) };
+}
+
+function indexes(lines: string[]): number[] {
+  return lines.map((line) => (JSON.parse(line) as { i: number }).i);
+}
+
+describe("the default log destination", () => {
+  it("writes every line, in order, when the process calls process.exit right after", async () => {
+    const { code, lines } = await runLogging("process.exit(3);");
+    expect(code).toBe(3);
+    expect(lines).toHaveLength(LINES);
+    expect(indexes(lines)).toEqual(Array.from({ length: LINES }, (_, i) => i));
+  });
+
+  it("writes every line when the process dies of an uncaught error right after", async () => {
+    const { code, lines } = await runLogging('throw new Error("boom");');
+    expect(code).toBe(1);
+    expect(lines).toHaveLength(LINES);
+    expect(indexes(lines).at(-1)).toBe(LINES - 1);
+  });
+});
