@@ -3,7 +3,7 @@
 // per request head each way); every other request is handed, with its connection, to the
 // node:http server and ReverseProxy, which serve it exactly as before.
 import { type Server as HttpServer, STATUS_CODES } from "node:http";
-import { connect, type Socket } from "node:net";
+import { connect, type LookupFunction, type Socket } from "node:net";
 import {
   type AccessLogRecord,
   correlationOf,
@@ -52,6 +52,8 @@ export interface FastPathOptions {
   connectionsPerOrigin?: number;
   /** The data port speaks TLS: upstreams are told x-forwarded-proto https. */
   tls?: boolean;
+  /** Resolves upstream names for every connection (guardedLookup). */
+  lookup: LookupFunction;
 }
 
 /**
@@ -695,7 +697,11 @@ export class FastPath {
     }
     if (pool.open < pool.max) {
       pool.open++;
-      const conn = new UpstreamConn(pool, connect({ host: pool.hostname, port: pool.port }), this);
+      const conn = new UpstreamConn(
+        pool,
+        connect({ host: pool.hostname, port: pool.port, lookup: this.o.lookup }),
+        this,
+      );
       conn.start(ex);
       return;
     }

@@ -5,7 +5,7 @@ import { type AddressInfo, createServer as createNetServer, type Socket } from "
 import { createServer as createTlsServer } from "node:tls";
 import { pino } from "pino";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import { notLocalOperator } from "../shared/index.js";
+import { guardedLookup, notLocalOperator, type ResolveAll } from "../shared/index.js";
 import { AccessLog, type AccessLogSink } from "./access-log.js";
 import { FastPath } from "./fast-path.js";
 import {
@@ -38,6 +38,8 @@ export interface GatewayOptions {
   connectionsPerOrigin?: number;
   /** Serve the data port over TLS (HTTP/1.1) with this certificate and key (PEM). */
   tls?: { cert: string | Buffer; key: string | Buffer };
+  /** Resolves upstream names: the system's resolver (dns.lookup) unless given (tests' fake DNS). */
+  resolveUpstream?: ResolveAll;
 }
 
 export interface Gateway {
@@ -146,8 +148,11 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
       access?.record(rec);
     },
   };
+  // Every upstream connection resolves names through this: none reaches a metadata address.
+  const lookup = guardedLookup(o.resolveUpstream);
   const proxy = new ReverseProxy({
     table: () => config.table,
+    lookup,
     ...(o.connectionsPerOrigin ? { connectionsPerOrigin: o.connectionsPerOrigin } : {}),
     observer,
   });
@@ -168,6 +173,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     observer,
     fallback: slow,
     keepAliveTimeoutMs: DATA_KEEP_ALIVE_MS,
+    lookup,
     ...(o.connectionsPerOrigin ? { connectionsPerOrigin: o.connectionsPerOrigin } : {}),
     tls: Boolean(o.tls),
   });

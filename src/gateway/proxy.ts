@@ -12,6 +12,7 @@ import {
   STATUS_CODES,
 } from "node:http";
 import { request as httpsRequest } from "node:https";
+import type { LookupFunction } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Dispatcher, Pool } from "undici";
 import { readBody } from "../shared/index.js";
@@ -180,6 +181,8 @@ export interface ProxyOptions {
   observer: ProxyObserver;
   /** Upstream connections per origin. Default 128. */
   connectionsPerOrigin?: number;
+  /** Resolves upstream names for every connection (guardedLookup). */
+  lookup: LookupFunction;
 }
 
 export class ReverseProxy {
@@ -200,6 +203,7 @@ export class ReverseProxy {
         connections: this.o.connectionsPerOrigin ?? 128,
         pipelining: 1,
         keepAliveTimeout: 30_000,
+        connect: { lookup: this.o.lookup },
       });
       this.pools.set(origin, p);
     }
@@ -321,6 +325,7 @@ export class ReverseProxy {
       method,
       headers,
       agent: false,
+      lookup: this.o.lookup,
       timeout: route.upstream.timeoutMs,
     });
     up.on("upgrade", (res, upSocket, upHead) => {

@@ -1,8 +1,7 @@
 // API definitions (RestApi, LlmProvider, LlmProxy): their shapes and checks, shared by the hub
 // (on create) and the gateway (on apply), so both sides agree on what is valid.
-import { isIP } from "node:net";
 import { invalid } from "./errors.js";
-import { classifyAddress } from "./net-address.js";
+import { upstreamRefusal } from "./net-address.js";
 
 export const API_KINDS = ["RestApi", "LlmProvider", "LlmProxy"] as const;
 export type ApiKindName = (typeof API_KINDS)[number];
@@ -93,17 +92,6 @@ export function checkHttpUrl(field: string, v: unknown): string {
   return checked;
 }
 
-/**
- * Cloud metadata services outside link-local: GCP's names, AWS's IPv6 address (in fd00::/8,
- * private by class) and Alibaba's (in 100.64/10, private by class).
- */
-const METADATA_HOSTS = new Set([
-  "metadata.google.internal",
-  "metadata.goog",
-  "fd00:ec2::254",
-  "100.100.100.200",
-]);
-
 function checkUrl(field: string, s: string): string {
   let url: URL;
   try {
@@ -115,20 +103,13 @@ function checkUrl(field: string, s: string): string {
     throw invalid(field, "must be an http:// or https:// URL");
   if (url.username || url.password) throw invalid(field, "must not carry credentials");
   if (url.search || url.hash) throw invalid(field, "must not have a query or fragment");
-  // Loopback and private networks are where upstreams live; link-local is the cloud metadata
-  // service (169.254.169.254: the gateway host's credentials), and the rest is no HTTP server.
-  // Names are not resolved here: one that resolves to a metadata address later is not caught.
+  // Names are resolved only when the gateway connects (guardedLookup refuses them there).
   const host = url.hostname
     .replace(/^\[|\]$/g, "")
     .replace(/\.$/, "")
     .toLowerCase();
-  if (METADATA_HOSTS.has(host))
-    throw invalid(field, `must not point at ${host} (a cloud metadata service)`);
-  if (isIP(host) !== 0) {
-    const kind = classifyAddress(host);
-    if (kind === "link-local" || kind === "unspecified" || kind === "reserved")
-      throw invalid(field, `must not point at ${host} (${kind} address)`);
-  }
+  const why = upstreamRefusal(host);
+  if (why) throw invalid(field, `must not point at ${host} (${why})`);
   return s.replace(/\/+$/, "");
 }
 

@@ -1,5 +1,6 @@
 // What kind of address an IP is (loopback, link-local, private, ...): where a connection to it leads.
-import { BlockList, isIP } from "node:net";
+import { lookup as dnsLookup } from "node:dns";
+import { BlockList, isIP, type LookupFunction } from "node:net";
 
 export type AddressClass =
   | "loopback"
@@ -80,4 +81,87 @@ export function classifyAddress(address: string): AddressClass {
   const type = isIP(a) === 6 ? "ipv6" : "ipv4";
   for (const [name, list] of CLASSES) if (list.check(a, type)) return name;
   return "public";
+}
+
+/**
+ * Cloud metadata services outside link-local: GCP's names, AWS's IPv6 address (in fd00::/8,
+ * private by class) and Alibaba's (in 100.64/10, private by class).
+ */
+const METADATA_HOSTS = new Set([
+  "metadata.google.internal",
+  "metadata.goog",
+  "fd00:ec2::254",
+  "100.100.100.200",
+]);
+
+/**
+ * Why a proxied upstream may not be at `host` (an address, or a name as written), or undefined.
+ * Loopback and private networks are where upstreams live; link-local is the cloud metadata
+ * service (169.254.169.254: the gateway host's credentials), and unspecified and reserved
+ * addresses are no HTTP server. A name is refused here only if it is a metadata service's.
+ */
+export function upstreamRefusal(host: string): string | undefined {
+  const h = host
+    .replace(/^\[|\]$/g, "")
+    .replace(/\.$/, "")
+    .toLowerCase();
+  if (METADATA_HOSTS.has(h)) return "a cloud metadata service";
+  if (isIP(h) === 0) return undefined;
+  const kind = classifyAddress(h);
+  if (kind === "link-local" || kind === "unspecified" || kind === "reserved")
+    return `${kind} address`;
+  return undefined;
+}
+
+/** The shape of dns.lookup with `all: true`, for a resolver other than the system's. */
+export type ResolveAll = (
+  hostname: string,
+  options: { all: true; family?: number | "IPv4" | "IPv6"; hints?: number },
+  callback: (
+    err: NodeJS.ErrnoException | null,
+    addresses: Array<{ address: string; family: number }>,
+  ) => void,
+) => void;
+
+const systemResolveAll: ResolveAll = (hostname, options, callback) =>
+  dnsLookup(hostname, options, callback);
+
+/**
+ * A socket `lookup` that refuses a name resolving to an address upstreamRefusal refuses, with
+ * code UPSTREAM_ADDRESS_REFUSED: an upstream URL is checked when it is defined, but a name's
+ * addresses are known only when the connection is made (and may change after). Every address is
+ * checked (a name answering a public and a metadata address would otherwise reach the second by
+ * luck), and the socket connects to exactly the addresses checked, so a DNS answer that changes
+ * in between is never used. Address literals are not looked up by Node; they were checked when
+ * the URL was defined.
+ */
+export function guardedLookup(resolveAll: ResolveAll = systemResolveAll): LookupFunction {
+  return (hostname, options, callback) => {
+    const { family, hints } = options;
+    resolveAll(
+      hostname,
+      { all: true, ...(family ? { family } : {}), ...(hints ? { hints } : {}) },
+      (err, addresses) => {
+        if (err) return callback(err, "", 0);
+        for (const a of addresses) {
+          const why = upstreamRefusal(a.address);
+          if (why) {
+            const refused: NodeJS.ErrnoException = new Error(
+              `${hostname} resolves to ${a.address} (${why}), which the gateway does not connect to`,
+            );
+            refused.code = "UPSTREAM_ADDRESS_REFUSED";
+            return callback(refused, "", 0);
+          }
+        }
+        if (options.all) return callback(null, addresses);
+        const first = addresses[0];
+        if (!first) {
+          const none: NodeJS.ErrnoException = new Error(`${hostname} has no address`);
+          none.code = "ENOTFOUND";
+          return callback(none, "", 0);
+        }
+        callback(null, first.address, first.family);
+      },
+    );
+  };
 }

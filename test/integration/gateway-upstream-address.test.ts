@@ -1,0 +1,126 @@
+// An upstream URL names a host; the gateway learns its addresses only when it connects. A name
+// that resolves to the cloud metadata service (or another address upstreams may not have) must be
+// refused there, on every path to an upstream: the fast path (GET), node:http with undici (a body)
+// and WebSocket upgrades. The machine's resolver cannot be given records by a test, so names
+// resolve through FAKE_DNS, a fake resolver passed to the gateway; everything else is real.
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { connect } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { ResolveAll } from "../../src/shared/index.js";
+import { deployedRow, type StoredGateway, startStoredGateway } from "../support/gateway.js";
+
+/** Fake DNS: the records this test needs, and nothing else. */
+const FAKE_DNS: Record<string, Array<{ address: string; family: number }>> = {
+  "upstream.test": [{ address: "127.0.0.1", family: 4 }],
+  "metadata-alias.test": [{ address: "169.254.169.254", family: 4 }],
+  "aws-v6-metadata.test": [{ address: "fd00:ec2::254", family: 6 }],
+  // A name with a good address first and a metadata one second is refused all the same.
+  "mixed.test": [
+    { address: "127.0.0.1", family: 4 },
+    { address: "169.254.169.254", family: 4 },
+  ],
+};
+const lookups: string[] = [];
+const fakeDns: ResolveAll = (hostname, _options, callback) => {
+  lookups.push(hostname);
+  const records = FAKE_DNS[hostname];
+  setImmediate(() => {
+    if (records) callback(null, records);
+    else
+      callback(
+        Object.assign(new Error(`getaddrinfo ENOTFOUND ${hostname}`), { code: "ENOTFOUND" }),
+        [],
+      );
+  });
+};
+
+let upstream: Server;
+let stored: StoredGateway;
+let hits = 0;
+
+beforeAll(async () => {
+  upstream = createServer((req, res) => {
+    hits++;
+    req.resume();
+    req.on("end", () => res.end("from upstream"));
+  });
+  await new Promise<void>((r) => upstream.listen(0, "127.0.0.1", () => r()));
+  const port = (upstream.address() as AddressInfo).port;
+  const api = (name: string, host: string) =>
+    deployedRow(`api-${name}`, {
+      contextPath: `/${name}`,
+      upstream: { url: `http://${host}:${port}` },
+    });
+  stored = await startStoredGateway(
+    [
+      api("good", "upstream.test"),
+      api("metadata", "metadata-alias.test"),
+      api("v6", "aws-v6-metadata.test"),
+      api("mixed", "mixed.test"),
+    ],
+    { resolveUpstream: fakeDns },
+  );
+});
+
+afterAll(async () => {
+  await stored?.close();
+  await new Promise<void>((r) => upstream.close(() => r()));
+});
+
+describe("upstream names are resolved and checked when the gateway connects", () => {
+  it("proxies to a name that resolves to loopback, through the fake DNS", async () => {
+    const res = await fetch(`${stored.gateway.url}/good/x`);
+    expect(res.status).toBe(200);
+    expect(await res.text()).toBe("from upstream");
+    expect(lookups).toContain("upstream.test");
+  });
+
+  for (const name of ["metadata", "v6", "mixed"]) {
+    it(`answers 502 and never connects for a name resolving to a metadata address (${name}, GET on the fast path)`, async () => {
+      const before = hits;
+      const res = await fetch(`${stored.gateway.url}/${name}/latest/meta-data/`);
+      expect(res.status).toBe(502);
+      const body = (await res.json()) as { code: string; message: string };
+      expect(body.code).toBe("upstream.unavailable");
+      expect(body.message).toContain("UPSTREAM_ADDRESS_REFUSED");
+      expect(hits).toBe(before);
+    });
+  }
+
+  // mixed.test's first address answers: without the check these would reach the upstream.
+  it("refuses such a name for a request with a body (node:http and undici)", async () => {
+    const before = hits;
+    const res = await fetch(`${stored.gateway.url}/mixed/x`, { method: "POST", body: "{}" });
+    expect(res.status).toBe(502);
+    const body = (await res.json()) as { code: string; message: string };
+    expect(body.code).toBe("upstream.unavailable");
+    expect(body.message).toContain("UPSTREAM_ADDRESS_REFUSED");
+    expect(hits).toBe(before);
+  });
+
+  it("refuses such a name for a WebSocket upgrade", async () => {
+    const before = hits;
+    const port = Number(new URL(stored.gateway.url).port);
+    const answer = await new Promise<string>((resolve, reject) => {
+      const s = connect(port, "127.0.0.1");
+      let text = "";
+      s.setEncoding("latin1");
+      s.on("data", (d) => {
+        text += d;
+        if (text.includes("\r\n\r\n")) {
+          s.destroy();
+          resolve(text);
+        }
+      });
+      s.on("error", reject);
+      s.on("close", () => resolve(text));
+      s.write(
+        "GET /mixed/socket HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n" +
+          "sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+      );
+    });
+    expect(answer.split("\r\n")[0]).toBe("HTTP/1.1 502 Bad Gateway");
+    expect(hits).toBe(before);
+  });
+});
