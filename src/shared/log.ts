@@ -26,14 +26,6 @@ const REDACT = [
 export interface LoggerOptions {
   level?: string;
   name?: string;
-  /**
-   * Default: stdout, written asynchronously. pino's default writes every line with a blocking
-   * write(2) on the event loop; a hub logs a line per RPC, and with its log on a file those writes
-   * sometimes waited on the disk for tens of ms, stalling every call behind them (WhoAmI at 3,000
-   * req/s: p99 18-35 ms with the line, 4-16 without). Lines written while a write is under way are
-   * joined into the next one. pino writes what is left when the process exits; a process killed
-   * with SIGKILL loses the lines not yet written.
-   */
   destination?: DestinationStream;
 }
 
@@ -55,5 +47,5 @@ export function createLogger(options: LoggerOptions = {}): Logger {
       };
     },
   };
-  return pino(opts, options.destination ?? pino.destination({ sync: false }));
+  return options.destination ? pino(opts, options.destination) : pino(opts);
 }

@@ -84,14 +84,14 @@ export function classifyAddress(address: string): AddressClass {
 }
 
 /**
- * Cloud metadata services outside link-local: GCP's names, AWS's IPv6 address (in fd00::/8,
- * private by class) and Alibaba's (in 100.64/10, private by class).
+ * Cloud metadata services outside link-local: GCP's names, and AWS's IPv6 address (in fd00::/8,
+ * private by class) and Alibaba's (in 100.64/10, private by class), checked as addresses so that
+ * any spelling of them (::ffff:100.100.100.200, 64:ff9b::6464:64c8, fd00:ec2:0::254) is caught.
  */
-const METADATA_HOSTS = new Set([
-  "metadata.google.internal",
-  "metadata.goog",
-  "fd00:ec2::254",
-  "100.100.100.200",
+const METADATA_NAMES = new Set(["metadata.google.internal", "metadata.goog"]);
+const METADATA_ADDRESSES = blockList([
+  ["100.100.100.200", 32, "ipv4"],
+  ["fd00:ec2::254", 128, "ipv6"],
 ]);
 
 /**
@@ -105,9 +105,12 @@ export function upstreamRefusal(host: string): string | undefined {
     .replace(/^\[|\]$/g, "")
     .replace(/\.$/, "")
     .toLowerCase();
-  if (METADATA_HOSTS.has(h)) return "a cloud metadata service";
+  if (METADATA_NAMES.has(h)) return "a cloud metadata service";
   if (isIP(h) === 0) return undefined;
-  const kind = classifyAddress(h);
+  const a = unmapped(h);
+  if (METADATA_ADDRESSES.check(a, isIP(a) === 6 ? "ipv6" : "ipv4"))
+    return "a cloud metadata service";
+  const kind = classifyAddress(a);
   if (kind === "link-local" || kind === "unspecified" || kind === "reserved")
     return `${kind} address`;
   return undefined;
@@ -143,6 +146,11 @@ export function guardedLookup(resolveAll: ResolveAll = systemResolveAll): Lookup
       { all: true, ...(family ? { family } : {}), ...(hints ? { hints } : {}) },
       (err, addresses) => {
         if (err) return callback(err, "", 0);
+        if (addresses.length === 0) {
+          const none: NodeJS.ErrnoException = new Error(`${hostname} has no address`);
+          none.code = "ENOTFOUND";
+          return callback(none, "", 0);
+        }
         for (const a of addresses) {
           const why = upstreamRefusal(a.address);
           if (why) {
@@ -154,12 +162,7 @@ export function guardedLookup(resolveAll: ResolveAll = systemResolveAll): Lookup
           }
         }
         if (options.all) return callback(null, addresses);
-        const first = addresses[0];
-        if (!first) {
-          const none: NodeJS.ErrnoException = new Error(`${hostname} has no address`);
-          none.code = "ENOTFOUND";
-          return callback(none, "", 0);
-        }
+        const first = addresses[0]!;
         callback(null, first.address, first.family);
       },
     );

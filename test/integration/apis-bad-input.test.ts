@@ -148,6 +148,8 @@ describe("APIs and gateways: bad input, isolation, sealing, timestamps", () => {
       refusedUpstream("http://[fd00:ec2::254]"),
       refusedUpstream("http://100.100.100.200"),
       refusedUpstream("http://[::ffff:169.254.169.254]"),
+      refusedUpstream("http://[::ffff:100.100.100.200]"),
+      refusedUpstream("http://[64:ff9b::6464:64c8]"),
       [{ contextPath: "/a", upstream: {} }, "definition_json.upstream"],
       [{ contextPath: 7, upstream: { url: "http://x" } }, "definition_json.contextPath"],
       [

@@ -2,8 +2,7 @@
 // when an interceptor or the handler reads it. These prove it still behaves as one signal per
 // call: shared by the interceptors and the handler, aborted when the client leaves whether it was
 // read before or after, and left alone when the call is answered.
-import type { AddressInfo } from "node:net";
-import { connect } from "node:net";
+import { type AddressInfo, connect, type Socket } from "node:net";
 import { Code, ConnectError, createContextValues, type Interceptor } from "@connectrpc/connect";
 import Fastify, { type FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
@@ -96,14 +95,20 @@ describe("a directly served unary call's abort signal", () => {
     const hostPort = await serve(async (signal) => {
       started.resolve();
       await clientGone.promise;
-      // Give the server's socket time to see the close.
-      await new Promise((r) => setTimeout(r, 100));
       const s = signal();
       seen.resolve({ aborted: s.aborted, reason: s.reason });
     });
+    // The server's side of the connection: the handler reads its signal once it has closed.
+    const serverSide = new Promise<Socket>((resolve) =>
+      app?.server.once("connection", (s: Socket) => resolve(s)),
+    );
     const socket = startCall(hostPort);
+    const serverSocket = await serverSide;
     await started.promise;
+    const closed = new Promise((resolve) => serverSocket.once("close", resolve));
     socket.destroy();
+    await closed;
+    await new Promise((resolve) => setImmediate(resolve));
     clientGone.resolve();
     const { aborted, reason } = await seen.promise;
     expect(aborted).toBe(true);
@@ -130,6 +135,24 @@ describe("a directly served unary call's abort signal", () => {
     expect(res.status).toBe(200);
     expect(fromHandler).toBeDefined();
     expect(fromInterceptor).toBe(fromHandler);
+  });
+
+  it("reaches the handler, made from the call, when an interceptor passes on a copy of the request", async () => {
+    let handlerSignal: AbortSignal | undefined;
+    const hostPort = await serve(
+      async (signal) => {
+        handlerSignal = signal();
+      },
+      (next) => async (req) => next({ ...req, header: new Headers(req.header) }),
+    );
+    const res = await fetch(`http://${hostPort}${WHO_AM_I}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    });
+    expect(res.status).toBe(200);
+    expect(handlerSignal).toBeInstanceOf(AbortSignal);
+    expect(handlerSignal?.aborted).toBe(false);
   });
 
   it("is not aborted when the call is answered and the connection then closes", async () => {

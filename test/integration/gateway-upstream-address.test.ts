@@ -15,6 +15,10 @@ const FAKE_DNS: Record<string, Array<{ address: string; family: number }>> = {
   "upstream.test": [{ address: "127.0.0.1", family: 4 }],
   "metadata-alias.test": [{ address: "169.254.169.254", family: 4 }],
   "aws-v6-metadata.test": [{ address: "fd00:ec2::254", family: 6 }],
+  // Alibaba's metadata address written as an IPv4-mapped IPv6 address.
+  "mapped-metadata.test": [{ address: "::ffff:100.100.100.200", family: 6 }],
+  // A resolver that answers with no address at all.
+  "empty.test": [],
   // A name with a good address first and a metadata one second is refused all the same.
   "mixed.test": [
     { address: "127.0.0.1", family: 4 },
@@ -58,6 +62,8 @@ beforeAll(async () => {
       api("metadata", "metadata-alias.test"),
       api("v6", "aws-v6-metadata.test"),
       api("mixed", "mixed.test"),
+      api("mapped", "mapped-metadata.test"),
+      api("empty", "empty.test"),
     ],
     { resolveUpstream: fakeDns },
   );
@@ -76,7 +82,7 @@ describe("upstream names are resolved and checked when the gateway connects", ()
     expect(lookups).toContain("upstream.test");
   });
 
-  for (const name of ["metadata", "v6", "mixed"]) {
+  for (const name of ["metadata", "v6", "mixed", "mapped"]) {
     it(`answers 502 and never connects for a name resolving to a metadata address (${name}, GET on the fast path)`, async () => {
       const before = hits;
       const res = await fetch(`${stored.gateway.url}/${name}/latest/meta-data/`);
@@ -87,6 +93,13 @@ describe("upstream names are resolved and checked when the gateway connects", ()
       expect(hits).toBe(before);
     });
   }
+
+  it("answers 502 for a name the resolver gives no address, and keeps serving", async () => {
+    const res = await fetch(`${stored.gateway.url}/empty/x`);
+    expect(res.status).toBe(502);
+    expect(((await res.json()) as { message: string }).message).toContain("ENOTFOUND");
+    expect((await fetch(`${stored.gateway.url}/good/x`)).status).toBe(200);
+  });
 
   // mixed.test's first address answers: without the check these would reach the upstream.
   it("refuses such a name for a request with a body (node:http and undici)", async () => {

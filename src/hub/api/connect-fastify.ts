@@ -131,7 +131,7 @@ interface SignalSource {
  * A HandlerContext whose signal is read from its source when asked. A class, not an object
  * literal with a getter: a literal's getter is a new closure per call, and those kept each call's
  * objects alive until the old generation's next collection (promotion went from 80 KB to 1.6 MB
- * per scavenge, `--trace-gc-nvp`).
+ * per scavenge, `--trace-gc-nvp`). A spread copy of it has no signal; no handler copies one.
  */
 class CallContext implements HandlerContext {
   constructor(
@@ -154,10 +154,15 @@ class CallContext implements HandlerContext {
   }
 }
 
-/** The UnaryRequest the interceptors see, with its signal read from the call when asked. */
+/**
+ * The UnaryRequest the interceptors see, with its signal read from the call when asked. An
+ * interceptor that passes on a copy (`next({ ...req, header })`) copies own fields only, not this
+ * getter: the implementation then falls back to the call's signal (see invokeUnary).
+ */
 class CallRequest implements UnaryRequest {
   readonly stream = false;
   readonly requestMethod = "POST";
+  readonly service: UnaryRequest["service"];
   constructor(
     readonly message: MessageShape<DescMessage>,
     readonly method: UnaryRequest["method"],
@@ -165,9 +170,8 @@ class CallRequest implements UnaryRequest {
     private readonly call: CallSignal,
     readonly header: Headers,
     readonly contextValues: ContextValues,
-  ) {}
-  get service(): UnaryRequest["service"] {
-    return this.method.parent;
+  ) {
+    this.service = method.parent;
   }
   get signal(): AbortSignal {
     return this.call.signal;
@@ -193,11 +197,13 @@ async function invokeUnary(
   type AnyFn = Parameters<Interceptor>[0];
   const implementation: AnyFn = async (unary) => {
     const req = unary as UnaryRequest;
+    // "in", not a read: reading the signal would make it. A copy of the request without one
+    // (spread by an interceptor) gets the call's.
     const handlerContext = new CallContext(
       method,
-      req.service,
+      req.service ?? method.parent,
       context.url,
-      req,
+      "signal" in req ? req : call,
       req.header,
       context.responseHeader,
       context.responseTrailer,
