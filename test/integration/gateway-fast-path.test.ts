@@ -1,8 +1,9 @@
 import { createServer, type IncomingMessage, type Server } from "node:http";
-import { type AddressInfo, connect, createServer as createNetServer } from "node:net";
+import { type AddressInfo, createServer as createNetServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Gateway } from "../../src/gateway/index.js";
 import { deployedRow, type StoredGateway, startStoredGateway } from "../support/gateway.js";
+import { sendRaw } from "../support/http.js";
 
 const seen: Array<{
   method: string;
@@ -71,24 +72,9 @@ afterAll(async () => {
   await new Promise<void>((r) => silent.close(() => r()));
 });
 
-/** Sends raw bytes on one connection and reads until `responses` complete responses arrived. */
+/** Sends raw bytes on one connection and reads until `until` holds (or the gateway closes it). */
 function raw(payload: string, until: (text: string) => boolean): Promise<string> {
-  const port = Number(new URL(gateway.url).port);
-  return new Promise((resolve, reject) => {
-    const s = connect(port, "127.0.0.1");
-    let text = "";
-    s.setEncoding("latin1");
-    s.on("data", (d) => {
-      text += d;
-      if (until(text)) {
-        s.destroy();
-        resolve(text);
-      }
-    });
-    s.on("error", reject);
-    s.on("close", () => resolve(text));
-    s.write(payload);
-  });
+  return sendRaw(Number(new URL(gateway.url).port), payload, until);
 }
 
 describe("gateway fast path", () => {

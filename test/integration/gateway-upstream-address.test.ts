@@ -5,10 +5,10 @@
 // resolve through FAKE_DNS, a fake resolver passed to the gateway; everything else is real.
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ResolveAll } from "../../src/shared/index.js";
 import { deployedRow, type StoredGateway, startStoredGateway } from "../support/gateway.js";
+import { sendRaw } from "../support/http.js";
 
 /** Fake DNS: the records this test needs, and nothing else. */
 const FAKE_DNS: Record<string, Array<{ address: string; family: number }>> = {
@@ -115,24 +115,12 @@ describe("upstream names are resolved and checked when the gateway connects", ()
   it("refuses such a name for a WebSocket upgrade", async () => {
     const before = hits;
     const port = Number(new URL(stored.gateway.url).port);
-    const answer = await new Promise<string>((resolve, reject) => {
-      const s = connect(port, "127.0.0.1");
-      let text = "";
-      s.setEncoding("latin1");
-      s.on("data", (d) => {
-        text += d;
-        if (text.includes("\r\n\r\n")) {
-          s.destroy();
-          resolve(text);
-        }
-      });
-      s.on("error", reject);
-      s.on("close", () => resolve(text));
-      s.write(
-        "GET /mixed/socket HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n" +
-          "sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-      );
-    });
+    const answer = await sendRaw(
+      port,
+      "GET /mixed/socket HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n" +
+        "sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+      (text) => text.includes("\r\n\r\n"),
+    );
     expect(answer.split("\r\n")[0]).toBe("HTTP/1.1 502 Bad Gateway");
     expect(hits).toBe(before);
   });

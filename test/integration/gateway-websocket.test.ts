@@ -1,9 +1,10 @@
 import { createServer, type IncomingMessage, type Server } from "node:http";
-import { type AddressInfo, connect, createServer as createNetServer } from "node:net";
+import { type AddressInfo, createServer as createNetServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket, { WebSocketServer } from "ws";
 import type { Gateway } from "../../src/gateway/index.js";
 import { deployedRow, type StoredGateway, startStoredGateway } from "../support/gateway.js";
+import { sendRaw } from "../support/http.js";
 
 let upstream: Server;
 let declining: Server;
@@ -170,20 +171,11 @@ describe("WebSockets through the gateway", () => {
     // Sent raw: a WebSocket client normalizes the URL (%2e%2e is a dot segment to it) first.
     const port = Number(new URL(gateway.url).port);
     const before = upgrades.length;
-    const answer = await new Promise<string>((resolve, reject) => {
-      const s = connect(port, "127.0.0.1");
-      let text = "";
-      s.setEncoding("latin1");
-      s.on("data", (d) => {
-        text += d;
-      });
-      s.on("error", reject);
-      s.on("close", () => resolve(text));
-      s.write(
-        "GET /ws/a/%2e%2e/admin HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n" +
-          "sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-      );
-    });
+    const answer = await sendRaw(
+      port,
+      "GET /ws/a/%2e%2e/admin HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n" +
+        "sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
     expect(answer).toMatch(/^HTTP\/1\.1 400 /);
     expect(answer).toContain('"code":"request.malformed"');
     expect(upgrades.length).toBe(before);
@@ -212,18 +204,7 @@ describe("WebSockets through the gateway", () => {
   it("serves an upgrade other than WebSocket (h2c) as the plain request, never as a tunnel", async () => {
     const port = Number(new URL(gateway.url).port);
     const exchange = (payload: string, done: string) =>
-      new Promise<string>((resolve, reject) => {
-        const s = connect(port, "127.0.0.1");
-        let text = "";
-        s.setEncoding("latin1");
-        s.on("data", (d) => {
-          text += d;
-          if (text.includes(done)) s.end();
-        });
-        s.on("error", reject);
-        s.on("close", () => resolve(text));
-        s.write(payload);
-      });
+      sendRaw(port, payload, (text) => text.includes(done));
     // What `curl --http2 -d hello` sends to an http:// URL.
     const h2c = await exchange(
       "POST /ws/echo HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n" +

@@ -1,6 +1,34 @@
-// One HTTP(S) request with exactly the headers given (fetch may not set Host, nor trust a test CA).
+// One HTTP(S) request with exactly the headers given (fetch may not set Host, nor trust a test CA),
+// and raw bytes on one connection (what no client would send as is).
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { request as httpsRequest } from "node:https";
+import { connect } from "node:net";
+
+/**
+ * Sends `payload` on a new connection to 127.0.0.1:`port` and resolves with what came back (as
+ * latin1) once `until` holds for it (the connection is then cut) or the server closes it.
+ */
+export function sendRaw(
+  port: number,
+  payload: string,
+  until: (text: string) => boolean = () => false,
+): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = connect(port, "127.0.0.1");
+    let text = "";
+    s.setEncoding("latin1");
+    s.on("data", (d) => {
+      text += d;
+      if (until(text)) {
+        s.destroy();
+        resolve(text);
+      }
+    });
+    s.on("error", reject);
+    s.on("close", () => resolve(text));
+    s.write(payload);
+  });
+}
 
 export function requestText(
   url: string,
