@@ -1,6 +1,11 @@
 // The hub process: store, migrations, identity, the Connect API on HTTP/1.1 and gRPC on h2c, and probes.
 import { randomBytes, randomUUID } from "node:crypto";
 import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type ServerResponse,
+} from "node:http";
+import {
   createServer as createH2Server,
   type Http2Server,
   type ServerHttp2Session,
@@ -37,6 +42,7 @@ import {
   connectOnFastify,
   contextResponseHeaders,
   createAuthInterceptor,
+  type DirectUnary,
   databasesRoutes,
   dataPlanesRoutes,
   eventsRoutes,
@@ -788,13 +794,47 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     // Known once the listener is bound; the join command printed for new servers uses it.
     let publicUrl = options.publicUrl ?? "";
     const base = { logger: false, bodyLimit: maxBodyBytes, trustProxy: false } as const;
+    // A call's context values, from the context its headers gave and the peer's address.
+    const callValues = (ctx: IncomingContext, remoteAddress: string | undefined) =>
+      createContextValues()
+        .set(kIncoming, ctx)
+        .set(kRemoteAddr, remoteAddress ?? "unknown");
+    // Unary Connect calls over HTTP/1.1 are served before Fastify (DirectUnary) with what its
+    // onRequest hook below would give them; the rest, and everything while draining or over the
+    // body limit (answered by the hook), goes to Fastify.
+    let directUnary: DirectUnary | undefined;
+    const beforeFastify = (req: IncomingMessage, res: ServerResponse): boolean => {
+      if (!directUnary || draining) return false;
+      if (Number(req.headers["content-length"] ?? 0) > maxBodyBytes) return false;
+      return directUnary(req, res, (r, out) => {
+        const ctx = contextFromHttpHeaders(r.headers);
+        for (const [key, value] of Object.entries(contextResponseHeaders(ctx)))
+          out.setHeader(key, value);
+        return callValues(ctx, r.socket.remoteAddress);
+      });
+    };
     app = options.tls
       ? (Fastify({
           ...base,
           http2: true,
           https: { allowHTTP1: true, cert: options.tls.cert, key: options.tls.key },
         }) as unknown as FastifyInstance)
-      : Fastify(base);
+      : Fastify({
+          ...base,
+          // Fastify's own HTTP/1.1 server, with the direct path in front of its handler.
+          serverFactory: (handler, o) => {
+            const server = createHttpServer((req, res) => {
+              if (!beforeFastify(req, res)) handler(req, res);
+            });
+            // What Fastify sets on the server it makes itself (o holds its defaults).
+            server.keepAliveTimeout = Number(o.keepAliveTimeout ?? 72_000);
+            server.requestTimeout = Number(o.requestTimeout ?? 0);
+            server.setTimeout(Number(o.connectionTimeout ?? 0));
+            if (Number(o.maxRequestsPerSocket) > 0)
+              server.maxRequestsPerSocket = Number(o.maxRequestsPerSocket);
+            return server;
+          },
+        });
     app.decorateRequest("flotillaContext", undefined as unknown as IncomingContext);
     app.addHook("onRequest", async (request, reply) => {
       const ctx = contextFromHttpHeaders(request.headers);
@@ -900,14 +940,13 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       routes,
       interceptors,
       readMaxBytes: maxBodyBytes,
-      contextValues: (request) =>
-        createContextValues()
-          .set(kIncoming, request.flotillaContext)
-          .set(kRemoteAddr, request.ip ?? "unknown"),
+      contextValues: (request) => callValues(request.flotillaContext, request.ip),
       onError: (err: unknown, method: string) =>
         logger.error({ err, method }, "connect handler failed"),
     } satisfies ConnectOnFastifyOptions;
-    await app.register(async (scope) => connectOnFastify(scope, connectOptions));
+    await app.register(async (scope) => {
+      directUnary = connectOnFastify(scope, connectOptions);
+    });
     if (options.tls) trackSessions(app.server as unknown as Http2Server);
     await app.listen({ host, port: options.port });
     const port = (app.server.address() as AddressInfo).port;

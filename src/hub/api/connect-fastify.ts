@@ -420,7 +420,23 @@ function writeAnswer(status: number, header: Headers, body: Uint8Array, out: Ser
   out.end(body);
 }
 
-export function connectOnFastify(app: FastifyInstance, options: ConnectOnFastifyOptions): void {
+/**
+ * Serves a request before Fastify sees it if it is a unary call the direct path takes (its exact
+ * path, no query string), and says whether it did; `prepare` gives it what Fastify's hooks would
+ * have (response headers set on `res`, the call's context values). Fastify's routing, hooks and
+ * reply objects were ~14% of a WhoAmI's CPU in a profile.
+ */
+export type DirectUnary = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  prepare: (req: IncomingMessage, res: ServerResponse) => ContextValues,
+) => boolean;
+
+/** Registers the Connect routes on `app`; returns the direct path for the server to try first. */
+export function connectOnFastify(
+  app: FastifyInstance,
+  options: ConnectOnFastifyOptions,
+): DirectUnary | undefined {
   const router = createConnectRouter(options);
   const opt = validateUniversalHandlerOptions(options);
   // serveUnary answers as Connect would only with these defaults; otherwise Connect serves all.
@@ -480,21 +496,9 @@ export function connectOnFastify(app: FastifyInstance, options: ConnectOnFastify
         for (const [key, value] of Object.entries(reply.getHeaders()))
           if (value !== undefined) reply.raw.setHeader(key, value);
         const contextValues = options.contextValues(request);
-        // Served directly: a unary call in the Connect protocol over HTTP/1.1 (a POST of JSON or
-        // binary protobuf) without compression or a timeout. gRPC, gRPC-web, GET calls, streams,
-        // HTTP/2 and the rest take Connect's handler through connect-node's adapter.
-        const type =
-          unary && raw.httpVersionMajor === 1 && request.method === "POST"
-            ? protoConnect.parseContentType(request.headers["content-type"] ?? null)
-            : undefined;
-        if (
-          unary &&
-          type &&
-          !type.stream &&
-          request.headers["content-encoding"] === undefined &&
-          request.headers["connect-timeout-ms"] === undefined
-        ) {
-          await serveUnary(unary, opt, type.binary, raw, reply.raw, contextValues);
+        const binary = unary ? directEncoding(raw) : undefined;
+        if (unary && binary !== undefined) {
+          await serveUnary(unary, opt, binary, raw, reply.raw, contextValues);
           return;
         }
         const res = await handler(
@@ -507,4 +511,35 @@ export function connectOnFastify(app: FastifyInstance, options: ConnectOnFastify
       }
     });
   }
+  if (!direct) return undefined;
+  return (req, res, prepare) => {
+    const unary = req.url === undefined ? undefined : unaryMethods.get(req.url);
+    const binary = unary ? directEncoding(req) : undefined;
+    if (!unary || binary === undefined) return false;
+    const contextValues = prepare(req, res);
+    serveUnary(unary, opt, binary, req, res, contextValues).catch((err: unknown) => {
+      if (ConnectError.from(err).code === Code.Aborted) return;
+      options.onError(err, unary.spec.method.name);
+    });
+    return true;
+  };
+}
+
+/**
+ * Whether the direct path serves this request, and in which encoding: a unary call in the Connect
+ * protocol over HTTP/1.1 (a POST of JSON or binary protobuf) without compression or a timeout
+ * (true: binary). gRPC, gRPC-web, GET calls, streams, HTTP/2 and the rest (undefined) take
+ * Connect's handler through connect-node's adapter.
+ */
+function directEncoding(req: IncomingMessage): boolean | undefined {
+  if (req.httpVersionMajor !== 1 || req.method !== "POST") return undefined;
+  const type = protoConnect.parseContentType(req.headers["content-type"] ?? null);
+  if (
+    !type ||
+    type.stream ||
+    req.headers["content-encoding"] !== undefined ||
+    req.headers["connect-timeout-ms"] !== undefined
+  )
+    return undefined;
+  return type.binary;
 }

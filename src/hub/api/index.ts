@@ -13,7 +13,11 @@ export {
 } from "./authz.js";
 export { configRoutes } from "./config-routes.js";
 export { toConnectError } from "./connect-errors.js";
-export { type ConnectOnFastifyOptions, connectOnFastify } from "./connect-fastify.js";
+export {
+  type ConnectOnFastifyOptions,
+  connectOnFastify,
+  type DirectUnary,
+} from "./connect-fastify.js";
 export { type DatabasesRouteOptions, databasesRoutes } from "./databases-routes.js";
 export { type DataPlanesRouteOptions, dataPlanesRoutes } from "./dataplanes-routes.js";
 export { eventsRoutes } from "./events-routes.js";
