@@ -1,10 +1,6 @@
 // The hub process: store, migrations, identity, the Connect API on HTTP/1.1 and gRPC on h2c, and probes.
 import { randomBytes, randomUUID } from "node:crypto";
-import {
-  createServer as createHttpServer,
-  type IncomingMessage,
-  type ServerResponse,
-} from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import {
   createServer as createH2Server,
   type Http2Server,
@@ -819,22 +815,26 @@ export async function startHub(options: HubOptions): Promise<Hub> {
           http2: true,
           https: { allowHTTP1: true, cert: options.tls.cert, key: options.tls.key },
         }) as unknown as FastifyInstance)
-      : Fastify({
-          ...base,
-          // Fastify's own HTTP/1.1 server, with the direct path in front of its handler.
-          serverFactory: (handler, o) => {
-            const server = createHttpServer((req, res) => {
-              if (!beforeFastify(req, res)) handler(req, res);
-            });
-            // What Fastify sets on the server it makes itself (o holds its defaults).
-            server.keepAliveTimeout = Number(o.keepAliveTimeout ?? 72_000);
-            server.requestTimeout = Number(o.requestTimeout ?? 0);
-            server.setTimeout(Number(o.connectionTimeout ?? 0));
-            if (Number(o.maxRequestsPerSocket) > 0)
-              server.maxRequestsPerSocket = Number(o.maxRequestsPerSocket);
-            return server;
-          },
-        });
+      : Fastify(base);
+    // The direct path goes in front of the handler Fastify gave its server (not a serverFactory:
+    // with one, Fastify stops binding every address `localhost` resolves to). Left out if Fastify
+    // ever listens differently. A throw in front falls back to Fastify, which answers it.
+    const [fastifyHandler, ...others] = app.server.listeners("request") as Array<
+      (req: IncomingMessage, res: ServerResponse) => void
+    >;
+    if (fastifyHandler && others.length === 0) {
+      app.server.removeListener("request", fastifyHandler);
+      app.server.on("request", (req: IncomingMessage, res: ServerResponse) => {
+        let served = false;
+        try {
+          served = beforeFastify(req, res);
+        } catch (err) {
+          logger.error({ err }, "direct unary path failed; Fastify answers");
+          served = res.headersSent;
+        }
+        if (!served) fastifyHandler(req, res);
+      });
+    }
     app.decorateRequest("flotillaContext", undefined as unknown as IncomingContext);
     app.addHook("onRequest", async (request, reply) => {
       const ctx = contextFromHttpHeaders(request.headers);
