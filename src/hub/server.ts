@@ -799,9 +799,13 @@ export async function startHub(options: HubOptions): Promise<Hub> {
     // onRequest hook below would give them; the rest, and everything while draining or over the
     // body limit (answered by the hook), goes to Fastify.
     let directUnary: DirectUnary | undefined;
+    // The announced body length, when it is over the limit (the hook refuses those up front).
+    const overLimit = (headers: IncomingMessage["headers"]): number | undefined => {
+      const length = Number(headers["content-length"] ?? 0);
+      return length > maxBodyBytes ? length : undefined;
+    };
     const beforeFastify = (req: IncomingMessage, res: ServerResponse): boolean => {
-      if (!directUnary || draining) return false;
-      if (Number(req.headers["content-length"] ?? 0) > maxBodyBytes) return false;
+      if (!directUnary || draining || overLimit(req.headers) !== undefined) return false;
       return directUnary(req, res, (r, out) => {
         const ctx = contextFromHttpHeaders(r.headers);
         for (const [key, value] of Object.entries(contextResponseHeaders(ctx)))
@@ -842,8 +846,8 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       reply.headers(contextResponseHeaders(ctx));
       // Refuse oversized bodies up front with the catalogue's code; Connect's own readMaxBytes
       // still guards chunked bodies that announce no length.
-      const length = Number(request.headers["content-length"] ?? 0);
-      if (length > maxBodyBytes) {
+      const length = overLimit(request.headers);
+      if (length !== undefined) {
         reply
           .code(400)
           .header(ERROR_CODE_HEADER, "request.too_large")

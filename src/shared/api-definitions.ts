@@ -1,7 +1,7 @@
 // API definitions (RestApi, LlmProvider, LlmProxy): their shapes and checks, shared by the hub
 // (on create) and the gateway (on apply), so both sides agree on what is valid.
 import { invalid } from "./errors.js";
-import { upstreamRefusal } from "./net-address.js";
+import { hostKey, upstreamRefusal } from "./net-address.js";
 
 export const API_KINDS = ["RestApi", "LlmProvider", "LlmProxy"] as const;
 export type ApiKindName = (typeof API_KINDS)[number];
@@ -104,10 +104,7 @@ function checkUrl(field: string, s: string): string {
   if (url.username || url.password) throw invalid(field, "must not carry credentials");
   if (url.search || url.hash) throw invalid(field, "must not have a query or fragment");
   // Names are resolved only when the gateway connects (guardedLookup refuses them there).
-  const host = url.hostname
-    .replace(/^\[|\]$/g, "")
-    .replace(/\.$/, "")
-    .toLowerCase();
+  const host = hostKey(url.hostname);
   const why = upstreamRefusal(host);
   if (why) throw invalid(field, `must not point at ${host} (${why})`);
   return s.replace(/\/+$/, "");

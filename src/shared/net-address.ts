@@ -94,6 +94,15 @@ const METADATA_ADDRESSES = blockList([
   ["fd00:ec2::254", 128, "ipv6"],
 ]);
 
+/** A host as written in a URL or a setting, compared as: no IPv6 brackets, no trailing dot, lowercase. */
+export function hostKey(host: string): string {
+  return host
+    .trim()
+    .replace(/^\[|\]$/g, "")
+    .replace(/\.$/, "")
+    .toLowerCase();
+}
+
 /**
  * Why a proxied upstream may not be at `host` (an address, or a name as written), or undefined.
  * Loopback and private networks are where upstreams live; link-local is the cloud metadata
@@ -101,10 +110,7 @@ const METADATA_ADDRESSES = blockList([
  * addresses are no HTTP server. A name is refused here only if it is a metadata service's.
  */
 export function upstreamRefusal(host: string): string | undefined {
-  const h = host
-    .replace(/^\[|\]$/g, "")
-    .replace(/\.$/, "")
-    .toLowerCase();
+  const h = hostKey(host);
   if (METADATA_NAMES.has(h)) return "a cloud metadata service";
   if (isIP(h) === 0) return undefined;
   const a = unmapped(h);

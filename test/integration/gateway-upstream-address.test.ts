@@ -74,6 +74,17 @@ afterAll(async () => {
   await new Promise<void>((r) => upstream.close(() => r()));
 });
 
+/** The request is answered 502 for a refused address, and the upstream never sees it. */
+async function expectRefused(send: () => Promise<Response>): Promise<void> {
+  const before = hits;
+  const res = await send();
+  expect(res.status).toBe(502);
+  const body = (await res.json()) as { code: string; message: string };
+  expect(body.code).toBe("upstream.unavailable");
+  expect(body.message).toContain("UPSTREAM_ADDRESS_REFUSED");
+  expect(hits).toBe(before);
+}
+
 describe("upstream names are resolved and checked when the gateway connects", () => {
   it("proxies to a name that resolves to loopback, through the fake DNS", async () => {
     const res = await fetch(`${stored.gateway.url}/good/x`);
@@ -84,13 +95,7 @@ describe("upstream names are resolved and checked when the gateway connects", ()
 
   for (const name of ["metadata", "v6", "mixed", "mapped"]) {
     it(`answers 502 and never connects for a name resolving to a metadata address (${name}, GET on the fast path)`, async () => {
-      const before = hits;
-      const res = await fetch(`${stored.gateway.url}/${name}/latest/meta-data/`);
-      expect(res.status).toBe(502);
-      const body = (await res.json()) as { code: string; message: string };
-      expect(body.code).toBe("upstream.unavailable");
-      expect(body.message).toContain("UPSTREAM_ADDRESS_REFUSED");
-      expect(hits).toBe(before);
+      await expectRefused(() => fetch(`${stored.gateway.url}/${name}/latest/meta-data/`));
     });
   }
 
@@ -103,13 +108,9 @@ describe("upstream names are resolved and checked when the gateway connects", ()
 
   // mixed.test's first address answers: without the check these would reach the upstream.
   it("refuses such a name for a request with a body (node:http and undici)", async () => {
-    const before = hits;
-    const res = await fetch(`${stored.gateway.url}/mixed/x`, { method: "POST", body: "{}" });
-    expect(res.status).toBe(502);
-    const body = (await res.json()) as { code: string; message: string };
-    expect(body.code).toBe("upstream.unavailable");
-    expect(body.message).toContain("UPSTREAM_ADDRESS_REFUSED");
-    expect(hits).toBe(before);
+    await expectRefused(() =>
+      fetch(`${stored.gateway.url}/mixed/x`, { method: "POST", body: "{}" }),
+    );
   });
 
   it("refuses such a name for a WebSocket upgrade", async () => {

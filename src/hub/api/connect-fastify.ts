@@ -210,15 +210,14 @@ async function invokeUnary(
       req.contextValues,
     );
     const output = await spec.impl(req.message, handlerContext);
-    const answer: UnaryResponse = {
+    return {
       stream: false,
       message: create(method.output, output),
       method,
       service: method.parent,
       header: context.responseHeader,
       trailer: context.responseTrailer,
-    };
-    return answer;
+    } satisfies UnaryResponse;
   };
   let next = implementation;
   for (let i = interceptors.length - 1; i >= 0; i--) next = interceptors[i]!(next);
@@ -485,6 +484,10 @@ export function connectOnFastify(
   app.addContentTypeParser(protoGrpc.contentTypeRegExp, noop);
   app.addContentTypeParser(protoGrpcWeb.contentTypeRegExp, noop);
   app.addContentTypeParser(protoConnect.contentTypeRegExp, noop);
+  /** A call that failed outside Connect's error encoding: reported, unless the client left. */
+  const failed = (err: unknown, method: string) => {
+    if (ConnectError.from(err).code !== Code.Aborted) options.onError(err, method);
+  };
   for (const handler of router.handlers) {
     const unary = unaryMethods.get(handler.requestPath);
     app.all(handler.requestPath, async (request, reply) => {
@@ -506,8 +509,7 @@ export function connectOnFastify(
         );
         await universalResponseToNodeResponse(await normalizeBadInput(res), reply.raw);
       } catch (err) {
-        if (ConnectError.from(err).code === Code.Aborted) return;
-        options.onError(err, handler.method.name);
+        failed(err, handler.method.name);
       }
     });
   }
@@ -517,10 +519,9 @@ export function connectOnFastify(
     const binary = unary ? directEncoding(req) : undefined;
     if (!unary || binary === undefined) return false;
     const contextValues = prepare(req, res);
-    serveUnary(unary, opt, binary, req, res, contextValues).catch((err: unknown) => {
-      if (ConnectError.from(err).code === Code.Aborted) return;
-      options.onError(err, unary.spec.method.name);
-    });
+    serveUnary(unary, opt, binary, req, res, contextValues).catch((err: unknown) =>
+      failed(err, unary.spec.method.name),
+    );
     return true;
   };
 }

@@ -3,7 +3,7 @@ import { lookup } from "node:dns/promises";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { isIP, type LookupFunction } from "node:net";
-import { classifyAddress, invalid } from "../../shared/index.js";
+import { classifyAddress, hostKey, invalid } from "../../shared/index.js";
 
 /** The operator's exceptions to the default refusal (FLOTILLA_WEBHOOK_ALLOW_PRIVATE, FLOTILLA_WEBHOOK_ALLOW_HOSTS). */
 export interface DestinationPolicy {
@@ -13,23 +13,8 @@ export interface DestinationPolicy {
   allowHosts?: string[];
 }
 
-/** The URL's host as an address or name: no IPv6 brackets, lowercase, no trailing dot. */
-function hostOf(url: URL): string {
-  return url.hostname
-    .replace(/^\[|\]$/g, "")
-    .replace(/\.$/, "")
-    .toLowerCase();
-}
-
 function allowedHost(host: string, policy: DestinationPolicy): boolean {
-  return (policy.allowHosts ?? []).some(
-    (h) =>
-      h
-        .trim()
-        .toLowerCase()
-        .replace(/^\[|\]$/g, "")
-        .replace(/\.$/, "") === host,
-  );
+  return (policy.allowHosts ?? []).some((h) => hostKey(h) === host);
 }
 
 function refusal(address: string, policy: DestinationPolicy): string | undefined {
@@ -49,7 +34,7 @@ const HINT =
  */
 export function checkDestinationUrl(raw: string, policy: DestinationPolicy): void {
   const url = new URL(raw);
-  const host = hostOf(url);
+  const host = hostKey(url.hostname);
   if (allowedHost(host, policy)) return;
   if (host === "localhost" || host.endsWith(".localhost")) {
     if (!policy.allowPrivateNetworks)
@@ -76,7 +61,7 @@ export async function resolveDestination(
   url: URL,
   policy: DestinationPolicy,
 ): Promise<ResolvedDestination> {
-  const host = hostOf(url);
+  const host = hostKey(url.hostname);
   const literal = isIP(host);
   const addresses = literal
     ? [{ address: host, family: literal as 4 | 6 }]
