@@ -16,14 +16,69 @@ import { isUnsafePath, type Route, type RouteTable } from "./routes.js";
 
 /** Request heads larger than node:http's default limit go to node:http (which answers 431). */
 const MAX_HEAD_BYTES = 16 * 1024;
+/**
+ * A response head and a body chunk up to this size are copied into one buffer and written at once
+ * (a 1 KB body: one write instead of a corked writev of two); a larger chunk is written after it.
+ */
+const COALESCE_BYTES = 16 * 1024;
 /** Bytes a client may send ahead (pipelining) while its request is in flight before we stop reading. */
 const MAX_PENDING_BYTES = 64 * 1024;
 /** undici's default connect timeout, kept so an unreachable upstream fails the same way. */
 const CONNECT_TIMEOUT_MS = 10_000;
 /** An idle upstream connection is kept this long unless the upstream's keep-alive hint says less. */
 const UPSTREAM_IDLE_MS = 30_000;
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-const BAD_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
+/** A response's status line: HTTP/1.x, a three-digit status from 100, a reason or none. */
+const STATUS_LINE = /^HTTP\/1\.\d [1-9]\d\d[ \r]/;
+/**
+ * Header lines, each `token:value` with CRLF, checked from `lastIndex` in one pass: a name is a
+ * token (RFC 9110), a value holds no control character but HTAB (so no bare CR or LF either).
+ * The whole block matched when `lastIndex` reaches its end: one regular expression per head
+ * instead of two per header line.
+ */
+const HEADER_LINES = /(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*/y;
+
+/** True when every line of `head` from `from` (each ending CRLF) is a well-formed header line. */
+function headerLinesValid(head: string, from: number): boolean {
+  HEADER_LINES.lastIndex = from;
+  HEADER_LINES.test(head);
+  return HEADER_LINES.lastIndex === head.length;
+}
+
+/** Optional whitespace in a header line: SP or HTAB (RFC 9110). */
+function isSpace(c: number): boolean {
+  return c === 32 || c === 9;
+}
+
+/**
+ * Walks the header lines of a head that headerLinesValid accepted: each line's name lowercased and
+ * its value without the optional whitespace (SP, HTAB) around it.
+ */
+class HeaderLines {
+  name = "";
+  value = "";
+
+  constructor(
+    private readonly head: string,
+    private at: number,
+  ) {}
+
+  next(): boolean {
+    const head = this.head;
+    const at = this.at;
+    if (at >= head.length) return false;
+    const end = head.indexOf("\r\n", at);
+    const colon = head.indexOf(":", at);
+    let from = colon + 1;
+    let to = end;
+    while (from < to && isSpace(head.charCodeAt(from))) from++;
+    while (to > from && isSpace(head.charCodeAt(to - 1))) to--;
+    this.name = head.slice(at, colon).toLowerCase();
+    this.value = head.slice(from, to);
+    this.at = end + 2;
+    return true;
+  }
+}
+
 const TARGET = /^\/[\x21-\x7e]*$/;
 /** Request headers whose presence sends the request to node:http (bodies, upgrades, 100-continue). */
 const SLOW_REQUEST_HEADERS = new Set(["content-length", "transfer-encoding", "upgrade", "expect"]);
@@ -119,6 +174,7 @@ class UpstreamConn {
   private remaining = 0;
   private reusable = true;
   private idleMs = UPSTREAM_IDLE_MS;
+  private timeoutMs = 0;
   connected = false;
 
   constructor(
@@ -127,19 +183,16 @@ class UpstreamConn {
     private readonly fast: FastPath,
   ) {
     socket.setNoDelay(true);
-    socket.setTimeout(CONNECT_TIMEOUT_MS);
+    this.timeout(CONNECT_TIMEOUT_MS);
     socket.on("connect", () => {
       this.connected = true;
       const ex = this.exchange;
-      if (ex) socket.setTimeout(ex.route.upstream.timeoutMs);
+      if (ex) this.timeout(ex.route.upstream.timeoutMs);
     });
     socket.on("data", (chunk: Buffer) => {
-      // One write (writev) per upstream read: the response head and the body it arrived with
-      // leave together, instead of a syscall each.
-      const client = this.exchange?.client.socket;
-      client?.cork();
+      const client = this.exchange?.client;
       this.onData(chunk);
-      client?.uncork();
+      client?.endOfRead();
     });
     socket.on("timeout", () => {
       const ex = this.exchange;
@@ -166,12 +219,23 @@ class UpstreamConn {
     });
   }
 
+  /**
+   * Sets the socket's inactivity timeout when it changes. Every read and write restarts the
+   * countdown already; setting the same value again would only replace the timer (a new Timeout
+   * and a bound callback, twice per request with the default 30 s both ways).
+   */
+  private timeout(ms: number): void {
+    if (ms === this.timeoutMs) return;
+    this.timeoutMs = ms;
+    this.socket.setTimeout(ms);
+  }
+
   start(ex: Exchange): void {
     this.exchange = ex;
     ex.upstream = this;
     this.state = Body.Head;
     this.buf = null;
-    if (this.connected) this.socket.setTimeout(ex.route.upstream.timeoutMs);
+    if (this.connected) this.timeout(ex.route.upstream.timeoutMs);
     this.socket.write(ex.head, "latin1");
   }
 
@@ -191,12 +255,15 @@ class UpstreamConn {
   private finish(reusable: boolean): void {
     const ex = this.exchange!;
     this.exchange = undefined;
+    ex.client.flushHead();
     if (ex.client.chunked) ex.client.socket.write("0\r\n\r\n", "latin1");
-    this.fast.exchangeDone(ex);
+    // Released before the client's next request starts: a pipelined request takes this
+    // connection again rather than another one.
     if (reusable && this.reusable && (this.buf === null || this.buf.length === 0)) {
-      this.socket.setTimeout(this.idleMs);
+      this.timeout(this.idleMs);
       this.fast.release(this);
     } else this.socket.destroy();
+    this.fast.exchangeDone(ex);
   }
 
   private onData(chunk: Buffer): void {
@@ -214,11 +281,16 @@ class UpstreamConn {
           );
           return;
         }
+        // Lines ended by a bare LF: this head can never end with CRLF CRLF.
+        if (data.indexOf("\n\n") !== -1) {
+          this.fail(Object.assign(new Error("bare LF in head"), { code: "HPE_CR_EXPECTED" }));
+          return;
+        }
         this.buf = data;
         return;
       }
       this.buf = null;
-      const status = this.responseHead(ex, data.toString("latin1", 0, end));
+      const status = this.responseHead(ex, data.toString("latin1", 0, end + 2));
       if (status === -1) return;
       if (status < 200) {
         // An informational response (103 Early Hints): skipped, as undici's dispatch does.
@@ -236,17 +308,30 @@ class UpstreamConn {
     this.body(ex, chunk);
   }
 
-  /** Parses the response head and writes the client's; returns the status, or -1 after a failure. */
+  /**
+   * Parses the response head (its lines each ending CRLF) and makes the client's, which leaves
+   * with the first body bytes; returns the status, or -1 after a failure.
+   */
   private responseHead(ex: Exchange, head: string): number {
-    const lineEnd = head.indexOf("\r\n");
-    const statusLine = lineEnd === -1 ? head : head.slice(0, lineEnd);
-    const status = Number(statusLine.slice(9, 12));
-    if (!statusLine.startsWith("HTTP/1.") || !(status >= 100 && status <= 999)) {
+    if (!STATUS_LINE.test(head)) {
       this.fail(Object.assign(new Error("invalid status line"), { code: "HPE_INVALID_CONSTANT" }));
       return -1;
     }
+    const status = Number(head.slice(9, 12));
     if (status < 200) return status;
-    const http10 = statusLine.charCodeAt(7) === 48;
+    const lineEnd = head.indexOf("\r\n");
+    if (!headerLinesValid(head, lineEnd + 2)) {
+      const bad = HEADER_LINES.lastIndex;
+      const colon = head.indexOf(":", bad);
+      const code =
+        colon === -1 || colon > head.indexOf("\r\n", bad)
+          ? "HPE_INVALID_HEADER_TOKEN"
+          : "ERR_INVALID_CHAR";
+      this.fail(Object.assign(new Error(`invalid header line`), { code }));
+      return -1;
+    }
+    const http10 = head.charCodeAt(7) === 48;
+    let out = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "unknown"}\r\n`;
     const names: string[] = [];
     const values: string[] = [];
     let connection = "";
@@ -254,60 +339,61 @@ class UpstreamConn {
     let chunked = false;
     let hasDate = false;
     let keepAliveHint = "";
-    let at = lineEnd === -1 ? head.length : lineEnd + 2;
-    while (at < head.length) {
-      let next = head.indexOf("\r\n", at);
-      if (next === -1) next = head.length;
-      const colon = head.indexOf(":", at);
-      if (colon === -1 || colon > next) {
-        this.fail(
-          Object.assign(new Error("invalid header line"), { code: "HPE_INVALID_HEADER_TOKEN" }),
-        );
-        return -1;
-      }
-      const name = head.slice(at, colon).toLowerCase();
-      const value = head.slice(colon + 1, next).trim();
-      at = next + 2;
-      if (name === "content-length") {
-        const n = Number(value);
-        if (!/^\d+$/.test(value) || (contentLength !== -1 && contentLength !== n)) {
-          this.fail(
-            Object.assign(new Error("invalid content-length"), {
-              code: "HPE_UNEXPECTED_CONTENT_LENGTH",
-            }),
-          );
-          return -1;
+    for (const line = new HeaderLines(head, lineEnd + 2); line.next(); ) {
+      const { name, value } = line;
+      switch (name) {
+        case "content-length": {
+          const n = Number(value);
+          if (!/^\d+$/.test(value) || (contentLength !== -1 && contentLength !== n)) {
+            this.fail(
+              Object.assign(new Error("invalid content-length"), {
+                code: "HPE_UNEXPECTED_CONTENT_LENGTH",
+              }),
+            );
+            return -1;
+          }
+          if (contentLength === n) continue; // The same length again: the client gets it once.
+          contentLength = n;
+          break;
         }
-        contentLength = n;
-      } else if (name === "transfer-encoding") chunked = /(^|,)\s*chunked\s*$/i.test(value);
-      else if (name === "connection") connection = `${connection},${value.toLowerCase()}`;
-      else if (name === "keep-alive") keepAliveHint = value;
-      else if (name === "date") hasDate = true;
-      if (!TOKEN.test(name) || BAD_VALUE.test(value)) {
-        this.fail(
-          Object.assign(new Error(`invalid header ${name.slice(0, 100)}`), {
-            code: "ERR_INVALID_CHAR",
-          }),
-        );
-        return -1;
+        case "transfer-encoding":
+          chunked = /(^|,)\s*chunked\s*$/i.test(value);
+          break;
+        case "connection":
+          connection = `${connection},${value.toLowerCase()}`;
+          break;
+        case "keep-alive":
+          keepAliveHint = value;
+          break;
+        case "date":
+          hasDate = true;
+          break;
       }
       names.push(name);
       values.push(value);
+      if (HOP_BY_HOP.has(name) || name === "x-correlation-id" || name === "traceparent") continue;
+      out += `${name}: ${value}\r\n`;
     }
-    if (http10 || /(^|,)\s*close\s*(,|$)/.test(connection)) this.reusable = false;
-    const hint = /timeout=(\d+)/.exec(keepAliveHint);
+    if (http10 || (connection !== "" && /(^|,)\s*close\s*(,|$)/.test(connection)))
+      this.reusable = false;
+    const hint = keepAliveHint === "" ? null : /timeout=(\d+)/.exec(keepAliveHint);
     if (hint) this.idleMs = Math.min(UPSTREAM_IDLE_MS, Math.max(0, Number(hint[1]) * 1000 - 1000));
     if (this.idleMs === 0) this.reusable = false;
-    const named = connection ? new Set(connection.split(/\s*,\s*/)) : null;
-
-    const noBody = status === 204 || status === 304;
-    let out = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "unknown"}\r\n`;
-    for (let i = 0; i < names.length; i++) {
-      const name = names[i]!;
-      if (HOP_BY_HOP.has(name) || named?.has(name)) continue;
-      if (name === "x-correlation-id" || name === "traceparent") continue;
-      out += `${name}: ${values[i]}\r\n`;
+    // Headers the upstream's Connection names are hop-by-hop too ("keep-alive" alone names none
+    // to remove): the client's head is made again without them.
+    if (connection !== "" && connection !== ",keep-alive") {
+      const named = new Set(connection.split(/\s*,\s*/));
+      out = out.slice(0, out.indexOf("\r\n") + 2);
+      // The length frames the body for the client too: it stays whatever Connection says.
+      named.delete("content-length");
+      for (let i = 0; i < names.length; i++) {
+        const name = names[i]!;
+        if (HOP_BY_HOP.has(name) || named.has(name)) continue;
+        if (name === "x-correlation-id" || name === "traceparent") continue;
+        out += `${name}: ${values[i]}\r\n`;
+      }
     }
+    const noBody = status === 204 || status === 304;
     const rec = ex.record;
     out += `x-correlation-id: ${rec.correlation}\r\ntraceparent: ${rec.traceparent}\r\n`;
     if (!hasDate) out += `date: ${httpDate()}\r\n`;
@@ -337,7 +423,7 @@ class UpstreamConn {
     out += "\r\n";
     rec.status = status;
     ex.headSent = true;
-    client.socket.write(out, "latin1");
+    client.head = out;
     return status;
   }
 
@@ -437,6 +523,9 @@ class ClientConn {
   exchange: Exchange | undefined;
   chunked = false;
   closed = false;
+  /** The response head made from the upstream's, written with the first body bytes. */
+  head = "";
+  private corked = false;
   readonly keepAliveHeaders: string;
 
   constructor(
@@ -479,20 +568,55 @@ class ClientConn {
     this.next();
   };
 
-  /** Writes a body chunk (chunk-framed when the response is re-framed), pausing the upstream on backpressure. */
+  /**
+   * Writes a body chunk (chunk-framed when the response is re-framed), pausing the upstream on
+   * backpressure. The response head still waiting goes in the same write: for a body up to
+   * COALESCE_BYTES the two are copied into one buffer (a plain write, not a corked writev).
+   */
   send(data: Buffer, from: UpstreamConn): void {
     if (data.length === 0) return;
     let ok: boolean;
     if (this.chunked) {
-      this.socket.cork();
+      // Every chunk of one upstream read leaves in one writev, at the end of the read.
+      if (!this.corked) {
+        this.socket.cork();
+        this.corked = true;
+      }
+      this.flushHead();
       this.socket.write(`${data.length.toString(16)}\r\n`, "latin1");
       this.socket.write(data);
       ok = this.socket.write("\r\n", "latin1");
-      this.socket.uncork();
-    } else ok = this.socket.write(data);
+    } else if (this.head !== "" && data.length <= COALESCE_BYTES) {
+      const head = this.head;
+      this.head = "";
+      const out = Buffer.allocUnsafe(head.length + data.length);
+      out.write(head, 0, "latin1");
+      data.copy(out, head.length);
+      ok = this.socket.write(out);
+    } else {
+      this.flushHead();
+      ok = this.socket.write(data);
+    }
     if (!ok) {
       from.socket.pause();
       this.socket.once("drain", () => from.socket.resume());
+    }
+  }
+
+  /** Writes the response head still waiting for body bytes (a head is one latin1 string). */
+  flushHead(): void {
+    if (this.head === "") return;
+    const head = this.head;
+    this.head = "";
+    if (!this.socket.destroyed) this.socket.write(head, "latin1");
+  }
+
+  /** The end of one upstream read: what it produced for this client leaves now. */
+  endOfRead(): void {
+    this.flushHead();
+    if (this.corked) {
+      this.corked = false;
+      this.socket.uncork();
     }
   }
 
@@ -506,7 +630,7 @@ class ClientConn {
         if (data.length > MAX_HEAD_BYTES || data.indexOf("\n\n") !== -1) this.handOff();
         return;
       }
-      const ex = this.fast.parse(this, data.toString("latin1", 0, end));
+      const ex = this.fast.parse(this, data.toString("latin1", 0, end + 2));
       if (!ex) {
         this.handOff();
         return;
@@ -594,18 +718,10 @@ export class FastPath {
     let correlationIn: string | undefined;
     let traceparentIn: string | undefined;
     let forwardedFor: string | undefined;
+    if (!headerLinesValid(head, lineEnd + 2)) return undefined;
     const seen = new Set<string>();
-    let at = lineEnd + 2;
-    while (at < head.length) {
-      let next = head.indexOf("\r\n", at);
-      if (next === -1) next = head.length;
-      const colon = head.indexOf(":", at);
-      if (colon === -1 || colon > next) return undefined;
-      const raw = head.slice(at, colon);
-      const value = head.slice(colon + 1, next).trim();
-      at = next + 2;
-      if (!TOKEN.test(raw) || BAD_VALUE.test(value)) return undefined;
-      const name = raw.toLowerCase();
+    for (const line = new HeaderLines(head, lineEnd + 2); line.next(); ) {
+      const { name, value } = line;
       if (seen.has(name) || SLOW_REQUEST_HEADERS.has(name)) return undefined;
       seen.add(name);
       switch (name) {
