@@ -5,7 +5,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { deployedRow, type StoredGateway, startStoredGateway } from "../support/gateway.js";
-import { requestText } from "../support/http.js";
+import { requestText, sendRaw } from "../support/http.js";
 
 let upstream: Server;
 let stored: StoredGateway | undefined;
@@ -23,7 +23,7 @@ beforeAll(async () => {
   const up = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
   stored = await startStoredGateway(
     [deployedRow("logged-api", { contextPath: "/api", upstream: { url: up } })],
-    { accessLog: { write: (batch: string) => batches.push(batch) } },
+    { accessLog: { write: (batch: Buffer) => batches.push(batch.toString("utf8")) } },
   );
 });
 
@@ -48,15 +48,21 @@ describe("the gateway's access log", () => {
     const missing = await requestText(`${url}/nowhere`, {
       headers: { "x-correlation-id": "access-log-404" },
     });
+    // A quote in the path and the host, a tab and bytes beyond ASCII in the host: escaped in JSON.
+    const odd = await sendRaw(
+      Number(new URL(url).port),
+      'GET /api/q"uote HTTP/1.1\r\nhost: we"ird\tcaf\u00e9\r\nx-correlation-id: access-log-odd\r\n\r\n',
+      (t) => t.endsWith("\r\n0\r\n\r\n"),
+    );
+    expect(odd).toMatch(/^HTTP\/1\.1 200 /);
     expect([get.status, post.status, missing.status]).toEqual([200, 200, 404]);
     // Batched: nothing has to be written yet; stopping writes the rest.
     await stored!.close();
     stored = undefined;
-    const lines = batches
-      .join("")
-      .split("\n")
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const text = batches.join("").split("\n").filter(Boolean);
+    const lines = text.map((l) => JSON.parse(l) as Record<string, unknown>);
+    // Each line is exactly what JSON.stringify gives for its fields, in pino's order.
+    for (const [i, line] of lines.entries()) expect(JSON.stringify(line)).toBe(text[i]);
     const byCorrelation = new Map(lines.map((l) => [l.correlation, l]));
     expect(byCorrelation.get("access-log-get")).toMatchObject({
       level: 30,
@@ -69,6 +75,12 @@ describe("the gateway's access log", () => {
       method: "POST",
       status: 200,
       api: "logged-api",
+    });
+    // The client sent "é" as UTF-8; a head is read as latin1 and a host lowercased: "ã©".
+    expect(byCorrelation.get("access-log-odd")).toMatchObject({
+      host: 'we"ird\tcaf\u00e3\u00a9',
+      path: '/api/q"uote',
+      status: 200,
     });
     expect(byCorrelation.get("access-log-404")).toMatchObject({
       method: "GET",
