@@ -4,7 +4,7 @@ import { createServer, type IncomingMessage, type Server } from "node:http";
 import { type AddressInfo, createServer as createNetServer, type Socket } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
 import { pino } from "pino";
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, Gauge, Registry } from "prom-client";
 import { guardedLookup, notLocalOperator, type ResolveAll } from "../shared/index.js";
 import { AccessLog, type AccessLogSink } from "./access-log.js";
 import { FastPath } from "./fast-path.js";
@@ -15,6 +15,7 @@ import {
   type ProxyObserver,
   ReverseProxy,
 } from "./proxy.js";
+import { type ApiFigures, RequestMetrics } from "./request-metrics.js";
 import { ConfigStore, type Route } from "./routes.js";
 import { LocalStore } from "./store.js";
 import { HubSync } from "./sync.js";
@@ -72,19 +73,8 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     o.accessLog === false ? null : new AccessLog(o.accessLog === true ? undefined : o.accessLog);
 
   const registry = new Registry();
-  const requests = new Counter({
-    name: "flotilla_gateway_requests_total",
-    help: "Requests through the gateway, by API and status class.",
-    labelNames: ["api", "status"] as const,
-    registers: [registry],
-  });
-  const duration = new Histogram({
-    name: "flotilla_gateway_request_duration_seconds",
-    help: "Time from request to response end, by API.",
-    labelNames: ["api"] as const,
-    buckets: DURATION_BUCKETS,
-    registers: [registry],
-  });
+  const requestMetrics = new RequestMetrics(DURATION_BUCKETS);
+  requestMetrics.register(registry);
   const routesGauge = new Gauge({
     name: "flotilla_gateway_routes",
     help: "Routes in the active table.",
@@ -106,15 +96,9 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     labelNames: ["fact"] as const,
     registers: [registry],
   });
-  // Label children cached per route: label objects are built once per route, not per request.
-  const children = new WeakMap<
-    Route,
-    { d: ReturnType<typeof duration.labels>; c: Map<string, ReturnType<typeof requests.labels>> }
-  >();
-  const noRoute = {
-    d: duration.labels("(none)"),
-    c: new Map<string, ReturnType<typeof requests.labels>>(),
-  };
+  // Figures cached per route: a request finds its API's without a lookup by name.
+  const figuresByRoute = new WeakMap<Route, ApiFigures>();
+  const noRoute = requestMetrics.forApi("(none)");
 
   const store = new LocalStore(o.dataDir, o.token);
   let sync: HubSync | undefined;
@@ -132,19 +116,12 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
 
   const observer: ProxyObserver = {
     done(route: Route | undefined, rec: AccessLogRecord) {
-      let ch = route ? children.get(route) : noRoute;
-      if (!ch && route) {
-        ch = { d: duration.labels(route.name), c: new Map() };
-        children.set(route, ch);
+      let figures = route ? figuresByRoute.get(route) : noRoute;
+      if (!figures) {
+        figures = requestMetrics.forApi(route!.name);
+        figuresByRoute.set(route!, figures);
       }
-      const cls = `${Math.floor(rec.status / 100)}xx`;
-      let counter = ch!.c.get(cls);
-      if (!counter) {
-        counter = requests.labels(route?.name ?? "(none)", cls);
-        ch!.c.set(cls, counter);
-      }
-      counter.inc();
-      ch!.d.observe(rec.ms / 1000);
+      figures.observe(rec.status, rec.ms / 1000);
       access?.record(rec);
     },
   };

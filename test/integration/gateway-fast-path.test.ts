@@ -77,7 +77,33 @@ function raw(payload: string, until: (text: string) => boolean): Promise<string>
   return sendRaw(Number(new URL(gateway.url).port), payload, until);
 }
 
+/** The value of the sample `name{labels}` in a /metrics text, 0 when absent. */
+async function metric(sample: string): Promise<number> {
+  const text = await (await fetch(`${gateway.adminUrl}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${sample} `));
+  return line ? Number(line.slice(sample.length + 1)) : 0;
+}
+
 describe("gateway fast path", () => {
+  it("counts requests by API and status class, with their durations, in /metrics", async () => {
+    const samples = [
+      'flotilla_gateway_requests_total{api="api-main",status="2xx"}',
+      'flotilla_gateway_requests_total{api="api-down",status="5xx"}',
+      'flotilla_gateway_requests_total{api="(none)",status="4xx"}',
+      'flotilla_gateway_request_duration_seconds_count{api="api-main"}',
+      'flotilla_gateway_request_duration_seconds_bucket{le="+Inf",api="api-main"}',
+      'flotilla_gateway_request_duration_seconds_bucket{le="10",api="api-main"}',
+    ];
+    const before = await Promise.all(samples.map(metric));
+    for (const path of ["/main/m1", "/main/m2", "/main/m3", "/down/m", "/none/m"])
+      await (await fetch(`${gateway.url}${path}`)).arrayBuffer();
+    const after = await Promise.all(samples.map(metric));
+    expect(after.map((v, i) => v - before[i]!)).toEqual([3, 1, 1, 3, 3, 3]);
+    const sum = await metric('flotilla_gateway_request_duration_seconds_sum{api="api-main"}');
+    expect(sum).toBeGreaterThan(0);
+    expect(sum).toBeLessThan(after[3]! * 10);
+  });
+
   it("forwards a GET with the same header rewriting as node:http: hop-by-hop out, context in", async () => {
     const res = await fetch(`${gateway.url}/main/items?x=1`, {
       headers: {
