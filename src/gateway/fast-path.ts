@@ -27,8 +27,11 @@ const MAX_PENDING_BYTES = 64 * 1024;
 const CONNECT_TIMEOUT_MS = 10_000;
 /** An idle upstream connection is kept this long unless the upstream's keep-alive hint says less. */
 const UPSTREAM_IDLE_MS = 30_000;
-/** A response's status line: HTTP/1.x, a three-digit status from 100, a reason or none. */
-const STATUS_LINE = /^HTTP\/1\.\d [1-9]\d\d[ \r]/;
+/**
+ * A response's whole status line as llhttp (undici's parser) takes it: HTTP/1.0 or 1.1, a
+ * three-digit status from 100, a reason of text or none, CRLF.
+ */
+const STATUS_LINE = /^HTTP\/1\.[01] [1-9]\d\d(?: [\t\x20-\x7e\x80-\xff]*)?\r\n/;
 /**
  * Header lines, each `token:value` with CRLF, checked from `lastIndex` in one pass: a name is a
  * token (RFC 9110), a value holds no control character but HTAB (so no bare CR or LF either).
@@ -337,6 +340,7 @@ class UpstreamConn {
     let connection = "";
     let contentLength = -1;
     let chunked = false;
+    let transferEncoding = false;
     let hasDate = false;
     let keepAliveHint = "";
     for (const line = new HeaderLines(head, lineEnd + 2); line.next(); ) {
@@ -357,6 +361,7 @@ class UpstreamConn {
           break;
         }
         case "transfer-encoding":
+          transferEncoding = true;
           chunked = /(^|,)\s*chunked\s*$/i.test(value);
           break;
         case "connection":
@@ -399,8 +404,8 @@ class UpstreamConn {
     if (!hasDate) out += `date: ${httpDate()}\r\n`;
     const client = ex.client;
     out += client.keepAliveHeaders;
-    if (chunked && contentLength >= 0) {
-      // Both framings at once: llhttp (undici's parser) refuses such a response too.
+    if (transferEncoding && contentLength >= 0) {
+      // Two framings at once: llhttp (undici's parser) refuses such a response too.
       this.fail(
         Object.assign(new Error("content-length with chunked"), {
           code: "HPE_UNEXPECTED_CONTENT_LENGTH",
@@ -526,6 +531,8 @@ class ClientConn {
   /** The response head made from the upstream's, written with the first body bytes. */
   head = "";
   private corked = false;
+  /** The upstream paused for this client's backpressure, resumed at its next drain. */
+  private paused: UpstreamConn | undefined;
   readonly keepAliveHeaders: string;
 
   constructor(
@@ -599,9 +606,16 @@ class ClientConn {
     }
     if (!ok) {
       from.socket.pause();
-      this.socket.once("drain", () => from.socket.resume());
+      if (this.paused === undefined) this.socket.once("drain", this.onDrain);
+      this.paused = from;
     }
   }
+
+  private readonly onDrain = () => {
+    const upstream = this.paused;
+    this.paused = undefined;
+    upstream?.socket.resume();
+  };
 
   /** Writes the response head still waiting for body bytes (a head is one latin1 string). */
   flushHead(): void {
@@ -862,6 +876,11 @@ export class FastPath {
   upstreamFailed(ex: Exchange, err: Error & { code?: string }): void {
     if (ex.done) return;
     const client = ex.client;
+    // A head still held back (it waits for body bytes) was never sent: the client can get a 502.
+    if (ex.headSent && client.head !== "") {
+      ex.headSent = false;
+      client.head = "";
+    }
     if (ex.headSent) {
       ex.done = true;
       client.exchange = undefined;

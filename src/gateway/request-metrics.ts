@@ -22,6 +22,13 @@ export class ApiFigures {
     this.buckets = new Array<number>(bounds.length + 1).fill(0);
   }
 
+  reset(): void {
+    this.byClass.fill(0);
+    this.buckets.fill(0);
+    this.sum = 0;
+    this.count = 0;
+  }
+
   observe(status: number, seconds: number): void {
     this.byClass[Math.min(9, Math.max(0, Math.floor(status / 100)))]! += 1;
     const bounds = this.bounds;
@@ -70,9 +77,11 @@ export class RequestMetrics {
 
   /** Adds the request counter (by API and status class) and the duration histogram (by API). */
   register(registry: Registry): void {
+    const requestsHelp = "Requests through the gateway, by API and status class.";
+    const durationHelp = "Time from request to response end, by API.";
     const requests = (): Collected => ({
       name: REQUESTS,
-      help: "Requests through the gateway, by API and status class.",
+      help: requestsHelp,
       type: "counter",
       values: [...this.byApi.values()].flatMap((f) =>
         f.byClass.flatMap((value, cls) =>
@@ -85,6 +94,7 @@ export class RequestMetrics {
       const name = DURATION;
       const values: Sample[] = [];
       for (const f of this.byApi.values()) {
+        if (f.count === 0) continue; // As prom-client: no series before a first observation.
         let cumulative = 0;
         for (const [i, bound] of this.bounds.entries()) {
           cumulative += f.buckets[i]!;
@@ -100,14 +110,22 @@ export class RequestMetrics {
           { labels: { api: f.api }, value: f.count, metricName: `${name}_count` },
         );
       }
-      const help = "Time from request to response end, by API.";
-      return { name, help, type: "histogram", values, aggregator: "sum" };
+      return { name, help: durationHelp, type: "histogram", values, aggregator: "sum" };
     };
-    // The registry only calls get() and reads the name; prom-client's types ask for a whole Metric.
-    for (const [name, get] of [
-      [REQUESTS, requests],
-      [DURATION, duration],
-    ] as const)
-      registry.registerMetric({ name, get: async () => get() } as unknown as Metric<string>);
+    // What a registry uses of a metric: its name, help and type (OpenMetrics names a counter's
+    // samples by its type), get() and reset(). prom-client's types ask for a whole Metric.
+    const metrics = [
+      { name: REQUESTS, help: requestsHelp, type: "counter", get: requests },
+      { name: DURATION, help: durationHelp, type: "histogram", get: duration },
+    ];
+    for (const m of metrics)
+      registry.registerMetric({
+        ...m,
+        get: async () => m.get(),
+        // The two share the figures: either reset zeroes both (a registry resets every metric).
+        reset: () => {
+          for (const f of this.byApi.values()) f.reset();
+        },
+      } as unknown as Metric<string>);
   }
 }

@@ -36,6 +36,10 @@ afterAll(async () => {
 describe("the gateway's access log", () => {
   it("writes one parseable line per request on both data paths, all of them by the time it stops", async () => {
     const url = stored!.gateway.url;
+    // No duration series before a first request (as prom-client's own histograms).
+    const metrics = await (await fetch(`${stored!.gateway.adminUrl}/metrics`)).text();
+    expect(metrics).toContain("# TYPE flotilla_gateway_request_duration_seconds histogram");
+    expect(metrics).not.toContain("flotilla_gateway_request_duration_seconds_count");
     const started = Date.now();
     const get = await requestText(`${url}/api/items?x=1`, {
       headers: { "x-correlation-id": "access-log-get" },

@@ -113,6 +113,17 @@ const scripts: Record<string, Script> = {
   "/bad-status-four-digits": (s) => respond(s, "HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok"),
   "/bad-ctl-at-ends": (s) =>
     respond(s, "HTTP/1.1 200 OK\r\nX-B: \x0bb\x0c\r\nContent-Length: 2\r\n\r\nok"),
+  // A bare LF or CR ends the status line early: the next line must not be read as a header.
+  "/bad-status-lf": (s) =>
+    respond(s, "HTTP/1.1 200 OK\nContent-Length: 99\r\nContent-Length: 2\r\n\r\nok"),
+  "/bad-status-cr": (s) =>
+    respond(s, "HTTP/1.1 200\rContent-Length: 99\r\nContent-Length: 2\r\n\r\nok"),
+  "/bad-status-version": (s) => respond(s, "HTTP/1.9 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+  "/bad-te-and-cl": (s) =>
+    respond(s, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 2\r\n\r\nok"),
+  // The head and a broken chunk in one read: the head was never sent, so the client gets a 502.
+  "/bad-chunk-same-read": (s) =>
+    respond(s, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n"),
   "/bad-bare-lf": (s) => respond(s, "HTTP/1.1 200 OK\nContent-Length: 2\n\nok"),
   "/value-beyond-ascii": (s) =>
     respond(s, "HTTP/1.1 200 OK\r\nX-A: \tcaf\xe9\xa0 \r\nContent-Length: 2\r\n\r\nok"),
@@ -544,6 +555,11 @@ describe("gateway fast path: upstream responses", () => {
       "/bad-status-four-digits",
       "/bad-ctl-at-ends",
       "/bad-bare-lf",
+      "/bad-status-lf",
+      "/bad-status-cr",
+      "/bad-status-version",
+      "/bad-te-and-cl",
+      "/bad-chunk-same-read",
     ];
     for (const path of bad) {
       const after = tagged("/plain");
@@ -579,6 +595,15 @@ describe("gateway fast path: upstream responses", () => {
     expect(header(named!, "content-length")).toEqual(["5"]);
     expect(named!.body).toBe("hello");
     expect(next!.body).toBe(after);
+  });
+
+  it("writes a response without body bytes before the next pipelined answer", async () => {
+    const text = await sendRaw(
+      port,
+      `${get(tagged("/no-content"))}GET /nowhere HTTP/1.1\r\nhost: up.test\r\n\r\n`,
+      (t) => t.includes("route.not_found"),
+    );
+    expect(parseAll(text).map((r) => r.status)).toEqual([204, 404]);
   });
 
   it("sends pipelined requests on the upstream connection the previous one freed", async () => {
