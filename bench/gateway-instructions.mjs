@@ -14,7 +14,7 @@ import {
   progress,
   ROOT,
   requireBuild,
-  runCleanups,
+  runBenchmark,
   sleep,
   startNode,
   tempDir,
@@ -160,9 +160,4 @@ async function main() {
   process.stdout.write(`${JSON.stringify(figures)}\n`);
 }
 
-main()
-  .catch((err) => {
-    progress(`failed: ${err?.stack ?? err}`);
-    process.exitCode = 1;
-  })
-  .finally(() => runCleanups());
+runBenchmark(main);

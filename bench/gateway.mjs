@@ -22,7 +22,7 @@ import {
   ROOT,
   requireBuild,
   round,
-  runCleanups,
+  runBenchmark,
   settings,
   sleep,
   startNode,
@@ -493,9 +493,4 @@ async function main() {
   process.stdout.write(`${JSON.stringify(figures)}\n`);
 }
 
-main()
-  .catch((err) => {
-    progress(`failed: ${err?.stack ?? err}`);
-    process.exitCode = 1;
-  })
-  .finally(() => runCleanups());
+runBenchmark(main);

@@ -106,6 +106,16 @@ export async function runCleanups() {
   }
 }
 
+/** Runs a benchmark's main: a failure is reported and exits 1; the cleanups run either way. */
+export function runBenchmark(main) {
+  main()
+    .catch((err) => {
+      progress(`failed: ${err?.stack ?? err}`);
+      process.exitCode = 1;
+    })
+    .finally(() => runCleanups());
+}
+
 // Last resort: if this process goes away anyway, take the children with it.
 process.once("exit", () => {
   for (const child of children) child.kill("SIGKILL");
