@@ -1,5 +1,6 @@
 // The gateway's access log: one JSON line per request, written in large batches off the hot path.
 import { pino } from "pino";
+import { isoNow, jsonString } from "../shared/index.js";
 import type { AccessLogRecord } from "./proxy.js";
 
 /** Where batches go: by default stdout, asynchronously (a line never waits on stdout). */
@@ -23,21 +24,6 @@ function stdoutSink(): AccessLogSink {
 }
 
 /**
- * What JSON.stringify escapes in a string: a quote, a backslash, a control character, a surrogate
- * (lone ones are escaped; a pair matches too and simply takes the slow way).
- */
-// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it finds.
-const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
-
-/**
- * A string as JSON: the same text JSON.stringify gives, without its per-character escaping pass
- * for the usual value (a host, a path, an API name), which has nothing to escape.
- */
-function jsonString(s: string): string {
-  return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`;
-}
-
-/**
  * Lines are the JSON pino wrote for them (level 30, ISO time, the record's fields), built field by
  * field and encoded straight into a 64 KB buffer (~250 lines; at 15,000 req/s ~60 writes/s), which
  * goes to the sink when full, and at least every 250 ms while lines wait, so a quiet gateway's
@@ -51,8 +37,6 @@ export class AccessLog {
   private batch = Buffer.allocUnsafe(AccessLog.BATCH_BYTES);
   private used = 0;
   private readonly timer: NodeJS.Timeout;
-  private second = -1;
-  private secondText = "";
 
   constructor(private readonly sink: AccessLogSink = stdoutSink()) {
     this.timer = setInterval(() => this.flush(), AccessLog.FLUSH_MS);
@@ -77,7 +61,7 @@ export class AccessLog {
   record(rec: AccessLogRecord): void {
     const error = rec.error === undefined ? "" : `,"error":${jsonString(rec.error)}`;
     const api = rec.api === null ? "null" : jsonString(rec.api);
-    const line = `{"level":30,"time":"${this.isoTime()}","method":${jsonString(rec.method)},"host":${jsonString(rec.host)},"path":${jsonString(rec.path)},"status":${rec.status},"ms":${rec.ms},"api":${api},"correlation":"${rec.correlation}","traceparent":"${rec.traceparent}"${error}}\n`;
+    const line = `{"level":30,"time":"${isoNow()}","method":${jsonString(rec.method)},"host":${jsonString(rec.host)},"path":${jsonString(rec.path)},"status":${rec.status},"ms":${rec.ms},"api":${api},"correlation":"${rec.correlation}","traceparent":"${rec.traceparent}"${error}}\n`;
     // A UTF-16 code unit takes at most 3 bytes in UTF-8 (a surrogate pair, 2 units, takes 4).
     if (this.used + line.length * 3 > this.batch.length) {
       this.flush();
@@ -103,16 +87,5 @@ export class AccessLog {
     process.off("exit", this.onExit);
     this.flush();
     this.sink.flush?.();
-  }
-
-  /** new Date().toISOString(), with the part up to the second formatted once a second. */
-  private isoTime(): string {
-    const now = Date.now();
-    const second = Math.floor(now / 1000);
-    if (second !== this.second) {
-      this.second = second;
-      this.secondText = new Date(second * 1000).toISOString().slice(0, 20);
-    }
-    return `${this.secondText}${String(now % 1000).padStart(3, "0")}Z`;
   }
 }

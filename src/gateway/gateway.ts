@@ -5,7 +5,7 @@ import { type AddressInfo, createServer as createNetServer, type Socket } from "
 import { createServer as createTlsServer } from "node:tls";
 import { pino } from "pino";
 import { Counter, Gauge, Registry } from "prom-client";
-import { guardedLookup, notLocalOperator, type ResolveAll } from "../shared/index.js";
+import { guardedLookup, isoTimestamp, notLocalOperator, type ResolveAll } from "../shared/index.js";
 import { AccessLog, type AccessLogSink } from "./access-log.js";
 import { FastPath } from "./fast-path.js";
 import {
@@ -63,7 +63,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   const logger = pino({
     level: o.logLevel ?? process.env.FLOTILLA_LOG_LEVEL ?? "info",
     base: { name: "gateway", pid: process.pid },
-    timestamp: pino.stdTimeFunctions.isoTime,
+    timestamp: isoTimestamp,
     redact: {
       paths: ["token", "*.token", "credential", "*.credential", "authorization"],
       censor: "[redacted]",

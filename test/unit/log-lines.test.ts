@@ -1,0 +1,82 @@
+// The hand-written log lines (infoLineWriter, isoNow) are byte for byte what pino writes for the
+// same call from a createLogger logger, in and out of a request's context.
+import { Writable } from "node:stream";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import {
+  createLogger,
+  infoLineWriter,
+  isoNow,
+  type RequestContext,
+  runWithContext,
+} from "../../src/shared/index.js";
+
+function capture(level = "info") {
+  const lines: string[] = [];
+  const destination = new Writable({
+    write(chunk, _enc, done) {
+      lines.push(String(chunk));
+      done();
+    },
+  });
+  // pino writes to a destination's write() synchronously; the Writable hands each to `lines`.
+  const logger = createLogger({ level, name: "lines-test", destination });
+  return { logger, lines };
+}
+
+/** A line with its time replaced, to compare two lines written a moment apart. */
+const timeless = (line: string) => line.replace(/"time":"[^"]*"/, '"time":"T"');
+
+const CONTEXTS: Array<[string, RequestContext | undefined]> = [
+  ["no request context", undefined],
+  [
+    "a full context",
+    {
+      tenant: "0190a000-0000-7000-8000-000000000001",
+      correlationId: "corr-1",
+      traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+      requestId: "req-1",
+    },
+  ],
+  [
+    "no tenant, no request id, a trace that does not parse, characters JSON escapes",
+    { correlationId: 'we"ird\\id\u0001é', traceparent: "not-a-trace" },
+  ],
+];
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe("hand-written log lines", () => {
+  for (const [name, ctx] of CONTEXTS) {
+    it(`an rpc line is pino's own line for the same call: ${name}`, () => {
+      const { logger, lines } = capture();
+      const write = infoLineWriter(logger, "rpc");
+      const both = () => {
+        logger.info({ rpc: "flotilla.v1.IdentityService/WhoAmI", code: "ok", ms: 0.4 }, "rpc");
+        write('"rpc":"flotilla.v1.IdentityService/WhoAmI","code":"ok","ms":0.4');
+      };
+      if (ctx) runWithContext(ctx, both);
+      else both();
+      expect(lines).toHaveLength(2);
+      expect(timeless(lines[1]!)).toBe(timeless(lines[0]!));
+      expect(JSON.parse(lines[1]!).time).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    });
+  }
+
+  it("writes nothing when the logger's level is above info", () => {
+    const { logger, lines } = capture("warn");
+    infoLineWriter(logger, "rpc")('"rpc":"x"');
+    expect(lines).toEqual([]);
+  });
+
+  it("isoNow is toISOString of the current time, across second boundaries", () => {
+    vi.useFakeTimers();
+    for (const t of [
+      0, 999, 1000, 1_700_000_000_999, 1_700_000_001_000, 2_147_483_647_000, 1_764_633_600_050,
+    ]) {
+      vi.setSystemTime(t);
+      expect(isoNow()).toBe(new Date(t).toISOString());
+    }
+  });
+});
