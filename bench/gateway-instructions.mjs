@@ -15,6 +15,7 @@ import {
   ROOT,
   requireBuild,
   runBenchmark,
+  settings,
   sleep,
   startNode,
   tempDir,
@@ -41,6 +42,8 @@ function underCallgrind(name, script, args, dir) {
       "--separate-threads=yes",
       `--callgrind-out-file=${out}`,
       process.execPath,
+      // JIT frames get names in /tmp/perf-PID.map, for callgrind_annotate's unnamed addresses.
+      "--perf-basic-prof",
       script,
       ...args,
     ],
@@ -124,7 +127,7 @@ async function main() {
     );
     return;
   }
-  const dir = tempDir("flotilla-bench-cg-");
+  const dir = tempDir("flotilla-bench-cg-", { keep: settings().keepLogs });
   const [upstreamPort, gatewayPort, pipePort] = await freePorts(3);
   const upstream = startNode(
     "upstream",
