@@ -1,6 +1,7 @@
 // The hand-written log lines (infoLineWriter, isoNow) are byte for byte what pino writes for the
 // same call from a createLogger logger, in and out of a request's context.
 import { Writable } from "node:stream";
+import { pino } from "pino";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import {
   createLogger,
@@ -39,7 +40,7 @@ const CONTEXTS: Array<[string, RequestContext | undefined]> = [
   ],
   [
     "no tenant, no request id, a trace that does not parse, characters JSON escapes",
-    { correlationId: 'we"ird\\id\u0001é', traceparent: "not-a-trace" },
+    { correlationId: 'we"ird\\id\u0001é\ud800', traceparent: "not-a-trace" },
   ],
 ];
 
@@ -49,8 +50,9 @@ afterEach(() => {
 
 describe("hand-written log lines", () => {
   for (const [name, ctx] of CONTEXTS) {
-    it(`an rpc line is pino's own line for the same call: ${name}`, () => {
-      const { logger, lines } = capture();
+    it(`an rpc line is pino's own line for the same call, from a child logger: ${name}`, () => {
+      const { logger: root, lines } = capture();
+      const logger = root.child({ instance: "i-1" });
       const write = infoLineWriter(logger, "rpc");
       const both = () => {
         logger.info({ rpc: "flotilla.v1.IdentityService/WhoAmI", code: "ok", ms: 0.4 }, "rpc");
@@ -63,6 +65,22 @@ describe("hand-written log lines", () => {
       expect(JSON.parse(lines[1]!).time).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
     });
   }
+
+  it("writes a createLogger logger's lines itself: pino's redaction does not run on them", () => {
+    const { logger, lines } = capture();
+    infoLineWriter(logger.child({ instance: "i-1" }), "rpc")('"password":"not-a-secret-here"');
+    expect(JSON.parse(lines[0]!).password).toBe("not-a-secret-here");
+  });
+
+  it("a logger createLogger did not make gets its lines through pino itself", () => {
+    const lines: string[] = [];
+    const other = pino(
+      { base: null, timestamp: false },
+      { write: (line: string) => void lines.push(line) },
+    );
+    infoLineWriter(other, "rpc")('"rpc":"x","ms":1.5');
+    expect(lines).toEqual(['{"level":30,"rpc":"x","ms":1.5,"msg":"rpc"}\n']);
+  });
 
   it("writes nothing when the logger's level is above info", () => {
     const { logger, lines } = capture("warn");

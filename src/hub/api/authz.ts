@@ -204,8 +204,8 @@ export function createAuthInterceptor(deps: {
   metrics: Metrics;
 }): Interceptor {
   // The per-call line holds the RPC's name, a code and a duration, plus the request's context
-  // (tenant, ids): nothing a secret can be in, so it is written without pino's redaction (which
-  // ran every wildcard path over every field of every line) or its per-line object walk.
+  // (tenant, ids): nothing a secret can be in, so it skips redaction (which ran every wildcard
+  // path over every field of every line) and is written without pino's per-line object walk.
   const rpcLine = infoLineWriter(deps.logger, "rpc");
   return (next) => async (req) => {
     const incoming = req.contextValues.get(kIncoming) ?? contextFromHttpHeaders(req.header);
