@@ -4,7 +4,7 @@
 // the machine is doing, so it compares two builds where requests/s on shared cores cannot.
 // Counts are user space only (the kernel's socket work is not in them). Prints one JSON line.
 import { join } from "node:path";
-import { CONNECTIONS, countInstructions, hasValgrind, WARMUP } from "./lib/callgrind.mjs";
+import { countInstructions, printFigures, skippedWithoutValgrind } from "./lib/callgrind.mjs";
 import {
   freePorts,
   ROOT,
@@ -16,17 +16,9 @@ import {
   waitReady,
 } from "./lib/common.mjs";
 
-const valgrindMissing = {
-  benchmark: "gateway-instructions",
-  skipped: "valgrind is not installed (apt-get install valgrind)",
-};
-
 async function main() {
   requireBuild();
-  if (!hasValgrind()) {
-    process.stdout.write(`${JSON.stringify(valgrindMissing)}\n`);
-    return;
-  }
+  if (skippedWithoutValgrind("gateway-instructions")) return;
   const dir = tempDir("flotilla-bench-cg-", { keep: settings().keepLogs });
   const [upstreamPort, gatewayPort, pipePort] = await freePorts(3);
   const upstream = startNode(
@@ -51,18 +43,12 @@ async function main() {
     dir,
     ...proxied(pipePort),
   });
-  const figures = {
-    benchmark: "gateway-instructions",
-    at: new Date().toISOString(),
-    node: process.version,
-    connections: CONNECTIONS,
-    warmup: WARMUP,
+  printFigures("gateway-instructions", {
     gateway,
     pipe,
     gatewayToPipeMainThread:
       Math.round((100 * gateway.mainThreadPerRequest) / pipe.mainThreadPerRequest) / 100,
-  };
-  process.stdout.write(`${JSON.stringify(figures)}\n`);
+  });
 }
 
 runBenchmark(main);

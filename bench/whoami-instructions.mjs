@@ -2,7 +2,7 @@
 // the hub's own work per call, at its shipped log level (info: one `rpc` line per call), without
 // what the machine's load does to requests/s. User space only. Prints one JSON line.
 import { randomBytes } from "node:crypto";
-import { CONNECTIONS, countInstructions, hasValgrind, WARMUP } from "./lib/callgrind.mjs";
+import { countInstructions, printFigures, skippedWithoutValgrind } from "./lib/callgrind.mjs";
 import {
   CLI,
   connectJson,
@@ -18,12 +18,7 @@ const ADMIN = { email: "bench-cg@example.com", password: "bench-cg-password-0123
 
 async function main() {
   requireBuild();
-  if (!hasValgrind()) {
-    process.stdout.write(
-      `${JSON.stringify({ benchmark: "whoami-instructions", skipped: "valgrind is not installed (apt-get install valgrind)" })}\n`,
-    );
-    return;
-  }
+  if (skippedWithoutValgrind("whoami-instructions")) return;
   const cfg = settings();
   const dir = tempDir("flotilla-bench-cg-", { keep: cfg.keepLogs });
   const db = await createDatabase(cfg.pgAdminUrl);
@@ -58,16 +53,7 @@ async function main() {
       };
     },
   });
-  const figures = {
-    benchmark: "whoami-instructions",
-    at: new Date().toISOString(),
-    node: process.version,
-    connections: CONNECTIONS,
-    warmup: WARMUP,
-    logLevel: cfg.logLevel,
-    hub,
-  };
-  process.stdout.write(`${JSON.stringify(figures)}\n`);
+  printFigures("whoami-instructions", { logLevel: cfg.logLevel, hub });
 }
 
 runBenchmark(main);

@@ -12,8 +12,25 @@ export const REQUESTS = envCount("BENCH_CG_REQUESTS", 8_000);
 export const WARMUP = envCount("BENCH_CG_WARMUP", 30_000);
 export const CONNECTIONS = 8;
 
-export function hasValgrind() {
-  return spawnSync("valgrind", ["--version"], { encoding: "utf8" }).status === 0;
+/** Prints the benchmark's line of figures: its name, when, Node, and the counting settings. */
+export function printFigures(benchmark, figures) {
+  const line = {
+    benchmark,
+    at: new Date().toISOString(),
+    node: process.version,
+    connections: CONNECTIONS,
+    warmup: WARMUP,
+    ...figures,
+  };
+  process.stdout.write(`${JSON.stringify(line)}\n`);
+}
+
+/** True (after printing the benchmark's line saying so) when valgrind is not installed. */
+export function skippedWithoutValgrind(benchmark) {
+  if (spawnSync("valgrind", ["--version"], { encoding: "utf8" }).status === 0) return false;
+  const skipped = "valgrind is not installed (apt-get install valgrind)";
+  process.stdout.write(`${JSON.stringify({ benchmark, skipped })}\n`);
+  return true;
 }
 
 /** Runs `node script args` under callgrind, counting only between `on` and `off`. */

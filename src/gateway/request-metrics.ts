@@ -47,15 +47,6 @@ interface Sample {
   metricName?: string;
 }
 
-/** What the registry reads of a metric: prom-client's get(). */
-interface Collected {
-  name: string;
-  help: string;
-  type: "counter" | "histogram";
-  values: Sample[];
-  aggregator: "sum";
-}
-
 const REQUESTS = "flotilla_gateway_requests_total";
 const DURATION = "flotilla_gateway_request_duration_seconds";
 
@@ -77,21 +68,13 @@ export class RequestMetrics {
 
   /** Adds the request counter (by API and status class) and the duration histogram (by API). */
   register(registry: Registry): void {
-    const requestsHelp = "Requests through the gateway, by API and status class.";
-    const durationHelp = "Time from request to response end, by API.";
-    const requests = (): Collected => ({
-      name: REQUESTS,
-      help: requestsHelp,
-      type: "counter",
-      values: [...this.byApi.values()].flatMap((f) =>
+    const requests = (): Sample[] =>
+      [...this.byApi.values()].flatMap((f) =>
         f.byClass.flatMap((value, cls) =>
           value === 0 ? [] : [{ labels: { api: f.api, status: `${cls}xx` }, value }],
         ),
-      ),
-      aggregator: "sum",
-    });
-    const duration = (): Collected => {
-      const name = DURATION;
+      );
+    const duration = (): Sample[] => {
       const values: Sample[] = [];
       for (const f of this.byApi.values()) {
         if (f.count === 0) continue; // As prom-client: no series before a first observation.
@@ -101,27 +84,37 @@ export class RequestMetrics {
           values.push({
             labels: { le: bound, api: f.api },
             value: cumulative,
-            metricName: `${name}_bucket`,
+            metricName: `${DURATION}_bucket`,
           });
         }
         values.push(
-          { labels: { le: "+Inf", api: f.api }, value: f.count, metricName: `${name}_bucket` },
-          { labels: { api: f.api }, value: f.sum, metricName: `${name}_sum` },
-          { labels: { api: f.api }, value: f.count, metricName: `${name}_count` },
+          { labels: { le: "+Inf", api: f.api }, value: f.count, metricName: `${DURATION}_bucket` },
+          { labels: { api: f.api }, value: f.sum, metricName: `${DURATION}_sum` },
+          { labels: { api: f.api }, value: f.count, metricName: `${DURATION}_count` },
         );
       }
-      return { name, help: durationHelp, type: "histogram", values, aggregator: "sum" };
+      return values;
     };
     // What a registry uses of a metric: its name, help and type (OpenMetrics names a counter's
     // samples by its type), get() and reset(). prom-client's types ask for a whole Metric.
     const metrics = [
-      { name: REQUESTS, help: requestsHelp, type: "counter", get: requests },
-      { name: DURATION, help: durationHelp, type: "histogram", get: duration },
+      {
+        name: REQUESTS,
+        help: "Requests through the gateway, by API and status class.",
+        type: "counter",
+        samples: requests,
+      },
+      {
+        name: DURATION,
+        help: "Time from request to response end, by API.",
+        type: "histogram",
+        samples: duration,
+      },
     ];
-    for (const m of metrics)
+    for (const { samples, ...m } of metrics)
       registry.registerMetric({
         ...m,
-        get: async () => m.get(),
+        get: async () => ({ ...m, values: samples(), aggregator: "sum" }),
         // The two share the figures: either reset zeroes both (a registry resets every metric).
         reset: () => {
           for (const f of this.byApi.values()) f.reset();
