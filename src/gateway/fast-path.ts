@@ -28,6 +28,12 @@ const CONNECT_TIMEOUT_MS = 10_000;
 /** An idle upstream connection is kept this long unless the upstream's keep-alive hint says less. */
 const UPSTREAM_IDLE_MS = 30_000;
 /**
+ * Where every upstream read lands (net's `onread`). What a read holds is parsed and written on
+ * before the next read; anything kept past the read (a partial head or chunk line, a body chunk
+ * that is not copied into a coalesced write) is copied out first.
+ */
+const UPSTREAM_READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
+/**
  * A response's whole status line as llhttp (undici's parser) takes it: HTTP/1.0 or 1.1, a
  * three-digit status from 100, a reason of text or none, CRLF.
  */
@@ -177,25 +183,40 @@ class UpstreamConn {
   private remaining = 0;
   private reusable = true;
   private idleMs = UPSTREAM_IDLE_MS;
+  /** The last Keep-Alive hint parsed into idleMs. */
+  private keepAliveHint = "";
   private timeoutMs = 0;
   connected = false;
 
+  readonly socket: Socket;
+
   constructor(
     readonly pool: OriginPool,
-    readonly socket: Socket,
     private readonly fast: FastPath,
   ) {
+    // Reads land in one buffer shared by every upstream connection and are parsed before the
+    // next read: no 64 KB allocation (then shrunk) and no Readable push per response.
+    const socket = connect({
+      host: pool.hostname,
+      port: pool.port,
+      lookup: fast.o.lookup,
+      onread: {
+        buffer: UPSTREAM_READ_BUFFER,
+        callback: (bytes: number, buffer: Uint8Array) => {
+          const client = this.exchange?.client;
+          this.onData((buffer as Buffer).subarray(0, bytes));
+          client?.endOfRead();
+          return true;
+        },
+      },
+    });
+    this.socket = socket;
     socket.setNoDelay(true);
     this.timeout(CONNECT_TIMEOUT_MS);
     socket.on("connect", () => {
       this.connected = true;
       const ex = this.exchange;
       if (ex) this.timeout(ex.route.upstream.timeoutMs);
-    });
-    socket.on("data", (chunk: Buffer) => {
-      const client = this.exchange?.client;
-      this.onData(chunk);
-      client?.endOfRead();
     });
     socket.on("timeout", () => {
       const ex = this.exchange;
@@ -289,7 +310,7 @@ class UpstreamConn {
           this.fail(Object.assign(new Error("bare LF in head"), { code: "HPE_CR_EXPECTED" }));
           return;
         }
-        this.buf = data;
+        this.buf = data === chunk ? Buffer.from(chunk) : data; // Kept past this read: a copy.
         return;
       }
       this.buf = null;
@@ -335,8 +356,6 @@ class UpstreamConn {
     }
     const http10 = head.charCodeAt(7) === 48;
     let out = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "unknown"}\r\n`;
-    const names: string[] = [];
-    const values: string[] = [];
     let connection = "";
     let contentLength = -1;
     let chunked = false;
@@ -374,28 +393,35 @@ class UpstreamConn {
           hasDate = true;
           break;
       }
-      names.push(name);
-      values.push(value);
       if (HOP_BY_HOP.has(name) || name === "x-correlation-id" || name === "traceparent") continue;
       out += `${name}: ${value}\r\n`;
     }
-    if (http10 || (connection !== "" && /(^|,)\s*close\s*(,|$)/.test(connection)))
+    // "keep-alive" alone (what Node and most servers send) names nothing and does not close.
+    const plainKeepAlive = connection === "" || connection === ",keep-alive";
+    if (http10 || (!plainKeepAlive && /(^|,)\s*close\s*(,|$)/.test(connection)))
       this.reusable = false;
-    const hint = keepAliveHint === "" ? null : /timeout=(\d+)/.exec(keepAliveHint);
-    if (hint) this.idleMs = Math.min(UPSTREAM_IDLE_MS, Math.max(0, Number(hint[1]) * 1000 - 1000));
+    if (keepAliveHint !== this.keepAliveHint) {
+      // Parsed when it changes: an upstream sends the same hint on every response.
+      this.keepAliveHint = keepAliveHint;
+      const hint = /timeout=(\d+)/.exec(keepAliveHint);
+      this.idleMs = hint
+        ? Math.min(UPSTREAM_IDLE_MS, Math.max(0, Number(hint[1]) * 1000 - 1000))
+        : UPSTREAM_IDLE_MS;
+    }
     if (this.idleMs === 0) this.reusable = false;
-    // Headers the upstream's Connection names are hop-by-hop too ("keep-alive" alone names none
-    // to remove): the client's head is made again without them.
-    if (connection !== "" && connection !== ",keep-alive") {
+    // Headers the upstream's Connection names are hop-by-hop too: the client's head is made
+    // again without them.
+    if (!plainKeepAlive) {
       const named = new Set(connection.split(/\s*,\s*/));
       out = out.slice(0, out.indexOf("\r\n") + 2);
       // The length frames the body for the client too: it stays whatever Connection says.
       named.delete("content-length");
-      for (let i = 0; i < names.length; i++) {
-        const name = names[i]!;
+      for (const line = new HeaderLines(head, lineEnd + 2); line.next(); ) {
+        const name = line.name;
         if (HOP_BY_HOP.has(name) || named.has(name)) continue;
         if (name === "x-correlation-id" || name === "traceparent") continue;
-        out += `${name}: ${values[i]}\r\n`;
+        if (name === "content-length" && out.includes("\r\ncontent-length:")) continue;
+        out += `${name}: ${line.value}\r\n`;
       }
     }
     const noBody = status === 204 || status === 304;
@@ -472,7 +498,7 @@ class UpstreamConn {
               );
               return;
             }
-            this.buf = data;
+            this.buf = Buffer.from(data); // Kept past this read: a copy.
             return;
           }
           const line = data.toString("latin1", 0, eol);
@@ -534,11 +560,14 @@ class ClientConn {
   /** The upstream paused for this client's backpressure, resumed at its next drain. */
   private paused: UpstreamConn | undefined;
   readonly keepAliveHeaders: string;
+  /** The client's address, for x-forwarded-for (read once: the getter costs a lookup each time). */
+  readonly peer: string;
 
   constructor(
     readonly socket: Socket,
     private readonly fast: FastPath,
   ) {
+    this.peer = socket.remoteAddress ?? "";
     this.keepAliveHeaders = `connection: keep-alive\r\nkeep-alive: timeout=${Math.floor(fast.o.keepAliveTimeoutMs / 1000)}\r\n`;
     socket.setNoDelay(true);
     socket.setTimeout(fast.o.keepAliveTimeoutMs);
@@ -579,6 +608,7 @@ class ClientConn {
    * Writes a body chunk (chunk-framed when the response is re-framed), pausing the upstream on
    * backpressure. The response head still waiting goes in the same write: for a body up to
    * COALESCE_BYTES the two are copied into one buffer (a plain write, not a corked writev).
+   * `data` lies in the upstream read buffer: whatever is written is a copy (a write may wait).
    */
   send(data: Buffer, from: UpstreamConn): void {
     if (data.length === 0) return;
@@ -591,7 +621,7 @@ class ClientConn {
       }
       this.flushHead();
       this.socket.write(`${data.length.toString(16)}\r\n`, "latin1");
-      this.socket.write(data);
+      this.socket.write(Buffer.from(data));
       ok = this.socket.write("\r\n", "latin1");
     } else if (this.head !== "" && data.length <= COALESCE_BYTES) {
       const head = this.head;
@@ -602,7 +632,7 @@ class ClientConn {
       ok = this.socket.write(out);
     } else {
       this.flushHead();
-      ok = this.socket.write(data);
+      ok = this.socket.write(Buffer.from(data));
     }
     if (!ok) {
       from.socket.pause();
@@ -733,25 +763,29 @@ export class FastPath {
     let traceparentIn: string | undefined;
     let forwardedFor: string | undefined;
     if (!headerLinesValid(head, lineEnd + 2)) return undefined;
-    const seen = new Set<string>();
+    // A header this path reads, sent twice, goes to node:http (which joins or refuses it); any
+    // other repeated header is forwarded line by line, as it came.
     for (const line = new HeaderLines(head, lineEnd + 2); line.next(); ) {
       const { name, value } = line;
-      if (seen.has(name) || SLOW_REQUEST_HEADERS.has(name)) return undefined;
-      seen.add(name);
+      if (SLOW_REQUEST_HEADERS.has(name)) return undefined;
       switch (name) {
         case "host":
+          if (hostHeader !== undefined) return undefined;
           hostHeader = value;
           continue;
         case "connection":
           if (value.toLowerCase() !== "keep-alive") return undefined;
           continue;
         case "x-correlation-id":
+          if (correlationIn !== undefined) return undefined;
           correlationIn = value;
           continue;
         case "traceparent":
+          if (traceparentIn !== undefined) return undefined;
           traceparentIn = value;
           continue;
         case "x-forwarded-for":
+          if (forwardedFor !== undefined) return undefined;
           forwardedFor = value;
           continue;
         case "x-forwarded-host":
@@ -794,7 +828,7 @@ export class FastPath {
     const pool = this.pool(route.upstream.origin);
     const rec = record(route.name);
     const { correlation, traceparent } = rec;
-    const peer = client.socket.remoteAddress ?? "";
+    const peer = client.peer;
     const upstreamPath = `${route.upstream.basePath}${rest}${q === -1 ? "" : url.slice(q)}`;
     return {
       client,
@@ -827,11 +861,7 @@ export class FastPath {
     }
     if (pool.open < pool.max) {
       pool.open++;
-      const conn = new UpstreamConn(
-        pool,
-        connect({ host: pool.hostname, port: pool.port, lookup: this.o.lookup }),
-        this,
-      );
+      const conn = new UpstreamConn(pool, this);
       conn.start(ex);
       return;
     }

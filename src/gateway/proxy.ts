@@ -3,7 +3,7 @@
 // access logs and per-route metrics; LLM routes inject credentials, enforce the model
 // allowlist, authenticate consumer keys and rate-limit them with a token bucket; WebSocket
 // upgrades are joined to their upstream.
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import {
   request as httpRequest,
   type IncomingHttpHeaders,
@@ -15,7 +15,7 @@ import { request as httpsRequest } from "node:https";
 import type { LookupFunction } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Dispatcher, Pool } from "undici";
-import { readBody } from "../shared/index.js";
+import { randomIdHex, readBody } from "../shared/index.js";
 import { undici } from "./lazy.js";
 import { isUnsafePath, type LlmProxyRoute, type Route, type RouteTable } from "./routes.js";
 
@@ -54,32 +54,17 @@ export interface ProxyObserver {
   done(route: Route | undefined, record: AccessLogRecord): void;
 }
 
-// Ids for every request (correlation, span) come from a pooled random buffer: one CSPRNG call per
-// 4,096 requests instead of two per request.
-const POOL_BYTES = 96 * 1024;
-let pool = randomBytes(POOL_BYTES);
-let poolAt = 0;
-function hex(bytes: number): string {
-  if (poolAt + bytes > POOL_BYTES) {
-    pool = randomBytes(POOL_BYTES);
-    poolAt = 0;
-  }
-  const out = pool.toString("hex", poolAt, poolAt + bytes);
-  poolAt += bytes;
-  return out;
-}
-
 /** A child span of the incoming trace, or a new trace when the header is absent or invalid. */
 export function nextTraceparent(incoming: string | undefined): string {
   const m = incoming ? TRACEPARENT.exec(incoming) : null;
   if (m && m[1] !== "ff" && !/^0+$/.test(m[2]!) && !/^0+$/.test(m[3]!))
-    return `00-${m[2]}-${hex(8)}-${m[4]}`;
-  return `00-${hex(16)}-${hex(8)}-01`;
+    return `00-${m[2]}-${randomIdHex(8)}-${m[4]}`;
+  return `00-${randomIdHex(16)}-${randomIdHex(8)}-01`;
 }
 
 /** The incoming correlation id when it is well-formed, else a new one. */
 export function correlationOf(incoming: string | undefined): string {
-  return incoming && CORRELATION.test(incoming) ? incoming : hex(16);
+  return incoming && CORRELATION.test(incoming) ? incoming : randomIdHex(16);
 }
 
 /** What a request no route matches is told, on every path (node:http, upgrades, the fast path). */

@@ -131,6 +131,21 @@ describe("gateway fast path", () => {
     expect(up.headers.traceparent).toBe(res.headers.get("traceparent"));
   });
 
+  it("forwards a repeated header line by line, and sends a repeated header it reads to node:http", async () => {
+    const host = new URL(gateway.url).host;
+    const ask = (headers: string) =>
+      raw(`GET /main/repeated HTTP/1.1\r\nHost: ${host}\r\n${headers}\r\n`, (t) => t.includes("}"));
+    const repeated = await ask("X-Custom: a\r\nAccept: text/plain\r\nX-Custom: b\r\n");
+    expect(repeated.split("\r\n")[0]).toBe("HTTP/1.1 200 OK");
+    expect(seen.at(-1)!.headers["x-custom"]).toBe("a, b");
+    // Two correlation ids: neither is the request's (node:http joins them into an invalid one).
+    const twice = await ask("X-Correlation-Id: first\r\nX-Correlation-Id: second\r\n");
+    expect(twice.split("\r\n")[0]).toBe("HTTP/1.1 200 OK");
+    const correlation = /\r\nx-correlation-id: ([^\r]+)\r\n/i.exec(twice)?.[1];
+    expect(correlation).toMatch(/^[0-9a-f]{32}$/);
+    expect(seen.at(-1)!.headers["x-correlation-id"]).toBe(correlation);
+  });
+
   it("generates a correlation id and a new trace when the client sends none (or a malformed one)", async () => {
     const res = await fetch(`${gateway.url}/main/a`, {
       headers: { "x-correlation-id": "bad id with spaces" },

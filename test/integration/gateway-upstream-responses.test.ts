@@ -59,6 +59,10 @@ const plain: Script = (s, req) =>
 
 const LARGE = Buffer.alloc(200_000);
 for (let i = 0; i < LARGE.length; i++) LARGE[i] = i % 251;
+const HUGE = Buffer.alloc(64 * 1024 * 1024);
+for (let i = 0; i < HUGE.length; i += LARGE.length) LARGE.copy(HUGE, i);
+/** How many times the upstream has handed all of HUGE to its socket. */
+const huge = { written: 0 };
 
 const scripts: Record<string, Script> = {
   "/plain": plain,
@@ -131,6 +135,12 @@ const scripts: Record<string, Script> = {
     respond(s, "HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello"),
   "/ok-cl-twice": (s) =>
     respond(s, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length:  2\r\n\r\nok"),
+  // The head made again without what Connection names still gives the length once.
+  "/ok-cl-twice-connection": (s) =>
+    respond(
+      s,
+      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-gone\r\nX-Gone: 1\r\ncontent-length: 2\r\nX-Kept: 1\r\n\r\nok",
+    ),
   "/early-hints": (s) =>
     respond(
       s,
@@ -220,6 +230,11 @@ const scripts: Record<string, Script> = {
   "/short-keep-alive": (s) =>
     respond(s, "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 2\r\n\r\nka"),
   "/http10-length": (s) => respond(s, "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold"),
+  // 64 MB, more than the loopback's socket buffers hold between the upstream and the client.
+  "/huge": async (s) => {
+    await respond(s, `HTTP/1.1 200 OK\r\nContent-Length: ${HUGE.length}\r\n\r\n`, HUGE);
+    huge.written++;
+  },
 };
 
 beforeAll(async () => {
@@ -586,6 +601,11 @@ describe("gateway fast path: upstream responses", () => {
     expect(same!.statusLine).toBe("HTTP/1.1 200 OK");
     expect(header(same!, "content-length")).toEqual(["2"]);
     expect(same!.body).toBe("ok");
+    const [named] = await pipelined([tagged("/ok-cl-twice-connection")]);
+    expect(header(named!, "content-length")).toEqual(["2"]);
+    expect(header(named!, "x-gone")).toEqual([]);
+    expect(header(named!, "x-kept")).toEqual(["1"]);
+    expect(named!.body).toBe("ok");
   });
 
   it("trims only spaces and tabs around a value and keeps its bytes beyond ASCII", async () => {
@@ -688,6 +708,46 @@ describe("gateway fast path: upstream responses", () => {
     expect(body.length).toBe(200_000);
     expect(body.equals(LARGE)).toBe(true);
     expect(next!.body).toBe(after);
+  });
+
+  it("stops reading the upstream while the client does not read, and then forwards every byte", async () => {
+    // Two at once: their upstream connections read into the same buffer, so a body chunk still
+    // waiting to reach one client must not be the other's next read.
+    const sockets = [connect(port, "127.0.0.1"), connect(port, "127.0.0.1")];
+    try {
+      const writtenBefore = huge.written;
+      for (const socket of sockets) {
+        socket.pause();
+        socket.write(`GET /up${tagged("/huge")} HTTP/1.1\r\nHost: localhost\r\n\r\n`);
+      }
+      await new Promise((r) => setTimeout(r, 500));
+      // Had the gateway kept reading into its own memory, 64 MB on loopback is written in far less.
+      expect(huge.written).toBe(writtenBefore);
+      const received = sockets.map(
+        (socket) =>
+          new Promise<Buffer>((resolve) => {
+            const chunks: Buffer[] = [];
+            let bytes = 0;
+            socket.on("data", (d: Buffer) => {
+              chunks.push(d);
+              bytes += d.length;
+              if (bytes >= HUGE.length) setTimeout(() => resolve(Buffer.concat(chunks)), 50);
+            });
+            socket.resume();
+          }),
+      );
+      for (const all of await Promise.all(received)) {
+        const start = all.indexOf("\r\n\r\n") + 4;
+        expect(all.subarray(0, start).toString("latin1")).toMatch(
+          new RegExp(`^HTTP/1\\.1 200 OK\r\n[^]*content-length: ${HUGE.length}\r\n`),
+        );
+        expect(all.length - start).toBe(HUGE.length);
+        expect(all.subarray(start).equals(HUGE)).toBe(true);
+      }
+      expect(huge.written).toBe(writtenBefore + 2);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+    }
   });
 
   it("re-frames a chunked body with extensions and trailers as plain chunks, without the trailers", async () => {
