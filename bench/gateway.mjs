@@ -30,6 +30,7 @@ import {
   tempDir,
   waitReady,
 } from "./lib/common.mjs";
+import { summarizeWrk, wrkPath, wrkSlice } from "./lib/wrk.mjs";
 
 const TARGETS = {
   minRatioToNginx: 0.5,
@@ -251,35 +252,50 @@ async function main() {
   progress(
     `throughput: ${targets.map((t) => t.key).join(", ")}; ${cfg.rounds} rounds of ${sliceS} s each, ${cfg.connections} connections, interleaved`,
   );
-  for (const t of targets) await getSlice(t.url, cfg.connections, cfg.warmupS || 1);
+  // wrk when installed (lib/wrk.mjs says why); autocannon, in this process, otherwise.
+  const wrk = wrkPath();
+  if (!wrk)
+    progress("wrk is not installed: autocannon loads (apt-get install wrk; bench/README.md)");
+  const slice = (url, durationS) =>
+    wrk
+      ? wrkSlice({ url, connections: cfg.connections, durationS })
+      : getSlice(url, cfg.connections, durationS);
+  for (const t of targets) await slice(t.url, cfg.warmupS || 1);
   const slices = Object.fromEntries(targets.map((t) => [t.key, []]));
   // Where the two cores went during each target's slices: the proxy (nginx: master and worker),
-  // the shared upstream, and autocannon in this process. On 2 cores all three compete, so a
-  // proxy's requests/s also depends on what the other two cost per request.
+  // the shared upstream, and the load generator. On 2 cores all three compete, so a proxy's
+  // requests/s also depends on what the other two cost per request.
   const cpu = Object.fromEntries(
     targets.map((t) => [t.key, { proxyS: 0, upstreamS: 0, loadGeneratorS: 0, wallS: 0 }]),
   );
   const cpuNow = (t) => ({
     proxyS: cpuSeconds(t.pid, { withChildren: t.key === "nginx" }) ?? 0,
     upstreamS: cpuSeconds(upstream.pid) ?? 0,
-    loadGeneratorS: (() => {
-      const u = process.cpuUsage();
-      return (u.user + u.system) / 1e6;
-    })(),
+    // wrk's own CPU is added per slice (wrkSlice reads it); autocannon's is this process's.
+    loadGeneratorS: wrk
+      ? 0
+      : (() => {
+          const u = process.cpuUsage();
+          return (u.user + u.system) / 1e6;
+        })(),
     wallS: performance.now() / 1000,
   });
   for (let r = 0; r < cfg.rounds; r++) {
     const order = r % 2 === 0 ? targets : [...targets].reverse();
     for (const t of order) {
       const before = cpuNow(t);
-      slices[t.key].push(await getSlice(t.url, cfg.connections, sliceS));
+      const result = await slice(t.url, sliceS);
+      slices[t.key].push(result);
       const after = cpuNow(t);
       for (const k of Object.keys(before)) cpu[t.key][k] += after[k] - before[k];
+      if (wrk) cpu[t.key].loadGeneratorS += result.cpuS;
     }
   }
   const throughput = Object.fromEntries(
     targets.map((t) => {
-      const figures = summarize(slices[t.key], { url: t.url, connections: cfg.connections });
+      const figures = wrk
+        ? summarizeWrk(slices[t.key], { connections: cfg.connections })
+        : summarize(slices[t.key], { url: t.url, connections: cfg.connections });
       const c = cpu[t.key];
       const pct = (s) => round((100 * s) / c.wallS, 0);
       figures.cpu = {
@@ -472,6 +488,7 @@ async function main() {
       gatewayToNginx: nginx ? ratio(throughput.gateway.rps, throughput.nginx.rps) : null,
       gatewayToFastifyHttpProxy: ratio(throughput.gateway.rps, throughput.fastifyHttpProxy.rps),
     },
+    loadGenerator: wrk ? { wrk, threads: 1 } : { autocannon: "in the benchmark's process" },
     nginx: nginx
       ? { worker_processes: 1, bin: nginxBin }
       : { skipped: "nginx is not installed (apt-get install nginx)" },
