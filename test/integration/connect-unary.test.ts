@@ -5,7 +5,7 @@
 import type { IncomingHttpHeaders } from "node:http";
 import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { requestText } from "../support/http.js";
+import { requestText, sendRaw } from "../support/http.js";
 import { bootstrapOwner, startTestHub, type TestHub } from "../support/hub.js";
 
 const MAX_BODY_BYTES = 4096;
@@ -126,6 +126,48 @@ describe("unary Connect calls served directly answer exactly as Connect's handle
       if (c.errorCode) expect(direct.headers["flotilla-error-code"], name).toBe(c.errorCode);
       expect(direct.text, name).toBe(connect.text);
       expect(comparable(direct.headers), name).toEqual(comparable(connect.headers));
+    }
+  });
+
+  it("reads repeated request headers as Connect's handler does: the first Authorization, every Cookie line", async () => {
+    const { port } = new URL(t.hub.url);
+    const whoAmI = async (headerLines: string[], viaConnect: boolean) => {
+      const lines = [
+        "POST /flotilla.v1.IdentityService/WhoAmI HTTP/1.1",
+        "host: 127.0.0.1",
+        "content-type: application/json",
+        "content-length: 2",
+        "connection: close",
+        ...headerLines,
+        ...(viaConnect ? ["connect-timeout-ms: 600000"] : []),
+      ];
+      const answer = await sendRaw(Number(port), `${lines.join("\r\n")}\r\n\r\n{}`);
+      return { status: answer.slice(9, 12), body: answer.slice(answer.indexOf("\r\n\r\n") + 4) };
+    };
+    const cases: Array<[string, string[], string]> = [
+      [
+        "a valid Authorization, then junk",
+        [`authorization: Bearer ${token}`, "authorization: x"],
+        "200",
+      ],
+      [
+        "junk, then a valid Authorization",
+        ["authorization: x", `authorization: Bearer ${token}`],
+        "401",
+      ],
+      [
+        "the session cookie on a second Cookie line",
+        ["cookie: a=1", `cookie: flotilla_session=${token}`],
+        "200",
+      ],
+      ["another cookie only", ["Cookie: flotilla_sessionx=1"], "401"],
+    ];
+    for (const [name, headerLines, status] of cases) {
+      const direct = await whoAmI(headerLines, false);
+      const connect = await whoAmI(headerLines, true);
+      expect(direct.status, name).toBe(status);
+      expect(connect.status, name).toBe(status);
+      expect(direct.body, name).toBe(connect.body);
     }
   });
 
