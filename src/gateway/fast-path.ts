@@ -317,7 +317,7 @@ class UpstreamConn {
       const status = this.responseHead(ex, data.toString("latin1", 0, end + 2));
       if (status === -1) return;
       if (status < 200) {
-        // An informational response (103 Early Hints): skipped, as undici's dispatch does.
+        // An informational response (103 Early Hints): skipped, as the node:http path skips it.
         if (data.length > end + 4) this.onData(data.subarray(end + 4));
         return;
       }
@@ -416,6 +416,9 @@ class UpstreamConn {
       out = out.slice(0, out.indexOf("\r\n") + 2);
       // The length frames the body for the client too: it stays whatever Connection says.
       named.delete("content-length");
+      // A Date it names is dropped like any other, and the client gets the gateway's, as
+      // node:http gives one to every response.
+      if (named.has("date")) hasDate = false;
       for (const line = new HeaderLines(head, lineEnd + 2); line.next(); ) {
         const name = line.name;
         if (HOP_BY_HOP.has(name) || named.has(name)) continue;

@@ -644,6 +644,10 @@ export class ReverseProxy {
           controller = c;
         },
         onResponseStart(_c, statusCode, upstreamHeaders) {
+          // An informational response (103 Early Hints) comes here too, before the final one:
+          // skipped, as the fast path skips it (writing its head would leave no way to send the
+          // final one, and the client would get the 103 and a closed connection).
+          if (statusCode < 200) return;
           res.writeHead(statusCode, { ...responseHeaders(upstreamHeaders), ...context });
           // A stream without a length (server-sent events, chunked) gets its headers now, so the
           // client sees the response start before the first chunk arrives.

@@ -32,6 +32,10 @@ beforeAll(async () => {
         res.writeHead(200, { "content-type": "text/plain", "x-up": "1", connection: "x-up" });
         res.write("first-");
         setTimeout(() => res.end("second"), 20);
+      } else if (req.url!.startsWith("/base/early-hints")) {
+        res.writeEarlyHints({ link: "</style.css>; rel=preload; as=style" });
+        res.writeHead(200, { "content-type": "text/plain", "content-length": 5 });
+        res.end("final");
       } else if (req.url!.startsWith("/base/empty")) {
         res.writeHead(204, { "x-empty": "yes" });
         res.end();
@@ -184,6 +188,17 @@ describe("gateway fast path", () => {
     );
     expect(text.indexOf('"/base/1"')).toBeLessThan(text.indexOf('"/base/2"'));
     expect(text.indexOf('"/base/2"')).toBeLessThan(text.indexOf('"/base/3"'));
+  });
+
+  it("answers with the upstream's final response after its 103 Early Hints, on both paths", async () => {
+    const get = await fetch(`${gateway.url}/main/early-hints`);
+    expect(get.status).toBe(200);
+    expect(await get.text()).toBe("final");
+    // A body sends the request down node:http and undici's path.
+    const post = await fetch(`${gateway.url}/main/early-hints`, { method: "POST", body: "x" });
+    expect(post.status).toBe(200);
+    expect(await post.text()).toBe("final");
+    expect(seen.at(-1)).toMatchObject({ method: "POST", body: "x" });
   });
 
   it("passes a 204 without a body and serves the next request on the connection", async () => {

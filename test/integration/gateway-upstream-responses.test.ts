@@ -91,6 +91,11 @@ const scripts: Record<string, Script> = {
       s,
       "HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: chunked\r\nX-Kept: yes\r\n\r\n4\r\nbody\r\n0\r\n\r\n",
     ),
+  "/headers-dated-named": (s) =>
+    respond(
+      s,
+      "HTTP/1.1 200 OK\r\nConnection: date\r\nDATE: Tue, 01 Jan 2030 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok",
+    ),
   "/headers-dated": (s) =>
     respond(
       s,
@@ -555,6 +560,12 @@ describe("gateway fast path: upstream responses", () => {
       const dated = await client.get(tagged("/headers-dated"));
       expect(header(dated, "date")).toEqual(["Tue, 01 Jan 2030 00:00:00 GMT"]);
       expect(dated.body).toBe("ok");
+      // One its Connection names is dropped, and the gateway's own is sent instead.
+      const named = await client.get(tagged("/headers-dated-named"));
+      const dates = header(named, "date");
+      expect(dates).toHaveLength(1);
+      expect(Math.abs(Date.parse(dates[0]!) - Date.now())).toBeLessThan(60_000);
+      expect(named.body).toBe("ok");
     } finally {
       client.close();
     }
