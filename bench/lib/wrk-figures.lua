@@ -8,7 +8,7 @@ done = function(summary, latency, requests)
   end
   local e = summary.errors
   io.write(string.format(
-    '{"requests":%d,"durationUs":%d,"connectErrors":%d,"readErrors":%d,"writeErrors":%d,"timeouts":%d,"non2xx3xx":%d,"meanUs":%.1f,"maxUs":%d,"quantilesUs":[%s]}\n',
+    '{"requests":%d,"durationUs":%d,"connectErrors":%d,"readErrors":%d,"writeErrors":%d,"timeouts":%d,"status4xx5xx":%d,"meanUs":%.1f,"maxUs":%d,"quantilesUs":[%s]}\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.timeout, e.status,
     latency.mean, latency.max, table.concat(q, ",")))
 end
