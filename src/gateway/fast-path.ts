@@ -284,6 +284,10 @@ class UpstreamConn {
     // Released before the client's next request starts: a pipelined request takes this
     // connection again rather than another one.
     if (reusable && this.reusable && (this.buf === null || this.buf.length === 0)) {
+      // The read that ended the response may also have filled the client's buffers and paused
+      // this connection: the next request on it, any client's, must be read, whether or not
+      // this client ever drains.
+      if (ex.client.unpause(this)) this.socket.resume();
       this.timeout(this.idleMs);
       this.fast.release(this);
     } else this.socket.destroy();
@@ -400,13 +404,13 @@ class UpstreamConn {
     const plainKeepAlive = connection === "" || connection === ",keep-alive";
     if (http10 || (!plainKeepAlive && /(^|,)\s*close\s*(,|$)/.test(connection)))
       this.reusable = false;
-    if (keepAliveHint !== this.keepAliveHint) {
-      // Parsed when it changes: an upstream sends the same hint on every response.
+    if (keepAliveHint !== "" && keepAliveHint !== this.keepAliveHint) {
+      // Parsed when it changes: an upstream sends the same hint on every response. A response
+      // without one leaves the last one standing: the server at the other end is the same.
       this.keepAliveHint = keepAliveHint;
       const hint = /timeout=(\d+)/.exec(keepAliveHint);
-      this.idleMs = hint
-        ? Math.min(UPSTREAM_IDLE_MS, Math.max(0, Number(hint[1]) * 1000 - 1000))
-        : UPSTREAM_IDLE_MS;
+      if (hint)
+        this.idleMs = Math.min(UPSTREAM_IDLE_MS, Math.max(0, Number(hint[1]) * 1000 - 1000));
     }
     if (this.idleMs === 0) this.reusable = false;
     // Headers the upstream's Connection names are hop-by-hop too: the client's head is made
@@ -642,6 +646,14 @@ class ClientConn {
       if (this.paused === undefined) this.socket.once("drain", this.onDrain);
       this.paused = from;
     }
+  }
+
+  /** Forgets `from` as the upstream paused for this client; true when it was. */
+  unpause(from: UpstreamConn): boolean {
+    if (this.paused !== from) return false;
+    this.paused = undefined;
+    this.socket.removeListener("drain", this.onDrain);
+    return true;
   }
 
   private readonly onDrain = () => {

@@ -240,6 +240,11 @@ const scripts: Record<string, Script> = {
     await respond(s, `HTTP/1.1 200 OK\r\nContent-Length: ${HUGE.length}\r\n\r\n`, HUGE);
     huge.written++;
   },
+  // A body of ?bytes=N (at most HUGE's length).
+  "/sized": (s, req) => {
+    const n = Number(new URLSearchParams(req.target.split("?")[1]).get("bytes"));
+    return respond(s, `HTTP/1.1 200 OK\r\nContent-Length: ${n}\r\n\r\n`, HUGE.subarray(0, n));
+  },
 };
 
 beforeAll(async () => {
@@ -285,6 +290,13 @@ afterAll(async () => {
   await stored?.close();
   await new Promise<void>((r) => upstream.close(() => r()));
 });
+
+/** The value of the sample `name{labels}` in the gateway's /metrics text, 0 when absent. */
+async function metric(sample: string): Promise<number> {
+  const text = await (await fetch(`${stored.gateway.adminUrl}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${sample} `));
+  return line ? Number(line.slice(sample.length + 1)) : 0;
+}
 
 /** A response as the client read it; `raw` is its exact bytes (latin1), `body` the decoded body. */
 interface Res {
@@ -760,6 +772,50 @@ describe("gateway fast path: upstream responses", () => {
       for (const socket of sockets) socket.destroy();
     }
   });
+
+  it("never leaves an upstream connection paused once its response is done, though the client never reads", async () => {
+    // A client that reads nothing fills its socket buffers (a few MB on loopback), and the read
+    // that fills them pauses the upstream. When that same read also ends the response, the
+    // connection goes back to the pool, and the next request, any client's, takes it (the idle
+    // pool is LIFO). That read ends the largest response such a client gets whole, so that size
+    // is found (the buffers are the kernel's), and the sizes around it are tried.
+    const served = 'flotilla_gateway_requests_total{api="api-up",status="2xx"}';
+    const reader = new RawClient();
+    /** Sends `bytes` to a client that reads nothing; true when its response was read whole. */
+    const probe = async (bytes: number): Promise<boolean> => {
+      const before = await metric(served);
+      const stalled = connect(port, "127.0.0.1");
+      stalled.on("error", () => {});
+      stalled.pause();
+      stalled.write(
+        `GET /up${tagged("/sized")}&bytes=${bytes} HTTP/1.1\r\nHost: localhost\r\n\r\n`,
+      );
+      await new Promise((r) => setTimeout(r, 80));
+      const whole = (await metric(served)) > before;
+      const next = tagged("/plain");
+      const answered = await Promise.race([
+        reader.get(next).then((res) => res.body === next),
+        new Promise<false>((r) => setTimeout(() => r(false), 1000)),
+      ]);
+      stalled.destroy();
+      expect(answered, `after a ${bytes}-byte response to a client that reads nothing`).toBe(true);
+      return whole;
+    };
+    try {
+      let low = 64 * 1024; // read whole
+      let high = 32 * 1024 * 1024; // not
+      expect(await probe(low)).toBe(true);
+      expect(await probe(high)).toBe(false);
+      while (high - low > 4096) {
+        const mid = Math.floor((low + high) / 2);
+        if (await probe(mid)) low = mid;
+        else high = mid;
+      }
+      for (let bytes = low - 64 * 1024; bytes <= low + 16 * 1024; bytes += 2048) await probe(bytes);
+    } finally {
+      reader.close();
+    }
+  }, 60_000);
 
   it("re-frames a chunked body with extensions and trailers as plain chunks, without the trailers", async () => {
     const client = new RawClient();

@@ -145,7 +145,9 @@ class NodeRequestHeaders extends (Headers as HeadersClass) {
     const source = this.#source;
     if (source === undefined) return super.get(name);
     // Own values only: Node's object inherits Object's prototype ("constructor" is not a header).
-    const value = source[name.toLowerCase()];
+    const key = name.toLowerCase();
+    if (!Object.hasOwn(source, key)) return null;
+    const value = source[key];
     if (typeof value === "string") return value;
     return Array.isArray(value) ? value.join(", ") : null;
   }
