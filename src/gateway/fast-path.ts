@@ -719,7 +719,7 @@ class ClientConn {
   private answerNoRoute({ record, started }: NoRoute): void {
     const body = JSON.stringify(routeNotFound(record.path));
     this.socket.write(
-      `HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-correlation-id: ${record.correlation}\r\ntraceparent: ${record.traceparent}\r\n${this.keepAliveHeaders}\r\n${body}`,
+      `HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-correlation-id: ${record.correlation}\r\ntraceparent: ${record.traceparent}\r\ndate: ${httpDate()}\r\n${this.keepAliveHeaders}\r\n${body}`,
       "latin1",
     );
     record.status = 404;

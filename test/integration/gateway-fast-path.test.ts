@@ -229,6 +229,10 @@ describe("gateway fast path", () => {
     });
     expect(missing.status).toBe(404);
     expect(missing.headers.get("x-correlation-id")).toBe("corr-404");
+    // An origin with a clock dates its answers (RFC 9110), as node:http's path does.
+    expect(Math.abs(Date.parse(missing.headers.get("date") ?? "") - Date.now())).toBeLessThan(
+      60_000,
+    );
     expect(await missing.json()).toEqual({
       code: "route.not_found",
       message: "no API is deployed at /nothing-here",
