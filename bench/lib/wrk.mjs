@@ -37,7 +37,8 @@ export function wrkSlice({ url, connections, durationS }) {
       err += d;
     });
     child.once("error", reject);
-    child.once("exit", (code) => {
+    // "close", not "exit": the output is whole only once its pipes have closed.
+    child.once("close", (code) => {
       const lines = out.trim().split("\n");
       const figures = lines.find((l) => l.startsWith('{"requests"'));
       const stat = lines.at(-1) ?? "";
