@@ -4,11 +4,11 @@
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
+import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket, { WebSocketServer } from "ws";
 import { AGENT_CONNECT_PATH, authProof } from "../../src/shared/index.js";
-import { createTestDatabase, type TestDatabase } from "../support/pg.js";
+import { createTestDatabase, type TestDatabase, testPool } from "../support/pg.js";
 import { type FlotillaProcess, killAll, SECRET_A, sleep, startFlotilla } from "./procs.js";
 
 const ADMIN = { email: "ops@example.com", password: "ops-password-123" };
@@ -134,7 +134,7 @@ describe("agents on real hub replicas", () => {
 
   beforeAll(async () => {
     database = await createTestDatabase("mp_agent");
-    db = new pg.Pool({ connectionString: database.url, max: 3 });
+    db = testPool(database.url, 3);
     // An idle client the server drops must not become an uncaught error of the test process.
     db.on("error", () => {});
     dir = mkdtempSync(join(tmpdir(), "flotilla-agents-"));

@@ -17,9 +17,9 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import pg from "pg";
+import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../support/pg.js";
+import { createTestDatabase, type TestDatabase, testPool } from "../support/pg.js";
 import {
   CLI,
   type FlotillaProcess,
@@ -107,7 +107,7 @@ describe("managed PostgreSQL with the real binary, a hub and an agent", () => {
 
   beforeAll(async () => {
     database = await createTestDatabase("mp_databases");
-    hubDb = new pg.Pool({ connectionString: database.url, max: 2 });
+    hubDb = testPool(database.url, 2);
     dir = mkdtempSync(join(tmpdir(), "flotilla-databases-"));
     // The workload user (nobody) must be able to walk down to its data directory.
     chmodSync(dir, 0o755);

@@ -6,9 +6,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import type { Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
+import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../support/pg.js";
+import { createTestDatabase, type TestDatabase, testPool } from "../support/pg.js";
 import {
   ADMIN,
   eventually,
@@ -123,7 +123,7 @@ describe("gateway processes syncing with a real hub", () => {
 
   beforeAll(async () => {
     database = await createTestDatabase("mp_gateway");
-    db = new pg.Pool({ connectionString: database.url, max: 3 });
+    db = testPool(database.url, 3);
     dir = mkdtempSync(join(tmpdir(), "flotilla-gateways-"));
     hub = await startFlotilla("hub", { env: hubEnv() });
     await hub.waitReady(30_000);

@@ -11,9 +11,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import pg from "pg";
+import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../support/pg.js";
+import { createTestDatabase, type TestDatabase, testPool } from "../support/pg.js";
 import {
   type FlotillaProcess,
   freePorts,
@@ -111,7 +111,7 @@ describe("two hub replicas on a NATS server that restarts", () => {
 
   beforeAll(async () => {
     database = await createTestDatabase("mp_nats_events");
-    db = new pg.Pool({ connectionString: database.url, max: 2 });
+    db = testPool(database.url, 2);
     // The database is dropped WITH (FORCE) at the end; a connection it cuts is not a failure.
     db.on("error", () => {});
     natsDir = mkdtempSync(join(tmpdir(), "flotilla-nats-"));

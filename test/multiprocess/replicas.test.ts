@@ -6,9 +6,9 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
+import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../support/pg.js";
+import { createTestDatabase, type TestDatabase, testPool } from "../support/pg.js";
 import { type FlotillaProcess, killAll, SECRET_A, sleep, startFlotilla } from "./procs.js";
 
 const ADMIN = { email: "replicas@example.com", password: "replicas-password-1" };
@@ -39,7 +39,7 @@ describe("three hub replicas, three agents, a replica killed mid-run", () => {
 
   beforeAll(async () => {
     database = await createTestDatabase("mp_replicas");
-    db = new pg.Pool({ connectionString: database.url, max: 2 });
+    db = testPool(database.url, 2);
     // An idle client the server drops must not become an uncaught error of the test process.
     db.on("error", () => {});
     dir = mkdtempSync(join(tmpdir(), "flotilla-replicas-"));

@@ -6,7 +6,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
+import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   AGENT_DIRECT_DISPATCH_PATH,
@@ -16,7 +16,7 @@ import {
   sealDirectRequest,
   signDirect,
 } from "../../src/shared/index.js";
-import { createTestDatabase, type TestDatabase } from "../support/pg.js";
+import { createTestDatabase, type TestDatabase, testPool } from "../support/pg.js";
 import {
   CLI,
   type FlotillaProcess,
@@ -144,7 +144,7 @@ describe("route() and the synchronous wait across replicas", () => {
 
   beforeAll(async () => {
     database = await createTestDatabase("mp_routes");
-    db = new pg.Pool({ connectionString: database.url, max: 2 });
+    db = testPool(database.url, 2);
     // The database is dropped WITH (FORCE) at the end: an idle client cut then is expected.
     db.on("error", () => {});
     dir = mkdtempSync(join(tmpdir(), "flotilla-routes-"));

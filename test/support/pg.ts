@@ -39,3 +39,15 @@ export async function createTestDatabase(label: string): Promise<TestDatabase> {
     },
   };
 }
+
+/**
+ * A pool on a test database for a test's own reads and writes. pg's Pool.end() resolves once its
+ * clients are told to end, not once their connections have closed, so the database's drop WITH
+ * (FORCE) right after can still cut one: the pool then emits "error", which without a listener is
+ * an uncaught exception that fails the whole run. Nothing is lost by ignoring it: the test is over.
+ */
+export function testPool(url: string, max: number): pg.Pool {
+  const pool = new pg.Pool({ connectionString: url, max });
+  pool.on("error", () => {});
+  return pool;
+}
