@@ -106,6 +106,12 @@ http {
   return proc;
 }
 
+/** This process's CPU seconds (autocannon's, when it loads from here). */
+function ownCpuSeconds() {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}
+
 function getSlice(url, connections, durationS) {
   return autocannon({
     url,
@@ -272,12 +278,7 @@ async function main() {
     proxyS: cpuSeconds(t.pid, { withChildren: t.key === "nginx" }) ?? 0,
     upstreamS: cpuSeconds(upstream.pid) ?? 0,
     // wrk's own CPU is added per slice (wrkSlice reads it); autocannon's is this process's.
-    loadGeneratorS: wrk
-      ? 0
-      : (() => {
-          const u = process.cpuUsage();
-          return (u.user + u.system) / 1e6;
-        })(),
+    loadGeneratorS: wrk ? 0 : ownCpuSeconds(),
     wallS: performance.now() / 1000,
   });
   for (let r = 0; r < cfg.rounds; r++) {

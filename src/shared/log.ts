@@ -95,8 +95,8 @@ const MADE_BY_CREATE_LOGGER = Symbol("flotilla.createLogger");
  * `logger.info({k: v, ...}, msg)` writes them from a createLogger logger or its children, without
  * pino's work per line (its object walk, mixin merge and serializers): a WhoAmI on the hub went
  * from 458k to 414k instructions with this and isoNow (bench/whoami-instructions.mjs). No
- * redaction runs: for lines that can hold no
- * secret (a name, a code, a time). It reads the logger's stream and bindings through
+ * redaction runs: for lines that can hold no secret (a name, a code, a time). It reads the
+ * logger's stream and bindings through
  * pino.symbols, internal state pino exposes to integrations; pino is pinned to one version and
  * test/unit/log-lines.test.ts compares the lines with pino's own. Any other logger (another
  * format, a multistream) gets its lines through logger.info.

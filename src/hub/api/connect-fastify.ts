@@ -129,16 +129,15 @@ class NodeRequestHeaders extends (Headers as HeadersClass) {
   }
 
   /** From here on this is a plain Headers holding what Node parsed. */
-  #copied(): this {
+  #copied(): void {
     const source = this.#source;
-    if (source === undefined) return this;
+    if (source === undefined) return;
     this.#source = undefined;
     for (const [key, value] of Object.entries(source)) {
       if (value === undefined) continue;
       if (typeof value === "string") super.append(key, value);
       else for (const v of value) super.append(key, v);
     }
-    return this;
   }
 
   override get(name: string): string | null {
@@ -185,19 +184,23 @@ class NodeRequestHeaders extends (Headers as HeadersClass) {
   }
 
   override entries(): HeaderPairs {
-    return super.entries.call(this.#copied());
+    this.#copied();
+    return super.entries();
   }
 
   override keys(): HeaderStrings {
-    return super.keys.call(this.#copied());
+    this.#copied();
+    return super.keys();
   }
 
   override values(): HeaderStrings {
-    return super.values.call(this.#copied());
+    this.#copied();
+    return super.values();
   }
 
   override [Symbol.iterator](): HeaderPairs {
-    return super[Symbol.iterator].call(this.#copied());
+    this.#copied();
+    return super[Symbol.iterator]();
   }
 }
 
