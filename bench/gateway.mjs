@@ -1,6 +1,6 @@
 // Gateway figures in one run: requests/s and p99 through `flotilla gateway`, through nginx (one
-// worker) and through @fastify/http-proxy, all in front of the same 1 KB upstream at 64
-// connections, interleaved slice by slice; then, against a hub on PostgreSQL with 10,000 API
+// worker), through @fastify/http-proxy and through a plain Node byte pipe (the floor of any Node
+// proxy), all in front of the same 1 KB upstream at 64 connections, interleaved slice by slice; then, against a hub on PostgreSQL with 10,000 API
 // deployments: a full sync's time and peak RSS, restart-to-serving with 10,000 stored, and one
 // change taking effect with 10,000 routes loaded. Prints one JSON line on stdout.
 import { spawn, spawnSync } from "node:child_process";
@@ -50,7 +50,39 @@ function nginxPath() {
   return r.status === 0 ? r.stdout.trim().split("\n")[0] : null;
 }
 
-function startNginx(bin, dir, port, upstreamPort) {
+/** nginx as the measured proxy: one worker in front of the shared upstream, as a plain reverse proxy. */
+function nginxProxyServer(port, upstreamPort) {
+  return `upstream up { server 127.0.0.1:${upstreamPort}; keepalive 128; }
+  server {
+    listen 127.0.0.1:${port};
+    location = /ready { return 200 "ok"; }
+    location /bench/ {
+      proxy_pass http://up/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }`;
+}
+
+/**
+ * nginx as the shared upstream: the same 1 KB answer as bench/lib/upstream-1k.mjs at about a third
+ * of its CPU per request, so the two cores go to the proxies being compared and not to the
+ * upstream (with the Node upstream, it took 54-62% of a core at 20-27k req/s). Connections are
+ * never closed by count (nginx's default closes each after 1,000 requests).
+ */
+function nginxUpstreamServer(port) {
+  return `server {
+    listen 127.0.0.1:${port};
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    default_type text/plain;
+    location = /ready { return 200 "ok"; }
+    location / { return 200 "${"x".repeat(1024)}"; }
+  }`;
+}
+
+function startNginx(bin, dir, name, server) {
   const conf = join(dir, "nginx.conf");
   writeFileSync(
     conf,
@@ -66,16 +98,7 @@ http {
   fastcgi_temp_path ${dir}/fastcgi;
   uwsgi_temp_path ${dir}/uwsgi;
   scgi_temp_path ${dir}/scgi;
-  upstream up { server 127.0.0.1:${upstreamPort}; keepalive 128; }
-  server {
-    listen 127.0.0.1:${port};
-    location = /ready { return 200 "ok"; }
-    location /bench/ {
-      proxy_pass http://up/;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
+  ${server}
 }
 `,
   );
@@ -88,7 +111,7 @@ http {
     }),
   );
   const proc = {
-    name: "nginx",
+    name,
     pid: child.pid,
     exited,
     exitStatus: () => status,
@@ -142,13 +165,25 @@ async function main() {
   requireBuild();
   const cfg = settings();
   const logDir = tempDir("flotilla-bench-gateway-", { keep: cfg.keepLogs });
-  const [upstreamPort, hubPort, hubGrpc, gwPort, gwAdmin, nginxPort, fastifyPort] =
-    await freePorts(7);
-  const upstream = startNode(
-    "upstream",
-    [join(ROOT, "bench/lib/upstream-1k.mjs"), String(upstreamPort)],
-    { logDir },
-  );
+  const [upstreamPort, hubPort, hubGrpc, gwPort, gwAdmin, nginxPort, fastifyPort, pipePort] =
+    await freePorts(8);
+  const nginxBin = nginxPath();
+  const upstreamKind = process.env.BENCH_GATEWAY_UPSTREAM || (nginxBin ? "nginx" : "node");
+  if (upstreamKind !== "nginx" && upstreamKind !== "node")
+    throw new Error(`BENCH_GATEWAY_UPSTREAM is nginx or node, not ${upstreamKind}`);
+  if (upstreamKind === "nginx" && !nginxBin)
+    throw new Error("BENCH_GATEWAY_UPSTREAM=nginx needs nginx (apt-get install nginx-light)");
+  const upstream =
+    upstreamKind === "nginx"
+      ? startNginx(
+          nginxBin,
+          tempDir("flotilla-bench-upstream-"),
+          "upstream",
+          nginxUpstreamServer(upstreamPort),
+        )
+      : startNode("upstream", [join(ROOT, "bench/lib/upstream-1k.mjs"), String(upstreamPort)], {
+          logDir,
+        });
   await waitReady(upstream, `http://127.0.0.1:${upstreamPort}`);
   const upstreamUrl = `http://127.0.0.1:${upstreamPort}`;
 
@@ -228,10 +263,22 @@ async function main() {
     { logDir },
   );
   await waitReady(fastifyProxy, `http://127.0.0.1:${fastifyPort}`);
-  const nginxBin = nginxPath();
+  // What no Node proxy can beat on this machine: bytes copied between node:net sockets, no HTTP
+  // parsed at all. When its p99 misses a target, the machine of the moment misses it.
+  const pipe = startNode(
+    "node-pipe",
+    [join(ROOT, "bench/lib/pipe-proxy.mjs"), String(pipePort), String(upstreamPort)],
+    { logDir },
+  );
+  await waitReady(pipe, `http://127.0.0.1:${pipePort}`);
   let nginx = null;
   if (nginxBin) {
-    nginx = startNginx(nginxBin, tempDir("flotilla-bench-nginx-"), nginxPort, upstreamPort);
+    nginx = startNginx(
+      nginxBin,
+      tempDir("flotilla-bench-nginx-"),
+      "nginx",
+      nginxProxyServer(nginxPort, upstreamPort),
+    );
     await waitReady(nginx, `http://127.0.0.1:${nginxPort}`);
   } else progress("nginx is not installed: skipped (apt-get install nginx; see bench/README.md)");
 
@@ -245,6 +292,7 @@ async function main() {
       url: `http://127.0.0.1:${fastifyPort}/bench/item`,
       pid: fastifyProxy.pid,
     },
+    { key: "nodePipeFloor", url: `http://127.0.0.1:${pipePort}/bench/item`, pid: pipe.pid },
   ];
   for (const t of targets) {
     const check = await fetch(t.url);
@@ -276,7 +324,7 @@ async function main() {
   );
   const cpuNow = (t) => ({
     proxyS: cpuSeconds(t.pid, { withChildren: t.key === "nginx" }) ?? 0,
-    upstreamS: cpuSeconds(upstream.pid) ?? 0,
+    upstreamS: cpuSeconds(upstream.pid, { withChildren: upstreamKind === "nginx" }) ?? 0,
     // wrk's own CPU is added per slice (wrkSlice reads it); autocannon's is this process's.
     loadGeneratorS: wrk ? 0 : ownCpuSeconds(),
     wallS: performance.now() / 1000,
@@ -310,6 +358,7 @@ async function main() {
   );
   const gatewayRssUnderLoadMb = procStatusMb(gateway.pid, "VmHWM");
   await fastifyProxy.stop();
+  await pipe.stop();
   if (nginx) await nginx.stop();
   await gateway.stop();
 
@@ -488,8 +537,10 @@ async function main() {
     ratios: {
       gatewayToNginx: nginx ? ratio(throughput.gateway.rps, throughput.nginx.rps) : null,
       gatewayToFastifyHttpProxy: ratio(throughput.gateway.rps, throughput.fastifyHttpProxy.rps),
+      gatewayToNodePipeFloor: ratio(throughput.gateway.rps, throughput.nodePipeFloor.rps),
     },
     loadGenerator: wrk ? { wrk, threads: 1 } : { autocannon: "in the benchmark's process" },
+    upstream: upstreamKind === "nginx" ? "nginx, one worker, return 200" : "node:http",
     nginx: nginx
       ? { worker_processes: 1, bin: nginxBin }
       : { skipped: "nginx is not installed (apt-get install nginx)" },
