@@ -7,7 +7,7 @@ import { connect, type LookupFunction, type Socket } from "node:net";
 import {
   type AccessLogRecord,
   correlationOf,
-  HOP_BY_HOP,
+  isHopByHop,
   nextTraceparent,
   type ProxyObserver,
   routeNotFound,
@@ -89,8 +89,6 @@ class HeaderLines {
 }
 
 const TARGET = /^\/[\x21-\x7e]*$/;
-/** Request headers whose presence sends the request to node:http (bodies, upgrades, 100-continue). */
-const SLOW_REQUEST_HEADERS = new Set(["content-length", "transfer-encoding", "upgrade", "expect"]);
 
 let dateSecond = -1;
 let dateText = "";
@@ -386,18 +384,22 @@ class UpstreamConn {
         case "transfer-encoding":
           transferEncoding = true;
           chunked = /(^|,)\s*chunked\s*$/i.test(value);
-          break;
+          continue;
         case "connection":
           connection = `${connection},${value.toLowerCase()}`;
-          break;
+          continue;
         case "keep-alive":
           keepAliveHint = value;
-          break;
+          continue;
         case "date":
           hasDate = true;
           break;
+        case "x-correlation-id":
+        case "traceparent":
+          continue; // The gateway's own go out instead.
+        default:
+          if (isHopByHop(name)) continue;
       }
-      if (HOP_BY_HOP.has(name) || name === "x-correlation-id" || name === "traceparent") continue;
       out += `${name}: ${value}\r\n`;
     }
     // "keep-alive" alone (what Node and most servers send) names nothing and does not close.
@@ -425,7 +427,7 @@ class UpstreamConn {
       if (named.has("date")) hasDate = false;
       for (const line = new HeaderLines(head, lineEnd + 2); line.next(); ) {
         const name = line.name;
-        if (HOP_BY_HOP.has(name) || named.has(name)) continue;
+        if (isHopByHop(name) || named.has(name)) continue;
         if (name === "x-correlation-id" || name === "traceparent") continue;
         if (name === "content-length" && out.includes("\r\ncontent-length:")) continue;
         out += `${name}: ${line.value}\r\n`;
@@ -782,8 +784,13 @@ export class FastPath {
     // other repeated header is forwarded line by line, as it came.
     for (const line = new HeaderLines(head, lineEnd + 2); line.next(); ) {
       const { name, value } = line;
-      if (SLOW_REQUEST_HEADERS.has(name)) return undefined;
       switch (name) {
+        // A body, an upgrade or a 100-continue: node:http's.
+        case "content-length":
+        case "transfer-encoding":
+        case "upgrade":
+        case "expect":
+          return undefined;
         case "host":
           if (hostHeader !== undefined) return undefined;
           hostHeader = value;
@@ -806,8 +813,9 @@ export class FastPath {
         case "x-forwarded-host":
         case "x-forwarded-proto":
           continue;
+        default:
+          if (isHopByHop(name)) continue;
       }
-      if (HOP_BY_HOP.has(name)) continue;
       forwarded += `${name}: ${value}\r\n`;
     }
     if (hostHeader === undefined) return undefined;

@@ -32,6 +32,29 @@ export const HOP_BY_HOP = new Set([
   "upgrade",
   "host",
 ]);
+
+/**
+ * HOP_BY_HOP.has for a lowercased name, as a switch: a name just cut from a head is compared by
+ * length, then bytes, where Set#has first hashes it. The fast path asks this of every header line
+ * (7 per proxied GET in its instruction benchmark); the switch took its count from 74.2k to 71.8k.
+ */
+export function isHopByHop(name: string): boolean {
+  switch (name) {
+    case "connection":
+    case "keep-alive":
+    case "proxy-authenticate":
+    case "proxy-authorization":
+    case "proxy-connection":
+    case "te":
+    case "trailer":
+    case "transfer-encoding":
+    case "upgrade":
+    case "host":
+      return true;
+    default:
+      return false;
+  }
+}
 const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
 const CORRELATION = /^[A-Za-z0-9._:@\-/]{1,128}$/;
 /** LLM request bodies are buffered to read the model; larger bodies are refused (413). */

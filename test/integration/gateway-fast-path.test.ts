@@ -135,6 +135,30 @@ describe("gateway fast path", () => {
     expect(up.headers.traceparent).toBe(res.headers.get("traceparent"));
   });
 
+  it("drops every hop-by-hop request header and sends its own Connection upstream", async () => {
+    const host = new URL(gateway.url).host;
+    const text = await raw(
+      `GET /main/hop HTTP/1.1\r\nHost: ${host}\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n` +
+        "Proxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\n" +
+        "Proxy-Authenticate: Basic\r\nTE: trailers\r\nTrailer: X-Sum\r\nX-Kept: yes\r\n\r\n",
+      (t) => t.includes("}"),
+    );
+    expect(text.split("\r\n")[0]).toBe("HTTP/1.1 200 OK");
+    const up = seen.at(-1)!;
+    expect(up.url).toBe("/base/hop");
+    expect(up.headers["x-kept"]).toBe("yes");
+    expect(up.headers.connection).toBe("keep-alive");
+    for (const gone of [
+      "keep-alive",
+      "proxy-authorization",
+      "proxy-connection",
+      "proxy-authenticate",
+      "te",
+      "trailer",
+    ])
+      expect(up.headers[gone], gone).toBeUndefined();
+  });
+
   it("forwards a repeated header line by line, and sends a repeated header it reads to node:http", async () => {
     const host = new URL(gateway.url).host;
     const ask = (headers: string) =>

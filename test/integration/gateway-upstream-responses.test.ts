@@ -86,6 +86,25 @@ const scripts: Record<string, Script> = {
         "\r\n" +
         "hello",
     ),
+  // Every hop-by-hop header beside a plain keep-alive Connection (the head is made in one walk).
+  "/headers-hop-by-hop": (s) =>
+    respond(
+      s,
+      "HTTP/1.1 200 OK\r\n" +
+        "Connection: keep-alive\r\n" +
+        "Keep-Alive: timeout=30\r\n" +
+        "Proxy-Authenticate: Basic\r\n" +
+        "Proxy-Authorization: Basic c2VjcmV0\r\n" +
+        "Proxy-Connection: keep-alive\r\n" +
+        "TE: trailers\r\n" +
+        "Trailer: X-Sum\r\n" +
+        "Upgrade: h2c\r\n" +
+        "Host: upstream.example\r\n" +
+        "X-Kept: yes\r\n" +
+        "Content-Length: 2\r\n" +
+        "\r\n" +
+        "ok",
+    ),
   "/headers-chunked": (s) =>
     respond(
       s,
@@ -560,6 +579,17 @@ describe("gateway fast path: upstream responses", () => {
       expect(lower).not.toContain("1111111111111111");
       expect(lower).not.toContain("timeout=30");
       expect(res.body).toBe("hello");
+
+      // Every hop-by-hop header is dropped when Connection names none (the one-walk head).
+      const hop = await client.get(tagged("/headers-hop-by-hop"));
+      expect(upstreamHeaders(hop)).toEqual([
+        ["x-kept", "yes"],
+        ["content-length", "2"],
+      ]);
+      expect(hop.head.toLowerCase()).not.toMatch(
+        /proxy-|\r\nte:|trailer|upgrade|upstream\.example/,
+      );
+      expect(hop.body).toBe("ok");
 
       // A chunked upstream: its Transfer-Encoding is replaced by the gateway's own, once.
       const chunked = await client.get(tagged("/headers-chunked"));
