@@ -1,6 +1,6 @@
 // The gateway's access log: one JSON line per request, written in large batches off the hot path.
 import { pino } from "pino";
-import { isoNow, jsonString } from "../shared/index.js";
+import { hundredthsText, isoNow, jsonString } from "../shared/index.js";
 import type { AccessLogRecord } from "./proxy.js";
 
 /** Where batches go: by default stdout, asynchronously (a line never waits on stdout). */
@@ -61,7 +61,8 @@ export class AccessLog {
   record(rec: AccessLogRecord): void {
     const error = rec.error === undefined ? "" : `,"error":${jsonString(rec.error)}`;
     const api = rec.api === null ? "null" : jsonString(rec.api);
-    const line = `{"level":30,"time":"${isoNow()}","method":${jsonString(rec.method)},"host":${jsonString(rec.host)},"path":${jsonString(rec.path)},"status":${rec.status},"ms":${rec.ms},"api":${api},"correlation":"${rec.correlation}","traceparent":"${rec.traceparent}"${error}}\n`;
+    const method = rec.method === "GET" ? '"GET"' : jsonString(rec.method);
+    const line = `{"level":30,"time":"${isoNow()}","method":${method},"host":${jsonString(rec.host)},"path":${jsonString(rec.path)},"status":${rec.status},"ms":${hundredthsText(rec.ms)},"api":${api},"correlation":"${rec.correlation}","traceparent":"${rec.traceparent}"${error}}\n`;
     // A UTF-16 code unit takes at most 3 bytes in UTF-8 (a surrogate pair, 2 units, takes 4).
     if (this.used + line.length * 3 > this.batch.length) {
       this.flush();

@@ -5,6 +5,7 @@ import { pino } from "pino";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import {
   createLogger,
+  hundredthsText,
   infoLineWriter,
   isoNow,
   type RequestContext,
@@ -96,5 +97,11 @@ describe("hand-written log lines", () => {
       vi.setSystemTime(t);
       expect(isoNow()).toBe(new Date(t).toISOString());
     }
+  });
+
+  it("hundredthsText writes a duration rounded to hundredths as String() writes that number", () => {
+    for (let k = 0; k <= 200_000; k++) expect(hundredthsText(k / 100)).toBe(String(k / 100));
+    for (const ms of [0.004, 0.005, 0.994, 0.995, 1.0049, 9.999, 123.456, 86_400_000.01])
+      expect(hundredthsText(ms), String(ms)).toBe(String(Math.round(ms * 100) / 100));
   });
 });
