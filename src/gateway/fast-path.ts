@@ -12,7 +12,7 @@ import {
   type ProxyObserver,
   routeNotFound,
 } from "./proxy.js";
-import { isUnsafePath, type Route, type RouteTable } from "./routes.js";
+import { isUnsafePath, lastIndexOfCode, type Route, type RouteTable } from "./routes.js";
 
 /** Request heads larger than node:http's default limit go to node:http (which answers 431). */
 const MAX_HEAD_BYTES = 16 * 1024;
@@ -89,6 +89,18 @@ class HeaderLines {
 }
 
 const TARGET = /^\/[\x21-\x7e]*$/;
+
+/**
+ * The client's status line for each status from 200 to 599, made once: STATUS_CODES is a sparse
+ * object, so every lookup hashed the number (halfsiphash) before four string joins.
+ */
+const STATUS_LINES: string[] = [];
+for (let status = 200; status < 600; status++)
+  STATUS_LINES[status] = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "unknown"}\r\n`;
+
+function statusLine(status: number): string {
+  return STATUS_LINES[status] ?? `HTTP/1.1 ${status} unknown\r\n`;
+}
 
 let dateSecond = -1;
 let dateText = "";
@@ -357,7 +369,7 @@ class UpstreamConn {
       return -1;
     }
     const http10 = head.charCodeAt(7) === 48;
-    let out = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "unknown"}\r\n`;
+    let out = statusLine(status);
     let connection = "";
     let contentLength = -1;
     let chunked = false;
@@ -770,8 +782,10 @@ export class FastPath {
   parse(client: ClientConn, head: string): Exchange | NoRoute | undefined {
     const lineEnd = head.indexOf("\r\n");
     if (lineEnd === -1 || !head.startsWith("GET ")) return undefined;
-    const sp = head.lastIndexOf(" ", lineEnd);
-    if (sp <= 4 || head.slice(sp + 1, lineEnd) !== "HTTP/1.1") return undefined;
+    // The target holds no space (TARGET), so the line is "GET ", the target, " HTTP/1.1".
+    if (!head.endsWith(" HTTP/1.1", lineEnd)) return undefined;
+    const sp = lineEnd - 9;
+    if (sp <= 4) return undefined;
     const url = head.slice(4, sp);
     if (!TARGET.test(url)) return undefined;
     let forwarded = "";
@@ -821,7 +835,7 @@ export class FastPath {
     if (hostHeader === undefined) return undefined;
     const q = url.indexOf("?");
     const path = q === -1 ? url : url.slice(0, q);
-    const colon = hostHeader.lastIndexOf(":");
+    const colon = lastIndexOfCode(hostHeader, 58); // ":"
     const host = (
       colon > 0 && !hostHeader.endsWith("]") ? hostHeader.slice(0, colon) : hostHeader
     ).toLowerCase();

@@ -173,6 +173,17 @@ export function compileRoute(row: StoredRow): Route {
 
 const fitsHost = (r: Route, host: string) => r.hosts === null || r.hosts.includes(host);
 
+/**
+ * Where `code` last occurs in `s`, or -1: String#lastIndexOf leaves optimized code for a C++
+ * builtin (~300 instructions a call in the fast path's callgrind count), where this loop over a
+ * host or a path of a few dozen characters is cheaper.
+ */
+export function lastIndexOfCode(s: string, code: number): number {
+  let i = s.length - 1;
+  while (i >= 0 && s.charCodeAt(i) !== code) i--;
+  return i;
+}
+
 /** Routes by path prefix (whole segments), then host: exact hosts before any-host routes. */
 export class RouteTable {
   /**
@@ -213,7 +224,7 @@ export class RouteTable {
         } else for (const r of held) if (fitsHost(r, host)) return r;
       }
       if (candidate === "") return undefined;
-      const cut = candidate.lastIndexOf("/");
+      const cut = lastIndexOfCode(candidate, 47); // "/"
       // After "/x" comes "": host-only routes (public service routes) match any path.
       candidate = cut <= 0 ? "" : candidate.slice(0, cut);
     }

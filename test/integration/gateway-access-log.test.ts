@@ -59,6 +59,18 @@ describe("the gateway's access log", () => {
       (t) => t.endsWith("\r\n0\r\n\r\n"),
     );
     expect(odd).toMatch(/^HTTP\/1\.1 200 /);
+    // Hosts are logged without their port; an IPv6 literal keeps its colons.
+    for (const [host, id] of [
+      ["[::1]:8080", "access-log-v6-port"],
+      ["[::1]", "access-log-v6"],
+    ]) {
+      const answer = await sendRaw(
+        Number(new URL(url).port),
+        `GET /api/items HTTP/1.1\r\nhost: ${host}\r\nx-correlation-id: ${id}\r\n\r\n`,
+        (t) => t.endsWith("\r\n0\r\n\r\n"),
+      );
+      expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    }
     expect([get.status, post.status, missing.status]).toEqual([200, 200, 404]);
     // Batched: nothing has to be written yet; stopping writes the rest.
     await stored!.close();
@@ -75,6 +87,9 @@ describe("the gateway's access log", () => {
       status: 200,
       api: "logged-api",
     });
+    expect(byCorrelation.get("access-log-get")?.host).toBe("127.0.0.1");
+    expect(byCorrelation.get("access-log-v6-port")?.host).toBe("[::1]");
+    expect(byCorrelation.get("access-log-v6")?.host).toBe("[::1]");
     expect(byCorrelation.get("access-log-post")).toMatchObject({
       method: "POST",
       status: 200,

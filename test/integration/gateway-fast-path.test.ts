@@ -135,6 +135,19 @@ describe("gateway fast path", () => {
     expect(up.headers.traceparent).toBe(res.headers.get("traceparent"));
   });
 
+  it("leaves a request line it does not take (HTTP/1.0, a space in the target) to node:http", async () => {
+    const host = new URL(gateway.url).host;
+    const old = await raw(`GET /main/v10 HTTP/1.0\r\nHost: ${host}\r\n\r\n`, (t) =>
+      t.includes("}"),
+    );
+    expect(old.split("\r\n")[0]).toBe("HTTP/1.1 200 OK");
+    expect(seen.at(-1)!.url).toBe("/base/v10");
+    const spaced = await raw(`GET /main/a b HTTP/1.1\r\nHost: ${host}\r\n\r\n`, () => false);
+    expect(spaced.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request");
+    const bare = await raw(`GET HTTP/1.1\r\nHost: ${host}\r\n\r\n`, () => false);
+    expect(bare.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request");
+  });
+
   it("drops every hop-by-hop request header and sends its own Connection upstream", async () => {
     const host = new URL(gateway.url).host;
     const text = await raw(
