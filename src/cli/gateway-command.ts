@@ -47,6 +47,12 @@ const GATEWAY: OptionSpecs = {
     env: "FLOTILLA_GATEWAY_TLS_KEY",
     description: "PEM private key file for --tls-cert",
   },
+  "tls-cert-dir": {
+    type: "string",
+    env: "FLOTILLA_GATEWAY_TLS_CERT_DIR",
+    description:
+      "Certificates by server name (SNI): NAME.crt + NAME.key pairs, or certbot's live/ (NAME/fullchain.pem + privkey.pem); each serves its subjectAltName's DNS names, --tls-cert any other. Read again on SIGHUP",
+  },
   "admin-port": {
     type: "string",
     env: "FLOTILLA_GATEWAY_ADMIN_PORT",
@@ -104,6 +110,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     throw new FlotillaError("validation.failed", "--access-log must be on or off", {
       field: "access-log",
     });
+  const certificateDir = stringOption(values, "tls-cert-dir");
   const gateway = await startGateway({
     hubUrl,
     token,
@@ -116,8 +123,13 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     accessLog: accessLog === "on",
     logLevel: stringOption(values, "log-level")!,
     tls: tlsOptions(values),
+    ...(certificateDir ? { certificateDir: resolve(certificateDir) } : {}),
   });
+  // A renewal (certbot's deploy hook, say) sends SIGHUP: new handshakes get the new certificates.
+  const reload = () => void gateway.reloadCertificates();
+  if (certificateDir) process.on("SIGHUP", reload);
   await untilStopSignal();
+  process.off("SIGHUP", reload);
   await gateway.close();
   return 0;
 }

@@ -7,6 +7,7 @@ import { pino } from "pino";
 import { Counter, Gauge, Registry } from "prom-client";
 import { guardedLookup, isoTimestamp, notLocalOperator, type ResolveAll } from "../shared/index.js";
 import { AccessLog, type AccessLogSink } from "./access-log.js";
+import { CertificatesByName, readCertificateDir } from "./certificates.js";
 import { FastPath } from "./fast-path.js";
 import {
   type AccessLogRecord,
@@ -37,8 +38,18 @@ export interface GatewayOptions {
   accessLog?: boolean | AccessLogSink;
   logLevel?: string;
   connectionsPerOrigin?: number;
-  /** Serve the data port over TLS (HTTP/1.1) with this certificate and key (PEM). */
+  /**
+   * Serve the data port over TLS (HTTP/1.1) with this certificate and key (PEM): the default, for
+   * clients whose server name no entry of `certificates` covers.
+   */
   tls?: { cert: string | Buffer; key: string | Buffer };
+  /**
+   * A directory of certificates by server name (SNI; readCertificateDir), each for the DNS names
+   * of its subjectAltName; with it the data port speaks TLS. Without `tls`, a client naming no
+   * covered host gets no certificate. Read at start (config.invalid stops the start) and again by
+   * reloadCertificates.
+   */
+  certificateDir?: string;
   /** Resolves upstream names: the system's resolver (dns.lookup) unless given (tests' fake DNS). */
   resolveUpstream?: ResolveAll;
 }
@@ -51,6 +62,12 @@ export interface Gateway {
   sync: HubSync;
   /** Milliseconds from the start of startGateway until the data port served the stored config. */
   startupMs: number;
+  /**
+   * Reads certificateDir again (a renewal; `flotilla gateway` does it on SIGHUP): handshakes from
+   * now on use the new set, connections already open keep theirs. A directory that no longer
+   * reads whole changes nothing and is logged; returns whether the set was replaced.
+   */
+  reloadCertificates(): boolean;
   close(): Promise<void>;
 }
 
@@ -60,6 +77,11 @@ const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 
 export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   const started = performance.now();
+  // First: a certificate directory that does not read whole stops the start before anything opens.
+  const byName = new CertificatesByName(
+    o.certificateDir === undefined ? [] : readCertificateDir(o.certificateDir),
+  );
+  const secure = Boolean(o.tls || o.certificateDir !== undefined);
   const logger = pino({
     level: o.logLevel ?? process.env.FLOTILLA_LOG_LEVEL ?? "info",
     base: { name: "gateway", pid: process.pid },
@@ -152,14 +174,15 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     keepAliveTimeoutMs: DATA_KEEP_ALIVE_MS,
     lookup,
     ...(o.connectionsPerOrigin ? { connectionsPerOrigin: o.connectionsPerOrigin } : {}),
-    tls: Boolean(o.tls),
+    tls: secure,
   });
   // With TLS, the fast path reads and writes the decrypted stream: a TLSSocket is a Socket.
-  const data = o.tls
+  const data = secure
     ? createTlsServer(
         {
-          cert: o.tls.cert,
-          key: o.tls.key,
+          ...(o.tls ? { cert: o.tls.cert, key: o.tls.key } : {}),
+          // Unknown or absent names get the default context (o.tls's certificate, or none).
+          SNICallback: (name, done) => done(null, byName.find(name)),
           ALPNProtocols: ["http/1.1"],
           // Node's default (120 s) for a handshake that never completes.
           handshakeTimeout: 10_000,
@@ -279,7 +302,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   });
   const dataPort = (data.address() as AddressInfo).port;
   const adminPort = (admin.address() as AddressInfo).port;
-  const url = `${o.tls ? "https" : "http"}://127.0.0.1:${dataPort}`;
+  const url = `${secure ? "https" : "http"}://127.0.0.1:${dataPort}`;
   const adminUrl = `http://127.0.0.1:${adminPort}`;
   logger.info(
     { url, adminUrl, routes: config.table.size, startupMs: Math.round(startupMs * 10) / 10 },
@@ -295,6 +318,24 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     config,
     sync: hubSync,
     startupMs,
+    reloadCertificates() {
+      if (o.certificateDir === undefined) {
+        logger.warn("no certificate directory to reload (--tls-cert-dir)");
+        return false;
+      }
+      try {
+        const pairs = readCertificateDir(o.certificateDir);
+        byName.set(pairs);
+        logger.info({ certificates: pairs.length }, "certificates reloaded");
+        return true;
+      } catch (err) {
+        logger.warn(
+          { err: (err as Error).message },
+          "certificates not reloaded; the old ones serve",
+        );
+        return false;
+      }
+    },
     close() {
       closing ??= (async () => {
         await hubSync.stop();

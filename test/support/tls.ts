@@ -1,4 +1,5 @@
-// A self-signed certificate for 127.0.0.1 and localhost (openssl), for tests of TLS listeners.
+// Self-signed certificates (openssl), for tests of TLS listeners: one for 127.0.0.1 and localhost,
+// and pairs for chosen subjectAltNames written where a certificate directory wants them.
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -27,4 +28,39 @@ export function selfSignedCert(dir: string): { cert: Buffer; key: Buffer } {
     { stdio: "ignore" },
   );
   return { cert: readFileSync(join(dir, "cert.pem")), key: readFileSync(join(dir, "key.pem")) };
+}
+
+/**
+ * Writes a self-signed certificate and its key (valid one day) for `altNames` (openssl's
+ * subjectAltName syntax, "DNS:a.example,DNS:*.b.example") to `certPath` and `keyPath`.
+ */
+export function selfSignedPair(
+  certPath: string,
+  keyPath: string,
+  altNames: string,
+  commonName = "flotilla-test",
+): { cert: Buffer; key: Buffer } {
+  execFileSync(
+    "openssl",
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      `/CN=${commonName}`,
+      ...(altNames ? ["-addext", `subjectAltName=${altNames}`] : []),
+      "-keyout",
+      keyPath,
+      "-out",
+      certPath,
+    ],
+    { stdio: "ignore" },
+  );
+  return { cert: readFileSync(certPath), key: readFileSync(keyPath) };
 }
