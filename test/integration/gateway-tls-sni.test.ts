@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { connect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { deployedRow, type StoredGateway, startStoredGateway } from "../support/gateway.js";
-import { selfSignedCert, selfSignedPair } from "../support/tls.js";
+import { presentedCommonName, selfSignedCert, selfSignedPair } from "../support/tls.js";
 
 let dir: string;
 let certs: string;
@@ -57,22 +57,8 @@ afterAll(async () => {
 const port = () => Number(new URL(stored.gateway.url).port);
 
 /** The common name of the certificate the data port presents for `servername` (none: no SNI). */
-function presented(servername?: string, gatewayPort = port()): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({
-      host: "127.0.0.1",
-      port: gatewayPort,
-      rejectUnauthorized: false,
-      ...(servername === undefined ? {} : { servername }),
-    });
-    socket.once("secureConnect", () => {
-      const subject = socket.getPeerX509Certificate()?.subject ?? "";
-      socket.end();
-      resolve(/CN=([^\n]+)/.exec(subject)?.[1] ?? "");
-    });
-    socket.once("error", reject);
-  });
-}
+const presented = (servername?: string, gatewayPort = port()) =>
+  presentedCommonName(gatewayPort, servername);
 
 describe("gateway data port: certificates by server name", () => {
   it("gives each server name the certificate naming it, and every other name the default", async () => {

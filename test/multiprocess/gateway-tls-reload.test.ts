@@ -4,9 +4,8 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connect } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { selfSignedPair } from "../support/tls.js";
+import { presentedCommonName, selfSignedPair } from "../support/tls.js";
 import { eventually, killGateways, startGatewayProcess } from "./gateway-procs.js";
 
 let dir: string;
@@ -20,17 +19,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function presented(port: number, servername: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: "127.0.0.1", port, servername, rejectUnauthorized: false });
-    socket.once("secureConnect", () => {
-      const subject = socket.getPeerX509Certificate()?.subject ?? "";
-      socket.end();
-      resolve(/CN=([^\n]+)/.exec(subject)?.[1] ?? "");
-    });
-    socket.once("error", reject);
-  });
-}
+const presented = (port: number, servername: string) => presentedCommonName(port, servername);
 
 describe("flotilla gateway --tls-cert-dir", () => {
   it("serves the renewed certificate after SIGHUP, on the same process and port", async () => {

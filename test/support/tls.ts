@@ -1,8 +1,10 @@
 // Self-signed certificates (openssl), for tests of TLS listeners: one for 127.0.0.1 and localhost,
-// and pairs for chosen subjectAltNames written where a certificate directory wants them.
+// and pairs for chosen subjectAltNames written where a certificate directory wants them; and the
+// common name a listener presents for a server name.
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { connect } from "node:tls";
 
 /** Writes key.pem and cert.pem (valid one day) into `dir` and returns both. */
 export function selfSignedCert(dir: string): { cert: Buffer; key: Buffer } {
@@ -63,4 +65,22 @@ export function selfSignedPair(
     { stdio: "ignore" },
   );
   return { cert: readFileSync(certPath), key: readFileSync(keyPath) };
+}
+
+/** The common name of the certificate a TLS listener on loopback presents for `servername`. */
+export function presentedCommonName(port: number, servername?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({
+      host: "127.0.0.1",
+      port,
+      rejectUnauthorized: false,
+      ...(servername === undefined ? {} : { servername }),
+    });
+    socket.once("secureConnect", () => {
+      const subject = socket.getPeerX509Certificate()?.subject ?? "";
+      socket.end();
+      resolve(/CN=([^\n]+)/.exec(subject)?.[1] ?? "");
+    });
+    socket.once("error", reject);
+  });
 }
