@@ -1,7 +1,7 @@
 // `flotilla gateway`: an edge proxy for one registered gateway. Loads no hub code (no Fastify,
 // PGlite or Connect runtime): its store is better-sqlite3.
 import { resolve } from "node:path";
-import { startGateway } from "../gateway/index.js";
+import { type Gateway, startGateway } from "../gateway/index.js";
 import { FlotillaError } from "../shared/index.js";
 import {
   help,
@@ -111,25 +111,35 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
       field: "access-log",
     });
   const certificateDir = stringOption(values, "tls-cert-dir");
-  const gateway = await startGateway({
-    hubUrl,
-    token,
-    port: intOption(values, "port", { min: 0, max: 65535 })!,
-    host: stringOption(values, "host")!,
-    adminPort: intOption(values, "admin-port", { min: 0, max: 65535 })!,
-    dataDir: resolve(stringOption(values, "data-dir")!),
-    batchSize: intOption(values, "batch-size", { min: 1, max: 500 })!,
-    hashCheckIntervalMs: intOption(values, "hash-check-seconds", { min: 1, max: 86_400 })! * 1000,
-    accessLog: accessLog === "on",
-    logLevel: stringOption(values, "log-level")!,
-    tls: tlsOptions(values),
-    ...(certificateDir ? { certificateDir: resolve(certificateDir) } : {}),
-  });
   // A renewal (certbot's deploy hook, say) sends SIGHUP: new handshakes get the new certificates.
-  const reload = () => void gateway.reloadCertificates();
+  // Listened to from before the start to after the drain, so a SIGHUP never stops the process.
+  let gateway: Gateway | undefined;
+  let reloadWhenStarted = false;
+  const reload = () => {
+    if (gateway) gateway.reloadCertificates();
+    else reloadWhenStarted = true;
+  };
   if (certificateDir) process.on("SIGHUP", reload);
-  await untilStopSignal();
-  process.off("SIGHUP", reload);
-  await gateway.close();
+  try {
+    gateway = await startGateway({
+      hubUrl,
+      token,
+      port: intOption(values, "port", { min: 0, max: 65535 })!,
+      host: stringOption(values, "host")!,
+      adminPort: intOption(values, "admin-port", { min: 0, max: 65535 })!,
+      dataDir: resolve(stringOption(values, "data-dir")!),
+      batchSize: intOption(values, "batch-size", { min: 1, max: 500 })!,
+      hashCheckIntervalMs: intOption(values, "hash-check-seconds", { min: 1, max: 86_400 })! * 1000,
+      accessLog: accessLog === "on",
+      logLevel: stringOption(values, "log-level")!,
+      tls: tlsOptions(values),
+      ...(certificateDir ? { certificateDir: resolve(certificateDir) } : {}),
+    });
+    if (reloadWhenStarted) gateway.reloadCertificates();
+    await untilStopSignal();
+    await gateway.close();
+  } finally {
+    process.off("SIGHUP", reload);
+  }
   return 0;
 }

@@ -11,8 +11,9 @@ export interface NamedCertificate {
   /** Where it was read from, for messages. */
   source: string;
   names: string[];
-  cert: Buffer;
-  key: Buffer;
+  /** When the certificate expires (ms since the epoch): of two naming one host, the later wins. */
+  notAfter: number;
+  context: SecureContext;
 }
 
 /** The two layouts a directory may hold: certbot's `live/` (one directory per name) and flat files. */
@@ -23,11 +24,25 @@ function invalid(message: string): FlotillaError {
   return new FlotillaError("config.invalid", message);
 }
 
+function unreadable(path: string, err: unknown): FlotillaError {
+  return invalid(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? "error"}`);
+}
+
 function readPem(path: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw invalid(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? "error"}`);
+    throw unreadable(path, err);
+  }
+}
+
+/** What is at `path`: a directory, something else, or nothing; config.invalid if it cannot tell. */
+function kindOf(path: string): "directory" | "other" | "none" {
+  try {
+    const stat = statSync(path, { throwIfNoEntry: false });
+    return stat === undefined ? "none" : stat.isDirectory() ? "directory" : "other";
+  } catch (err) {
+    throw unreadable(path, err); // A symlink loop (ELOOP), a folder it may not search (EACCES).
   }
 }
 
@@ -53,7 +68,14 @@ function namedCertificate(source: string, cert: Buffer, key: Buffer): NamedCerti
     .filter((entry) => entry.startsWith("DNS:"))
     .map((entry) => entry.slice(4).toLowerCase());
   if (names.length === 0) throw invalid(`${source}: the certificate names no DNS subjectAltName`);
-  return { source, names, cert, key };
+  let context: SecureContext;
+  try {
+    context = createSecureContext({ cert, key });
+  } catch (err) {
+    // A pair OpenSSL will not serve (a key below its security level, say).
+    throw invalid(`${source}: ${(err as Error).message}`);
+  }
+  return { source, names, notAfter: Date.parse(x509.validTo), context };
 }
 
 /**
@@ -75,9 +97,9 @@ export function readCertificateDir(dir: string): NamedCertificate[] {
     if (entry.endsWith(".crt")) {
       const keyPath = `${path.slice(0, -4)}.key`;
       pairs.push(namedCertificate(path, readPem(path), readPem(keyPath)));
-    } else if (statSync(path, { throwIfNoEntry: false })?.isDirectory()) {
+    } else if (kindOf(path) === "directory") {
       const chain = join(path, CERTBOT_CHAIN);
-      if (statSync(chain, { throwIfNoEntry: false }) === undefined) continue; // README, keys/...
+      if (kindOf(chain) === "none") continue; // keys/, accounts/: not a certificate's directory.
       pairs.push(namedCertificate(chain, readPem(chain), readPem(join(path, CERTBOT_KEY))));
     }
   }
@@ -88,8 +110,10 @@ export function readCertificateDir(dir: string): NamedCertificate[] {
 
 /**
  * Server name -> secure context, exact names before wildcards (`*.b.example` covers one label:
- * `x.b.example`, not `b.example` nor `y.x.b.example`). The first pair (in file order) naming a
- * name keeps it. Replaced whole by `set`, so a handshake sees the old set or the new one.
+ * `x.b.example`, not `b.example` nor `y.x.b.example`). A name two certificates claim goes to the
+ * one that expires last: certbot leaves the old lineage's directory (`example.com/`) beside a
+ * re-issued one (`example.com-0001/`). Replaced whole by `set`, so a handshake sees the old set or
+ * the new one.
  */
 export class CertificatesByName {
   private exact = new Map<string, SecureContext>();
@@ -103,12 +127,12 @@ export class CertificatesByName {
   set(pairs: NamedCertificate[]): void {
     const exact = new Map<string, SecureContext>();
     const wildcard = new Map<string, SecureContext>();
-    for (const pair of pairs) {
-      const context = createSecureContext({ cert: pair.cert, key: pair.key });
+    const latestFirst = [...pairs].sort((a, b) => b.notAfter - a.notAfter);
+    for (const pair of latestFirst) {
       for (const name of pair.names) {
         const into = name.startsWith("*.") ? wildcard : exact;
         const key = name.startsWith("*.") ? name.slice(2) : name;
-        if (!into.has(key)) into.set(key, context);
+        if (!into.has(key)) into.set(key, pair.context);
       }
     }
     this.exact = exact;
@@ -118,7 +142,8 @@ export class CertificatesByName {
 
   /** The context for a client's server name, or undefined (the default certificate answers). */
   find(serverName: string): SecureContext | undefined {
-    const name = serverName.toLowerCase();
+    // "a.example." (a fully qualified name some clients keep) is "a.example".
+    const name = (serverName.endsWith(".") ? serverName.slice(0, -1) : serverName).toLowerCase();
     const hit = this.exact.get(name);
     if (hit) return hit;
     const dot = name.indexOf(".");

@@ -65,6 +65,8 @@ export function jsonString(s: string): string {
  * a call here, where small integers come from its number-string cache.
  */
 export function hundredthsText(ms: number): string {
+  // Negative, huge or not a number: never a duration the proxies record; String() says it.
+  if (!(ms >= 0 && ms < 1e15)) return String(Math.round(ms * 100) / 100);
   const hundredths = Math.round(ms * 100);
   const whole = Math.floor(hundredths / 100);
   const fraction = hundredths - whole * 100;

@@ -2,7 +2,7 @@
 // NAME.key, and certbot's live/ layout), exact names before one-label wildcards, the default
 // certificate for every other name, a reload that replaces the set whole or not at all, and
 // directories that do not read whole refused with config.invalid before the gateway starts.
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -30,6 +30,13 @@ beforeAll(async () => {
     "DNS:c.example,DNS:www.c.example",
     "c",
   );
+  // An exact name beats a wildcard; names are matched whatever their case in the certificate.
+  selfSignedPair(join(certs, "exact-z.crt"), join(certs, "exact-z.key"), "DNS:z.b.example", "z");
+  selfSignedPair(join(certs, "up.crt"), join(certs, "up.key"), "DNS:UP.Example", "up");
+  // Two certificates for one name (an old certbot lineage left beside a re-issued one): the one
+  // valid longest serves, whichever file comes first.
+  selfSignedPair(join(certs, "dup-a.crt"), join(certs, "dup-a.key"), "DNS:dup.example", "short");
+  selfSignedPair(join(certs, "dup-b.crt"), join(certs, "dup-b.key"), "DNS:dup.example", "long", 3);
   // Not a certificate directory's business: ignored.
   writeFileSync(join(certs, "README"), "renewed by a cron job\n");
   mkdirSync(join(certs, "keys"));
@@ -66,8 +73,12 @@ describe("gateway data port: certificates by server name", () => {
       ["a.example", "a"],
       ["A.Example", "a"],
       ["x.b.example", "wild"],
+      ["a.example.", "a"],
       ["c.example", "c"],
       ["www.c.example", "c"],
+      ["z.b.example", "z"],
+      ["up.example", "up"],
+      ["dup.example", "long"],
       // A wildcard covers one label: not the bare domain, not two labels.
       ["b.example", "localhost"],
       ["y.x.b.example", "localhost"],
@@ -151,8 +162,11 @@ describe("gateway data port: certificates by server name", () => {
       join(dir, "d-elsewhere.key"),
       "DNS:d.example",
     );
+    const looped = bad("symlink-loop");
+    symlinkSync(join(looped, "loop"), join(looped, "loop"));
     const cases: Array<[string, RegExp]> = [
       [empty, /holds no certificate/],
+      [looped, /cannot read .*loop: ELOOP/],
       [noKey, /cannot read .*n\.key: ENOENT/],
       [mismatch, /m\.crt: the key is not the certificate's/],
       [garbage, /g\.crt: not a PEM certificate/],

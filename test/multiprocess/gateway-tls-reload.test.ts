@@ -43,6 +43,21 @@ describe("flotilla gateway --tls-cert-dir", () => {
       "the reload's log line",
     );
     expect(await presented(port, "a.example")).toBe("renewed");
+    // A renewal caught halfway (the key not there yet): logged, and the renewed one still serves.
+    selfSignedPair(join(certs, "b.crt"), join(dir, "b-not-yet.key"), "DNS:b.example", "half");
+    gateway.child.kill("SIGHUP");
+    await eventually(
+      async () =>
+        gateway
+          .logs()
+          .some(
+            (l) =>
+              l.msg === "certificates not reloaded; the old ones serve" &&
+              String(l.err).includes("b.key: ENOENT"),
+          ),
+      "the failed reload's log line",
+    );
+    expect(await presented(port, "a.example")).toBe("renewed");
     expect(gateway.child.exitCode).toBeNull();
     await gateway.kill("SIGTERM");
     expect(gateway.child.exitCode).toBe(0);

@@ -33,7 +33,7 @@ export function selfSignedCert(dir: string): { cert: Buffer; key: Buffer } {
 }
 
 /**
- * Writes a self-signed certificate and its key (valid one day) for `altNames` (openssl's
+ * Writes a self-signed certificate and its key (valid `days`) for `altNames` (openssl's
  * subjectAltName syntax, "DNS:a.example,DNS:*.b.example") to `certPath` and `keyPath`.
  */
 export function selfSignedPair(
@@ -41,6 +41,7 @@ export function selfSignedPair(
   keyPath: string,
   altNames: string,
   commonName = "flotilla-test",
+  days = 1,
 ): { cert: Buffer; key: Buffer } {
   execFileSync(
     "openssl",
@@ -53,7 +54,7 @@ export function selfSignedPair(
       "ec_paramgen_curve:prime256v1",
       "-nodes",
       "-days",
-      "1",
+      String(days),
       "-subj",
       `/CN=${commonName}`,
       ...(altNames ? ["-addext", `subjectAltName=${altNames}`] : []),
