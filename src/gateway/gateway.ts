@@ -190,10 +190,18 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
         fast.onConnection,
       )
     : createNetServer(fast.onConnection);
+  // A port that will not listen (taken, not permitted) ends the start with nothing left open.
+  const abandon = async (err: unknown, listening: Array<{ close(): unknown }>) => {
+    for (const server of listening) server.close();
+    await proxy.close();
+    store.close();
+    access?.close();
+    throw err;
+  };
   await new Promise<void>((resolve, reject) => {
     data.once("error", reject);
     data.listen(o.port, o.host ?? "0.0.0.0", () => resolve());
-  });
+  }).catch((err) => abandon(err, []));
   // The node:http server never listens, but its connection tracking (headersTimeout,
   // requestTimeout, closeIdleConnections) starts on "listening": start it for the connections the
   // fast path hands over.
@@ -299,7 +307,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   await new Promise<void>((resolve, reject) => {
     admin.once("error", reject);
     admin.listen(o.adminPort ?? 0, o.adminHost ?? "127.0.0.1", () => resolve());
-  });
+  }).catch((err) => abandon(err, [data]));
   const dataPort = (data.address() as AddressInfo).port;
   const adminPort = (admin.address() as AddressInfo).port;
   const url = `${secure ? "https" : "http"}://127.0.0.1:${dataPort}`;
