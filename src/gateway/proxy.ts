@@ -94,7 +94,10 @@ export function isWebSocketUpgrade(req: IncomingMessage): boolean {
 
 /**
  * The request head as the client sent it, minus its Upgrade (and what Connection names of it):
- * for serving an optional upgrade (h2c) as the plain request it also is.
+ * for serving an optional upgrade (h2c) as the plain request it also is. The body's framing stays
+ * whatever Connection names: this head is parsed again with the body after it, and a dropped
+ * Content-Length would make that body a second request (smuggled past a front proxy that framed
+ * it as one).
  */
 export function headWithoutUpgrade(req: IncomingMessage): Buffer {
   const connection = (headerValue(req.headers.connection) ?? "")
@@ -102,6 +105,8 @@ export function headWithoutUpgrade(req: IncomingMessage): Buffer {
     .map((t) => t.trim())
     .filter(Boolean);
   const dropped = new Set(["upgrade", ...connection.map((t) => t.toLowerCase())]);
+  dropped.delete("content-length");
+  dropped.delete("transfer-encoding");
   // What Connection says of this connection itself stays: keep-alive, close.
   const kept = connection.filter((t) => ["keep-alive", "close"].includes(t.toLowerCase()));
   const lines = [`${req.method} ${req.url} HTTP/${req.httpVersion}`];

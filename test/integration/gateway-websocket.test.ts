@@ -221,6 +221,26 @@ describe("WebSockets through the gateway", () => {
     expect(refused).toMatch(/^HTTP\/1\.1 405 /);
   });
 
+  it("keeps an h2c request's body its body when Connection names its framing (no smuggled request)", async () => {
+    const port = Number(new URL(gateway.url).port);
+    const smuggled = "GET /ws/smuggled HTTP/1.1\r\nhost: x\r\n\r\n";
+    for (const framing of [
+      `content-length: ${smuggled.length}\r\n\r\n${smuggled}`,
+      `transfer-encoding: chunked\r\n\r\n${smuggled.length.toString(16)}\r\n${smuggled}\r\n0\r\n\r\n`,
+    ]) {
+      const named = framing.startsWith("content-length") ? "Content-Length" : "Transfer-Encoding";
+      const text = await sendRaw(
+        port,
+        `POST /ws/echo HTTP/1.1\r\nhost: x\r\nupgrade: h2c\r\nconnection: Upgrade, ${named}\r\n${framing}`,
+        (t) => t.includes("upgrade="),
+      );
+      expect(text, named).toMatch(/^HTTP\/1\.1 200 /);
+      expect(text, named).toContain(`POST /base/echo ${smuggled} upgrade=none`);
+      // One answer: the body did not become a request of its own.
+      expect(text.match(/HTTP\/1\.1 \d{3} /g), named).toHaveLength(1);
+    }
+  });
+
   it("relays an upstream that declines the upgrade as it answered", async () => {
     const answer = await open("/declining/x");
     if ("ws" in answer) throw new Error("upgraded");
