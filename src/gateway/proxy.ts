@@ -284,7 +284,7 @@ export class ReverseProxy {
       refuse(
         400,
         "request.malformed",
-        "the path has a dot segment or an encoded separator; send it normalized",
+        "the request target is not a normalized path (absolute form, a dot segment, an encoded separator); send the path alone, normalized",
       );
       return;
     }
@@ -422,7 +422,7 @@ export class ReverseProxy {
     if (isUnsafePath(path)) {
       const body = JSON.stringify({
         code: "request.malformed",
-        message: "the path has a dot segment or an encoded separator; send it normalized",
+        message: "the request target is not a normalized path (absolute form, a dot segment, an encoded separator); send the path alone, normalized",
       });
       res.writeHead(400, {
         "content-type": "application/json",

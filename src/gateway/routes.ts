@@ -333,14 +333,18 @@ export class ConfigStore {
   }
 }
 
-// "." or ".." as a whole segment, an encoded dot, slash or backslash, or a backslash.
-const UNSAFE_PATH = /(^|\/)\.{1,2}(\/|$)|%2e|%2f|%5c|\\/i;
+// Not a path from "/" (an absolute-form target: the upstream would take its authority over the
+// Host the gateway sends, RFC 9112 3.2.2); "." or ".." as a whole segment, or ended by ";" (a
+// path parameter: Tomcat and Spring read "..;" as ".."); "#" (never part of a request target:
+// the upstream may cut there); an encoded dot, slash or backslash; a backslash.
+const UNSAFE_PATH = /^[^/]|(^|\/)\.{1,2}(\/|;|$)|#|%2e|%2f|%5c|\\/i;
 
 /**
  * Whether a request path could mean something else to the upstream than to the route table: an
  * upstream that resolves dot segments or decodes separators would serve `/orders/../admin` as
  * `/admin`, past the route's prefix and its operations. Clients that follow RFC 3986 remove dot
- * segments before sending, so such paths are refused rather than normalized.
+ * segments before sending, so such paths are refused rather than normalized; so is a target that
+ * is not a path (absolute form, `*`).
  */
 export function isUnsafePath(path: string): boolean {
   return UNSAFE_PATH.test(path);

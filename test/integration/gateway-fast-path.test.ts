@@ -319,6 +319,12 @@ describe("gateway fast path", () => {
       ["GET", "/main/%2e%2e/admin"],
       ["GET", "/main/a%2Fb"],
       ["POST", "/main/files/../../admin"],
+      // A path parameter on a dot segment (Tomcat reads "..;" as ".."), a fragment.
+      ["GET", "/main/files/..;/..;/admin"],
+      ["GET", "/main/files/..#x"],
+      // Absolute form: the upstream would take this authority over the Host the gateway sends.
+      ["GET", "http://internal.example/main/x"],
+      ["POST", "http://internal.example/main/x"],
     ] as const) {
       const text = await raw(
         `${method} ${path} HTTP/1.1\r\nhost: x\r\ncontent-length: ${method === "POST" ? 2 : 0}\r\n\r\n${method === "POST" ? "{}" : ""}`,
