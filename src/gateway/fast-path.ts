@@ -122,6 +122,12 @@ export interface FastPathOptions {
   fallback: HttpServer;
   /** Idle time between requests on a client connection. */
   keepAliveTimeoutMs: number;
+  /**
+   * The longest a request head may take to arrive whole, however steadily its bytes trickle in
+   * (each byte restarts the idle timeout): then 408 and the connection closes. node:http's
+   * headersTimeout, whose default (60 s) is this one's.
+   */
+  headersTimeoutMs?: number;
   /** Upstream connections per origin. Default 128. */
   connectionsPerOrigin?: number;
   /** The data port speaks TLS: upstreams are told x-forwarded-proto https. */
@@ -572,6 +578,8 @@ class UpstreamConn {
 /** A client connection on the fast path (until it is handed to node:http). */
 class ClientConn {
   private pending: Buffer | null = null;
+  /** When the head now arriving started to wait for its end (0: no partial head). */
+  private headSince = 0;
   exchange: Exchange | undefined;
   chunked = false;
   closed = false;
@@ -701,6 +709,15 @@ class ClientConn {
       if (end === -1) {
         // Too large, or lines ended by a bare LF: node:http decides (431, 400, or serves it).
         if (data.length > MAX_HEAD_BYTES || data.indexOf("\n\n") !== -1) this.handOff();
+        else if (this.headSince === 0) this.headSince = Date.now();
+        else if (Date.now() - this.headSince > (this.fast.o.headersTimeoutMs ?? 60_000))
+          this.headTimedOut();
+        return;
+      }
+      this.headSince = 0;
+      // A head over the limit that ended within the same read: node:http answers it 431 too.
+      if (end + 4 > MAX_HEAD_BYTES) {
+        this.handOff();
         return;
       }
       const ex = this.fast.parse(this, data.toString("latin1", 0, end + 2));
@@ -739,6 +756,15 @@ class ClientConn {
     record.status = 404;
     record.ms = Math.round((performance.now() - started) * 100) / 100;
     this.fast.o.observer.done(undefined, record);
+  }
+
+  /** A head that took too long: 408, as node:http answers its headersTimeout, and the end. */
+  private headTimedOut(): void {
+    this.pending = null;
+    this.closed = true;
+    this.socket.end(
+      "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+    );
   }
 
   /** From here on node:http serves this connection, starting with the bytes not yet served. */

@@ -50,6 +50,8 @@ export interface GatewayOptions {
    * reloadCertificates.
    */
   certificateDir?: string;
+  /** How long a request head may take to arrive whole (408 after). Default 60 s, as node:http's. */
+  headersTimeoutMs?: number;
   /** Resolves upstream names: the system's resolver (dns.lookup) unless given (tests' fake DNS). */
   resolveUpstream?: ResolveAll;
 }
@@ -172,6 +174,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     observer,
     fallback: slow,
     keepAliveTimeoutMs: DATA_KEEP_ALIVE_MS,
+    ...(o.headersTimeoutMs ? { headersTimeoutMs: o.headersTimeoutMs } : {}),
     lookup,
     ...(o.connectionsPerOrigin ? { connectionsPerOrigin: o.connectionsPerOrigin } : {}),
     tls: secure,

@@ -422,7 +422,8 @@ export class ReverseProxy {
     if (isUnsafePath(path)) {
       const body = JSON.stringify({
         code: "request.malformed",
-        message: "the request target is not a normalized path (absolute form, a dot segment, an encoded separator); send the path alone, normalized",
+        message:
+          "the request target is not a normalized path (absolute form, a dot segment, an encoded separator); send the path alone, normalized",
       });
       res.writeHead(400, {
         "content-type": "application/json",

@@ -1,10 +1,11 @@
 import { createServer, type IncomingMessage, type Server } from "node:http";
-import { type AddressInfo, createServer as createNetServer } from "node:net";
+import { type AddressInfo, createServer as createNetServer, connect as tcpConnect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Gateway } from "../../src/gateway/index.js";
 import { deployedRow, type StoredGateway, startStoredGateway } from "../support/gateway.js";
 import { sendRaw } from "../support/http.js";
 
+let upstreamBase: string;
 const seen: Array<{
   method: string;
   url: string;
@@ -54,6 +55,7 @@ beforeAll(async () => {
   silent = createNetServer((s) => s.resume());
   await new Promise<void>((r) => silent.listen(0, "127.0.0.1", () => r()));
   const up = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+  upstreamBase = `${up}/base`;
   const closedPort = await new Promise<number>((resolve) => {
     const s = createNetServer().listen(0, "127.0.0.1", () => {
       const p = (s.address() as AddressInfo).port;
@@ -146,6 +148,47 @@ describe("gateway fast path", () => {
     expect(spaced.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request");
     const bare = await raw(`GET HTTP/1.1\r\nHost: ${host}\r\n\r\n`, () => false);
     expect(bare.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request");
+  });
+
+  it("hands a head over 16 KB to node:http (431) even when it ends within the same read", async () => {
+    const before = seen.length;
+    const host = new URL(gateway.url).host;
+    const text = await raw(
+      `GET /main/big HTTP/1.1\r\nHost: ${host}\r\nX-Pad: ${"a".repeat(20_000)}\r\n\r\n`,
+      () => false,
+    );
+    expect(text.split("\r\n")[0]).toBe("HTTP/1.1 431 Request Header Fields Too Large");
+    expect(seen.length).toBe(before);
+  });
+
+  it("answers 408 and closes when a head trickles in for longer than the headers timeout", async () => {
+    const quick = await startStoredGateway([row("api-main", "/main", upstreamBase)], {
+      headersTimeoutMs: 300,
+    });
+    try {
+      const port = Number(new URL(quick.gateway.url).port);
+      const socket = tcpConnect(port, "127.0.0.1");
+      let got = "";
+      socket.on("data", (d) => {
+        got += d.toString("latin1");
+      });
+      const closed = new Promise<void>((r) => socket.once("close", () => r()));
+      socket.write("GET /main/slow-head HTTP/1.1\r\nHost: x\r\n");
+      // A header line every 100 ms: the idle timeout never fires, the head never ends.
+      const drip = setInterval(() => socket.write("X-Drip: 1\r\n"), 100);
+      const started = Date.now();
+      await closed;
+      clearInterval(drip);
+      expect(got.split("\r\n")[0]).toBe("HTTP/1.1 408 Request Timeout");
+      expect(Date.now() - started).toBeLessThan(3_000);
+      // A head that ends in time is served.
+      const served = await sendRaw(port, "GET /main/in-time HTTP/1.1\r\nHost: x\r\n\r\n", (t) =>
+        t.includes("}"),
+      );
+      expect(served.split("\r\n")[0]).toBe("HTTP/1.1 200 OK");
+    } finally {
+      await quick.close();
+    }
   });
 
   it("drops every hop-by-hop request header and sends its own Connection upstream", async () => {
