@@ -89,6 +89,14 @@ class HeaderLines {
 }
 
 const TARGET = /^\/[\x21-\x7e]*$/;
+/**
+ * A chunk-size line as llhttp (undici's parser) takes it: hex digits, optional SP or HTAB, and
+ * extensions after ";" with no control character but HTAB. Anything looser (a bare LF, a VT, space
+ * before the size) is a framing the node:http path would not read the same way.
+ */
+const CHUNK_SIZE_LINE = /^([0-9a-fA-F]{1,12})[\t ]*(?:;[\t\x20-\x7e\x80-\xff]*)?$/;
+/** A trailer line: a header line (token, colon, a value with no control character but HTAB). */
+const TRAILER_LINE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*$/;
 
 /**
  * The client's status line for each status from 200 to 599, made once: STATUS_CODES is a sparse
@@ -536,11 +544,17 @@ class UpstreamConn {
               this.finish(true);
               return;
             }
-            break; // Trailers are dropped, as the undici path does.
+            // Trailers are dropped, as the undici path does, but must be header lines.
+            if (!TRAILER_LINE.test(line)) {
+              this.fail(
+                Object.assign(new Error("invalid trailer"), { code: "HPE_INVALID_HEADER_TOKEN" }),
+              );
+              return;
+            }
+            break;
           }
-          const semi = line.indexOf(";");
-          const size = semi === -1 ? line.trim() : line.slice(0, semi).trim();
-          if (!/^[0-9a-fA-F]{1,12}$/.test(size)) {
+          const size = CHUNK_SIZE_LINE.exec(line)?.[1];
+          if (size === undefined) {
             this.fail(
               Object.assign(new Error("invalid chunk size"), { code: "HPE_INVALID_CHUNK_SIZE" }),
             );
@@ -562,9 +576,13 @@ class UpstreamConn {
           break;
         }
         case Body.ChunkDataEnd: {
-          const n = Math.min(this.remaining, chunk.length - at);
-          this.remaining -= n;
-          at += n;
+          // The CRLF after a chunk's data (2 bytes left: CR, 1: LF), byte by byte across reads.
+          if (chunk[at] !== (this.remaining === 2 ? 13 : 10)) {
+            this.fail(Object.assign(new Error("invalid chunk end"), { code: "HPE_STRICT" }));
+            return;
+          }
+          at++;
+          this.remaining--;
           if (this.remaining === 0) this.state = Body.ChunkSize;
           break;
         }

@@ -152,6 +152,21 @@ const scripts: Record<string, Script> = {
   // The head and a broken chunk in one read: the head was never sent, so the client gets a 502.
   "/bad-chunk-same-read": (s) =>
     respond(s, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n"),
+  // Chunk-size lines llhttp refuses: a VT before the size, a bare LF inside an extension.
+  "/bad-chunk-size-vt": (s) =>
+    respond(s, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\x0b2\r\nhi\r\n0\r\n\r\n"),
+  "/bad-chunk-ext-lf": (s) =>
+    respond(s, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;a\nb\r\nhi\r\n0\r\n\r\n"),
+  // Framing that breaks after the head left with the first bytes: the client connection is cut.
+  "/bad-chunk-end": (s) =>
+    respond(s, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi", 20, "XX0\r\n\r\n"),
+  "/bad-trailer": (s) =>
+    respond(
+      s,
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n",
+      20,
+      "0\r\nX-T: a\x01b\r\n\r\n",
+    ),
   "/bad-bare-lf": (s) => respond(s, "HTTP/1.1 200 OK\nContent-Length: 2\n\nok"),
   "/value-beyond-ascii": (s) =>
     respond(s, "HTTP/1.1 200 OK\r\nX-A: \tcaf\xe9\xa0 \r\nContent-Length: 2\r\n\r\nok"),
@@ -633,6 +648,8 @@ describe("gateway fast path: upstream responses", () => {
       "/bad-status-version",
       "/bad-te-and-cl",
       "/bad-chunk-same-read",
+      "/bad-chunk-size-vt",
+      "/bad-chunk-ext-lf",
     ];
     for (const path of bad) {
       const after = tagged("/plain");
@@ -925,6 +942,25 @@ describe("gateway fast path: upstream responses", () => {
       expect(await client.peek(() => true)).toBe("");
     } finally {
       client.close();
+    }
+  });
+
+  it("cuts the client and the upstream connection when a chunk's CRLF or a trailer line is wrong", async () => {
+    for (const path of ["/bad-chunk-end", "/bad-trailer"]) {
+      const target = tagged(path);
+      const client = new RawClient();
+      try {
+        client.send(target);
+        // The head and the first chunk left; then the connection ends without the last chunk.
+        const text = await client.peek(() => false).catch((err: Error) => err.message);
+        expect(text, path).toMatch(/^connection closed with "HTTP\/1\.1 200 OK\\r\\n/);
+        expect(text, path).toContain("2\\r\\nhi\\r\\n");
+        expect(text, path).not.toContain("0\\r\\n\\r\\n");
+        // The gateway closed the upstream connection (the upstream never does).
+        await closes[upstreamRequest(target).conn];
+      } finally {
+        client.close();
+      }
     }
   });
 
