@@ -12,7 +12,13 @@ import {
   type ProxyObserver,
   routeNotFound,
 } from "./proxy.js";
-import { isUnsafePath, lastIndexOfCode, type Route, type RouteTable } from "./routes.js";
+import {
+  isHostHeader,
+  isUnsafePath,
+  lastIndexOfCode,
+  type Route,
+  type RouteTable,
+} from "./routes.js";
 
 /** Request heads larger than node:http's default limit go to node:http (which answers 431). */
 const MAX_HEAD_BYTES = 16 * 1024;
@@ -876,7 +882,8 @@ export class FastPath {
       }
       forwarded += `${name}: ${value}\r\n`;
     }
-    if (hostHeader === undefined) return undefined;
+    // Missing or not a host and a port: node:http answers it (400, or its any-host routes).
+    if (hostHeader === undefined || !isHostHeader(hostHeader)) return undefined;
     const q = url.indexOf("?");
     const path = q === -1 ? url : url.slice(0, q);
     const colon = lastIndexOfCode(hostHeader, 58); // ":"

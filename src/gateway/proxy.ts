@@ -17,7 +17,13 @@ import type { Duplex } from "node:stream";
 import type { Dispatcher, Pool } from "undici";
 import { randomIdHex, readBody } from "../shared/index.js";
 import { undici } from "./lazy.js";
-import { isUnsafePath, type LlmProxyRoute, type Route, type RouteTable } from "./routes.js";
+import {
+  isHostHeader,
+  isUnsafePath,
+  type LlmProxyRoute,
+  type Route,
+  type RouteTable,
+} from "./routes.js";
 
 /**
  * The headers stripped both ways (the gateway's own context headers replace any incoming ones),
@@ -223,11 +229,17 @@ export class ReverseProxy {
     ).toLowerCase();
     const correlation = correlationOf(headerValue(req.headers["x-correlation-id"]));
     const traceparent = nextTraceparent(headerValue(req.headers.traceparent));
+    const malformed = isUnsafePath(path)
+      ? "the request target is not a normalized path (absolute form, a dot segment, an encoded separator); send the path alone, normalized"
+      : hostHeader !== "" && !isHostHeader(hostHeader)
+        ? "the Host header is not a host name with an optional port"
+        : undefined;
     return {
       url,
       q,
       path,
       host,
+      malformed,
       correlation,
       traceparent,
       route: this.o.table().match(host, path),
@@ -252,7 +264,8 @@ export class ReverseProxy {
     this.tunnels.add(pending);
     socket.once("close", () => this.tunnels.delete(pending));
     const started = performance.now();
-    const { url, q, path, host, correlation, traceparent, route, context } = this.arrival(req);
+    const { url, q, path, host, malformed, correlation, traceparent, route, context } =
+      this.arrival(req);
     let status = 0;
     let errorText: string | undefined;
     let recorded = false;
@@ -280,12 +293,8 @@ export class ReverseProxy {
       );
       record();
     };
-    if (isUnsafePath(path)) {
-      refuse(
-        400,
-        "request.malformed",
-        "the request target is not a normalized path (absolute form, a dot segment, an encoded separator); send the path alone, normalized",
-      );
+    if (malformed) {
+      refuse(400, "request.malformed", malformed);
       return;
     }
     if (!route) {
@@ -404,7 +413,8 @@ export class ReverseProxy {
 
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
     const started = performance.now();
-    const { url, q, path, host, correlation, traceparent, route, context } = this.arrival(req);
+    const { url, q, path, host, malformed, correlation, traceparent, route, context } =
+      this.arrival(req);
     let errorText: string | undefined;
     res.on("finish", () => {
       this.o.observer.done(route, {
@@ -419,12 +429,8 @@ export class ReverseProxy {
         ...(errorText ? { error: errorText } : {}),
       });
     });
-    if (isUnsafePath(path)) {
-      const body = JSON.stringify({
-        code: "request.malformed",
-        message:
-          "the request target is not a normalized path (absolute form, a dot segment, an encoded separator); send the path alone, normalized",
-      });
+    if (malformed) {
+      const body = JSON.stringify({ code: "request.malformed", message: malformed });
       res.writeHead(400, {
         "content-type": "application/json",
         "content-length": Buffer.byteLength(body),

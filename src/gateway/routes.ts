@@ -349,3 +349,15 @@ const UNSAFE_PATH = /^[^/]|(^|\/)\.{1,2}(\/|;|$)|#|%2e|%2f|%5c|\\/i;
 export function isUnsafePath(path: string): boolean {
   return UNSAFE_PATH.test(path);
 }
+
+// A host (RFC 3986 reg-name or IPv4, or an IPv6 literal in brackets) and an optional port.
+const HOST_HEADER = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::\d{0,5})?$/;
+
+/**
+ * Whether a Host header is a host and an optional port, nothing else: `a.example:1@evil.com` or
+ * `a.example:80 evil.com` would match `a.example`'s routes and reach the upstream as its
+ * x-forwarded-host, from which it may build links.
+ */
+export function isHostHeader(value: string): boolean {
+  return HOST_HEADER.test(value);
+}

@@ -191,6 +191,31 @@ describe("gateway fast path", () => {
     }
   });
 
+  it("refuses a Host that is not a host and a port (400), on every path, sending nothing upstream", async () => {
+    const before = seen.length;
+    for (const [method, host] of [
+      ["GET", "x.example:1@evil.example"],
+      ["GET", "x.example:80 evil.example"],
+      ["GET", "x.example/evil"],
+      ["POST", "x.example:1@evil.example"],
+    ] as const) {
+      const text = await raw(
+        `${method} /main/h HTTP/1.1\r\nHost: ${host}\r\ncontent-length: ${method === "POST" ? 2 : 0}\r\n\r\n${method === "POST" ? "{}" : ""}`,
+        (t) => t.includes("}"),
+      );
+      expect(text.split("\r\n")[0], `${method} ${host}`).toBe("HTTP/1.1 400 Bad Request");
+      expect(text).toContain('"code":"request.malformed"');
+    }
+    expect(seen.length).toBe(before);
+    for (const host of ["x.example", "x.example:8080", "[::1]:8080", "127.0.0.1", "x.example:"])
+      expect(
+        (await raw(`GET /main/h HTTP/1.1\r\nHost: ${host}\r\n\r\n`, (t) => t.includes("}"))).split(
+          "\r\n",
+        )[0],
+        host,
+      ).toBe("HTTP/1.1 200 OK");
+  });
+
   it("drops every hop-by-hop request header and sends its own Connection upstream", async () => {
     const host = new URL(gateway.url).host;
     const text = await raw(
