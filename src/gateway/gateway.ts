@@ -40,7 +40,7 @@ export interface GatewayOptions {
   connectionsPerOrigin?: number;
   /**
    * Serve the data port over TLS (HTTP/1.1) with this certificate and key (PEM): the default, for
-   * clients whose server name no entry of `certificates` covers.
+   * clients whose server name no certificate of `certificateDir` covers.
    */
   tls?: { cert: string | Buffer; key: string | Buffer };
   /**
@@ -310,7 +310,7 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   await new Promise<void>((resolve, reject) => {
     admin.once("error", reject);
     admin.listen(o.adminPort ?? 0, o.adminHost ?? "127.0.0.1", () => resolve());
-  }).catch((err) => abandon(err, [data]));
+  }).catch((err) => abandon(err, [data, slow])); // slow: its connection tracking started.
   const dataPort = (data.address() as AddressInfo).port;
   const adminPort = (admin.address() as AddressInfo).port;
   const url = `${secure ? "https" : "http"}://127.0.0.1:${dataPort}`;
