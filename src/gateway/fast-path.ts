@@ -96,9 +96,10 @@ class HeaderLines {
 
 const TARGET = /^\/[\x21-\x7e]*$/;
 /**
- * A chunk-size line as llhttp (undici's parser) takes it: hex digits, optional SP or HTAB, and
- * extensions after ";" with no control character but HTAB. Anything looser (a bare LF, a VT, space
- * before the size) is a framing the node:http path would not read the same way.
+ * A chunk-size line: hex digits, optional SP or HTAB, and extensions after ";" with no control
+ * character but HTAB. A little looser than llhttp (undici's parser) on what extensions hold, which
+ * the gateway drops (it frames the client's chunks itself); a bare LF, a VT or space before the
+ * size, which could end the line elsewhere for another parser, fail the exchange.
  */
 const CHUNK_SIZE_LINE = /^([0-9a-fA-F]{1,12})[\t ]*(?:;[\t\x20-\x7e\x80-\xff]*)?$/;
 /** A trailer line: a header line (token, colon, a value with no control character but HTAB). */

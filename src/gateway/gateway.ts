@@ -159,7 +159,13 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
   });
   // node:http serves what the fast path hands it (bodies, LLM routes, errors, anything unusual);
   // it never listens itself: the data port is the fast path's.
-  const slow: Server = createServer({ keepAliveTimeout: DATA_KEEP_ALIVE_MS }, proxy.handle);
+  const slow: Server = createServer(
+    {
+      keepAliveTimeout: DATA_KEEP_ALIVE_MS,
+      ...(o.headersTimeoutMs ? { headersTimeout: o.headersTimeoutMs } : {}),
+    },
+    proxy.handle,
+  );
   slow.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
     if (isWebSocketUpgrade(req)) return proxy.upgrade(req, socket, head);
     // node:http sends every request asking for an upgrade here once anyone listens; an upgrade

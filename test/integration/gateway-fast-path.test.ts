@@ -181,6 +181,29 @@ describe("gateway fast path", () => {
       clearInterval(drip);
       expect(got.split("\r\n")[0]).toBe("HTTP/1.1 408 Request Timeout");
       expect(Date.now() - started).toBeLessThan(3_000);
+      // On a keep-alive connection, each head that comes in two pieces is timed from its own
+      // first bytes, not from an earlier head's, however long the connection idled between.
+      const kept = tcpConnect(port, "127.0.0.1");
+      let keptText = "";
+      kept.on("data", (d) => {
+        keptText += d.toString("latin1");
+      });
+      await new Promise<void>((r) => kept.once("connect", () => r()));
+      kept.write("GET /main/first HTTP/1.1\r\n");
+      await new Promise((r) => setTimeout(r, 50));
+      kept.write("Host: x\r\n\r\n");
+      await new Promise((r) => setTimeout(r, 500));
+      kept.write("GET /main/second HTTP/1.1\r\n");
+      await new Promise((r) => setTimeout(r, 50));
+      kept.write("Host: x\r\n\r\n");
+      const deadline = Date.now() + 3_000;
+      while ((keptText.match(/HTTP\/1\.1 \d{3} /g) ?? []).length < 2 && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
+      kept.destroy();
+      expect(keptText.match(/HTTP\/1\.1 \d{3} [A-Za-z ]+/g)).toEqual([
+        "HTTP/1.1 200 OK",
+        "HTTP/1.1 200 OK",
+      ]);
       // A head that ends in time is served.
       const served = await sendRaw(port, "GET /main/in-time HTTP/1.1\r\nHost: x\r\n\r\n", (t) =>
         t.includes("}"),
