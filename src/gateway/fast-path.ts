@@ -18,6 +18,7 @@ import {
   lastIndexOfCode,
   type Route,
   type RouteTable,
+  upstreamTarget,
 } from "./routes.js";
 
 /** Request heads larger than node:http's default limit go to node:http (which answers 431). */
@@ -918,7 +919,11 @@ export class FastPath {
     const rec = record(route.name);
     const { correlation, traceparent } = rec;
     const peer = client.peer;
-    const upstreamPath = `${route.upstream.basePath}${rest}${q === -1 ? "" : url.slice(q)}`;
+    const upstreamPath = upstreamTarget(
+      route.upstream.basePath,
+      rest,
+      q === -1 ? "" : url.slice(q),
+    );
     return {
       client,
       route,

@@ -23,6 +23,7 @@ import {
   type LlmProxyRoute,
   type Route,
   type RouteTable,
+  upstreamTarget,
 } from "./routes.js";
 
 /**
@@ -331,7 +332,7 @@ export class ReverseProxy {
       protocol: origin.protocol,
       hostname: origin.hostname.replace(/^\[|\]$/g, ""),
       port: origin.port || (origin.protocol === "https:" ? 443 : 80),
-      path: `${route.upstream.basePath}${rest}${q === -1 ? "" : url.slice(q)}`,
+      path: upstreamTarget(route.upstream.basePath, rest, q === -1 ? "" : url.slice(q)),
       method,
       headers,
       agent: false,
@@ -474,7 +475,7 @@ export class ReverseProxy {
         req,
         res,
         route,
-        `${route.upstream.basePath}${rest}${suffix}`,
+        upstreamTarget(route.upstream.basePath, rest, suffix),
         forwardHeaders(req, context),
         undefined,
         context,
@@ -484,9 +485,16 @@ export class ReverseProxy {
       );
       return;
     }
-    void this.llm(req, res, route, `${route.upstream.basePath}${rest}${suffix}`, context, (e) => {
-      errorText = e;
-    });
+    void this.llm(
+      req,
+      res,
+      route,
+      upstreamTarget(route.upstream.basePath, rest, suffix),
+      context,
+      (e) => {
+        errorText = e;
+      },
+    );
   };
 
   private takeToken(route: LlmProxyRoute, keyHash: string): number {

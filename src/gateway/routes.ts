@@ -350,6 +350,17 @@ export function isUnsafePath(path: string): boolean {
   return UNSAFE_PATH.test(path);
 }
 
+/**
+ * The request target sent upstream: the route's base path, the rest of the client's path after
+ * the route's prefix, the query. Without a base path a rest like `//evil.example/x` would start
+ * with two slashes, which a URL parser on the upstream (`new URL(target, base)`, urlsplit) reads
+ * as a network-path reference naming another host: its leading slashes become one.
+ */
+export function upstreamTarget(basePath: string, rest: string, query: string): string {
+  const path = `${basePath}${rest}`;
+  return `${path.charCodeAt(1) === 47 ? `/${path.replace(/^\/+/, "")}` : path}${query}`;
+}
+
 // A host (RFC 3986 reg-name or IPv4, or an IPv6 literal in brackets) and an optional port.
 const HOST_HEADER = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::\d{0,5})?$/;
 

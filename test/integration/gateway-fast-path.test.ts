@@ -64,6 +64,7 @@ beforeAll(async () => {
   });
   stored = await startStoredGateway([
     row("api-main", "/main", `${up}/base`),
+    row("api-root", "/root", up),
     row("api-down", "/down", `http://127.0.0.1:${closedPort}`),
     row("api-slow", "/slow", `http://127.0.0.1:${(silent.address() as AddressInfo).port}`, {
       timeoutMs: 300,
@@ -212,6 +213,20 @@ describe("gateway fast path", () => {
     } finally {
       await quick.close();
     }
+  });
+
+  it("never sends an upstream without a base path a target starting with two slashes", async () => {
+    for (const method of ["GET", "POST"] as const) {
+      const text = await raw(
+        `${method} /root//evil.example/x?y=1 HTTP/1.1\r\nHost: x\r\ncontent-length: ${method === "POST" ? 2 : 0}\r\n\r\n${method === "POST" ? "{}" : ""}`,
+        (t) => t.includes("}"),
+      );
+      expect(text.split("\r\n")[0], method).toBe("HTTP/1.1 200 OK");
+      expect(seen.at(-1)!.url, method).toBe("/evil.example/x?y=1");
+    }
+    // With a base path the slashes stay where they were: no authority can be read there.
+    await raw("GET /main//evil.example/x HTTP/1.1\r\nHost: x\r\n\r\n", (t) => t.includes("}"));
+    expect(seen.at(-1)!.url).toBe("/base//evil.example/x");
   });
 
   it("refuses a Host that is not a host and a port (400), on every path, sending nothing upstream", async () => {
