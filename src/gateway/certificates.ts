@@ -118,7 +118,6 @@ export function readCertificateDir(dir: string): NamedCertificate[] {
 export class CertificatesByName {
   private exact = new Map<string, SecureContext>();
   private wildcard = new Map<string, SecureContext>();
-  count = 0;
 
   constructor(pairs: NamedCertificate[] = []) {
     this.set(pairs);
@@ -137,7 +136,6 @@ export class CertificatesByName {
     }
     this.exact = exact;
     this.wildcard = wildcard;
-    this.count = pairs.length;
   }
 
   /** The context for a client's server name, or undefined (the default certificate answers). */

@@ -13,9 +13,9 @@ import {
   routeNotFound,
 } from "./proxy.js";
 import {
+  hostOf,
   isHostHeader,
   isUnsafePath,
-  lastIndexOfCode,
   type Route,
   type RouteTable,
   upstreamTarget,
@@ -888,10 +888,7 @@ export class FastPath {
     if (hostHeader === undefined || !isHostHeader(hostHeader)) return undefined;
     const q = url.indexOf("?");
     const path = q === -1 ? url : url.slice(0, q);
-    const colon = lastIndexOfCode(hostHeader, 58); // ":"
-    const host = (
-      colon > 0 && !hostHeader.endsWith("]") ? hostHeader.slice(0, colon) : hostHeader
-    ).toLowerCase();
+    const host = hostOf(hostHeader);
     // Refused on the general path, with its answer.
     if (isUnsafePath(path)) return undefined;
     const route = this.o.table().match(host, path);

@@ -18,6 +18,7 @@ import type { Dispatcher, Pool } from "undici";
 import { randomIdHex, readBody } from "../shared/index.js";
 import { undici } from "./lazy.js";
 import {
+  hostOf,
   isHostHeader,
   isUnsafePath,
   type LlmProxyRoute,
@@ -224,10 +225,7 @@ export class ReverseProxy {
     const q = url.indexOf("?");
     const path = q === -1 ? url : url.slice(0, q);
     const hostHeader = headerValue(req.headers.host) ?? "";
-    const colon = hostHeader.lastIndexOf(":");
-    const host = (
-      colon > 0 && !hostHeader.endsWith("]") ? hostHeader.slice(0, colon) : hostHeader
-    ).toLowerCase();
+    const host = hostOf(hostHeader);
     const correlation = correlationOf(headerValue(req.headers["x-correlation-id"]));
     const traceparent = nextTraceparent(headerValue(req.headers.traceparent));
     const malformed = isUnsafePath(path)
@@ -451,7 +449,7 @@ export class ReverseProxy {
       return;
     }
     const rest = path.slice(route.prefix.length) || "/";
-    const suffix = q === -1 ? "" : url.slice(q);
+    const target = upstreamTarget(route.upstream.basePath, rest, q === -1 ? "" : url.slice(q));
     if (route.kind === "RestApi" || route.kind === "ServiceRoute") {
       const method = req.method ?? "GET";
       if (
@@ -475,7 +473,7 @@ export class ReverseProxy {
         req,
         res,
         route,
-        upstreamTarget(route.upstream.basePath, rest, suffix),
+        target,
         forwardHeaders(req, context),
         undefined,
         context,
@@ -485,16 +483,9 @@ export class ReverseProxy {
       );
       return;
     }
-    void this.llm(
-      req,
-      res,
-      route,
-      upstreamTarget(route.upstream.basePath, rest, suffix),
-      context,
-      (e) => {
-        errorText = e;
-      },
-    );
+    void this.llm(req, res, route, target, context, (e) => {
+      errorText = e;
+    });
   };
 
   private takeToken(route: LlmProxyRoute, keyHash: string): number {

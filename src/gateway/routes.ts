@@ -184,6 +184,14 @@ export function lastIndexOfCode(s: string, code: number): number {
   return i;
 }
 
+/** A Host header's host, lowercased, without its port (an IPv6 literal keeps its brackets). */
+export function hostOf(hostHeader: string): string {
+  const colon = lastIndexOfCode(hostHeader, 58); // ":"
+  return (
+    colon > 0 && !hostHeader.endsWith("]") ? hostHeader.slice(0, colon) : hostHeader
+  ).toLowerCase();
+}
+
 /** Routes by path prefix (whole segments), then host: exact hosts before any-host routes. */
 export class RouteTable {
   /**
