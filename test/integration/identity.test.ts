@@ -423,6 +423,41 @@ for (const engine of ENGINES) {
         );
       });
 
+      it("of a burst of 24 concurrent guesses, no more than the limit (3) have their password checked", async () => {
+        const member = await addMember(Role.VIEWER);
+        const codeOf = (err: unknown) =>
+          err instanceof ConnectError ? err.metadata.get("flotilla-error-code") : String(err);
+        const answers = await Promise.all(
+          Array.from({ length: 24 }, (_, i) =>
+            clients(url)
+              .identity.login({
+                email: member.email,
+                password: i === 23 ? PASSWORD : `wrong-password-${i}`,
+              })
+              .then(
+                () => "signed in",
+                (err) => codeOf(err),
+              ),
+          ),
+        );
+        const tally = (code: string) => answers.filter((a) => a === code).length;
+        // perEmail is 3. The right password is one of 24: it signs in only if it is among the
+        // at most 3 attempts let through, so at least 21 are refused before any check.
+        expect(tally("auth.rate_limited")).toBeGreaterThanOrEqual(21);
+        expect(tally("auth.invalid_credentials") + tally("signed in")).toBeLessThanOrEqual(3);
+        expect(
+          tally("auth.rate_limited") + tally("auth.invalid_credentials") + tally("signed in"),
+        ).toBe(24);
+        // Refused attempts are not failures: only the checked wrong ones are recorded.
+        expect(
+          await count(
+            db,
+            "login_attempts",
+            `NOT succeeded AND email_key = '${member.email.toLowerCase()}'`,
+          ),
+        ).toBe(tally("auth.invalid_credentials"));
+      });
+
       it("an unknown email is rate limited the same way (the limit reveals no account)", async () => {
         const ghost = randomEmail("ghost");
         for (let i = 0; i < 3; i++) {

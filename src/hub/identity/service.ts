@@ -447,6 +447,15 @@ export class IdentityService {
     if (input.password.length > 256) throw invalid("password", "must be at most 256 characters");
     const emailKey = email.toLowerCase();
     const remoteAddr = input.remoteAddr.slice(0, 64);
+    // The attempt is a failed row before its password is checked, and its count includes it and
+    // every attempt recorded before the count: of a burst of concurrent guesses, the last to
+    // count among those let through saw all of them, so no more than the limit are checked.
+    // (Recorded after checking, 40 guesses sent at once were all checked.)
+    const { rows: attempts } = await this.db.query<{ id: string }>(
+      "INSERT INTO login_attempts (email_key, remote_addr, succeeded) VALUES ($1, $2, false) RETURNING id",
+      [emailKey, remoteAddr],
+    );
+    const attemptId = attempts[0]!.id;
     const { rows: counts } = await this.db.query<{ by_email: number; by_addr: number }>(
       `SELECT
          count(*) FILTER (WHERE email_key = $1)::int AS by_email,
@@ -457,7 +466,10 @@ export class IdentityService {
       [emailKey, remoteAddr, this.loginLimits.windowSeconds],
     );
     const c = counts[0]!;
-    if (c.by_email >= this.loginLimits.perEmail || c.by_addr >= this.loginLimits.perAddress) {
+    // Counts include this attempt: the limit is reached when earlier failures number perEmail.
+    if (c.by_email > this.loginLimits.perEmail || c.by_addr > this.loginLimits.perAddress) {
+      // A refused attempt is not a failure: it does not extend the wait.
+      await this.db.query("DELETE FROM login_attempts WHERE id = $1", [attemptId]);
       throw new FlotillaError(
         "auth.rate_limited",
         `too many failed sign-ins; try again in ${Math.ceil(this.loginLimits.windowSeconds / 60)} minutes`,
@@ -474,10 +486,8 @@ export class IdentityService {
       user?.password_hash ?? (await DUMMY_HASH_PROMISE),
     );
     const succeeded = Boolean(user && ok && !user.disabled_at);
-    await this.db.query(
-      "INSERT INTO login_attempts (email_key, remote_addr, succeeded) VALUES ($1, $2, $3)",
-      [emailKey, remoteAddr, succeeded],
-    );
+    if (succeeded)
+      await this.db.query("UPDATE login_attempts SET succeeded = true WHERE id = $1", [attemptId]);
     // Keep the table small: one attempt in a hundred sweeps rows older than a day.
     if (Math.random() < 0.01) {
       await this.db.query(
