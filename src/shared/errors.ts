@@ -109,6 +109,12 @@ export const ERROR_CATALOGUE = {
     http: 400,
     meaning: "The organization must keep at least one owner; promote another member first.",
   },
+  "membership.account_held_elsewhere": {
+    connect: ConnectCode.FailedPrecondition,
+    http: 400,
+    meaning:
+      "The email's account was made by another organization's owner, who set its password, so it cannot join yours. Ask the person for another email address.",
+  },
   "store.locked": {
     connect: ConnectCode.Unavailable,
     http: 503,

@@ -675,27 +675,82 @@ for (const engine of ENGINES) {
         );
       });
 
-      it("AddMember of an existing member answers resource.already_exists; of an existing user needs no password and keeps theirs", async () => {
+      it("AddMember of an existing member answers resource.already_exists", async () => {
         const member = await addMember(Role.VIEWER);
         await expectRefused(
           as(owner.token).orgs.addMember({ email: member.email, role: Role.ADMIN }),
           Code.AlreadyExists,
           "resource.already_exists",
         );
-        const side = await as(owner.token).orgs.createOrganization({ name: `Other ${unique()}` });
-        const inSide = await login(owner.email, PASSWORD, side.organization!.slug);
-        const added = await as(inSide).orgs.addMember({
-          email: member.email,
-          role: Role.DEVELOPER,
-          initialPassword: "ignored-password-1",
+      });
+
+      it("an account another organization made (and so set the password of) cannot join: membership.account_held_elsewhere, and nothing changes", async () => {
+        // Organization B's owner makes an account under a newcomer's email before A adds it.
+        const outsider = await addMember(Role.VIEWER);
+        const other = await as(outsider.token).orgs.createOrganization({
+          name: `Other ${unique()}`,
         });
-        expect(added.member?.user?.id).toBe(member.id);
-        expect(await login(member.email, PASSWORD, side.organization!.slug)).not.toBe("");
+        const inOther = await login(outsider.email, PASSWORD, other.organization!.slug);
+        const newcomer = randomEmail("newcomer");
+        await as(inOther).orgs.addMember({
+          email: newcomer,
+          role: Role.VIEWER,
+          initialPassword: "chosen-by-other-org",
+        });
+        const before = await count(db, "memberships");
+        for (const initialPassword of ["", "chosen-by-this-org"]) {
+          const refused = await expectRefused(
+            as(owner.token).orgs.addMember({ email: newcomer, role: Role.ADMIN, initialPassword }),
+            Code.FailedPrecondition,
+            "membership.account_held_elsewhere",
+          );
+          expect(refused.rawMessage).toMatch(/^email: /);
+        }
+        expect(await count(db, "memberships")).toBe(before);
         await expectRefused(
-          clients(url).identity.login({ email: member.email, password: "ignored-password-1" }),
-          Code.Unauthenticated,
-          "auth.invalid_credentials",
+          clients(url).identity.login({
+            email: newcomer,
+            password: "chosen-by-other-org",
+            organizationSlug: (await as(owner.token).orgs.getOrganization({})).organization!.slug,
+          }),
+          Code.NotFound,
+          "resource.not_found",
         );
+      });
+
+      it("an account whose holder chose its password (first-owner setup) joins another organization without one; an initial_password for it is refused", async () => {
+        const member = await addMember(Role.VIEWER);
+        const theirs = await as(member.token).orgs.createOrganization({
+          name: `Theirs ${unique()}`,
+        });
+        const slug = theirs.organization!.slug;
+        const inTheirs = await login(member.email, PASSWORD, slug);
+        await expectRefused(
+          as(inTheirs).orgs.addMember({
+            email: owner.email,
+            role: Role.DEVELOPER,
+            initialPassword: "ignored-password-1",
+          }),
+          Code.InvalidArgument,
+          "validation.failed",
+        );
+        const added = await as(inTheirs).orgs.addMember({
+          email: owner.email,
+          role: Role.DEVELOPER,
+        });
+        expect(added.member?.user?.id).toBe(ownerId);
+        expect(await login(owner.email, PASSWORD, slug)).not.toBe("");
+      });
+
+      it("an account this organization made joins it again after its removal", async () => {
+        const member = await addMember(Role.VIEWER);
+        await as(owner.token).orgs.removeMember({ userId: member.id });
+        const again = await as(owner.token).orgs.addMember({
+          email: member.email,
+          role: Role.VIEWER,
+        });
+        expect(again.member?.user?.id).toBe(member.id);
+        expect(await login(member.email)).not.toBe("");
       });
 
       it("UpdateMemberRole takes effect on the member's next request", async () => {

@@ -363,7 +363,7 @@ export class IdentityService {
           "auth.setup_closed",
           "setup is already complete; sign in with Login",
         );
-      const user = await this.insertUser(tx, email, displayName, passwordHash);
+      const user = await this.insertUser(tx, email, displayName, passwordHash, null);
       const organization = await this.insertOrganization(tx, orgName, check.slugFrom(orgName));
       await tx.query(
         "INSERT INTO memberships (organization_id, user_id, role) VALUES ($1, $2, 'owner')",
@@ -386,6 +386,7 @@ export class IdentityService {
     email: string,
     displayName: string,
     passwordHash: string,
+    createdByOrganizationId: string | null,
   ): Promise<User> {
     try {
       const { rows } = await tx.query<{
@@ -394,9 +395,10 @@ export class IdentityService {
         display_name: string;
         created_at: Date;
       }>(
-        `INSERT INTO users (id, email, display_name, password_hash) VALUES ($1, $2, $3, $4)
+        `INSERT INTO users (id, email, display_name, password_hash, created_by_organization_id)
+         VALUES ($1, $2, $3, $4, $5)
          RETURNING id, email, display_name, created_at`,
-        [uuidv7(), email, displayName, passwordHash],
+        [uuidv7(), email, displayName, passwordHash, createdByOrganizationId],
       );
       return toUser(rows[0]!);
     } catch (err) {
@@ -811,22 +813,42 @@ export class IdentityService {
       const email = check.email("email", input.email);
       const role = this.checkGrantable(p, input.role);
       const displayName = check.name("display_name", input.displayName, { required: false });
-      const existing = await this.db.query<{ id: string }>(
-        "SELECT id FROM users WHERE lower(email) = lower($1)",
+      const existing = await this.db.query<{ id: string; created_by: string | null }>(
+        "SELECT id, created_by_organization_id AS created_by FROM users WHERE lower(email) = lower($1)",
         [email],
       );
-      const passwordHash = existing.rows[0]
+      const account = existing.rows[0];
+      if (account) {
+        // Another organization's owner made this account and knows its password: adding it
+        // would let them sign in here as this member.
+        if (account.created_by !== null && account.created_by !== p.organization.id) {
+          throw new FlotillaError(
+            "membership.account_held_elsewhere",
+            `email: ${email} has an account made by another organization, which set its password; it cannot join this one. Ask for another email address`,
+            { field: "email" },
+          );
+        }
+        // The caller means to make an account; saying nothing would leave them believing their
+        // password signs it in.
+        if (input.initialPassword) {
+          throw invalid(
+            "initial_password",
+            "must be empty: this email already has an account, which keeps its own password",
+          );
+        }
+      }
+      const passwordHash = account
         ? null
         : input.initialPassword
           ? await hashPassword(check.password("initial_password", input.initialPassword))
           : null;
-      if (!existing.rows[0] && !passwordHash) {
+      if (!account && !passwordHash) {
         throw invalid("initial_password", "is required when the email belongs to no user yet");
       }
       return this.db.tx(async (tx) => {
-        const user = existing.rows[0]
-          ? await this.userById(tx, existing.rows[0].id)
-          : await this.insertUser(tx, email, displayName, passwordHash!);
+        const user = account
+          ? await this.userById(tx, account.id)
+          : await this.insertUser(tx, email, displayName, passwordHash!, p.organization.id);
         let joinedAt: Date;
         try {
           const { rows } = await tx.query<{ created_at: Date }>(
