@@ -250,12 +250,23 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   let backoff = minBackoff;
   const inFlight = new Map<string, Promise<void>>();
   const serviceQueues = new Map<string, Promise<void>>();
-  // Values the hub sent as config: never repeated in a reason or an error the agent reports
-  // (an app's crash output often prints its database URL). Short values are too common to mask.
+  // Values the hub sent as config: never repeated in a reason, an error or a job's output the
+  // agent reports (an app's crash output often prints its database URL). Values of secret keys
+  // (the hub names them) are masked from 3 characters, a README's `s3cret` included; other values
+  // from 8, as shorter ones ("true", "8080", "bonjour") are too common to mask.
+  const configValues = new Set<string>();
   const secretValues = new Set<string>();
+  const remember = (env: Record<string, string> | undefined, secretKeys: unknown) => {
+    const secret = new Set(Array.isArray(secretKeys) ? secretKeys : []);
+    for (const [key, value] of Object.entries(env ?? {})) {
+      if (secret.has(key) && value.length >= 3) secretValues.add(value);
+      else if (value.length >= 8) configValues.add(value);
+    }
+  };
   const redact = (text: string) => {
     let out = text;
-    for (const v of secretValues) if (v.length >= 8) out = out.split(v).join("[redacted]");
+    for (const v of secretValues) out = out.split(v).join("[redacted]");
+    for (const v of configValues) out = out.split(v).join("[redacted]");
     return out;
   };
   // Status reports wait here while the channel is down; only the latest per service matters.
@@ -315,7 +326,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   async function databaseTask(frame: Extract<HubFrame, { type: "dispatch" }>): Promise<Outcome> {
     const args = frame.args;
     const env = (args.env as Record<string, string> | undefined) ?? {};
-    for (const v of Object.values(env)) secretValues.add(v);
+    remember(env, args.secret_keys);
     const service = (args.service ?? {}) as { id?: string; slug?: string };
     const serviceId = service.id ?? String(args.service_id ?? frame.service_id ?? "");
     if (!/^[0-9a-f-]{36}$/.test(serviceId)) throw new Error(`${args.task} needs its service`);
@@ -356,7 +367,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     if (frame.op !== "job") return { ok: true, result: await lifecycle(frame) };
     if (typeof frame.args.task === "string") return databaseTask(frame);
     const job = checkJobArgs(frame.args);
-    for (const v of Object.values(job.env ?? {})) secretValues.add(v);
+    remember(job.env, frame.args.secret_keys);
     const raw = await runJob(job, workloadUser);
     // The result goes into the dispatch row: never with a config value the job printed.
     // PostgreSQL's jsonb refuses NUL: binary output would never be recorded.
@@ -378,7 +389,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     if (frame.op === "delete")
       return runnerOf(serviceId).remove(serviceId, frame.args.purge_data === true);
     const spec = runSpecFrom(frame.args);
-    for (const v of Object.values(spec.env)) secretValues.add(v);
+    remember(spec.env, frame.args.secret_keys);
     const driver = driverFor(spec.driver);
     // A service moving between drivers: the old instance goes first.
     const previous = drivers.find((d) => d !== driver && d.has(serviceId));

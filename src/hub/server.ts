@@ -517,12 +517,12 @@ export async function startHub(options: HubOptions): Promise<Hub> {
       // Deployments and jobs run with the service's config, decrypted now, sent only here.
       if (!["deploy", "start", "restart", "job"].includes(d.op) || !d.args.service) return d.args;
       const service = d.args.service as { id: string; environment_id: string; slug: string };
-      const env = await config.resolveForRuntime(
+      const { env, secretKeys } = await config.resolveForRuntime(
         d.organizationId,
         service.environment_id,
         service.id,
       );
-      return { ...d.args, env };
+      return { ...d.args, env, secret_keys: secretKeys };
     };
     const control = new ControlChannel({
       db,

@@ -110,7 +110,8 @@ for (const engine of ["pglite", "postgres"] as const) {
         f.productionId,
         f.serviceId,
       );
-      expect(runtime.API_KEY).toBe(SERVICE_SECRET);
+      expect(runtime.env.API_KEY).toBe(SERVICE_SECRET);
+      expect(runtime.secretKeys).toContain("API_KEY");
       const revealed = await owner.config.revealSecret({
         target: { scope: SVC, id: f.serviceId },
         key: "API_KEY",

@@ -14,6 +14,7 @@ import { CLI, type FlotillaProcess, killAll, ROOT, sleep, startFlotilla } from "
 
 const ADMIN = { email: "exec@example.com", password: "exec-password-1" };
 const SECRET = `s3cret-${randomBytes(6).toString("hex")}`;
+const SHORT_SECRET = `p${randomBytes(2).toString("hex")}`;
 
 // JSON answers of the API under test, read field by field.
 // biome-ignore lint/suspicious/noExplicitAny: a JSON document of any shape
@@ -172,6 +173,13 @@ describe("the exec driver under flotilla up", () => {
       slug: string;
     }>;
     const web = services.find((x) => x.slug === "web")!;
+    // A secret shorter than the 8 characters below which plain config values are left alone.
+    await rpc("ConfigService/SetConfig", {
+      target: { scope: "CONFIG_SCOPE_SERVICE", id: web.id },
+      key: "PIN",
+      value: SHORT_SECRET,
+      kind: "CONFIG_KIND_SECRET",
+    });
     const cli = spawnSync(
       process.execPath,
       [
@@ -181,7 +189,7 @@ describe("the exec driver under flotilla up", () => {
         "--",
         "sh",
         "-c",
-        'echo "$GREETING"; echo "key=$API_KEY"; id -u; exit 3',
+        'echo "$GREETING"; echo "key=$API_KEY"; echo "pin=$PIN"; id -u; exit 3',
       ],
       {
         cwd: ROOT,
@@ -191,10 +199,11 @@ describe("the exec driver under flotilla up", () => {
       },
     );
     expect(cli.status).toBe(3);
-    const [greeting, key, uid] = cli.stdout.trim().split("\n");
+    const [greeting, key, pin, uid] = cli.stdout.trim().split("\n");
     expect(greeting).toBe("bonjour");
     // The job had the secret; what it printed is masked before it reaches the dispatch row.
     expect(key).toBe("key=[redacted]");
+    expect(pin).toBe("pin=[redacted]");
     expect(uid).not.toBe("0");
     expect(cli.stdout + cli.stderr).not.toContain(SECRET);
   }, 60_000);

@@ -276,23 +276,29 @@ export class ConfigService {
   }
 
   /**
-   * The effective config with secrets decrypted, for the moment a deployment is sent to an agent.
-   * Never log or store the result.
+   * The effective config with secrets decrypted, for the moment a deployment is sent to an agent,
+   * and the keys that are secrets (the agent masks their values in what it reports). Never log or
+   * store the result.
    */
   async resolveForRuntime(
     organizationId: string,
     environmentId: string,
     serviceId: string,
-  ): Promise<Record<string, string>> {
+  ): Promise<{ env: Record<string, string>; secretKeys: string[] }> {
     const rows = await this.effectiveRows(this.db, organizationId, environmentId, serviceId, true);
     const env: Record<string, string> = {};
+    const secretKeys: string[] = [];
     for (const r of rows) {
-      env[r.key] =
-        r.kind === "secret"
-          ? this.keyring.open(r.sealed!, r.key_id!, aadOf(r.scope_type, r.scope_id, r.key))
-          : (r.value ?? "");
+      if (r.kind === "secret") {
+        env[r.key] = this.keyring.open(
+          r.sealed!,
+          r.key_id!,
+          aadOf(r.scope_type, r.scope_id, r.key),
+        );
+        secretKeys.push(r.key);
+      } else env[r.key] = r.value ?? "";
     }
-    return env;
+    return { env, secretKeys };
   }
 
   private async effectiveRows(
