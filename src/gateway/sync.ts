@@ -531,8 +531,13 @@ export class HubSync {
       this.reconnectTimer.unref();
     };
     socket.on("close", retry);
-    socket.on("error", () => {
-      // "close" follows and schedules the reconnect.
+    socket.on("error", (err) => {
+      // "close" follows and schedules the reconnect, backing off: a refused stream never opened.
+      if (err.message.endsWith(": 401"))
+        this.o.logger.error(
+          { hub: this.base },
+          "the hub refused this gateway's token (401): check --token; serving from the local store",
+        );
     });
   }
 

@@ -442,6 +442,29 @@ describe("APIs and gateways: bad input, isolation, sealing, timestamps", () => {
     ).rejects.toThrow();
   });
 
+  it("the event stream refuses a bad token with a plain 401 before the upgrade: a refused gateway never sees an open stream", async () => {
+    const wsUrl = `${t.hub.url.replace(/^http/, "ws")}${GATEWAY_SYNC.events}`;
+    for (const token of ["fgw_wrong", ""]) {
+      const socket = new WebSocket(wsUrl, { headers: { authorization: `Bearer ${token}` } });
+      const outcome = await new Promise<string>((resolve) => {
+        socket.on("open", () => resolve("open"));
+        socket.on("unexpected-response", (_req, res) => {
+          res.resume();
+          resolve(`http ${res.statusCode}`);
+          socket.terminate();
+        });
+        socket.on("error", (err) => resolve(`error ${err.message}`));
+      });
+      expect(outcome).toBe("http 401");
+    }
+    const good = new WebSocket(wsUrl, { headers: { authorization: `Bearer ${gatewayToken}` } });
+    await new Promise((resolve, reject) => {
+      good.once("open", resolve);
+      good.once("error", reject);
+    });
+    good.close();
+  });
+
   it("the sync endpoints refuse a bad token (401) and malformed bodies (400), changing nothing", async () => {
     const call = (path: string, token: string, body?: unknown, method = "POST") =>
       fetch(`${t.hub.url}${path}`, {
@@ -546,7 +569,8 @@ describe("APIs and gateways: bad input, isolation, sealing, timestamps", () => {
         () =>
           new Promise<void>((resolve) => {
             const ws = new WebSocket(url, { headers: { authorization: `Bearer ${gatewayToken}` } });
-            ws.on("upgrade", () => ws.terminate());
+            // The token is checked before the upgrade: they hang up while it is held.
+            setTimeout(() => ws.terminate(), 200);
             ws.on("error", () => resolve());
             ws.on("close", () => resolve());
           }),

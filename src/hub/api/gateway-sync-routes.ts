@@ -208,22 +208,36 @@ export class GatewaySync {
       }
       return { recorded: await this.o.apis.recordReports(gateway.id, valid) };
     });
-    app.get(GATEWAY_SYNC.events, { websocket: true }, (socket, request) => {
-      void this.accept(socket, request);
-    });
+    // The token is checked before the upgrade: a refused gateway gets a plain 401 and never an
+    // open stream (opened then closed, it took the stream for healthy and retried ~10 times a
+    // second without backing off).
+    const streamOf = new WeakMap<FastifyRequest, Gateway>();
+    app.get(
+      GATEWAY_SYNC.events,
+      {
+        websocket: true,
+        preValidation: async (request, reply) => {
+          const gateway = await this.authenticate(request, reply).catch(() => null);
+          if (!gateway) {
+            if (!reply.sent) await reply.code(401).send({ code: "auth.unauthenticated" });
+            return reply;
+          }
+          streamOf.set(request, gateway);
+        },
+      },
+      (socket, request) => {
+        const gateway = streamOf.get(request);
+        streamOf.delete(request);
+        if (gateway) this.accept(socket, request, gateway);
+        else socket.close(4401, "invalid gateway token");
+      },
+    );
     // Durable first: these are outbox rows already committed; the frame only wakes the gateway.
     if ((this.o.feed ?? "bus") === "bus")
       this.unsubscribe = this.o.events.subscribe((e) => this.deliver(e));
   }
 
-  private async accept(socket: WebSocket, request: FastifyRequest): Promise<void> {
-    const gateway = await this.o.gateways.authenticate(bearer(request)).catch(() => null);
-    if (!gateway) {
-      socket.close(4401, "invalid gateway token");
-      return;
-    }
-    // The gateway may have hung up while its token was checked: its "close" has fired already,
-    // so registering it now would keep a dead connection, its ping timer and resends forever.
+  private accept(socket: WebSocket, request: FastifyRequest, gateway: Gateway): void {
     if (socket.readyState !== socket.OPEN) return;
     const claimed = request.headers[GATEWAY_VERSION_HEADER];
     const conn: Connection = {
