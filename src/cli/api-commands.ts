@@ -10,7 +10,14 @@ import {
   removeCredentials,
   saveCredentials,
 } from "./credentials.js";
-import { help, type OptionSpecs, type Parsed, parseOptions, stringOption } from "./options.js";
+import {
+  help,
+  intOption,
+  type OptionSpecs,
+  type Parsed,
+  parseOptions,
+  stringOption,
+} from "./options.js";
 import { printJson, printTable } from "./output.js";
 import { readSecret } from "./prompt.js";
 
@@ -354,7 +361,9 @@ export async function auditCommand(argv: string[]): Promise<number> {
   const { values } = parseOptions(argv, specs);
   if (values.help) return help("flotilla audit [--limit N]", specs);
   const api = connect(values);
-  const r = await api.orgs.listAuditEvents({ limit: Number(values.limit ?? 0) });
+  const r = await api.orgs.listAuditEvents({
+    limit: intOption(values, "limit", { min: 1, max: 500 }) ?? 0,
+  });
   const rows = r.events.map((e) => ({
     time: when(e.createdAt),
     action: e.action,

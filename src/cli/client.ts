@@ -12,6 +12,7 @@ import { IdentityService, OrganizationService } from "../gen/flotilla/v1/identit
 import { ProjectService } from "../gen/flotilla/v1/projects_pb.js";
 import { ServerService } from "../gen/flotilla/v1/servers_pb.js";
 import { ServicesService } from "../gen/flotilla/v1/services_pb.js";
+import { FlotillaError } from "../shared/index.js";
 import { loadCredentials } from "./credentials.js";
 import { type OptionSpecs, type Parsed, stringOption } from "./options.js";
 
@@ -51,6 +52,11 @@ export function connect(values: Parsed["values"], token?: string): Api {
     /\/+$/,
     "",
   );
+  if (!URL.canParse(hub) || !/^https?:$/.test(new URL(hub).protocol))
+    throw new FlotillaError(
+      "config.invalid",
+      `--hub must be an http:// or https:// URL, got ${JSON.stringify(hub)}`,
+    );
   const bearer =
     token ??
     stringOption(values, "token") ??

@@ -1,5 +1,4 @@
 // CLI commands over data planes and their private links: `flotilla dataplanes ...`, `flotilla links ...`.
-import { readFileSync } from "node:fs";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { toJson } from "@bufbuild/protobuf";
 import {
@@ -10,7 +9,7 @@ import {
 } from "../gen/flotilla/v1/dataplanes_pb.js";
 import { FlotillaError } from "../shared/index.js";
 import { CONNECTION, connect, when } from "./client.js";
-import { help, type OptionSpecs, parseOptions, stringOption } from "./options.js";
+import { help, type OptionSpecs, parseOptions, readOptionFile, stringOption } from "./options.js";
 import { printJson, printTable } from "./output.js";
 
 const usage = (message: string) => new FlotillaError("config.invalid", message);
@@ -103,12 +102,7 @@ function configOption(values: Record<string, string | boolean | undefined>): Jso
     throw usage(
       'a link needs its config: --config \'{"region": "us-east-1", ...}\' or --config-file FILE',
     );
-  let text: string;
-  try {
-    text = inline ?? readFileSync(file === "-" ? 0 : file!, "utf8");
-  } catch (err) {
-    throw usage(`--config-file: cannot read ${file}: ${(err as Error).message}`);
-  }
+  const text = inline ?? readOptionFile("--config-file", file!);
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);

@@ -1,5 +1,4 @@
 // CLI commands over the core domain: projects, envs, services, config, deploy, deployments, rollback, events.
-import { readFileSync } from "node:fs";
 import { type DescMessage, type MessageShape, toJson } from "@bufbuild/protobuf";
 import { ConnectError } from "@connectrpc/connect";
 import { ConfigKind, ConfigScope, type ConfigTarget } from "../gen/flotilla/v1/config_pb.js";
@@ -24,7 +23,15 @@ import {
 } from "../gen/flotilla/v1/services_pb.js";
 import { FlotillaError } from "../shared/index.js";
 import { type Api, CONNECTION, connect, when } from "./client.js";
-import { help, type OptionSpecs, parseOptions, stopSignal, stringOption } from "./options.js";
+import {
+  help,
+  intOption,
+  type OptionSpecs,
+  parseOptions,
+  readOptionFile,
+  stopSignal,
+  stringOption,
+} from "./options.js";
 import { printJson, printTable } from "./output.js";
 import { rotateKeyCommand } from "./server-commands.js";
 
@@ -623,12 +630,7 @@ export async function configCommand(argv: string[]): Promise<number> {
   }
   if (sub === "import") {
     if (!key) throw usage("config import needs a FILE");
-    let text: string;
-    try {
-      text = readFileSync(key === "-" ? 0 : key, "utf8");
-    } catch (err) {
-      throw usage(`cannot read ${key}: ${(err as Error).message}`);
-    }
+    const text = readOptionFile("config import", key);
     const r = await api.config.importConfig({
       target,
       dotenv: text,
@@ -899,7 +901,7 @@ export async function deploymentsCommand(argv: string[]): Promise<number> {
     const service = await resolveService(api, arg);
     const r = await api.services.listDeployments({
       serviceId: service.id,
-      limit: Number(values.limit ?? 0),
+      limit: intOption(values, "limit", { min: 1, max: 200 }) ?? 0,
     });
     printList(asJson, r.deployments, (d) => json(DeploymentSchema, d), deploymentRow, [
       "#",
@@ -961,7 +963,10 @@ export async function eventsCommand(argv: string[]): Promise<number> {
   const serviceId = values.service
     ? (await resolveService(api, stringOption(values, "service"))).id
     : "";
-  const recent = await api.services.listEvents({ serviceId, limit: Number(values.limit ?? 20) });
+  const recent = await api.services.listEvents({
+    serviceId,
+    limit: intOption(values, "limit", { min: 1, max: 500 }) ?? 20,
+  });
   for (const e of recent.events) printEvent(asJson, e);
   if (!values.follow) return 0;
   const stopped = stopSignal();
@@ -1065,7 +1070,10 @@ export async function serversCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (sub === "dispatches") {
-    const r = await api.servers.listDispatches({ server: arg, limit: Number(values.limit ?? 0) });
+    const r = await api.servers.listDispatches({
+      server: arg,
+      limit: intOption(values, "limit", { min: 1, max: 500 }) ?? 0,
+    });
     printList(
       asJson,
       r.dispatches,
@@ -1112,7 +1120,11 @@ export async function logsCommand(argv: string[]): Promise<number> {
   const stopped = stopSignal();
   try {
     for await (const batch of api.services.streamLogs(
-      { serviceId: service.id, lines: Number(values.lines ?? 100), follow: Boolean(values.follow) },
+      {
+        serviceId: service.id,
+        lines: intOption(values, "lines", { min: 1, max: 10_000 }) ?? 100,
+        follow: Boolean(values.follow),
+      },
       { signal: stopped, timeoutMs: values.follow ? 0 : 30_000 },
     )) {
       for (const line of batch.lines)
@@ -1143,7 +1155,8 @@ export async function runCommand(argv: string[]): Promise<number> {
   const stopped = stopSignal();
   // The hub waits for the outcome (whichever replica holds the agent): the job's own timeout
   // plus two minutes for an agent that is away or busy (a job reports no progress on the way).
-  const jobTimeoutS = Number(values.timeout ?? 600) || 600;
+  const timeoutS = intOption(values, "timeout", { min: 1, max: 3600 });
+  const jobTimeoutS = timeoutS ?? 600;
   let started: Awaited<ReturnType<typeof api.services.runJob>>;
   try {
     started = await api.services.runJob(
@@ -1151,7 +1164,7 @@ export async function runCommand(argv: string[]): Promise<number> {
         serviceId: service.id,
         command: command[0]!,
         args: command.slice(1),
-        timeoutSeconds: values.timeout === undefined ? 0 : Number(values.timeout),
+        timeoutSeconds: timeoutS ?? 0,
         waitSeconds: Math.min(3600, jobTimeoutS + 120),
       },
       { timeoutMs: 0, signal: stopped },

@@ -1,5 +1,4 @@
 // CLI commands over APIs and gateways: `flotilla apis ...` and `flotilla gateways ...`.
-import { readFileSync } from "node:fs";
 import { type DescMessage, type MessageShape, toJson } from "@bufbuild/protobuf";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -15,7 +14,14 @@ import {
 import { FlotillaError } from "../shared/index.js";
 import { CONNECTION, when } from "./client.js";
 import { loadCredentials } from "./credentials.js";
-import { help, type OptionSpecs, type Parsed, parseOptions, stringOption } from "./options.js";
+import {
+  help,
+  type OptionSpecs,
+  type Parsed,
+  parseOptions,
+  readOptionFile,
+  stringOption,
+} from "./options.js";
 import { printJson, printTable } from "./output.js";
 
 const usage = (message: string) => new FlotillaError("config.invalid", message);
@@ -128,9 +134,12 @@ export async function apisCommand(argv: string[]): Promise<number> {
     if (!kind) throw usage("--kind must be rest, llm-provider or llm-proxy");
     let definition = stringOption(values, "definition");
     if (!definition) throw usage("--definition is required (JSON, or @FILE)");
-    if (definition.startsWith("@")) definition = readFileSync(definition.slice(1), "utf8");
+    if (definition.startsWith("@"))
+      definition = readOptionFile("--definition", definition.slice(1));
     const credentialFile = stringOption(values, "credential-file");
-    const credential = credentialFile ? readFileSync(credentialFile, "utf8").trim() : "";
+    const credential = credentialFile
+      ? readOptionFile("--credential-file", credentialFile).trim()
+      : "";
     const provider = stringOption(values, "provider") ?? "";
     const r = await api.apis.createApi({
       name: arg,

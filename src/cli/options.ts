@@ -104,6 +104,21 @@ export function help(usage: string, specs: OptionSpecs): number {
   return 0;
 }
 
+/**
+ * A file a flag names ("-": standard input), as text; one it cannot read is config.invalid
+ * naming the flag and the file, not an internal error.
+ */
+export function readOptionFile(flag: string, file: string): string {
+  try {
+    return readFileSync(file === "-" ? 0 : file, "utf8");
+  } catch (err) {
+    throw new FlotillaError(
+      "config.invalid",
+      `${flag}: cannot read ${file}: ${(err as Error).message}`,
+    );
+  }
+}
+
 /** --tls-cert and --tls-key, read: both or neither (config.invalid naming the flag otherwise). */
 export function tlsOptions(
   values: Record<string, string | boolean | undefined>,

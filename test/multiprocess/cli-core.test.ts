@@ -229,6 +229,28 @@ describe("core domain from the CLI and from the API", () => {
     expect(anonymous.code).toBe(3);
   });
 
+  it("a flag that is not a number, a file it cannot read or a hub that is not a URL is a usage error (exit 2, config.invalid) naming the flag", async () => {
+    const cases: Array<[string[], string]> = [
+      [["audit", "--limit", "abc"], "--limit must be a whole number"],
+      [["audit", "--limit", "99999999999"], "--limit must be a whole number"],
+      [["deployments", "list", "demo/web", "--limit", "x"], "--limit must be a whole number"],
+      [["logs", "demo/web", "--lines", "abc"], "--lines must be a whole number"],
+      [["servers", "dispatches", "local", "--limit", "x"], "--limit must be a whole number"],
+      [["run", "demo/web", "--timeout", "x", "--", "true"], "--timeout must be a whole number"],
+      [
+        ["apis", "create", "x", "--kind", "rest", "--definition", "@/nonexistent/def.json"],
+        "--definition: cannot read /nonexistent/def.json",
+      ],
+      [["whoami", "--hub", "not-a-url"], "--hub must be an http:// or https:// URL"],
+    ];
+    for (const [args, message] of cases) {
+      const r = await flotilla(...args);
+      expect(r.code, `${args.join(" ")}: ${r.stderr}`).toBe(2);
+      expect(r.stderr).toContain(message);
+      expect(r.stderr).toContain("[config.invalid]");
+    }
+  });
+
   it("streams events live with events --follow", async () => {
     const child = execFile(
       process.execPath,
