@@ -120,7 +120,12 @@ export async function serveAdmin(
             code: "auth.unauthenticated",
             message: "only loopback callers may use the admin API unsigned",
           });
-        const stranger = notLocalOperator(req.headers);
+        // Metrics are for any local scraper; the rest (status, drain, resume, reload) only for
+        // the operator's user: a workload on this host (another user) could drain the server.
+        const stranger = notLocalOperator(
+          req.headers,
+          route === "GET /metrics" ? {} : { connection: req.socket },
+        );
         if (stranger) {
           log.warn({ route, stranger }, "unsigned admin call from loopback refused");
           return reply(401, {

@@ -238,7 +238,12 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     const stranger =
       path === "/health"
         ? undefined
-        : notLocalOperator(req.headers, { hostMustBeLoopback: sensitive });
+        : notLocalOperator(req.headers, {
+            hostMustBeLoopback: sensitive,
+            // Only the operator's user (or root) sees /status: a workload on this host runs as
+            // another; any local probe or scraper reads /ready and /metrics.
+            ...(sensitive ? { connection: req.socket } : {}),
+          });
     if (stranger) {
       res.writeHead(403, { "content-type": "application/json" });
       res.end(

@@ -1,3 +1,4 @@
+import { execFile } from "node:child_process";
 import { createServer } from "node:net";
 import { afterAll, describe, expect, it } from "vitest";
 import { serveAdmin } from "../../src/agent/admin.js";
@@ -23,6 +24,20 @@ const LOOK_ALIKES: Array<Record<string, string>> = [
 
 const send = (url: string, headers: Record<string, string>, method = "GET") =>
   requestText(url, { method, headers });
+
+// Workloads and jobs run as an unprivileged user on the agent's host; nobody stands for one.
+const NOBODY = 65534;
+const asRoot = process.getuid?.() === 0;
+
+/** The status code `url` answers a plain request from a process of uid `uid` (curl's way). */
+function statusAsUser(uid: number, url: string, method = "GET"): Promise<number> {
+  const script = `fetch(${JSON.stringify(url)}, { method: ${JSON.stringify(method)} }).then((r) => process.stdout.write(String(r.status)), (e) => { console.error(e); process.exit(1); })`;
+  return new Promise((resolve, reject) =>
+    execFile(process.execPath, ["-e", script], { uid, gid: uid, cwd: "/" }, (err, stdout) =>
+      err ? reject(err) : resolve(Number(stdout)),
+    ),
+  );
+}
 
 describe("the agent's admin API", () => {
   it("refuses unsigned calls that were relayed or browser-sent (401, nothing done) and takes the operator's", async () => {
@@ -62,6 +77,43 @@ describe("the agent's admin API", () => {
     expect((await fetch(`${admin.url}/drain`, { method: "POST" })).status).toBe(200);
     expect(actions).toEqual(["drain"]);
   });
+
+  it.skipIf(!asRoot)(
+    "refuses a plain call from another user's process on this host (a workload's), which may still read /metrics and /health",
+    async () => {
+      const actions: AdminAction[] = [];
+      const admin = await serveAdmin({
+        port: 0,
+        host: "127.0.0.1",
+        status: () => ({
+          version: "test",
+          server_id: "s",
+          connected: true,
+          draining: false,
+          dispatches_in_flight: 0,
+          instances: [],
+        }),
+        admin: async (action) => {
+          actions.push(action);
+          return {};
+        },
+        log: createLogger({ level: "silent" }),
+        signingKey: () => Buffer.alloc(32, 1),
+        sealingKey: () => Buffer.alloc(32, 2),
+        dispatch: async () => ({ ok: true }),
+      });
+      closers.push(() => admin.close());
+      for (const route of ["drain", "resume", "reload"])
+        expect(await statusAsUser(NOBODY, `${admin.url}/${route}`, "POST"), route).toBe(401);
+      expect(await statusAsUser(NOBODY, `${admin.url}/status`)).toBe(401);
+      expect(actions).toEqual([]);
+      expect(await statusAsUser(NOBODY, `${admin.url}/metrics`)).toBe(200);
+      expect(await statusAsUser(NOBODY, `${admin.url}/health`)).toBe(200);
+      // The same call from this process's user is the operator's.
+      expect(await statusAsUser(process.getuid!(), `${admin.url}/drain`, "POST")).toBe(200);
+      expect(actions).toEqual(["drain"]);
+    },
+  );
 });
 
 describe("the gateway's admin port", () => {
@@ -112,9 +164,16 @@ describe("the gateway's admin port", () => {
       403,
     );
     expect((await send(`${gateway.adminUrl}/ready`, { host: "10.0.0.5:8001" })).status).toBe(200);
-    // Straight from this host, the admin port answers.
+    // Straight from this host, the admin port answers; from another user's process (a
+    // workload's), /status does not, and /ready and /metrics still do.
     const direct = await fetch(`${gateway.adminUrl}/status`);
     expect(direct.status).toBe(200);
     expect(await direct.text()).toContain(apiId);
+    if (asRoot) {
+      expect(await statusAsUser(NOBODY, `${gateway.adminUrl}/status`)).toBe(403);
+      expect(await statusAsUser(NOBODY, `${gateway.adminUrl}/drop-stream`, "POST")).toBe(403);
+      expect(await statusAsUser(NOBODY, `${gateway.adminUrl}/ready`)).toBe(200);
+      expect(await statusAsUser(NOBODY, `${gateway.adminUrl}/metrics`)).toBe(200);
+    }
   });
 });
