@@ -393,8 +393,9 @@ export class ExecDriver implements Driver {
         : null;
     for (;;) {
       if (exited) {
-        const tail = (await this.tail(spec.serviceId, 5)).join("\n");
-        const reason = `${spec.exec.command} ${exited} before it was healthy${tail ? `:\n${tail}` : ""}`;
+        // No output in the reason: every member of the organization reads reasons, and what
+        // an application prints (a session, a reset link) is for those who may read its logs.
+        const reason = `${spec.exec.command} ${exited} before it was healthy; its output: flotilla logs`;
         throw new Error(reason);
       }
       const healthy = template

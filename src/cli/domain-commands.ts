@@ -731,12 +731,14 @@ async function waitForOutcome(
     done ??= await settled();
     if (!done) throw new Error("stream ended");
     if (asJson) printJson(json(DeploymentSchema, done));
-    else
+    else {
       process.stdout.write(
         done.status === "running"
           ? `Deployment #${done.number} of ${service.slug} is running${done.endpoint ? ` at ${done.endpoint}` : ""}.\n`
           : `Deployment #${done.number} of ${service.slug} ${done.status === "failed" ? "failed" : "is stopped"}: ${done.statusReason || "no reason given"}.\n`,
       );
+      if (done.status === "failed") await printOutputTail(api, service);
+    }
     return done.status === "running" ? 0 : 1;
   } catch (err) {
     const d = (await api.services.getDeployment({ deploymentId })).deployment!;
@@ -850,13 +852,37 @@ async function deployAndWait(
   if (!settled) return waitForOutcome(api, service, deployment.id, afterEventId, values);
   show(deployment.status, deployment.statusReason ? `(${deployment.statusReason})` : "");
   if (asJson) printJson(json(DeploymentSchema, deployment));
-  else
+  else {
     process.stdout.write(
       deployment.status === "running"
         ? `Deployment #${deployment.number} of ${service.slug} is running${deployment.endpoint ? ` at ${deployment.endpoint}` : ""}.\n`
         : `Deployment #${deployment.number} of ${service.slug} ${deployment.status === "failed" ? "failed" : "is stopped"}: ${deployment.statusReason || "no reason given"}.\n`,
     );
+    if (deployment.status === "failed") await printOutputTail(api, service);
+  }
   return deployment.status === "running" ? 0 : 1;
+}
+
+/**
+ * After a failed deployment: the last lines the service printed, for a caller who may read logs.
+ * The agent keeps output out of the failure's reason, which every member of the organization
+ * sees (viewers included); the output itself needs logs.read.
+ */
+async function printOutputTail(api: Api, service: { id: string; slug: string }): Promise<void> {
+  const lines: string[] = [];
+  try {
+    for await (const batch of api.services.streamLogs(
+      { serviceId: service.id, lines: 10, follow: false },
+      { timeoutMs: 10_000 },
+    ))
+      lines.push(...batch.lines);
+  } catch {
+    process.stderr.write(`  its output: flotilla logs ${service.slug} (needs logs.read)\n`);
+    return;
+  }
+  if (lines.length === 0) return;
+  process.stderr.write(`  the last lines it printed (flotilla logs ${service.slug}):\n`);
+  for (const line of lines) process.stderr.write(`    ${line}\n`);
 }
 
 export function deployCommand(argv: string[]): Promise<number> {

@@ -382,6 +382,63 @@ describe("the exec driver under flotilla up", () => {
     expect(failed.stdout).toContain("failed: command not found: /no/such/binary");
   }, 60_000);
 
+  it("what an application prints stays out of a failure's reason, which viewers read; flotilla deploy shows it to whoever may read logs", async () => {
+    // What it prints is computed by the shell, so the service's own command line (which a
+    // viewer reads in its spec) does not hold it.
+    const hex = randomBytes(6).toString("hex");
+    const printed = `session=42-${hex}`;
+    const r = await rpc("ServicesService/CreateService", {
+      environmentId,
+      name: "talker",
+      visibility: "VISIBILITY_PRIVATE",
+      spec: {
+        driver: "DRIVER_EXEC",
+        exec: { command: "/bin/sh", args: ["-c", `echo session=$((6 * 7))-${hex}; exit 1`] },
+      },
+    });
+    const serviceId = r.service.id as string;
+    const cli = spawnSync(process.execPath, [CLI, "deploy", serviceId], {
+      cwd: ROOT,
+      env: { ...process.env, FLOTILLA_HUB: up.url, FLOTILLA_TOKEN: token },
+      encoding: "utf8",
+      timeout: 60_000,
+    });
+    expect(cli.status).toBe(1);
+    expect(cli.stdout).toContain("failed: /bin/sh exited with code 1");
+    expect(cli.stdout).not.toContain(printed);
+    expect(cli.stderr).toMatch(new RegExp(`the last lines it printed[^\\n]*\\n\\s+${printed}`));
+    // A viewer (no logs.read) reads the reason and the server's dispatches: no output in them.
+    const email = `viewer-${randomBytes(4).toString("hex")}@example.com`;
+    await rpc("OrganizationService/AddMember", {
+      email,
+      role: "ROLE_VIEWER",
+      initialPassword: ADMIN.password,
+    });
+    const viewerLogin = await fetch(`${up.url}/flotilla.v1.IdentityService/Login`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ email, password: ADMIN.password }),
+    });
+    const viewer = ((await viewerLogin.json()) as { sessionToken: string }).sessionToken;
+    const asViewer = async (path: string, body: unknown) => {
+      const res = await fetch(`${up.url}/flotilla.v1.${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${viewer}` },
+        body: JSON.stringify(body),
+      });
+      expect(res.status, path).toBe(200);
+      return res.text();
+    };
+    const service = await asViewer("ServicesService/GetService", { serviceId });
+    expect(service).toContain("exited with code 1");
+    expect(service).not.toContain(printed);
+    expect(await asViewer("ServerService/ListDispatches", { server: "local" })).not.toContain(
+      printed,
+    );
+    expect(await asViewer("ServicesService/ListEvents", { serviceId })).not.toContain(printed);
+    await rpc("ServicesService/DeleteService", { serviceId });
+  }, 60_000);
+
   it("flotilla deploy waits until the deployment runs and prints where, exit 0", async () => {
     const serviceId = await createHello("waited");
     const r = spawnSync(process.execPath, [CLI, "deploy", serviceId], {
