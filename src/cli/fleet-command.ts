@@ -51,5 +51,7 @@ export async function fleetCommand(argv: string[]): Promise<number> {
       `${r.members.length} member(s), probed ${when(r.probedAt)}${r.cached ? " (cached)" : ""}\n`,
     );
   }
-  return r.members.some((m) => m.health === "unreachable") ? 1 : 0;
+  // A script's health check: a member that does not answer (unreachable) and one that is not
+  // connected at all (offline, a gateway that never connected included) both fail it.
+  return r.members.some((m) => m.health === "unreachable" || m.health === "offline") ? 1 : 0;
 }

@@ -251,6 +251,20 @@ describe("core domain from the CLI and from the API", () => {
     }
   });
 
+  it("fleet status exits 1 while a member is offline (a gateway that never connected), 0 once it is gone", async () => {
+    expect((await flotilla("gateways", "create", "never-connected")).code).toBe(0);
+    const down = await flotilla("fleet", "status", "--kind", "gateway", "--refresh");
+    expect(down.code, down.stdout).toBe(1);
+    expect(down.stdout).toMatch(/never-connected\s+offline/);
+    const removed = await flotilla("gateways", "remove", "never-connected");
+    expect(removed.code, removed.stderr).toBe(0);
+    // --refresh probes again at most once a second.
+    await new Promise((r) => setTimeout(r, 1100));
+    const after = await flotilla("fleet", "status", "--kind", "gateway", "--refresh");
+    expect(after.code, after.stdout).toBe(0);
+    expect(after.stdout).not.toContain("never-connected");
+  });
+
   it("streams events live with events --follow", async () => {
     const child = execFile(
       process.execPath,
