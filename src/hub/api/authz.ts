@@ -250,6 +250,8 @@ export function createAuthInterceptor(deps: {
       } catch (err) {
         const connectErr = toConnectError(err);
         code = connectErr.metadata.get(ERROR_CODE_HEADER) ?? String(connectErr.code);
+        // The caller went away (Ctrl-C on `flotilla logs --follow`): nothing failed here.
+        if (req.signal.aborted && code === "internal") code = "canceled";
         if (code === "internal")
           deps.logger.error({ err, rpc }, "rpc failed with an internal error");
         for (const [k, v] of Object.entries(contextResponseHeaders(ctx)))
