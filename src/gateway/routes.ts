@@ -200,6 +200,11 @@ export class RouteTable {
    */
   private readonly byPrefix = new Map<string, Route | Route[]>();
   readonly size: number;
+  /**
+   * Routes no request can reach: an earlier route of the same prefix takes every host they
+   * name (two APIs with one context path). Each maps to a route that takes its requests.
+   */
+  readonly shadowed = new Map<Route, Route>();
 
   constructor(routes: Iterable<Route>) {
     let n = 0;
@@ -211,14 +216,30 @@ export class RouteTable {
       n++;
     }
     // Deterministic on every gateway: routes naming hosts first, then by deployment id.
+    // Deployment ids are UUIDv7: of two routes alike, the one deployed first keeps serving.
     for (const held of this.byPrefix.values())
-      if (Array.isArray(held))
+      if (Array.isArray(held)) {
         held.sort(
           (a, b) =>
             Number(b.hosts !== null) - Number(a.hosts !== null) ||
             (a.deploymentId < b.deploymentId ? -1 : 1),
         );
+        this.findShadowed(held);
+      }
     this.size = n;
+  }
+
+  /** Routes of one prefix, in match order: each whose hosts the earlier ones all take. */
+  private findShadowed(held: Route[]): void {
+    const taken = new Map<string, Route>();
+    let anyHost: Route | undefined;
+    for (const r of held) {
+      const by =
+        anyHost ?? (r.hosts?.every((h) => taken.has(h)) ? taken.get(r.hosts[0]!) : undefined);
+      if (by) this.shadowed.set(r, by);
+      if (r.hosts === null) anyHost ??= r;
+      else for (const h of r.hosts) if (!taken.has(h)) taken.set(h, r);
+    }
   }
 
   /** Longest matching prefix first; each probe is one map lookup (O(path segments)). */
@@ -239,6 +260,12 @@ export class RouteTable {
   }
 }
 
+const reported = (r: Route) => ({
+  apiId: r.apiId,
+  deploymentId: r.deploymentId,
+  deployedAt: r.deployedAt,
+});
+
 export interface ConfigStoreOptions {
   /** Told about each deployment's outcome (deployed, undeployed, failed with a reason). */
   report(r: StatusReport): void;
@@ -255,6 +282,8 @@ export class ConfigStore {
   private readonly routes = new Map<string, Route>();
   readonly failures = new Map<string, { deploymentId: string; reason: string }>();
   private current = new RouteTable([]);
+  /** Routes the table cannot reach, as last reported: api id to deployment id. */
+  private shadowedIds = new Map<string, string>();
   private scheduled = false;
   private waiters: Array<() => void> = [];
   swaps = 0;
@@ -268,6 +297,8 @@ export class ConfigStore {
   /** Applies changed rows (and removals by api id); the table follows on the next turn. */
   apply(changed: StoredRow[], removed: string[] = []): void {
     for (const row of changed) {
+      // Whether it is reachable is told again after the swap (its report below says deployed).
+      this.shadowedIds.delete(row.apiId);
       if (row.state !== "DEPLOYED") {
         this.routes.delete(row.apiId);
         this.failures.delete(row.apiId);
@@ -315,8 +346,7 @@ export class ConfigStore {
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
-      this.current = new RouteTable(this.routes.values());
-      this.swaps++;
+      this.swap();
       this.o.onSwap?.(this.current.size);
       const w = this.waiters;
       this.waiters = [];
@@ -332,8 +362,32 @@ export class ConfigStore {
 
   /** Builds the table now (startup: serve the stored config before anything else). */
   rebuildNow(): void {
+    this.swap();
+  }
+
+  /**
+   * Builds and swaps the table, and reports the routes it cannot reach as failed (with the API
+   * that takes their requests), and those reachable again as deployed.
+   */
+  private swap(): void {
     this.current = new RouteTable(this.routes.values());
     this.swaps++;
+    const now = new Map<string, Route>();
+    for (const [route, by] of this.current.shadowed) {
+      now.set(route.apiId, route);
+      if (this.shadowedIds.get(route.apiId) === route.deploymentId) continue;
+      const hosts = route.hosts ? ` on ${route.hosts.join(", ")}` : "";
+      const reason = `its path ${route.prefix || "/"}${hosts} is served by API ${by.name} (${by.apiId}), deployed first; give one of them another context path or hosts`;
+      this.failures.set(route.apiId, { deploymentId: route.deploymentId, reason });
+      this.o.report({ ...reported(route), status: "failed", reason });
+    }
+    for (const [apiId, deploymentId] of this.shadowedIds) {
+      const route = this.routes.get(apiId);
+      if (now.has(apiId) || route?.deploymentId !== deploymentId) continue;
+      this.failures.delete(apiId);
+      this.o.report({ ...reported(route), status: "deployed" });
+    }
+    this.shadowedIds = new Map([...now].map(([apiId, r]) => [apiId, r.deploymentId]));
   }
 
   get routeCount(): number {

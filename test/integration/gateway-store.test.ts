@@ -167,6 +167,51 @@ describe("the gateway's config store", () => {
     expect(reports.filter((r) => r.status === "deployed")).toHaveLength(2);
   });
 
+  it("of two APIs with one context path, the one deployed later is reported failed, naming the other, until the other goes; then it serves", async () => {
+    const reports: StatusReport[] = [];
+    const config = new ConfigStore({ report: (r) => reports.push(r) });
+    // UUIDv7 order is deployment order: first, then second; a third has the path on one host.
+    const [first, second, third] = [1, 2, 3].map((n) => `0190a000-0000-7000-8000-00000000020${n}`);
+    const deployed = (id: string, path: string, hosts?: string[]): StoredRow => {
+      const c = JSON.parse(content(id, id, path)) as DeploymentContent;
+      if (hosts) (c.definition as Record<string, unknown>).hosts = hosts;
+      return {
+        apiId: id,
+        deploymentId: id,
+        kind: "RestApi",
+        state: "DEPLOYED",
+        deployedAt: 1,
+        content: JSON.stringify(c),
+      };
+    };
+    const last = (id: string) => reports.filter((r) => r.apiId === id).at(-1);
+    config.apply([
+      deployed(second!, "/orders"),
+      deployed(first!, "/orders"),
+      deployed(third!, "/orders", ["shop.example"]),
+    ]);
+    await config.settled();
+    expect(config.table.match("any.example", "/orders/1")?.apiId).toBe(first);
+    expect(config.table.match("shop.example", "/orders/1")?.apiId).toBe(third);
+    expect(last(first!)).toMatchObject({ status: "deployed" });
+    expect(last(third!)).toMatchObject({ status: "deployed" });
+    expect(last(second!)).toMatchObject({ status: "failed" });
+    expect(last(second!)?.reason).toContain(
+      `its path /orders is served by API api-orders (${first})`,
+    );
+    expect(config.failures.get(second!)?.reason).toBe(last(second!)?.reason);
+    // Applied again (a reconcile), it is told failed again after the swap, not left deployed.
+    config.apply([deployed(second!, "/orders")]);
+    await config.settled();
+    expect(last(second!)).toMatchObject({ status: "failed" });
+    // The first undeployed: the second serves and is reported deployed.
+    config.apply([{ ...deployed(first!, "/orders"), state: "UNDEPLOYED", content: null }]);
+    await config.settled();
+    expect(config.table.match("any.example", "/orders/1")?.apiId).toBe(second);
+    expect(last(second!)).toMatchObject({ status: "deployed" });
+    expect(config.failures.has(second!)).toBe(false);
+  });
+
   it("many changes in one turn rebuild the table once, swapped whole", async () => {
     const config = new ConfigStore({ report: () => {} });
     const before = config.swaps;
