@@ -163,7 +163,7 @@ export async function dbCommand(argv: string[]): Promise<number> {
     const s = r.service!;
     if (!asJson)
       process.stderr.write(
-        `Database ${s.slug} created (${s.id}), template ${s.templateId}, private${r.deploymentId ? "" : "; deploy it with: flotilla deploy <service>"}.\n`,
+        `Database ${s.slug} created (${s.id}), template ${s.templateId}, private${r.deploymentId ? "" : `; deploy it with: flotilla deploy ${s.id}`}.\n`,
       );
     let status = "";
     if (r.deploymentId && s.serverId && !values["no-wait"]) {

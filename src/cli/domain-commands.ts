@@ -251,7 +251,11 @@ const SPEC_OPTIONS: OptionSpecs = {
     type: "string",
     description: "Docker image (docker driver); else the exec driver runs the command after --",
   },
-  port: { type: "string", description: "Port the service listens on (0: none)" },
+  port: {
+    type: "string",
+    description:
+      "The service listens on a port (0: none). exec: the agent picks a free port and passes it as PORT, which the command must listen on; --image: the container's port",
+  },
   workdir: { type: "string", description: "exec: absolute working directory" },
   health: { type: "string", description: "Health check: tcp, or http:/path" },
   restart: { type: "string", description: "Restart policy: always (default), on-failure or never" },
@@ -380,7 +384,7 @@ export async function servicesCommand(argv: string[]): Promise<number> {
       });
     else
       process.stdout.write(
-        `Service ${r.service?.slug} created (${r.service?.id})${r.deployment ? `; deployment #${r.deployment.number} is desired` : "; deploy it with: flotilla deploy <service>"}.\n`,
+        `Service ${r.service?.slug} created (${r.service?.id})${r.deployment ? `; deployment #${r.deployment.number} is desired` : `; deploy it with: flotilla deploy ${r.service?.id}`}.\n`,
       );
     return 0;
   }

@@ -83,8 +83,9 @@ export function reportError(err: unknown, json: boolean): number {
     if (connectErr.code === ConnectCode.Unavailable && /fetch failed|ECONNREFUSED/i.test(message)) {
       message = `${message}: is the hub running? (flotilla up, or check --hub)`;
     }
-    if (connectErr.code === ConnectCode.Unauthenticated)
-      message = `${message} (run: flotilla login)`;
+    // A wrong password at `flotilla login` needs no advice to run it.
+    if (connectErr.code === ConnectCode.Unauthenticated && code !== "auth.invalid_credentials")
+      message = `${message} (run: flotilla login, or flotilla setup on a hub without an owner yet)`;
   }
   if (json) process.stderr.write(`${JSON.stringify({ error: { code, message } })}\n`);
   else process.stderr.write(`error: ${message} [${code}]\n`);

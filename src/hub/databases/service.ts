@@ -148,7 +148,7 @@ export class DatabasesService {
     if (s.kind !== "database")
       throw new FlotillaError(
         "resource.conflict",
-        `service_id: ${s.slug} is not a managed database (create one with CreateDatabaseService)`,
+        `service_id: ${s.slug} is not a managed database (create one with CreateDatabaseService: flotilla db create)`,
         { field: "service_id" },
       );
     return s;

@@ -330,7 +330,10 @@ export class IdentityService {
     );
     const state = rows[0];
     if (!state || state.completed_at || !(await this.setupRequired())) {
-      throw new FlotillaError("auth.setup_closed", "setup is already complete; sign in with Login");
+      throw new FlotillaError(
+        "auth.setup_closed",
+        "setup is already complete; sign in with Login (flotilla login)",
+      );
     }
     const given = sha256(input.setupToken);
     if (!timingSafeEqual(given, Buffer.from(state.token_hash))) {
@@ -361,7 +364,7 @@ export class IdentityService {
       if (rows[0]!.n > 0)
         throw new FlotillaError(
           "auth.setup_closed",
-          "setup is already complete; sign in with Login",
+          "setup is already complete; sign in with Login (flotilla login)",
         );
       const user = await this.insertUser(tx, email, displayName, passwordHash, null);
       const organization = await this.insertOrganization(tx, orgName, check.slugFrom(orgName));

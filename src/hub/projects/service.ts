@@ -373,7 +373,7 @@ export class ProjectsService {
     if (running.length > 0 && !force) {
       throw new FlotillaError(
         "resource.in_use",
-        `${what} has running services: ${running.join(", ")}; stop them first or pass force`,
+        `${what} has running services: ${running.join(", ")}; stop them first or pass force (--force in the CLI)`,
       );
     }
     const environmentIds =
