@@ -13,6 +13,7 @@ import {
   CLI,
   connectJson,
   cpuSeconds,
+  cpuTimes,
   createDatabase,
   envCount,
   freePorts,
@@ -320,15 +321,22 @@ async function main() {
   // the shared upstream, and the load generator. On 2 cores all three compete, so a proxy's
   // requests/s also depends on what the other two cost per request.
   const cpu = Object.fromEntries(
-    targets.map((t) => [t.key, { proxyS: 0, upstreamS: 0, loadGeneratorS: 0, wallS: 0 }]),
+    targets.map((t) => [
+      t.key,
+      { proxyUserS: 0, proxyKernelS: 0, upstreamS: 0, loadGeneratorS: 0, wallS: 0 },
+    ]),
   );
-  const cpuNow = (t) => ({
-    proxyS: cpuSeconds(t.pid, { withChildren: t.key === "nginx" }) ?? 0,
-    upstreamS: cpuSeconds(upstream.pid, { withChildren: upstreamKind === "nginx" }) ?? 0,
-    // wrk's own CPU is added per slice (wrkSlice reads it); autocannon's is this process's.
-    loadGeneratorS: wrk ? 0 : ownCpuSeconds(),
-    wallS: performance.now() / 1000,
-  });
+  const cpuNow = (t) => {
+    const proxy = cpuTimes(t.pid, { withChildren: t.key === "nginx" });
+    return {
+      proxyUserS: proxy?.userS ?? 0,
+      proxyKernelS: proxy?.systemS ?? 0,
+      upstreamS: cpuSeconds(upstream.pid, { withChildren: upstreamKind === "nginx" }) ?? 0,
+      // wrk's own CPU is added per slice (wrkSlice reads it); autocannon's is this process's.
+      loadGeneratorS: wrk ? 0 : ownCpuSeconds(),
+      wallS: performance.now() / 1000,
+    };
+  };
   for (let r = 0; r < cfg.rounds; r++) {
     const order = r % 2 === 0 ? targets : [...targets].reverse();
     for (const t of order) {
@@ -347,11 +355,19 @@ async function main() {
         : summarize(slices[t.key], { url: t.url, connections: cfg.connections });
       const c = cpu[t.key];
       const pct = (s) => round((100 * s) / c.wallS, 0);
+      const perRequestUs = (s) => round((1e6 * s) / figures.requests, 1);
       figures.cpu = {
-        proxyPct: pct(c.proxyS),
+        proxyPct: pct(c.proxyUserS + c.proxyKernelS),
         upstreamPct: pct(c.upstreamS),
         loadGeneratorPct: pct(c.loadGeneratorS),
-        proxyUsPerRequest: round((1e6 * c.proxyS) / figures.requests, 1),
+        proxyUsPerRequest: perRequestUs(c.proxyUserS + c.proxyKernelS),
+        // The kernel's share is the loopback TCP work every proxy here makes (two reads, two
+        // writes per request at least); 1e6 / proxyKernelUsPerRequest is the rate this proxy
+        // could not pass on this machine even if its own code cost nothing.
+        proxyUserUsPerRequest: perRequestUs(c.proxyUserS),
+        proxyKernelUsPerRequest: perRequestUs(c.proxyKernelS),
+        kernelOnlyCeilingRps:
+          c.proxyKernelS > 0 ? round(figures.requests / c.proxyKernelS, 0) : null,
       };
       return [t.key, figures];
     }),

@@ -219,23 +219,32 @@ export function startNode(name, args, { env = {}, logDir }) {
 }
 
 /**
- * CPU seconds (user + system) a process has used so far, with its child processes' when
+ * CPU seconds a process has used so far, user and kernel apart, with its child processes' when
  * `withChildren` (an nginx master's worker), from /proc (clock ticks of 10 ms); null when gone.
  */
-export function cpuSeconds(pid, { withChildren = false } = {}) {
+export function cpuTimes(pid, { withChildren = false } = {}) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    let ticks = Number(fields[11]) + Number(fields[12]); // utime, stime
+    const times = { userS: Number(fields[11]) / 100, systemS: Number(fields[12]) / 100 };
     if (withChildren) {
       const children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim();
-      for (const child of children ? children.split(" ") : [])
-        ticks += (cpuSeconds(Number(child)) ?? 0) * 100;
+      for (const child of children ? children.split(" ") : []) {
+        const c = cpuTimes(Number(child));
+        times.userS += c?.userS ?? 0;
+        times.systemS += c?.systemS ?? 0;
+      }
     }
-    return ticks / 100;
+    return times;
   } catch {
     return null;
   }
+}
+
+/** CPU seconds (user + kernel) a process has used so far; see cpuTimes. */
+export function cpuSeconds(pid, options) {
+  const t = cpuTimes(pid, options);
+  return t ? t.userS + t.systemS : null;
 }
 
 /** Polls GET url/ready until 200; throws if the process exits first or the deadline passes. */
