@@ -58,10 +58,16 @@ function seconds(values: Record<string, string | boolean | undefined>, fallback:
 }
 
 /** Polls the deployment until it runs or fails; the timeout resets whenever its status changes. */
-async function waitForDeployment(api: Api, deploymentId: string, timeoutS: number, quiet: boolean) {
+async function waitForDeployment(
+  api: Api,
+  deploymentId: string,
+  serverId: string,
+  timeoutS: number,
+  quiet: boolean,
+): Promise<{ status: string; statusReason: string }> {
   let last = "";
   let deadline = Date.now() + timeoutS * 1000;
-  for (;;) {
+  for (let poll = 1; ; poll++) {
     const d = (await api.services.getDeployment({ deploymentId })).deployment!;
     if (d.status !== last) {
       last = d.status;
@@ -71,7 +77,17 @@ async function waitForDeployment(api: Api, deploymentId: string, timeoutS: numbe
     }
     if (d.status === "running" || d.status === "failed" || d.status === "stopped") return d;
     if (Date.now() > deadline) return d;
-    await sleep(50);
+    // Once a second: an agent that refuses the deployment outright (no such driver on the
+    // server) fails its dispatch without reporting any status; waiting out the timeout for a
+    // status would hide the reason.
+    if (poll % 10 === 0) {
+      const { dispatches } = await api.servers.listDispatches({ server: serverId, limit: 50 });
+      const refused = dispatches.find(
+        (x) => x.deploymentId === deploymentId && x.state === "failed",
+      );
+      if (refused) return { status: "failed", statusReason: refused.error };
+    }
+    await sleep(100);
   }
 }
 
@@ -167,7 +183,13 @@ export async function dbCommand(argv: string[]): Promise<number> {
       );
     let status = "";
     if (r.deploymentId && s.serverId && !values["no-wait"]) {
-      const d = await waitForDeployment(api, r.deploymentId, seconds(values, 120), asJson);
+      const d = await waitForDeployment(
+        api,
+        r.deploymentId,
+        s.serverId,
+        seconds(values, 120),
+        asJson,
+      );
       status = d.status;
       if (d.status !== "running") {
         process.stderr.write(

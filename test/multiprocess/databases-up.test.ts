@@ -5,7 +5,7 @@
 // fails with a message that says exactly what to run.
 import { execFile, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { promisify } from "node:util";
@@ -116,6 +116,30 @@ describe.skipIf(!asRoot)("flotilla up as root, then flotilla db create (a newcom
     expect(restored.code, restored.stderr + restored.stdout).toBe(0);
     expect(psql("select count(*) from orders")).toBe("50");
   });
+
+  it.skipIf(existsSync("/var/run/docker.sock"))(
+    "db create with a driver the server lacks fails at once with the agent's reason, not after the timeout",
+    async () => {
+      const started = Date.now();
+      const r = await flotilla(
+        "db",
+        "create",
+        "dk",
+        "--env",
+        "shop/production",
+        "--driver",
+        "docker",
+        "--timeout",
+        "60",
+      );
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain("docker driver is not available");
+      expect(r.stderr).toContain("[database.not_running]");
+      // The timeout is 60 s; the refusal is seen within a few polls of a second.
+      expect(Date.now() - started).toBeLessThan(30_000);
+      await flotilla("services", "delete", "shop/dk");
+    },
+  );
 
   it("others can reach only the way down to the volumes and backups; the store, secrets, pid files and logs are root's alone", () => {
     const entries = walk(dataDir);
