@@ -206,13 +206,15 @@ for (const engine of ["pglite", "postgres"] as const) {
 
       // What a deployment receives at the moment of use: the same overlay, secrets opened.
       const runtime = await t.hub.config.resolveForRuntime(orgId, f.productionId, f.serviceId);
-      expect(runtime).toEqual({
+      expect(runtime.env).toEqual({
         DB_PASSWORD: "env-db-pass",
         ENV_ONLY: "e",
         SHARED: "from-service",
         SVC_ONLY: "s",
         TOKEN: "service-token",
       });
+      // The agent masks these keys' values in what it reports, however short.
+      expect(runtime.secretKeys.sort()).toEqual(["DB_PASSWORD", "TOKEN"]);
     });
 
     it("Rollback by default restores the deployment before the desired one, or an explicit one, as a new deployment with reason rollback and its source", async () => {
