@@ -40,7 +40,8 @@ function statusAsUser(uid: number, url: string, method = "GET"): Promise<number>
 }
 
 describe("the agent's admin API", () => {
-  it("refuses unsigned calls that were relayed or browser-sent (401, nothing done) and takes the operator's", async () => {
+  /** An agent admin API on a free loopback port that records the actions it is asked for. */
+  async function startAdmin() {
     const actions: AdminAction[] = [];
     const admin = await serveAdmin({
       port: 0,
@@ -63,6 +64,11 @@ describe("the agent's admin API", () => {
       dispatch: async () => ({ ok: true }),
     });
     closers.push(() => admin.close());
+    return { admin, actions };
+  }
+
+  it("refuses unsigned calls that were relayed or browser-sent (401, nothing done) and takes the operator's", async () => {
+    const { admin, actions } = await startAdmin();
     for (const headers of LOOK_ALIKES) {
       const drain = await send(`${admin.url}/drain`, headers, "POST");
       expect(drain.status, JSON.stringify(headers)).toBe(401);
@@ -81,28 +87,7 @@ describe("the agent's admin API", () => {
   it.skipIf(!asRoot)(
     "refuses a plain call from another user's process on this host (a workload's), which may still read /metrics and /health",
     async () => {
-      const actions: AdminAction[] = [];
-      const admin = await serveAdmin({
-        port: 0,
-        host: "127.0.0.1",
-        status: () => ({
-          version: "test",
-          server_id: "s",
-          connected: true,
-          draining: false,
-          dispatches_in_flight: 0,
-          instances: [],
-        }),
-        admin: async (action) => {
-          actions.push(action);
-          return {};
-        },
-        log: createLogger({ level: "silent" }),
-        signingKey: () => Buffer.alloc(32, 1),
-        sealingKey: () => Buffer.alloc(32, 2),
-        dispatch: async () => ({ ok: true }),
-      });
-      closers.push(() => admin.close());
+      const { admin, actions } = await startAdmin();
       for (const route of ["drain", "resume", "reload"])
         expect(await statusAsUser(NOBODY, `${admin.url}/${route}`, "POST"), route).toBe(401);
       expect(await statusAsUser(NOBODY, `${admin.url}/status`)).toBe(401);
