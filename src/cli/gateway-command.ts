@@ -120,13 +120,15 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     else reloadWhenStarted = true;
   };
   if (certificateDir) process.on("SIGHUP", reload);
+  const port = intOption(values, "port", { min: 0, max: 65535 })!;
+  const adminPort = intOption(values, "admin-port", { min: 0, max: 65535 })!;
   try {
     gateway = await startGateway({
       hubUrl,
       token,
-      port: intOption(values, "port", { min: 0, max: 65535 })!,
+      port,
       host: stringOption(values, "host")!,
-      adminPort: intOption(values, "admin-port", { min: 0, max: 65535 })!,
+      adminPort,
       dataDir: resolve(stringOption(values, "data-dir")!),
       batchSize: intOption(values, "batch-size", { min: 1, max: 500 })!,
       hashCheckIntervalMs: intOption(values, "hash-check-seconds", { min: 1, max: 86_400 })! * 1000,
@@ -134,6 +136,14 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
       logLevel: stringOption(values, "log-level")!,
       tls: tlsOptions(values),
       ...(certificateDir ? { certificateDir: resolve(certificateDir) } : {}),
+    }).catch((err: NodeJS.ErrnoException & { port?: number }) => {
+      // A port that will not listen is the operator's to change, not an internal error.
+      if (err.code !== "EADDRINUSE" && err.code !== "EACCES") throw err;
+      const taken = err.port === adminPort && adminPort !== port ? "--admin-port" : "--port";
+      throw new FlotillaError(
+        "config.invalid",
+        `${taken} ${err.port}: ${err.code === "EADDRINUSE" ? "another process listens there (flotilla up's local gateway takes 8000 and 8001)" : "not permitted for this user"}; pick another port`,
+      );
     });
     if (reloadWhenStarted) gateway.reloadCertificates();
     await untilStopSignal();

@@ -2,6 +2,7 @@
 // the directory again on SIGHUP (a renewal) and keeps serving; a directory that does not read
 // whole stops it from starting, with config.invalid on stderr.
 import { mkdtempSync, rmSync } from "node:fs";
+import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -75,5 +76,26 @@ describe("flotilla gateway --tls-cert-dir", () => {
     await expect(started).rejects.toThrow(
       /config\.invalid[\s\S]*b\.key: ENOENT|b\.key: ENOENT[\s\S]*config\.invalid/,
     );
+  });
+});
+
+describe("flotilla gateway on a port another process holds", () => {
+  it("does not start, and names the port and what to do (config.invalid, not an internal error)", async () => {
+    const holder = createServer();
+    await new Promise<void>((r) => holder.listen(0, "127.0.0.1", () => r()));
+    const { port } = holder.address() as AddressInfo;
+    try {
+      const started = startGatewayProcess({
+        hub: "http://127.0.0.1:1",
+        token: "fgw_busy-port-test",
+        dataDir: mkdtempSync(join(dir, "data-")),
+        port,
+      });
+      await expect(started).rejects.toThrow(
+        new RegExp(`--port ${port}: another process listens there[\\s\\S]*config\\.invalid`),
+      );
+    } finally {
+      holder.close();
+    }
   });
 });
