@@ -13,6 +13,7 @@ import {
   type HubFrame,
   type Logger,
   notLocalOperator,
+  notOperatorsUser,
   openDirectRequest,
   parseHubFrame,
   readBody,
@@ -122,10 +123,9 @@ export async function serveAdmin(
           });
         // Metrics are for any local scraper; the rest (status, drain, resume, reload) only for
         // the operator's user: a workload on this host (another user) could drain the server.
-        const stranger = notLocalOperator(
-          req.headers,
-          route === "GET /metrics" ? {} : { connection: req.socket },
-        );
+        const stranger =
+          notLocalOperator(req.headers) ??
+          (route === "GET /metrics" ? undefined : await notOperatorsUser(req.socket));
         if (stranger) {
           log.warn({ route, stranger }, "unsigned admin call from loopback refused");
           return reply(401, {

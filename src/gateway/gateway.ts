@@ -5,7 +5,13 @@ import { type AddressInfo, createServer as createNetServer, type Socket } from "
 import { createServer as createTlsServer } from "node:tls";
 import { pino } from "pino";
 import { Counter, Gauge, Registry } from "prom-client";
-import { guardedLookup, isoTimestamp, notLocalOperator, type ResolveAll } from "../shared/index.js";
+import {
+  guardedLookup,
+  isoTimestamp,
+  notLocalOperator,
+  notOperatorsUser,
+  type ResolveAll,
+} from "../shared/index.js";
 import { AccessLog, type AccessLogSink } from "./access-log.js";
 import { CertificatesByName, readCertificateDir } from "./certificates.js";
 import { FastPath } from "./fast-path.js";
@@ -238,12 +244,10 @@ export async function startGateway(o: GatewayOptions): Promise<Gateway> {
     const stranger =
       path === "/health"
         ? undefined
-        : notLocalOperator(req.headers, {
-            hostMustBeLoopback: sensitive,
-            // Only the operator's user (or root) sees /status: a workload on this host runs as
-            // another; any local probe or scraper reads /ready and /metrics.
-            ...(sensitive ? { connection: req.socket } : {}),
-          });
+        : (notLocalOperator(req.headers, { hostMustBeLoopback: sensitive }) ??
+          // Only the operator's user (or root) sees /status: a workload on this host runs as
+          // another; any local probe or scraper reads /ready and /metrics.
+          (sensitive ? await notOperatorsUser(req.socket) : undefined));
     if (stranger) {
       res.writeHead(403, { "content-type": "application/json" });
       res.end(

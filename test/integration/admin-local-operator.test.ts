@@ -39,6 +39,25 @@ function statusAsUser(uid: number, url: string, method = "GET"): Promise<number>
   );
 }
 
+/**
+ * The status code a plain `method path` answers on 127.0.0.1:port, sent by a process of uid
+ * `uid` from the local address and port given (raw, as fetch cannot choose them).
+ */
+function rawStatusAsUser(
+  uid: number,
+  port: number,
+  method: string,
+  path: string,
+  local: { localAddress: string; localPort: number },
+): Promise<number> {
+  const script = `const s = require("node:net").connect({ host: "127.0.0.1", port: ${port}, localAddress: ${JSON.stringify(local.localAddress)}, localPort: ${local.localPort} }, () => s.write(${JSON.stringify(`${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`)})); let got = ""; s.on("data", (d) => { got += d; }); s.on("end", () => process.stdout.write(got.split(" ")[1] ?? "")); s.on("error", (e) => { console.error(e.message); process.exit(1); });`;
+  return new Promise((resolve, reject) =>
+    execFile(process.execPath, ["-e", script], { uid, gid: uid, cwd: "/" }, (err, stdout) =>
+      err ? reject(err) : resolve(Number(stdout)),
+    ),
+  );
+}
+
 describe("the agent's admin API", () => {
   /** An agent admin API on a free loopback port that records the actions it is asked for. */
   async function startAdmin() {
@@ -94,6 +113,16 @@ describe("the agent's admin API", () => {
       expect(actions).toEqual([]);
       expect(await statusAsUser(NOBODY, `${admin.url}/metrics`)).toBe(200);
       expect(await statusAsUser(NOBODY, `${admin.url}/health`)).toBe(200);
+      // Bound to 127.0.0.2 and the admin API's own port, the caller's socket mirrors the
+      // agent's accepted one port for port: the addresses still tell them apart.
+      const port = Number(new URL(admin.url).port);
+      expect(
+        await rawStatusAsUser(NOBODY, port, "POST", "/drain", {
+          localAddress: "127.0.0.2",
+          localPort: port,
+        }),
+      ).toBe(401);
+      expect(actions).toEqual([]);
       // The same call from this process's user is the operator's.
       expect(await statusAsUser(process.getuid!(), `${admin.url}/drain`, "POST")).toBe(200);
       expect(actions).toEqual(["drain"]);
