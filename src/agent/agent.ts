@@ -254,21 +254,35 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   // agent reports (an app's crash output often prints its database URL). Values of secret keys
   // (the hub names them) are masked from 3 characters, a README's `s3cret` included; other values
   // from 8, as shorter ones ("true", "8080", "bonjour") are too common to mask.
-  const configValues = new Set<string>();
-  const secretValues = new Set<string>();
-  const remember = (env: Record<string, string> | undefined, secretKeys: unknown) => {
+  // Kept per service and applied to that service's own reports only: a job's output masked with
+  // another service's short secrets would tell its author which guesses are some secret here.
+  const maskedByService = new Map<string, Set<string>>();
+  const remember = (
+    serviceId: string,
+    env: Record<string, string> | undefined,
+    secretKeys: unknown,
+  ) => {
     const secret = new Set(Array.isArray(secretKeys) ? secretKeys : []);
-    for (const [key, value] of Object.entries(env ?? {})) {
-      if (secret.has(key) && value.length >= 3) secretValues.add(value);
-      else if (value.length >= 8) configValues.add(value);
-    }
+    const masked = maskedByService.get(serviceId) ?? new Set<string>();
+    maskedByService.set(serviceId, masked);
+    for (const [key, value] of Object.entries(env ?? {}))
+      if (value.length >= (secret.has(key) ? 3 : 8)) masked.add(value);
   };
-  const redact = (text: string) => {
+  const redact = (serviceId: string, text: string) => {
+    const masked = maskedByService.get(serviceId);
+    if (!masked) return text;
     let out = text;
-    for (const v of secretValues) out = out.split(v).join("[redacted]");
-    for (const v of configValues) out = out.split(v).join("[redacted]");
+    // Longest first: a short secret inside a longer value (a user name in a database URL) must
+    // not cut the longer one's mask apart, leaving the rest of it (the password) in clear.
+    for (const v of [...masked].sort((a, b) => b.length - a.length))
+      out = out.split(v).join("[redacted]");
     return out;
   };
+  /** The service a dispatch is about ("" for none). */
+  const serviceOf = (frame: Extract<HubFrame, { type: "dispatch" }>) =>
+    (frame.args.service as { id?: string } | undefined)?.id ??
+    frame.service_id ??
+    String(frame.args.service_id ?? "");
   // Status reports wait here while the channel is down; only the latest per service matters.
   const unsent = new Map<string, StatusReport>();
   const sendStatus = (r: StatusReport) => {
@@ -279,7 +293,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         service_id: r.serviceId,
         deployment_id: r.deploymentId,
         status: r.status,
-        ...(r.reason !== undefined ? { reason: redact(r.reason).slice(0, 4000) } : {}),
+        ...(r.reason !== undefined ? { reason: redact(r.serviceId, r.reason).slice(0, 4000) } : {}),
         ...(r.endpoint !== undefined ? { endpoint: r.endpoint } : {}),
       });
     } else unsent.set(r.serviceId, r);
@@ -326,7 +340,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   async function databaseTask(frame: Extract<HubFrame, { type: "dispatch" }>): Promise<Outcome> {
     const args = frame.args;
     const env = (args.env as Record<string, string> | undefined) ?? {};
-    remember(env, args.secret_keys);
+    remember(serviceOf(frame), env, args.secret_keys);
     const service = (args.service ?? {}) as { id?: string; slug?: string };
     const serviceId = service.id ?? String(args.service_id ?? frame.service_id ?? "");
     if (!/^[0-9a-f-]{36}$/.test(serviceId)) throw new Error(`${args.task} needs its service`);
@@ -351,14 +365,26 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       if (!result) throw new Error(`unknown task ${String(args.task).slice(0, 40)}`);
       return {
         ok: true,
-        result: { ...result, stdout: redact(result.stdout), stderr: redact(result.stderr) },
+        result: {
+          ...result,
+          stdout: redact(serviceId, result.stdout),
+          stderr: redact(serviceId, result.stderr),
+        },
       };
     } catch (err) {
       const r = (err as { result?: { stdout: string; stderr: string } }).result;
       return {
         ok: false,
         error: (err as Error).message,
-        ...(r ? { result: { ...r, stdout: redact(r.stdout), stderr: redact(r.stderr) } } : {}),
+        ...(r
+          ? {
+              result: {
+                ...r,
+                stdout: redact(serviceId, r.stdout),
+                stderr: redact(serviceId, r.stderr),
+              },
+            }
+          : {}),
       };
     }
   }
@@ -367,11 +393,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     if (frame.op !== "job") return { ok: true, result: await lifecycle(frame) };
     if (typeof frame.args.task === "string") return databaseTask(frame);
     const job = checkJobArgs(frame.args);
-    remember(job.env, frame.args.secret_keys);
+    remember(serviceOf(frame), job.env, frame.args.secret_keys);
     const raw = await runJob(job, workloadUser);
     // The result goes into the dispatch row: never with a config value the job printed.
     // PostgreSQL's jsonb refuses NUL: binary output would never be recorded.
-    const clean = (text: string) => redact(text).replaceAll("\0", "\uFFFD");
+    const clean = (text: string) => redact(serviceOf(frame), text).replaceAll("\0", "\uFFFD");
     const result = { ...raw, stdout: clean(raw.stdout), stderr: clean(raw.stderr) };
     return result.exit_code === 0
       ? { ok: true, result }
@@ -389,7 +415,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     if (frame.op === "delete")
       return runnerOf(serviceId).remove(serviceId, frame.args.purge_data === true);
     const spec = runSpecFrom(frame.args);
-    remember(spec.env, frame.args.secret_keys);
+    remember(serviceId, spec.env, frame.args.secret_keys);
     const driver = driverFor(spec.driver);
     // A service moving between drivers: the old instance goes first.
     const previous = drivers.find((d) => d !== driver && d.has(serviceId));
@@ -505,7 +531,9 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
           }
           // The frame schema bounds an error to 4,096 characters; an app's crash output may not.
           if (outcome.error)
-            outcome.error = redact(outcome.error).replaceAll("\0", "\uFFFD").slice(0, 4000);
+            outcome.error = redact(serviceOf(frame), outcome.error)
+              .replaceAll("\0", "\uFFFD")
+              .slice(0, 4000);
           ledger.record(frame.id, outcome);
           log.info({ dispatch: frame.id, ok: outcome.ok }, "dispatch executed");
           // The socket may have been replaced meanwhile: report on whichever is current.

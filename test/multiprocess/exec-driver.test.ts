@@ -106,7 +106,7 @@ describe("the exec driver under flotilla up", () => {
 
   afterAll(async () => {
     await killAll();
-    for (const tag of ["web", "crash", "gone", "waited"])
+    for (const tag of ["web", "crash", "gone", "waited", "guesser"])
       for (const pid of instances(tag)) process.kill(pid, "SIGKILL");
     rmSync(dir, { recursive: true, force: true });
   });
@@ -206,6 +206,35 @@ describe("the exec driver under flotilla up", () => {
     expect(pin).toBe("pin=[redacted]");
     expect(uid).not.toBe("0");
     expect(cli.stdout + cli.stderr).not.toContain(SECRET);
+
+    // A short secret inside a longer value: the longer one is masked whole, not cut around the
+    // short one (which would leave the password beside it in clear).
+    const password = `pw-${randomBytes(6).toString("hex")}`;
+    for (const [key, value, kind] of [
+      ["DB_USER", "adm", "CONFIG_KIND_SECRET"],
+      ["DATABASE_URL", `postgres://adm:${password}@db/app`, "CONFIG_KIND_VARIABLE"],
+    ])
+      await rpc("ConfigService/SetConfig", {
+        target: { scope: "CONFIG_SCOPE_SERVICE", id: web.id },
+        key,
+        value,
+        kind,
+      });
+    const run = (serviceId: string, script: string) =>
+      spawnSync(process.execPath, [CLI, "run", serviceId, "--", "sh", "-c", script], {
+        cwd: ROOT,
+        env: { ...process.env, FLOTILLA_HUB: up.url, FLOTILLA_TOKEN: token },
+        encoding: "utf8",
+        timeout: 60_000,
+      });
+    const url = run(web.id, 'echo "url=$DATABASE_URL"');
+    expect(url.stdout.trim()).toBe("url=[redacted]");
+    expect(url.stdout).not.toContain(password);
+    // Another service's job is masked with its own config only: printing a guess of web's short
+    // secret does not tell whether it is one.
+    const other = await createHello("guesser");
+    const guess = run(other, `echo "guess=${SHORT_SECRET}"`);
+    expect(guess.stdout.trim()).toBe(`guess=${SHORT_SECRET}`);
   }, 60_000);
 
   it("a job's binary output is recorded, and a job whose child escapes its group still ends on time", async () => {
