@@ -215,14 +215,15 @@ export class RouteTable {
       else this.byPrefix.set(r.prefix, [held, r]);
       n++;
     }
-    // Deterministic on every gateway: routes naming hosts first, then by deployment id.
-    // Deployment ids are UUIDv7: of two routes alike, the one deployed first keeps serving.
+    // Deterministic on every gateway: routes naming hosts first (the more specific), then by API
+    // id. API ids are UUIDv7: of two routes alike, the API created first keeps serving, also
+    // after it is redeployed (a deployment id is new at every deploy).
     for (const held of this.byPrefix.values())
       if (Array.isArray(held)) {
         held.sort(
           (a, b) =>
             Number(b.hosts !== null) - Number(a.hosts !== null) ||
-            (a.deploymentId < b.deploymentId ? -1 : 1),
+            (a.apiId < b.apiId ? -1 : a.apiId > b.apiId ? 1 : 0),
         );
         this.findShadowed(held);
       }
@@ -377,7 +378,7 @@ export class ConfigStore {
       now.set(route.apiId, route);
       if (this.shadowedIds.get(route.apiId) === route.deploymentId) continue;
       const hosts = route.hosts ? ` on ${route.hosts.join(", ")}` : "";
-      const reason = `its path ${route.prefix || "/"}${hosts} is served by API ${by.name} (${by.apiId}), deployed first; give one of them another context path or hosts`;
+      const reason = `its path ${route.prefix || "/"}${hosts} is served by API ${by.name} (${by.apiId}), created first; give one of them another context path or hosts`;
       this.failures.set(route.apiId, { deploymentId: route.deploymentId, reason });
       this.o.report({ ...reported(route), status: "failed", reason });
     }

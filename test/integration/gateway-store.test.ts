@@ -167,17 +167,17 @@ describe("the gateway's config store", () => {
     expect(reports.filter((r) => r.status === "deployed")).toHaveLength(2);
   });
 
-  it("of two APIs with one context path, the one deployed later is reported failed, naming the other, until the other goes; then it serves", async () => {
+  it("of two APIs with one context path, the one created later is reported failed, naming the other, until the other goes; then it serves", async () => {
     const reports: StatusReport[] = [];
     const config = new ConfigStore({ report: (r) => reports.push(r) });
-    // UUIDv7 order is deployment order: first, then second; a third has the path on one host.
+    // UUIDv7 order is creation order: first, then second; a third has the path on one host.
     const [first, second, third] = [1, 2, 3].map((n) => `0190a000-0000-7000-8000-00000000020${n}`);
-    const deployed = (id: string, path: string, hosts?: string[]): StoredRow => {
-      const c = JSON.parse(content(id, id, path)) as DeploymentContent;
+    const deployed = (id: string, path: string, hosts?: string[], deploymentId = id): StoredRow => {
+      const c = JSON.parse(content(id, deploymentId, path)) as DeploymentContent;
       if (hosts) (c.definition as Record<string, unknown>).hosts = hosts;
       return {
         apiId: id,
-        deploymentId: id,
+        deploymentId,
         kind: "RestApi",
         state: "DEPLOYED",
         deployedAt: 1,
@@ -203,6 +203,11 @@ describe("the gateway's config store", () => {
     // Applied again (a reconcile), it is told failed again after the swap, not left deployed.
     config.apply([deployed(second!, "/orders")]);
     await config.settled();
+    expect(last(second!)).toMatchObject({ status: "failed" });
+    // The first redeployed (a new, later deployment id) keeps its path: the API created first.
+    config.apply([deployed(first!, "/orders", undefined, "0190a000-0000-7000-8000-000000000299")]);
+    await config.settled();
+    expect(config.table.match("any.example", "/orders/1")?.apiId).toBe(first);
     expect(last(second!)).toMatchObject({ status: "failed" });
     // The first undeployed: the second serves and is reported deployed.
     config.apply([{ ...deployed(first!, "/orders"), state: "UNDEPLOYED", content: null }]);
