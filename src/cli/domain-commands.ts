@@ -880,8 +880,12 @@ async function printOutputTail(api: Api, service: { id: string; slug: string }):
       { timeoutMs: 10_000 },
     ))
       lines.push(...batch.lines);
-  } catch {
-    process.stderr.write(`  its output: flotilla logs ${service.slug} (needs logs.read)\n`);
+  } catch (err) {
+    process.stderr.write(
+      errorCode(err) === "auth.permission_denied"
+        ? `  its output: flotilla logs ${service.slug} (needs logs.read)\n`
+        : `  its output could not be read now (${ConnectError.from(err).rawMessage}): flotilla logs ${service.slug}\n`,
+    );
     return;
   }
   if (lines.length === 0) return;

@@ -250,8 +250,15 @@ export function createAuthInterceptor(deps: {
       } catch (err) {
         const connectErr = toConnectError(err);
         code = connectErr.metadata.get(ERROR_CODE_HEADER) ?? String(connectErr.code);
-        // The caller went away (Ctrl-C on `flotilla logs --follow`): nothing failed here.
-        if (req.signal.aborted && code === "internal") code = "canceled";
+        // The caller went away (Ctrl-C on `flotilla logs --follow`): what broke is most likely
+        // the answer it no longer reads, so no stack trace at error level.
+        if (req.signal.aborted && code === "internal") {
+          code = "canceled";
+          deps.logger.debug(
+            { err: connectErr.rawMessage, rpc },
+            "rpc ended after its caller went away",
+          );
+        }
         if (code === "internal")
           deps.logger.error({ err, rpc }, "rpc failed with an internal error");
         for (const [k, v] of Object.entries(contextResponseHeaders(ctx)))

@@ -217,11 +217,18 @@ export class GatewaySync {
       {
         websocket: true,
         preValidation: async (request, reply) => {
-          const gateway = await this.authenticate(request, reply).catch(() => null);
-          if (!gateway) {
-            if (!reply.sent) await reply.code(401).send({ code: "auth.unauthenticated" });
+          let gateway: Gateway | null;
+          try {
+            gateway = await this.authenticate(request, reply);
+          } catch {
+            // Not the token's fault: the gateway retries with backoff, it is not told to fix it.
+            await reply.code(503).send({
+              code: "store.unavailable",
+              message: "the gateway's token could not be checked; retry",
+            });
             return reply;
           }
+          if (!gateway) return reply; // 401 sent
           streamOf.set(request, gateway);
         },
       },
