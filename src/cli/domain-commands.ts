@@ -748,7 +748,7 @@ async function waitForOutcome(
     const d = (await api.services.getDeployment({ deploymentId })).deployment!;
     if (!abort.signal.aborted) throw err;
     process.stderr.write(
-      `error: deployment #${d.number} of ${service.slug} is still ${d.status} after ${timeoutS} s without progress; it goes on (flotilla services get ${service.slug}) [deploy.timeout]\n`,
+      `error: deployment #${d.number} of ${service.slug} is still ${d.status} after ${timeoutS} s without progress; it goes on (flotilla services get ${service.id}) [deploy.timeout]\n`,
     );
     return 1;
   } finally {
@@ -835,7 +835,7 @@ async function deployAndWait(
   } catch (err) {
     if (errorCode(err) !== "dispatch.timeout") throw err;
     process.stderr.write(
-      `error: ${service.slug} saw no progress for ${waitSeconds} s; it goes on (flotilla services get ${service.slug}): ${ConnectError.from(err).rawMessage} [deploy.timeout]\n`,
+      `error: ${service.slug} saw no progress for ${waitSeconds} s; it goes on (flotilla services get ${service.id}): ${ConnectError.from(err).rawMessage} [deploy.timeout]\n`,
     );
     return 1;
   } finally {
@@ -883,13 +883,13 @@ async function printOutputTail(api: Api, service: { id: string; slug: string }):
   } catch (err) {
     process.stderr.write(
       errorCode(err) === "auth.permission_denied"
-        ? `  its output: flotilla logs ${service.slug} (needs logs.read)\n`
-        : `  its output could not be read now (${ConnectError.from(err).rawMessage}): flotilla logs ${service.slug}\n`,
+        ? `  its output: flotilla logs ${service.id} (needs logs.read)\n`
+        : `  its output could not be read now (${ConnectError.from(err).rawMessage}): flotilla logs ${service.id}\n`,
     );
     return;
   }
   if (lines.length === 0) return;
-  process.stderr.write(`  the last lines it printed (flotilla logs ${service.slug}):\n`);
+  process.stderr.write(`  the last lines it printed (flotilla logs ${service.id}):\n`);
   for (const line of lines) process.stderr.write(`    ${line}\n`);
 }
 
