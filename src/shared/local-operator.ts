@@ -93,6 +93,7 @@ function procAddresses(address: string): string[] {
  * no /proc, null when no row matches (the caller is not on this host, or gone already).
  */
 export async function loopbackPeerUid(c: ConnectionEnds): Promise<number | null | undefined> {
+  if (process.platform !== "linux") return undefined;
   if (!c.localAddress || !c.remoteAddress || !c.localPort || !c.remotePort) return null;
   const port = (p: number) => p.toString(16).toUpperCase().padStart(4, "0");
   const callerLocal = new Set(
