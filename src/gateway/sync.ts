@@ -522,8 +522,10 @@ export class HubSync {
       this.socket = undefined;
       this.stats.connected = false;
       if (this.stopped) return;
-      // No stream yet and never reconciled: sync without it; its "open" reconciles again.
-      if (this.stats.reconciles === 0) void this.requestReconcile("event stream unavailable");
+      // No stream yet and never reconciled: sync without it; its "open" reconciles again. Not
+      // while that pass runs: each failed retry (every 200 ms at first) would queue another.
+      if (this.stats.reconciles === 0 && !this.running)
+        void this.requestReconcile("event stream unavailable");
       // Several replicas: the next attempt goes to the next one (a dead replica is skipped).
       if (this.hubs.length > 1) this.hubIndex = (this.hubIndex + 1) % this.hubs.length;
       const delay = this.backoff(this.reconnectAttempts++);
