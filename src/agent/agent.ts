@@ -342,7 +342,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const env = (args.env as Record<string, string> | undefined) ?? {};
     remember(serviceOf(frame), env, args.secret_keys);
     const service = (args.service ?? {}) as { id?: string; slug?: string };
-    const serviceId = service.id ?? String(args.service_id ?? frame.service_id ?? "");
+    const serviceId = serviceOf(frame);
     if (!/^[0-9a-f-]{36}$/.test(serviceId)) throw new Error(`${args.task} needs its service`);
     if (drivers.some((d) => d !== execDriver && d.has(serviceId)))
       throw new Error(`${args.task} runs for exec-driven databases only in this version`);

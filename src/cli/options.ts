@@ -122,21 +122,11 @@ export function readOptionFile(flag: string, file: string): string {
 /** --tls-cert and --tls-key, read: both or neither (config.invalid naming the flag otherwise). */
 export function tlsOptions(
   values: Record<string, string | boolean | undefined>,
-): { cert: Buffer; key: Buffer } | undefined {
+): { cert: string; key: string } | undefined {
   const cert = stringOption(values, "tls-cert");
   const key = stringOption(values, "tls-key");
   if (!cert && !key) return undefined;
   if (!cert || !key)
     throw new FlotillaError("config.invalid", "--tls-cert and --tls-key go together");
-  const read = (flag: string, file: string) => {
-    try {
-      return readFileSync(file);
-    } catch (err) {
-      throw new FlotillaError(
-        "config.invalid",
-        `--${flag}: cannot read ${file}: ${(err as Error).message}`,
-      );
-    }
-  };
-  return { cert: read("tls-cert", cert), key: read("tls-key", key) };
+  return { cert: readOptionFile("--tls-cert", cert), key: readOptionFile("--tls-key", key) };
 }

@@ -261,7 +261,8 @@ export class RouteTable {
   }
 }
 
-const reported = (r: Route) => ({
+/** What a status report names: the API, its deployment and that deployment's deployedAt. */
+const reported = (r: Pick<Route, "apiId" | "deploymentId" | "deployedAt">) => ({
   apiId: r.apiId,
   deploymentId: r.deploymentId,
   deployedAt: r.deployedAt,
@@ -304,9 +305,7 @@ export class ConfigStore {
         this.routes.delete(row.apiId);
         this.failures.delete(row.apiId);
         this.o.report({
-          apiId: row.apiId,
-          deploymentId: row.deploymentId,
-          deployedAt: row.deployedAt,
+          ...reported(row),
           status: "undeployed",
         });
         continue;
@@ -316,9 +315,7 @@ export class ConfigStore {
         this.routes.set(row.apiId, compileRoute(row));
         this.failures.delete(row.apiId);
         this.o.report({
-          apiId: row.apiId,
-          deploymentId: row.deploymentId,
-          deployedAt: row.deployedAt,
+          ...reported(row),
           status: "deployed",
         });
       } catch (err) {
@@ -327,9 +324,7 @@ export class ConfigStore {
         const reason = (err as Error).message.slice(0, 500);
         this.failures.set(row.apiId, { deploymentId: row.deploymentId, reason });
         this.o.report({
-          apiId: row.apiId,
-          deploymentId: row.deploymentId,
-          deployedAt: row.deployedAt,
+          ...reported(row),
           status: "failed",
           reason,
         });
